@@ -1,0 +1,367 @@
+/**
+ * RFC 6962 / RFC 9162 Merkle tree hashing, proofs and their verification.
+ *
+ * Notation used below: a tree of `size` leaves, node (level, index) is the root of the perfect
+ * subtree of 2^level leaves starting at leaf index * 2^level. A tree whose size is not a power of
+ * two is the fold, right to left, of the perfect subtrees given by the binary decomposition of its
+ * size: for size 13 = 8 + 4 + 1 the root is H(n(3,0), H(n(2,2), n(0,12))).
+ *
+ * Sizes and indexes are JS numbers. They stay below 2^53, so every computation here uses
+ * arithmetic (division by powers of two) instead of 32-bit bitwise operators, except where the
+ * operands are split into 32-bit halves first.
+ */
+import { equalBytes } from './bytes.js';
+import { FormatError, VerificationError } from './errors.js';
+import { HASH_SIZE, sha256, sha256Pair, sha256Prefixed } from './hash.js';
+
+const LEAF_PREFIX = 0x00;
+const NODE_PREFIX = 0x01;
+const TWO_32 = 2 ** 32;
+
+/** SHA-256(0x00 || entry). */
+export function leafHash(entry: Uint8Array): Buffer {
+  return sha256Prefixed(LEAF_PREFIX, entry);
+}
+
+/** SHA-256(0x01 || left || right); both sides must be 32 bytes. */
+export function nodeHash(left: Uint8Array, right: Uint8Array): Buffer {
+  return sha256Pair(NODE_PREFIX, left, right);
+}
+
+/** Root of the empty tree: SHA-256 of nothing. */
+export const EMPTY_ROOT: Buffer = sha256(new Uint8Array(0));
+
+/**
+ * Hash of the perfect subtree with 2^level leaves whose leftmost leaf is index << level.
+ * Callers only ask for complete subtrees of the tree at hand.
+ */
+export type HashReader = (level: number, index: number) => Uint8Array;
+
+// ---------------------------------------------------------------------------------------------
+// Integer helpers for values up to 2^53 - 1.
+
+function checkCount(n: number, what: string): void {
+  if (!Number.isSafeInteger(n) || n < 0) {
+    throw new FormatError(`${what} must be a non-negative safe integer, got ${String(n)}`);
+  }
+}
+
+function bitLength32(n: number): number {
+  return 32 - Math.clz32(n);
+}
+
+/** Number of bits needed for n (0 for 0). */
+function bitLength(n: number): number {
+  return n < TWO_32 ? bitLength32(n) : 32 + bitLength32(Math.floor(n / TWO_32));
+}
+
+/** Bit length of a XOR b: the number of right shifts after which a and b agree. */
+function xorBitLength(a: number, b: number): number {
+  const hi = (Math.floor(a / TWO_32) ^ Math.floor(b / TWO_32)) >>> 0;
+  if (hi !== 0) return 32 + bitLength32(hi);
+  return bitLength32(((a >>> 0) ^ (b >>> 0)) >>> 0);
+}
+
+function popcount32(x: number): number {
+  let v = x >>> 0;
+  v -= (v >>> 1) & 0x55555555;
+  v = (v & 0x33333333) + ((v >>> 2) & 0x33333333);
+  return (((v + (v >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24;
+}
+
+function popcount(n: number): number {
+  return popcount32(n >>> 0) + popcount32(Math.floor(n / TWO_32));
+}
+
+/** Index of the lowest set bit of n > 0. */
+function trailingZeros(n: number): number {
+  const lo = n >>> 0;
+  if (lo !== 0) return 31 - Math.clz32(lo & -lo);
+  const hi = Math.floor(n / TWO_32);
+  return 32 + 31 - Math.clz32(hi & -hi);
+}
+
+// Float division and modulo are slow enough to dominate proof generation, hence the table and
+// the 32-bit fast path.
+const POW2: readonly number[] = Array.from({ length: 64 }, (_, i) => 2 ** i);
+
+function bitIsSet(n: number, bit: number): boolean {
+  if (n < TWO_32 && bit < 32) return ((n >>> bit) & 1) === 1;
+  return Math.floor(n / POW2[bit]) % 2 === 1;
+}
+
+/** Largest power of two strictly below n, for n >= 2 (the split point k of RFC 9162 2.1.1). */
+function splitPoint(n: number): number {
+  return POW2[bitLength(n - 1) - 1];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Roots.
+
+/** MTH(D[0:n]) straight from the RFC 9162 2.1.1 definition. Slow; the reference for tests. */
+export function rootFromLeafHashes(hashes: readonly Uint8Array[]): Buffer {
+  if (hashes.length === 0) return Buffer.from(EMPTY_ROOT);
+  for (let i = 0; i < hashes.length; i++) {
+    if (hashes[i].length !== HASH_SIZE) throw new FormatError(`leaf hash ${i} is not ${HASH_SIZE} bytes`);
+  }
+  const mth = (start: number, n: number): Buffer => {
+    if (n === 1) return Buffer.from(hashes[start]);
+    const k = splitPoint(n);
+    return nodeHash(mth(start, k), mth(start + k, n - k));
+  };
+  return mth(0, hashes.length);
+}
+
+/** Levels and indexes of the perfect subtrees that make up a tree of `size`, left to right. */
+export function subtreesOfSize(size: number): Array<{ level: number; index: number }> {
+  checkCount(size, 'tree size');
+  const out: Array<{ level: number; index: number }> = [];
+  let offset = 0;
+  for (let level = bitLength(size) - 1; level >= 0; level--) {
+    if (!bitIsSet(size, level)) continue;
+    const width = 2 ** level;
+    out.push({ level, index: offset / width });
+    offset += width;
+  }
+  return out;
+}
+
+/**
+ * MTH(D[start : start + count]) for count >= 1, where start is a multiple of the largest power of
+ * two in count (true for every range the RFC recursion produces). Folds the decomposition from
+ * the smallest (rightmost) subtree leftwards, so no list is built. Always returns a fresh Buffer.
+ */
+function rangeRoot(start: number, count: number, read: HashReader): Buffer {
+  let acc: Buffer | undefined;
+  let rest = count;
+  while (rest > 0) {
+    const level = trailingZeros(rest);
+    const width = POW2[level];
+    rest -= width;
+    // Subtrees above this bit sit to its left, so this one starts after all of them.
+    const h = read(level, (start + rest) / width);
+    acc = acc === undefined ? Buffer.from(h) : nodeHash(h, acc);
+  }
+  return acc!;
+}
+
+/** Root of the tree of `size` leaves. */
+export function treeRoot(size: number, read: HashReader): Buffer {
+  checkCount(size, 'tree size');
+  if (size === 0) return Buffer.from(EMPTY_ROOT);
+  return rangeRoot(0, size, read);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Proof generation (RFC 9162 2.1.3.1 and 2.1.4.1), iterative and emitted leaf-side first.
+
+/** Audit path for leaf `index` in the tree of `size` leaves. */
+export function inclusionProof(index: number, size: number, read: HashReader): Buffer[] {
+  checkCount(index, 'leaf index');
+  checkCount(size, 'tree size');
+  if (index >= size) throw new FormatError(`leaf index ${index} is not below tree size ${size}`);
+  const topDown: Buffer[] = [];
+  let start = 0;
+  let n = size;
+  let m = index;
+  while (n > 1) {
+    const k = splitPoint(n);
+    if (m < k) {
+      topDown.push(rangeRoot(start + k, n - k, read));
+      n = k;
+    } else {
+      topDown.push(rangeRoot(start, k, read));
+      start += k;
+      m -= k;
+      n -= k;
+    }
+  }
+  return topDown.reverse();
+}
+
+/** Consistency proof between the trees of `oldSize` and `newSize` leaves, 0 < oldSize <= newSize. */
+export function consistencyProof(oldSize: number, newSize: number, read: HashReader): Buffer[] {
+  checkCount(oldSize, 'old tree size');
+  checkCount(newSize, 'new tree size');
+  if (oldSize === 0) throw new FormatError('a consistency proof from the empty tree proves nothing');
+  if (oldSize > newSize) throw new FormatError(`old tree size ${oldSize} exceeds new tree size ${newSize}`);
+  const topDown: Buffer[] = [];
+  let start = 0;
+  let m = oldSize;
+  let n = newSize;
+  // `complete` is RFC 9162's b: true while the current subtree's left edge is the old tree's.
+  let complete = true;
+  while (m !== n) {
+    const k = splitPoint(n);
+    if (m <= k) {
+      topDown.push(rangeRoot(start + k, n - k, read));
+      n = k;
+    } else {
+      topDown.push(rangeRoot(start, k, read));
+      start += k;
+      m -= k;
+      n -= k;
+      complete = false;
+    }
+  }
+  if (!complete) topDown.push(rangeRoot(start, m, read));
+  return topDown.reverse();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Verification.
+//
+// Instead of RFC 9162's bit-shifting loops we use the equivalent closed form: the audit path of
+// node `i` among `last + 1` nodes has `inner = bitlen(i XOR last)` elements below the level where
+// the paths to i and to the last node merge (element j is a left sibling iff bit j of i is set),
+// followed by one left sibling for each set bit of i >> inner (the right edge of the tree has no
+// right siblings). Knowing the exact length up front lets us reject malformed proofs before
+// hashing anything.
+
+function checkHash(h: Uint8Array, check: string, what: string): void {
+  if (h.length !== HASH_SIZE) {
+    throw new VerificationError(check, `${what} is ${h.length} bytes, not ${HASH_SIZE}`);
+  }
+}
+
+function checkProofHashes(proof: readonly Uint8Array[], check: string): void {
+  for (let i = 0; i < proof.length; i++) checkHash(proof[i], check, `proof element ${i}`);
+}
+
+/** Root implied by an inclusion proof; throws VerificationError if the proof is malformed. */
+export function rootFromInclusionProof(
+  leaf: Uint8Array,
+  index: number,
+  size: number,
+  proof: readonly Uint8Array[],
+): Buffer {
+  checkCount(index, 'leaf index');
+  checkCount(size, 'tree size');
+  if (index >= size) {
+    throw new VerificationError(
+      'inclusion.index-out-of-range',
+      `leaf index ${index} is not below tree size ${size}`,
+    );
+  }
+  checkHash(leaf, 'inclusion.hash-length', 'leaf hash');
+  checkProofHashes(proof, 'inclusion.hash-length');
+  const inner = xorBitLength(index, size - 1);
+  const border = popcount(Math.floor(index / POW2[inner]));
+  if (proof.length !== inner + border) {
+    throw new VerificationError(
+      'inclusion.proof-length',
+      `inclusion proof for leaf ${index} of ${size} needs ${inner + border} hashes, got ${proof.length}`,
+    );
+  }
+  let r: Buffer = Buffer.from(leaf);
+  for (let i = 0; i < inner; i++) {
+    r = bitIsSet(index, i) ? nodeHash(proof[i], r) : nodeHash(r, proof[i]);
+  }
+  for (let i = inner; i < proof.length; i++) r = nodeHash(proof[i], r);
+  return r;
+}
+
+/** Checks that `leaf` (a leaf hash) is at `index` in the tree of `size` leaves with root `root`. */
+export function verifyInclusion(
+  leaf: Uint8Array,
+  index: number,
+  size: number,
+  proof: readonly Uint8Array[],
+  root: Uint8Array,
+): void {
+  checkCount(index, 'leaf index');
+  checkCount(size, 'tree size');
+  checkHash(root, 'inclusion.hash-length', 'root');
+  const computed = rootFromInclusionProof(leaf, index, size, proof);
+  if (!equalBytes(computed, root)) {
+    throw new VerificationError(
+      'inclusion.root-mismatch',
+      `inclusion proof for leaf ${index} does not lead to the root of the tree of size ${size}`,
+    );
+  }
+}
+
+/**
+ * Checks that the tree of size1 with root1 is a prefix of the tree of size2 with root2 (RFC 9162
+ * 2.1.4.2). size1 = 0 is rejected: every tree extends the empty one, so such a "proof" would be
+ * meaningless, and accepting it would let a caller skip a real check by mistake.
+ */
+export function verifyConsistency(
+  size1: number,
+  size2: number,
+  proof: readonly Uint8Array[],
+  root1: Uint8Array,
+  root2: Uint8Array,
+): void {
+  checkCount(size1, 'old tree size');
+  checkCount(size2, 'new tree size');
+  if (size1 > size2) {
+    throw new VerificationError('consistency.size-order', `old size ${size1} exceeds new size ${size2}`);
+  }
+  if (size1 === 0) {
+    throw new VerificationError(
+      'consistency.empty-old-tree',
+      'consistency with the empty tree proves nothing',
+    );
+  }
+  if (size1 === size2) {
+    if (proof.length !== 0) {
+      throw new VerificationError('consistency.proof-length', 'equal sizes need an empty proof');
+    }
+    // The roots are only compared, as the RFC does (and the reference vectors expect).
+    if (!equalBytes(root1, root2)) {
+      throw new VerificationError('consistency.root-mismatch', `two different roots for size ${size1}`);
+    }
+    return;
+  }
+  checkHash(root1, 'consistency.hash-length', 'old root');
+  checkHash(root2, 'consistency.hash-length', 'new root');
+  checkProofHashes(proof, 'consistency.hash-length');
+
+  // The old tree's rightmost perfect subtree, node (shift, index), is also complete in the new
+  // tree. The proof is that node's hash (omitted when it is the whole old tree, i.e. when size1
+  // is a power of two) followed by its audit path among the level-`shift` nodes of the new tree.
+  // The path's left siblings are exactly the old tree's other perfect subtrees.
+  const shift = trailingZeros(size1);
+  const unit = POW2[shift];
+  const index = size1 / unit - 1;
+  const last = Math.floor((size2 - 1) / unit);
+  const inner = xorBitLength(index, last);
+  const border = popcount(Math.floor(index / POW2[inner]));
+  const seeded = index !== 0;
+  const expected = (seeded ? 1 : 0) + inner + border;
+  if (proof.length !== expected) {
+    throw new VerificationError(
+      'consistency.proof-length',
+      `consistency proof from ${size1} to ${size2} needs ${expected} hashes, got ${proof.length}`,
+    );
+  }
+  const seed = seeded ? proof[0] : root1;
+  let r1: Buffer = Buffer.from(seed);
+  let r2: Buffer = r1;
+  let p = seeded ? 1 : 0;
+  for (let i = 0; i < inner; i++, p++) {
+    if (bitIsSet(index, i)) {
+      r1 = nodeHash(proof[p], r1);
+      r2 = nodeHash(proof[p], r2);
+    } else {
+      r2 = nodeHash(r2, proof[p]);
+    }
+  }
+  for (; p < proof.length; p++) {
+    r1 = nodeHash(proof[p], r1);
+    r2 = nodeHash(proof[p], r2);
+  }
+  if (!equalBytes(r1, root1)) {
+    throw new VerificationError(
+      'consistency.root1-mismatch',
+      `consistency proof does not lead to the root of the old tree of size ${size1}`,
+    );
+  }
+  if (!equalBytes(r2, root2)) {
+    throw new VerificationError(
+      'consistency.root2-mismatch',
+      `consistency proof does not lead to the root of the new tree of size ${size2}`,
+    );
+  }
+}
