@@ -1,0 +1,117 @@
+// npm run bench: prints one JSON line per figure. Sizes can be reduced for a quick look with
+// TRUSTIX_BENCH_N (entries in the first phase; the second phase adds as many again).
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Entry } from '../src/core/entry.js';
+import { type LookupAnswer, verifyLookup } from '../src/core/lookup.js';
+import { verifierFromVkey } from '../src/core/note.js';
+import { Log } from '../src/log/log.js';
+
+const N = Number(process.env.TRUSTIX_BENCH_N ?? 1_000_000);
+const BATCH = 10_000;
+
+function emit(name: string, value: number, unit: string, extra: Record<string, unknown> = {}): void {
+  console.log(JSON.stringify({ name, value: Math.round(value * 100) / 100, unit, ...extra }));
+}
+
+const NIX32 = '0123456789abcdfghijklmnpqrsvwxyz';
+function nixKey(): Buffer {
+  const r = randomBytes(32);
+  let s = '';
+  for (let i = 0; i < 32; i++) s += NIX32[r[i] & 31];
+  return Buffer.from(s);
+}
+
+function makeEntries(n: number): Entry[] {
+  const out: Entry[] = new Array(n);
+  for (let i = 0; i < n; i++) {
+    out[i] = {
+      protocol: 'nix',
+      key: nixKey(),
+      value: randomBytes(32),
+      metadata: Buffer.from(`{"name":"pkg-${i}","narSize":${1000 + i}}`),
+    };
+  }
+  return out;
+}
+
+/** Feeds `count` entries with two batches in flight, as many concurrent submitters would. */
+async function ingest(log: Log, count: number, keys: Buffer[]): Promise<number> {
+  const start = process.hrtime.bigint();
+  const inFlight: Promise<unknown>[] = [];
+  for (let done = 0; done < count; done += BATCH) {
+    const entries = makeEntries(Math.min(BATCH, count - done));
+    for (let i = 0; i < entries.length; i += 97) keys.push(entries[i].key);
+    inFlight.push(log.submit(entries));
+    if (inFlight.length >= 3) await inFlight.shift();
+  }
+  await Promise.all(inFlight);
+  return Number(process.hrtime.bigint() - start) / 1e9;
+}
+
+let peakRss = 0;
+const rssTimer = setInterval(() => {
+  peakRss = Math.max(peakRss, process.memoryUsage().rss);
+}, 50);
+
+const dir = mkdtempSync(join(tmpdir(), 'trustix-bench-'));
+try {
+  const log = await Log.create(dir, 'bench.example/log', { maxBatch: BATCH, batchDelayMs: 5 });
+  const keys: Buffer[] = [];
+  const t1 = await ingest(log, N, keys);
+  peakRss = Math.max(peakRss, process.memoryUsage().rss);
+  emit('ingest_fresh_entries_per_s', N / t1, 'entries/s', { entries: N, seconds: t1, batch: BATCH, durable: true });
+  emit('ingest_fresh_peak_rss', peakRss / 2 ** 20, 'MiB', { entries: N });
+
+  // lookups with both proofs, generated from disk, for present and absent keys
+  const L = Math.min(200_000, N);
+  const lookupKeys = Array.from({ length: L }, (_, i) => (i % 4 === 3 ? nixKey() : keys[(i * 7919) % keys.length]));
+  let t = process.hrtime.bigint();
+  const answers: LookupAnswer[] = new Array(L);
+  for (let i = 0; i < L; i++) answers[i] = log.lookup('nix', lookupKeys[i]);
+  let s = Number(process.hrtime.bigint() - t) / 1e9;
+  emit('lookup_with_proofs_per_s', L / s, 'lookups/s', { lookups: L, present_fraction: 0.75, size: N });
+
+  const verifier = verifierFromVkey(log.vkey);
+  const V = Math.min(50_000, L);
+  t = process.hrtime.bigint();
+  let present = 0;
+  for (let i = 0; i < V; i++) {
+    const v = verifyLookup(answers[i], verifier, { protocol: 'nix', key: lookupKeys[i] });
+    if (v.status === 'invalid') throw new Error(`bench answer ${i} invalid: ${v.reason}`);
+    if (v.status === 'present') present++;
+  }
+  s = Number(process.hrtime.bigint() - t) / 1e9;
+  emit('verify_lookup_per_s', V / s, 'verifications/s', { verifications: V, present });
+
+  // proof sizes at this size
+  const sample = answers.slice(0, 1000);
+  const presentAnswers = sample.filter((a) => a.entry);
+  const absentAnswers = sample.filter((a) => !a.entry);
+  const avg = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
+  emit(
+    'map_proof_bytes_present',
+    avg(presentAnswers.map((a) => Buffer.from(a.mapProof, 'base64').length)),
+    'bytes',
+    { size: N },
+  );
+  emit(
+    'map_proof_bytes_absent',
+    avg(absentAnswers.map((a) => Buffer.from(a.mapProof, 'base64').length)),
+    'bytes',
+    { size: N },
+  );
+  emit('inclusion_proof_bytes', avg(presentAnswers.map((a) => a.entry!.proof.length * 32)), 'bytes', { size: N });
+  emit('lookup_answer_json_bytes', avg(sample.map((a) => JSON.stringify(a).length)), 'bytes', { size: N });
+
+  // scaling: from N to 2N
+  const t2 = await ingest(log, N, keys);
+  emit('ingest_second_entries_per_s', N / t2, 'entries/s', { from: N, to: 2 * N, seconds: t2 });
+  emit('peak_rss_after_second', peakRss / 2 ** 20, 'MiB', { entries: 2 * N });
+  await log.close();
+} finally {
+  clearInterval(rssTimer);
+  rmSync(dir, { recursive: true, force: true });
+}

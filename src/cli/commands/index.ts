@@ -1,0 +1,7 @@
+import type { Command } from 'commander';
+import { registerLocalCommands } from './local.js';
+
+/** Every command module registers itself here; add one line per module. */
+export function registerCommands(program: Command): void {
+  registerLocalCommands(program);
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env node
+import { Command, CommanderError } from 'commander';
+import { registerCommands } from './commands/index.js';
+import { CliError, describeError, EXIT } from './output.js';
+
+const program = new Command('trustix')
+  .description('Verifiable logs of build results, and local voting across them.')
+  .showHelpAfterError('(run with --help for usage)')
+  .exitOverride();
+
+registerCommands(program);
+
+async function main(): Promise<void> {
+  try {
+    await program.parseAsync(process.argv);
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      process.exitCode = err.exitCode === 0 ? 0 : EXIT.usage;
+      return;
+    }
+    process.stderr.write(`trustix: ${describeError(err)}\n`);
+    process.exitCode = err instanceof CliError ? err.exitCode : EXIT.error;
+  }
+}
+
+await main();

@@ -1,0 +1,128 @@
+import { sha256 } from './hash.js';
+import { FormatError } from './errors.js';
+
+/**
+ * One log entry: "under `protocol`, `key` built to `value`", plus metadata that the leaf hash
+ * covers but votes do not compare. The byte encoding is canonical (one encoding per entry), so
+ * the leaf hash of an entry is a function of its fields. See docs/entry-format.md.
+ *
+ *   u8  version (= 1)
+ *   u8  protocol length (1..64), protocol bytes (printable ASCII, no space)
+ *   u16 key length (1..1024), key bytes
+ *   u8  value length (1..64), value bytes (the digest votes compare, e.g. a NAR sha256)
+ *   u16 metadata length, metadata bytes (opaque to the log)
+ * Multi-byte integers are big-endian. Nothing may follow the metadata.
+ */
+export interface Entry {
+  protocol: string;
+  key: Buffer;
+  value: Buffer;
+  metadata: Buffer;
+}
+
+export const ENTRY_VERSION = 1;
+export const MAX_PROTOCOL_LENGTH = 64;
+export const MAX_KEY_LENGTH = 1024;
+export const MAX_VALUE_LENGTH = 64;
+/** Entry bundles (tlog-tiles) prefix each entry with a u16 length. */
+export const MAX_ENTRY_SIZE = 65535;
+const FIXED_OVERHEAD = 1 + 1 + 2 + 1 + 2;
+export const MAX_METADATA_LENGTH = MAX_ENTRY_SIZE - FIXED_OVERHEAD - 1 - 1 - 1;
+
+const PROTOCOL_RE = /^[\x21-\x7e]{1,64}$/;
+
+export function validateEntry(e: Entry): void {
+  if (typeof e.protocol !== 'string' || !PROTOCOL_RE.test(e.protocol)) {
+    throw new FormatError(`protocol must be 1-${MAX_PROTOCOL_LENGTH} printable ASCII characters without spaces`);
+  }
+  if (e.key.length < 1 || e.key.length > MAX_KEY_LENGTH) {
+    throw new FormatError(`key must be 1-${MAX_KEY_LENGTH} bytes, got ${e.key.length}`);
+  }
+  if (e.value.length < 1 || e.value.length > MAX_VALUE_LENGTH) {
+    throw new FormatError(`value must be 1-${MAX_VALUE_LENGTH} bytes, got ${e.value.length}`);
+  }
+  const size = FIXED_OVERHEAD + e.protocol.length + e.key.length + e.value.length + e.metadata.length;
+  if (size > MAX_ENTRY_SIZE) {
+    throw new FormatError(`entry is ${size} bytes, the limit is ${MAX_ENTRY_SIZE} (metadata too long)`);
+  }
+}
+
+export function encodeEntry(e: Entry): Buffer {
+  validateEntry(e);
+  const p = e.protocol.length;
+  const out = Buffer.allocUnsafe(FIXED_OVERHEAD + p + e.key.length + e.value.length + e.metadata.length);
+  let o = 0;
+  out[o++] = ENTRY_VERSION;
+  out[o++] = p;
+  o += out.write(e.protocol, o, 'latin1');
+  out.writeUInt16BE(e.key.length, o);
+  o += 2;
+  o += e.key.copy(out, o);
+  out[o++] = e.value.length;
+  o += e.value.copy(out, o);
+  out.writeUInt16BE(e.metadata.length, o);
+  o += 2;
+  e.metadata.copy(out, o);
+  return out;
+}
+
+export function decodeEntry(data: Uint8Array): Entry {
+  const b = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  let o = 0;
+  const need = (n: number) => {
+    if (o + n > b.length) throw new FormatError('entry is truncated');
+  };
+  need(2);
+  if (b[o] !== ENTRY_VERSION) throw new FormatError(`unknown entry version ${b[o]}`);
+  o++;
+  const p = b[o++];
+  need(p);
+  const protocol = b.toString('latin1', o, o + p);
+  o += p;
+  need(2);
+  const kl = b.readUInt16BE(o);
+  o += 2;
+  need(kl);
+  const key = b.subarray(o, o + kl);
+  o += kl;
+  need(1);
+  const vl = b[o++];
+  need(vl);
+  const value = b.subarray(o, o + vl);
+  o += vl;
+  need(2);
+  const ml = b.readUInt16BE(o);
+  o += 2;
+  need(ml);
+  const metadata = b.subarray(o, o + ml);
+  o += ml;
+  if (o !== b.length) throw new FormatError('entry has trailing bytes');
+  const e = { protocol, key, value, metadata };
+  validateEntry(e);
+  return e;
+}
+
+/** The sparse index path of (protocol, key): SHA-256(u8 len(protocol) || protocol || key). */
+export function indexPath(protocol: string, key: Uint8Array): Buffer {
+  const buf = Buffer.allocUnsafe(1 + protocol.length + key.length);
+  buf[0] = protocol.length;
+  buf.write(protocol, 1, 'latin1');
+  buf.set(key, 1 + protocol.length);
+  return sha256(buf);
+}
+
+/** The sparse index value for an entry: u64 BE log index || RFC 6962 leaf hash of the entry. */
+export function indexValue(logIndex: number, entryLeafHash: Uint8Array): Buffer {
+  const v = Buffer.allocUnsafe(40);
+  v.writeBigUInt64BE(BigInt(logIndex), 0);
+  v.set(entryLeafHash, 8);
+  return v;
+}
+
+export function parseIndexValue(v: Uint8Array): { logIndex: number; leafHash: Buffer } {
+  if (v.length !== 40) throw new FormatError(`index value must be 40 bytes, got ${v.length}`);
+  const b = Buffer.from(v.buffer, v.byteOffset, v.byteLength);
+  const n = b.readBigUInt64BE(0);
+  if (n > BigInt(Number.MAX_SAFE_INTEGER)) throw new FormatError('log index out of range');
+  return { logIndex: Number(n), leafHash: b.subarray(8, 40) };
+}

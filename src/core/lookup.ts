@@ -1,0 +1,138 @@
+import { decodeBase64Strict, equalBytes } from './bytes.js';
+import { type Checkpoint, openCheckpoint } from './checkpoint.js';
+import { type Entry, decodeEntry, indexPath, indexValue } from './entry.js';
+import { FormatError, TrustixError, VerificationError } from './errors.js';
+import { leafHash, verifyInclusion } from './merkle.js';
+import type { NoteVerifier } from './note.js';
+import { decodeSmtProof, verifySmtProof } from './smt.js';
+
+/**
+ * Everything a client needs to check one key against one signed checkpoint: the checkpoint,
+ * the sparse index proof for the key against the checkpoint's map root, and (when present)
+ * the entry with its inclusion proof against the checkpoint's log root.
+ * JSON form: binary fields are standard base64.
+ */
+export interface LookupAnswer {
+  checkpoint: string;
+  protocol: string;
+  key: string;
+  mapProof: string;
+  entry?: { index: number; data: string; proof: string[] };
+}
+
+export type LookupVerdict =
+  | { status: 'present'; entry: Entry; index: number; checkpoint: Checkpoint }
+  | { status: 'absent'; checkpoint: Checkpoint }
+  | { status: 'invalid'; check: string; reason: string };
+
+/**
+ * Checks a lookup answer for (protocol, key) against the log's verifier key. Any failed check
+ * makes the answer invalid, never absent: a log that cannot prove absence has said nothing.
+ */
+export function verifyLookup(
+  answer: unknown,
+  verifier: NoteVerifier,
+  query: { protocol: string; key: Uint8Array },
+): LookupVerdict {
+  try {
+    return checkLookup(answer, verifier, query);
+  } catch (err) {
+    if (err instanceof VerificationError) return { status: 'invalid', check: err.check, reason: err.message };
+    if (err instanceof TrustixError) return { status: 'invalid', check: 'lookup.malformed', reason: err.message };
+    throw err;
+  }
+}
+
+function checkLookup(
+  answer: unknown,
+  verifier: NoteVerifier,
+  query: { protocol: string; key: Uint8Array },
+): LookupVerdict {
+  const a = parseLookupAnswer(answer);
+  const checkpoint = openCheckpointCached(a.checkpoint, verifier);
+  if (!checkpoint.mapRoot) {
+    throw new VerificationError('lookup.no-map-root', 'checkpoint carries no map root');
+  }
+  if (a.protocol !== query.protocol || !equalBytes(b64(a.key, 'key'), query.key)) {
+    throw new VerificationError('lookup.wrong-key', 'answer is for another key');
+  }
+  const path = indexPath(query.protocol, query.key);
+  const mapProof = decodeSmtProof(b64(a.mapProof, 'mapProof'));
+  if (!a.entry) {
+    verifySmtProof(checkpoint.mapRoot, path, undefined, mapProof);
+    return { status: 'absent', checkpoint };
+  }
+  const data = b64(a.entry.data, 'entry.data');
+  const entry = decodeEntry(data);
+  if (entry.protocol !== query.protocol || !equalBytes(entry.key, query.key)) {
+    throw new VerificationError('lookup.entry-key-mismatch', 'entry is for another key');
+  }
+  const leaf = leafHash(data);
+  const index = a.entry.index;
+  verifySmtProof(checkpoint.mapRoot, path, indexValue(index, leaf), mapProof);
+  verifyInclusion(
+    leaf,
+    index,
+    checkpoint.size,
+    a.entry.proof.map((p, i) => b64(p, `entry.proof[${i}]`)),
+    checkpoint.rootHash,
+  );
+  return { status: 'present', entry, index, checkpoint };
+}
+
+/**
+ * ed25519 verification is the most expensive step of a lookup check (about 70 us) and a
+ * client checks many answers against the same checkpoint, so notes that verified are
+ * remembered per verifier, keyed by their exact text. Only successes are cached.
+ */
+const verifiedCheckpoints = new WeakMap<NoteVerifier, Map<string, Checkpoint>>();
+const CACHE_PER_VERIFIER = 16;
+
+function openCheckpointCached(note: string, verifier: NoteVerifier): Checkpoint {
+  let cache = verifiedCheckpoints.get(verifier);
+  const hit = cache?.get(note);
+  if (hit) return hit;
+  const { checkpoint } = openCheckpoint(note, verifier);
+  if (!cache) {
+    cache = new Map();
+    verifiedCheckpoints.set(verifier, cache);
+  }
+  if (cache.size >= CACHE_PER_VERIFIER) cache.delete(cache.keys().next().value!);
+  cache.set(note, checkpoint);
+  return checkpoint;
+}
+
+function b64(text: unknown, field: string): Buffer {
+  const b = typeof text === 'string' ? decodeBase64Strict(text) : undefined;
+  if (!b) throw new FormatError(`${field} is not valid base64`);
+  return b;
+}
+
+/** Shape check of an untrusted lookup answer (from JSON). */
+export function parseLookupAnswer(x: unknown): LookupAnswer {
+  const o = x as Record<string, unknown>;
+  if (typeof o !== 'object' || o === null) throw new FormatError('lookup answer must be an object');
+  for (const f of ['checkpoint', 'protocol', 'key', 'mapProof']) {
+    if (typeof o[f] !== 'string') throw new FormatError(`lookup answer field ${f} must be a string`);
+  }
+  let entry: LookupAnswer['entry'];
+  if (o.entry !== undefined && o.entry !== null) {
+    const e = o.entry as Record<string, unknown>;
+    if (typeof e !== 'object') throw new FormatError('lookup answer entry must be an object');
+    if (typeof e.index !== 'number' || !Number.isSafeInteger(e.index) || e.index < 0) {
+      throw new FormatError('entry.index must be a non-negative integer');
+    }
+    if (typeof e.data !== 'string') throw new FormatError('entry.data must be a string');
+    if (!Array.isArray(e.proof) || e.proof.length > 64 || !e.proof.every((p) => typeof p === 'string')) {
+      throw new FormatError('entry.proof must be an array of at most 64 base64 strings');
+    }
+    entry = { index: e.index, data: e.data, proof: e.proof as string[] };
+  }
+  return {
+    checkpoint: o.checkpoint as string,
+    protocol: o.protocol as string,
+    key: o.key as string,
+    mapProof: o.mapProof as string,
+    ...(entry ? { entry } : {}),
+  };
+}

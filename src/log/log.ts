@@ -1,0 +1,378 @@
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { equalBytes, toBase64 } from '../core/bytes.js';
+import { signCheckpoint } from '../core/checkpoint.js';
+import {
+  type Entry,
+  decodeEntry,
+  encodeEntry,
+  indexPath,
+  indexValue,
+  parseIndexValue,
+  validateEntry,
+} from '../core/entry.js';
+import { FormatError, StateError, StorageError, TrustixError } from '../core/errors.js';
+import type { LookupAnswer } from '../core/lookup.js';
+import { consistencyProof, EMPTY_ROOT, inclusionProof, leafHash, treeRoot } from '../core/merkle.js';
+import { generateKey, type NoteSigner, signerFromSkey } from '../core/note.js';
+import { encodeSmtProof, SMT_EMPTY, smtApplyBatch, smtLookup, type StratumReader } from '../core/smt.js';
+import { appendToTiles, hashReaderFromTiles } from '../core/tiles.js';
+import { LmdbLogStore } from '../storage/lmdb.js';
+import type { LogHead, LogSnapshot, LogStore, StoredTile } from '../storage/store.js';
+
+export interface LogOptions {
+  /** Most entries sequenced in one batch (one commit, one signature). */
+  maxBatch?: number;
+  /** How long a lone submission may wait for company before its batch is sequenced. */
+  batchDelayMs?: number;
+  /** Most submissions waiting to be sequenced; beyond it `submit` fails with PoolFullError. */
+  maxPending?: number;
+}
+
+export interface SubmitReceipt {
+  index: number;
+  /** True when an identical value for this key was already in the log; nothing was appended. */
+  duplicate: boolean;
+  /** The signed checkpoint that covers the entry. */
+  checkpoint: string;
+  /** RFC 6962 inclusion proof of the entry at `index` in the checkpoint's tree. */
+  proof: Buffer[];
+}
+
+/** The pool is full: the caller should retry later (HTTP 503 + Retry-After). */
+export class PoolFullError extends TrustixError {
+  constructor(readonly retryAfterSeconds: number) {
+    super('POOL_FULL', `submission pool is full; retry in ${retryAfterSeconds}s`);
+  }
+}
+
+interface Pending {
+  entry: Entry;
+  encoded: Buffer;
+  path: Buffer;
+  resolve: (r: SubmitReceipt) => void;
+  reject: (e: unknown) => void;
+}
+
+const SIGNING_KEY_FILE = 'signing.key';
+
+/**
+ * One append-only log with its sparse index. Submissions are pooled and sequenced in batches:
+ * append to the tree, update the index, sign one checkpoint, commit durably, then acknowledge.
+ * The checkpoint is signed before the commit but published (served or acknowledged) only after
+ * it, and it is stored in the same transaction as the tree it describes, so a crash can never
+ * leave a published checkpoint that the store does not back.
+ */
+export class Log {
+  readonly origin: string;
+  readonly vkey: string;
+  private headState: LogHead;
+  private readonly pending: Pending[] = [];
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<void> | undefined;
+  private closed = false;
+  private readonly maxBatch: number;
+  private readonly batchDelayMs: number;
+  private readonly maxPending: number;
+
+  private constructor(
+    private readonly store: LogStore,
+    private readonly signer: NoteSigner,
+    head: LogHead,
+    opts: LogOptions,
+  ) {
+    this.origin = signer.name;
+    this.vkey = signer.vkey;
+    this.headState = head;
+    this.maxBatch = opts.maxBatch ?? 10_000;
+    this.batchDelayMs = opts.batchDelayMs ?? 20;
+    this.maxPending = opts.maxPending ?? 200_000;
+  }
+
+  /** Creates a new log in an empty directory: store, signing key (mode 0600) and the empty checkpoint. */
+  static async create(dir: string, origin: string, opts: LogOptions & { skey?: string } = {}): Promise<Log> {
+    if (existsSync(join(dir, 'log.mdb'))) throw new StateError(`a log already exists in ${dir}`);
+    const skey = opts.skey ?? generateKey(origin).skey;
+    const signer = signerFromSkey(skey);
+    if (signer.name !== origin) throw new StateError(`signing key is for ${signer.name}, not ${origin}`);
+    const store = LmdbLogStore.open(dir, { create: true });
+    try {
+      writeFileSync(join(dir, SIGNING_KEY_FILE), `${skey}\n`, { mode: 0o600, flag: 'wx' });
+    } catch (err) {
+      await store.close();
+      throw new StateError(`cannot write signing key in ${dir}: ${(err as Error).message}`);
+    }
+    await store.setMeta('origin', origin);
+    await store.setMeta('vkey', signer.vkey);
+    const cp = { origin, size: 0, rootHash: EMPTY_ROOT, mapRoot: SMT_EMPTY, extensions: [] };
+    const head: LogHead = { size: 0, rootHash: EMPTY_ROOT, mapRoot: SMT_EMPTY, checkpoint: signCheckpoint(cp, signer) };
+    await store.commit({ firstIndex: 0, entries: [], tiles: [], strataWrites: [], strataDeletes: [], head });
+    return new Log(store, signer, head, opts);
+  }
+
+  /** Opens an existing log. The signing key defaults to the one stored beside it. */
+  static async open(dir: string, opts: LogOptions & { skey?: string } = {}): Promise<Log> {
+    const store = LmdbLogStore.open(dir);
+    try {
+      const skey = opts.skey ?? readSigningKey(dir);
+      const signer = signerFromSkey(skey);
+      const vkey = store.getMeta('vkey');
+      if (vkey === undefined) throw new StorageError(`log store in ${dir} has no verifier key recorded`);
+      if (vkey !== signer.vkey) {
+        throw new StateError(`the signing key does not belong to this log (log key ${vkey}, given ${signer.vkey})`);
+      }
+      const head = store.read((s) => s.head());
+      if (!head) throw new StorageError(`log store in ${dir} has no head`);
+      return new Log(store, signer, head, opts);
+    } catch (err) {
+      await store.close();
+      throw err;
+    }
+  }
+
+  head(): LogHead {
+    return this.headState;
+  }
+
+  /**
+   * Queues entries for the next batches. Resolves once each is durable and covered by a signed
+   * checkpoint. Invalid entries reject the whole call before anything is queued.
+   */
+  submit(entries: readonly Entry[]): Promise<SubmitReceipt[]> {
+    if (this.closed) return Promise.reject(new StateError('log is closed'));
+    const prepared = entries.map((e) => {
+      validateEntry(e);
+      return { entry: e, encoded: encodeEntry(e), path: indexPath(e.protocol, e.key) };
+    });
+    if (this.pending.length + prepared.length > this.maxPending) {
+      return Promise.reject(new PoolFullError(1));
+    }
+    const promises = prepared.map(
+      (p) => new Promise<SubmitReceipt>((resolve, reject) => this.pending.push({ ...p, resolve, reject })),
+    );
+    this.schedule();
+    return Promise.all(promises);
+  }
+
+  get pendingCount(): number {
+    return this.pending.length;
+  }
+
+  private schedule(): void {
+    if (this.running || this.pending.length === 0) return;
+    if (this.pending.length >= this.maxBatch || this.closed) {
+      if (this.timer) clearTimeout(this.timer);
+      this.timer = undefined;
+      this.running = this.drain();
+    } else if (!this.timer) {
+      this.timer = setTimeout(() => {
+        this.timer = undefined;
+        this.running = this.drain();
+      }, this.batchDelayMs);
+    }
+  }
+
+  private async drain(): Promise<void> {
+    try {
+      while (this.pending.length > 0) {
+        const batch = this.pending.splice(0, this.maxBatch);
+        try {
+          await this.sequence(batch);
+        } catch (err) {
+          for (const p of batch) p.reject(err);
+        }
+      }
+    } finally {
+      this.running = undefined;
+    }
+  }
+
+  private async sequence(batch: Pending[]): Promise<void> {
+    const old = this.headState;
+    const firstIndex = old.size;
+    const appended: Buffer[] = [];
+    const leafHashes: Buffer[] = [];
+    const updates: { path: Buffer; value: Buffer }[] = [];
+    // index each submission resolves to, or -1 until assigned
+    const indexes = new Array<number>(batch.length);
+    const duplicate = new Array<boolean>(batch.length).fill(false);
+    // latest (index, value) per path within this batch, so resubmissions inside a batch are idempotent too
+    const inBatch = new Map<string, { index: number; value: Buffer }>();
+
+    this.store.read((snap) => {
+      const readStratum: StratumReader = (id) => snap.stratum(id);
+      for (let i = 0; i < batch.length; i++) {
+        const p = batch[i];
+        const pathKey = p.path.toString('latin1');
+        let prev = inBatch.get(pathKey);
+        if (!prev) {
+          const found = smtLookup(old.mapRoot, p.path, readStratum).value;
+          if (found) {
+            const { logIndex } = parseIndexValue(found);
+            const data = snap.entry(logIndex);
+            if (!data) throw new StorageError(`index points at missing entry ${logIndex}`);
+            prev = { index: logIndex, value: decodeEntry(data).value };
+          }
+        }
+        if (prev && equalBytes(prev.value, p.entry.value)) {
+          indexes[i] = prev.index;
+          duplicate[i] = true;
+          continue;
+        }
+        const index = firstIndex + appended.length;
+        const leaf = leafHash(p.encoded);
+        appended.push(p.encoded);
+        leafHashes.push(leaf);
+        updates.push({ path: p.path, value: indexValue(index, leaf) });
+        inBatch.set(pathKey, { index, value: p.entry.value });
+        indexes[i] = index;
+      }
+    });
+
+    let head = old;
+    if (appended.length > 0) {
+      const newSize = firstIndex + appended.length;
+      const { tiles, rootHash, strata } = this.store.read((snap) => {
+        const tiles = appendToTiles(firstIndex, leafHashes, (l, n) => snap.tile(l, n));
+        const overlay = new Map<string, StoredTile>();
+        for (const t of tiles) overlay.set(`${t.tileLevel}/${t.tileIndex}`, t);
+        const rootHash = treeRoot(
+          newSize,
+          hashReaderFromTiles((l, n) => overlay.get(`${l}/${n}`) ?? snap.tile(l, n)),
+        );
+        const strata = smtApplyBatch(old.mapRoot, updates, (id) => snap.stratum(id));
+        return { tiles, rootHash, strata };
+      });
+      const cp = { origin: this.origin, size: newSize, rootHash, mapRoot: strata.root, extensions: [] };
+      head = { size: newSize, rootHash, mapRoot: strata.root, checkpoint: signCheckpoint(cp, this.signer) };
+      await this.store.commit({
+        firstIndex,
+        entries: appended,
+        tiles,
+        strataWrites: [...strata.writes.values()],
+        strataDeletes: strata.deletes,
+        head,
+      });
+      this.headState = head;
+    }
+
+    this.store.read((snap) => {
+      const reader = hashReaderFromTiles((l, n) => snap.tile(l, n));
+      for (let i = 0; i < batch.length; i++) {
+        batch[i].resolve({
+          index: indexes[i],
+          duplicate: duplicate[i],
+          checkpoint: head.checkpoint,
+          proof: inclusionProof(indexes[i], head.size, reader),
+        });
+      }
+    });
+  }
+
+  /** A lookup answer for (protocol, key) against the latest checkpoint, with every proof a client needs. */
+  lookup(protocol: string, key: Uint8Array): LookupAnswer {
+    const path = indexPath(protocol, key);
+    return this.store.read((snap) => {
+      const head = this.snapshotHead(snap);
+      const { value, proof } = smtLookup(head.mapRoot, path, (id) => snap.stratum(id));
+      const answer: LookupAnswer = {
+        checkpoint: head.checkpoint,
+        protocol,
+        key: toBase64(key),
+        mapProof: toBase64(encodeSmtProof(proof)),
+      };
+      if (value) {
+        const { logIndex } = parseIndexValue(value);
+        const data = snap.entry(logIndex);
+        if (!data) throw new StorageError(`index points at missing entry ${logIndex}`);
+        const reader = hashReaderFromTiles((l, n) => snap.tile(l, n));
+        answer.entry = {
+          index: logIndex,
+          data: toBase64(data),
+          proof: inclusionProof(logIndex, head.size, reader).map(toBase64),
+        };
+      }
+      return answer;
+    });
+  }
+
+  /** Inclusion proof of entry `index` in the tree of `size` (default: the latest). */
+  inclusionProof(index: number, size = this.headState.size): Buffer[] {
+    checkRange(index, size, this.headState.size, 'index');
+    return this.store.read((snap) =>
+      inclusionProof(
+        index,
+        size,
+        hashReaderFromTiles((l, n) => snap.tile(l, n)),
+      ),
+    );
+  }
+
+  consistencyProof(oldSize: number, newSize = this.headState.size): Buffer[] {
+    if (!Number.isSafeInteger(oldSize) || oldSize < 1 || oldSize > newSize || newSize > this.headState.size) {
+      throw new FormatError(`need 1 <= old size <= new size <= ${this.headState.size}`);
+    }
+    return this.store.read((snap) =>
+      consistencyProof(
+        oldSize,
+        newSize,
+        hashReaderFromTiles((l, n) => snap.tile(l, n)),
+      ),
+    );
+  }
+
+  entry(index: number): Buffer {
+    checkRange(index, this.headState.size, this.headState.size, 'index');
+    const e = this.store.read((snap) => snap.entry(index));
+    if (!e) throw new StorageError(`entry ${index} is missing from the store`);
+    return e;
+  }
+
+  /** Reads the head from the snapshot itself so proofs and checkpoint always match, even across processes. */
+  private snapshotHead(snap: LogSnapshot): LogHead {
+    const h = snap.head();
+    if (!h) throw new StorageError('log store has no head');
+    return h;
+  }
+
+  /** Stops accepting submissions, sequences everything already accepted, and closes the store. */
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.timer) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+    }
+    while (this.running || this.pending.length > 0) {
+      if (!this.running) this.running = this.drain();
+      await this.running;
+    }
+    await this.store.close();
+  }
+
+  /** The store, for auditing. */
+  get storage(): LogStore {
+    return this.store;
+  }
+
+  describe(): { origin: string; vkey: string; size: number; checkpoint: string } {
+    return { origin: this.origin, vkey: this.vkey, size: this.headState.size, checkpoint: this.headState.checkpoint };
+  }
+}
+
+function readSigningKey(dir: string): string {
+  const file = join(dir, SIGNING_KEY_FILE);
+  try {
+    return readFileSync(file, 'utf8').trim();
+  } catch {
+    throw new StateError(`no signing key at ${file}; pass one explicitly`);
+  }
+}
+
+function checkRange(index: number, size: number, current: number, what: string): void {
+  if (!Number.isSafeInteger(size) || size < 1 || size > current) {
+    throw new FormatError(`tree size must be between 1 and ${current}`);
+  }
+  if (!Number.isSafeInteger(index) || index < 0 || index >= size) {
+    throw new FormatError(`${what} must be between 0 and ${size - 1}`);
+  }
+}

@@ -1,0 +1,58 @@
+/**
+ * The storage contract of one log. The sequencer is the only writer; any number of readers
+ * may read concurrently. A backend must guarantee:
+ *  - `commit` is atomic (all of a batch or nothing survives a crash) and durable when its
+ *    promise resolves (fsync'd): the log acknowledges submissions only after that;
+ *  - every `read` callback sees one consistent snapshot, so a lookup's checkpoint, index
+ *    strata and tiles always belong together.
+ * Reads are synchronous: the embedded backend (lmdb) serves them from a memory map far faster
+ * than a promise round trip. A networked backend (PostgreSQL) would keep this contract by
+ * reading through a snapshot cache filled per batch; the sequencer is single-writer either way.
+ */
+
+/** A hash tile as stored: the C2SP tile hashes followed by its internal levels (see core/tiles.ts). */
+export interface StoredTile {
+  expanded: Uint8Array;
+  width: number;
+}
+
+/** What a committed batch leaves behind: the state every reader starts from. */
+export interface LogHead {
+  size: number;
+  rootHash: Buffer;
+  mapRoot: Buffer;
+  /** The signed checkpoint note for exactly this size and these roots. */
+  checkpoint: string;
+}
+
+export interface LogSnapshot {
+  head(): LogHead | undefined;
+  entry(index: number): Buffer | undefined;
+  tile(tileLevel: number, tileIndex: number): StoredTile | undefined;
+  stratum(id: Uint8Array): Buffer | undefined;
+}
+
+export interface CommitBatch {
+  /** First index of `entries`; must equal the current size. */
+  firstIndex: number;
+  entries: readonly Uint8Array[];
+  tiles: ReadonlyArray<{ tileLevel: number; tileIndex: number; width: number; expanded: Uint8Array }>;
+  strataWrites: ReadonlyArray<{ id: Uint8Array; data: Uint8Array }>;
+  strataDeletes: readonly Uint8Array[];
+  head: LogHead;
+}
+
+export interface LogStore {
+  /** Runs `fn` against one consistent snapshot. `fn` must be synchronous. */
+  read<T>(fn: (snapshot: LogSnapshot) => T): T;
+  /** Atomically and durably applies a batch. Resolves only once it is on disk. */
+  commit(batch: CommitBatch): Promise<void>;
+  /** Every published checkpoint, by increasing size. */
+  checkpoints(): Iterable<{ size: number; checkpoint: string }>;
+  /** Entries [start, end) in order. */
+  entries(start: number, end: number): Iterable<Buffer>;
+  /** Small named values (log configuration such as the origin and public key). */
+  getMeta(name: string): string | undefined;
+  setMeta(name: string, value: string): Promise<void>;
+  close(): Promise<void>;
+}

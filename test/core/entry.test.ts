@@ -1,0 +1,86 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import {
+  decodeEntry,
+  type Entry,
+  encodeEntry,
+  indexPath,
+  indexValue,
+  MAX_ENTRY_SIZE,
+  parseIndexValue,
+} from '../../src/core/entry.js';
+import { FormatError } from '../../src/core/errors.js';
+import { leafHash } from '../../src/core/merkle.js';
+
+// Vectors computed independently (Python hashlib/struct), also listed in docs/entry-format.md.
+const NAR = Buffer.from('c1a3d0ab649821db54ec4dc668c63489ea17738ca1727ed2638a230ede605e3f', 'hex');
+const KEY = Buffer.from('0c8i2ww2dwk5hn8dywdzx6l0lrz0sb4k');
+const VECTORS: Array<{ entry: Entry; hex: string; leaf: string }> = [
+  {
+    entry: { protocol: 'nix', key: KEY, value: NAR, metadata: Buffer.alloc(0) },
+    hex: '01036e69780020306338693277773264776b35686e38647977647a78366c306c727a307362346b20c1a3d0ab649821db54ec4dc668c63489ea17738ca1727ed2638a230ede605e3f0000',
+    leaf: '51f9367941f38c7d5a755da3d62a8aa355e7f15020ffac48e121793d37111c16',
+  },
+  {
+    entry: { protocol: 'nix', key: KEY, value: NAR, metadata: Buffer.from('{"name":"hello-2.12"}') },
+    hex: '01036e69780020306338693277773264776b35686e38647977647a78366c306c727a307362346b20c1a3d0ab649821db54ec4dc668c63489ea17738ca1727ed2638a230ede605e3f00157b226e616d65223a2268656c6c6f2d322e3132227d',
+    leaf: 'c34be032611df4bce41caf03d80f2b7d887c8648f683198cc365454d833596f5',
+  },
+];
+
+describe('entry encoding', () => {
+  test('vectors encode, decode and hash as documented', () => {
+    for (const v of VECTORS) {
+      const enc = encodeEntry(v.entry);
+      assert.equal(enc.toString('hex'), v.hex);
+      assert.equal(leafHash(enc).toString('hex'), v.leaf);
+      const back = decodeEntry(enc);
+      assert.equal(back.protocol, v.entry.protocol);
+      assert.deepEqual(Buffer.from(back.key), v.entry.key);
+      assert.deepEqual(Buffer.from(back.value), v.entry.value);
+      assert.deepEqual(Buffer.from(back.metadata), v.entry.metadata);
+    }
+  });
+
+  test('index path is SHA-256(len(protocol) || protocol || key)', () => {
+    assert.equal(
+      indexPath('nix', KEY).toString('hex'),
+      'fc2b5f834a459bed81f2b6ed2c9ea3a078b30ebf6af3a48f49cabaa962870e5b',
+    );
+    // the length prefix keeps ("ni", "x...") apart from ("nix", "...")
+    assert.notDeepEqual(indexPath('ni', Buffer.from('xabc')), indexPath('nix', Buffer.from('abc')));
+  });
+
+  test('index value round trip', () => {
+    const leaf = Buffer.alloc(32, 7);
+    const v = indexValue(123456789012, leaf);
+    assert.equal(v.length, 40);
+    assert.deepEqual(parseIndexValue(v), { logIndex: 123456789012, leafHash: leaf });
+    assert.throws(() => parseIndexValue(v.subarray(1)), FormatError);
+  });
+
+  test('rejects malformed encodings', () => {
+    const good = Buffer.from(VECTORS[1].hex, 'hex');
+    for (let cut = 0; cut < good.length; cut++) {
+      assert.throws(() => decodeEntry(good.subarray(0, cut)), FormatError, `truncated at ${cut}`);
+    }
+    assert.throws(() => decodeEntry(Buffer.concat([good, Buffer.from([0])])), FormatError);
+    const badVersion = Buffer.from(good);
+    badVersion[0] = 2;
+    assert.throws(() => decodeEntry(badVersion), /version/);
+  });
+
+  test('rejects out-of-range fields with a clear message', () => {
+    const base = VECTORS[0].entry;
+    assert.throws(() => encodeEntry({ ...base, protocol: '' }), FormatError);
+    assert.throws(() => encodeEntry({ ...base, protocol: 'has space' }), FormatError);
+    assert.throws(() => encodeEntry({ ...base, protocol: 'x'.repeat(65) }), FormatError);
+    assert.throws(() => encodeEntry({ ...base, key: Buffer.alloc(0) }), /key must be/);
+    assert.throws(() => encodeEntry({ ...base, key: Buffer.alloc(1025) }), /key must be/);
+    assert.throws(() => encodeEntry({ ...base, value: Buffer.alloc(65) }), /value must be/);
+    assert.throws(() => encodeEntry({ ...base, value: Buffer.alloc(0) }), /value must be/);
+    assert.throws(() => encodeEntry({ ...base, metadata: Buffer.alloc(MAX_ENTRY_SIZE) }), /limit/);
+    const max = encodeEntry({ ...base, metadata: Buffer.alloc(MAX_ENTRY_SIZE - 7 - 3 - KEY.length - 32) });
+    assert.equal(max.length, MAX_ENTRY_SIZE);
+  });
+});

@@ -1,0 +1,178 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, test } from 'node:test';
+import { open } from 'lmdb';
+import { openCheckpoint } from '../../src/core/checkpoint.js';
+import type { Entry } from '../../src/core/entry.js';
+import { FormatError, StateError, StorageError } from '../../src/core/errors.js';
+import { verifyLookup } from '../../src/core/lookup.js';
+import { leafHash, verifyConsistency, verifyInclusion } from '../../src/core/merkle.js';
+import { generateKey, verifierFromVkey } from '../../src/core/note.js';
+import { auditStore } from '../../src/log/audit.js';
+import { Log } from '../../src/log/log.js';
+
+const dirs: string[] = [];
+function tempDir(): string {
+  const d = mkdtempSync(join(tmpdir(), 'trustix-log-'));
+  dirs.push(d);
+  return d;
+}
+after(() => {
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
+const entry = (key: string, value: Buffer | number, metadata = ''): Entry => ({
+  protocol: 'nix',
+  key: Buffer.from(key),
+  value: typeof value === 'number' ? Buffer.alloc(32, value) : value,
+  metadata: Buffer.from(metadata),
+});
+
+describe('log', () => {
+  test('submit, look up with verification, idempotence and replacement', async () => {
+    const dir = tempDir();
+    const log = await Log.create(dir, 'test.example/log', { batchDelayMs: 1 });
+    const verifier = verifierFromVkey(log.vkey);
+    const q = (key: string) => verifyLookup(log.lookup('nix', Buffer.from(key)), verifier, { protocol: 'nix', key: Buffer.from(key) });
+
+    assert.equal(q('missing').status, 'absent', 'empty log proves absence');
+    const receipts = await log.submit([entry('a', 1), entry('b', 2), entry('c', 3, '{"name":"c"}')]);
+    assert.deepEqual(
+      receipts.map((r) => [r.index, r.duplicate]),
+      [
+        [0, false],
+        [1, false],
+        [2, false],
+      ],
+    );
+    for (const r of receipts) {
+      const cp = openCheckpoint(r.checkpoint, verifier).checkpoint;
+      assert.equal(cp.size, 3);
+      verifyInclusion(leafHash(log.entry(r.index)), r.index, cp.size, r.proof, cp.rootHash);
+    }
+    const b = q('b');
+    assert.equal(b.status, 'present');
+    if (b.status === 'present') {
+      assert.equal(b.index, 1);
+      assert.deepEqual(Buffer.from(b.entry.value), Buffer.alloc(32, 2));
+    }
+    assert.equal(q('zzz').status, 'absent');
+
+    // identical resubmission: nothing appended, same index
+    const again = await log.submit([entry('b', 2)]);
+    assert.deepEqual([again[0].index, again[0].duplicate], [1, true]);
+    assert.equal(log.head().size, 3);
+
+    // a different value is a new entry; the index follows it; history stays
+    const changed = await log.submit([entry('b', 9)]);
+    assert.deepEqual([changed[0].index, changed[0].duplicate], [3, false]);
+    const b2 = q('b');
+    assert.equal(b2.status, 'present');
+    if (b2.status === 'present') assert.equal(b2.index, 3);
+    assert.equal(log.head().size, 4);
+
+    // within one batch: repeats collapse, changes append in order, last wins
+    const mixed = await log.submit([entry('d', 4), entry('d', 4), entry('d', 5), entry('a', 1)]);
+    assert.deepEqual(
+      mixed.map((r) => [r.index, r.duplicate]),
+      [
+        [4, false],
+        [4, true],
+        [5, false],
+        [0, true],
+      ],
+    );
+    const d = q('d');
+    assert.ok(d.status === 'present' && d.index === 5);
+    await log.close();
+  });
+
+  test('batches from concurrent submitters share a checkpoint and stay consistent', async () => {
+    const dir = tempDir();
+    const log = await Log.create(dir, 'test.example/concurrent', { batchDelayMs: 5, maxBatch: 500 });
+    const verifier = verifierFromVkey(log.vkey);
+    const checkpoints: string[] = [];
+    await Promise.all(
+      Array.from({ length: 20 }, async (_, w) => {
+        for (let round = 0; round < 5; round++) {
+          const rs = await log.submit(Array.from({ length: 37 }, (_, i) => entry(`w${w}-r${round}-${i}`, randomBytes(32))));
+          checkpoints.push(rs[0].checkpoint);
+        }
+      }),
+    );
+    const head = log.head();
+    assert.equal(head.size, 20 * 5 * 37);
+    const cur = openCheckpoint(head.checkpoint, verifier).checkpoint;
+    for (const note of new Set(checkpoints)) {
+      const cp = openCheckpoint(note, verifier).checkpoint;
+      if (cp.size < cur.size) verifyConsistency(cp.size, cur.size, log.consistencyProof(cp.size), cp.rootHash, cur.rootHash);
+    }
+    const report = await auditStore(log.storage, verifier);
+    assert.ok(report.ok, JSON.stringify(report));
+    assert.ok(report.checkpoints >= 2);
+    await log.close();
+  });
+
+  test('state survives reopening; the wrong key is refused', async () => {
+    const dir = tempDir();
+    const log = await Log.create(dir, 'test.example/reopen', { batchDelayMs: 1 });
+    await log.submit([entry('x', 1)]);
+    const vkey = log.vkey;
+    await log.close();
+    const again = await Log.open(dir);
+    assert.equal(again.head().size, 1);
+    assert.equal(again.vkey, vkey);
+    await again.close();
+    const other = generateKey('test.example/reopen').skey;
+    await assert.rejects(Log.open(dir, { skey: other }), StateError);
+    await assert.rejects(Log.create(dir, 'test.example/reopen'), StateError);
+    await assert.rejects(Log.open(tempDir()), StorageError);
+  });
+
+  test('bad input is refused before anything is queued', async () => {
+    const log = await Log.create(tempDir(), 'test.example/bad', { batchDelayMs: 1 });
+    assert.throws(() => log.submit([entry('ok', 1), { ...entry('k', 1), key: Buffer.alloc(2000) }]), FormatError);
+    assert.throws(() => log.submit([{ ...entry('k', 1), value: Buffer.alloc(0) }]), FormatError);
+    assert.equal(log.pendingCount, 0);
+    assert.throws(() => log.inclusionProof(0), FormatError, 'no entry yet');
+    await log.submit([entry('k', 1)]);
+    assert.throws(() => log.inclusionProof(1), FormatError);
+    assert.throws(() => log.consistencyProof(2), FormatError);
+    await log.close();
+  });
+
+  test('audit reports the first divergence when an entry is altered on disk', async () => {
+    const dir = tempDir();
+    const log = await Log.create(dir, 'test.example/audit', { batchDelayMs: 1 });
+    for (let b = 0; b < 3; b++) await log.submit(Array.from({ length: 50 }, (_, i) => entry(`k${b}-${i}`, b + 1)));
+    const verifier = verifierFromVkey(log.vkey);
+    assert.ok((await auditStore(log.storage, verifier)).ok);
+    await log.close();
+
+    // tamper: change entry 70's value behind the log's back
+    const env = open({ path: join(dir, 'log.mdb'), maxDbs: 8 });
+    const entries = env.openDB<Buffer, number>({ name: 'entries', encoding: 'binary' });
+    const e = Buffer.from(entries.getBinary(70)!);
+    e[e.length - 3] ^= 1;
+    await entries.put(70, e);
+    await env.close();
+
+    const reopened = await Log.open(dir);
+    const report = await auditStore(reopened.storage, verifier);
+    assert.equal(report.ok, false);
+    assert.equal(report.divergence?.size, 100, 'first checkpoint after entry 70 is the one at size 100');
+    assert.equal(report.divergence?.check, 'log-root');
+    await reopened.close();
+  });
+
+  test('a corrupt store file gives a storage error, not a crash or a wrong answer', async () => {
+    const dir = tempDir();
+    const log = await Log.create(dir, 'test.example/corrupt', { batchDelayMs: 1 });
+    await log.close();
+    writeFileSync(join(dir, 'log.mdb'), randomBytes(64 * 1024));
+    await assert.rejects(Log.open(dir), StorageError);
+  });
+});
