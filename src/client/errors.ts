@@ -1,0 +1,81 @@
+/**
+ * Errors of the verifying client. Each names the check that failed in `check`, so callers (the
+ * CLI, deciders, the Nix proxy) can tell "this log lied" (a VerificationError subclass: discard
+ * its answer and flag it) from "this log could not be asked" (UnreachableError, RemoteError: no
+ * answer, nothing learned).
+ */
+import { TrustixError, VerificationError } from '../core/errors.js';
+
+/** The log presented a checkpoint smaller than one this client already trusted. check: 'trust.rollback'. */
+export class RollbackError extends VerificationError {
+  constructor(
+    readonly trustedSize: number,
+    readonly presentedSize: number,
+    message?: string,
+  ) {
+    super(
+      'trust.rollback',
+      message ??
+        `log rolled back: it presents a checkpoint of size ${presentedSize}, but size ${trustedSize} was already trusted`,
+    );
+  }
+}
+
+/**
+ * The log presented a checkpoint that does not extend the one this client trusted: two different
+ * roots for one size ('trust.fork-same-size'), or a new tree that the log's own consistency proof
+ * does not connect to the trusted one ('trust.fork-inconsistent').
+ */
+export class ForkError extends VerificationError {
+  constructor(
+    check: 'trust.fork-same-size' | 'trust.fork-inconsistent',
+    readonly trustedSize: number,
+    readonly presentedSize: number,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(check, message, options);
+  }
+}
+
+/** A checkpoint that does not verify: bad or missing signature, malformed body, wrong origin ('note.*', 'checkpoint.*'). */
+export class InvalidCheckpointError extends VerificationError {}
+
+/**
+ * A proof that does not verify: inclusion ('inclusion.*'), consistency ('consistency.*'), sparse
+ * index ('smt.*') or the lookup answer's binding to the query ('lookup.*').
+ */
+export class InvalidProofError extends VerificationError {}
+
+/** A response that is not what the API promises (unparsable JSON, wrong shape, too large): 'response.*'. */
+export class BadResponseError extends VerificationError {}
+
+/**
+ * The log could not be asked: connection refused or reset ('http.network'), no answer in time
+ * ('http.timeout'), or the server is overloaded or draining ('http.unavailable', 503).
+ */
+export class UnreachableError extends TrustixError {
+  readonly check: 'http.network' | 'http.timeout' | 'http.unavailable';
+  constructor(
+    check: 'http.network' | 'http.timeout' | 'http.unavailable',
+    message: string,
+    readonly retryAfterSeconds?: number,
+    options?: { cause?: unknown },
+  ) {
+    super('UNREACHABLE', message, options);
+    this.check = check;
+  }
+}
+
+/** The server answered with an error status (400, 401, 404, 413...). check: 'http.status'. */
+export class RemoteError extends TrustixError {
+  readonly check = 'http.status';
+  constructor(
+    readonly status: number,
+    /** The `code` field of the server's JSON error body, if it sent one. */
+    readonly remoteCode: string | undefined,
+    message: string,
+  ) {
+    super('REMOTE', message);
+  }
+}

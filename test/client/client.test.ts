@@ -1,0 +1,455 @@
+import assert from 'node:assert/strict';
+import { existsSync, readFileSync } from 'node:fs';
+import { after, before, describe, test } from 'node:test';
+import { LogClient, listLogs, serverRootOf } from '../../src/client/client.js';
+import {
+  BadResponseError,
+  ForkError,
+  InvalidCheckpointError,
+  InvalidProofError,
+  RemoteError,
+  RollbackError,
+  UnreachableError,
+} from '../../src/client/errors.js';
+import { FileTrustStore } from '../../src/client/trust-store.js';
+import { toBase64 } from '../../src/core/bytes.js';
+import { decodeEntry } from '../../src/core/entry.js';
+import { VerificationError } from '../../src/core/errors.js';
+import { generateKey, verifierFromVkey } from '../../src/core/note.js';
+import { auditEntries } from '../../src/log/audit.js';
+import type { Log } from '../../src/log/log.js';
+import { bodyJson, type FakeServer, json, startFakeServer } from './fake-server.js';
+import { addBatches, entry, makeLog, ORIGIN, rejectsWith, tempDir } from './helpers.js';
+
+const { skey, vkey } = generateKey(ORIGIN);
+
+describe('verifying client against a real log over HTTP', () => {
+  let log: Log;
+  let server: FakeServer;
+  let oldNote: string; // a checkpoint of log at size 100
+  let oldAbsentAnswer: unknown; // an answer, at size 100, proving 'late-key' absent
+  const logs: Log[] = [];
+
+  before(async () => {
+    log = await makeLog(skey, [60, 40]);
+    oldNote = log.head().checkpoint;
+    oldAbsentAnswer = log.lookup('nix', Buffer.from('late-key'));
+    await addBatches(log, [200, 50]);
+    await log.submit([entry('late-key')]);
+    logs.push(log);
+    server = await startFakeServer(log);
+  });
+  after(async () => {
+    await server.close();
+    for (const l of logs) await l.close();
+  });
+
+  const client = (opts: Partial<ConstructorParameters<typeof LogClient>[0]> = {}) =>
+    new LogClient({ url: server.url, vkey, timeoutMs: 2000, ...opts });
+  const withTamper = async (t: FakeServer['tamper'], fn: () => Promise<void>) => {
+    server.tamper = t;
+    try {
+      await fn();
+    } finally {
+      server.tamper = undefined;
+    }
+  };
+
+  test('present and absent lookups verify end to end', async () => {
+    const c = client();
+    const present = await c.lookup('nix', 'late-key');
+    assert.equal(present.status, 'present');
+    assert.ok(present.status === 'present');
+    assert.equal(present.index, log.head().size - 1);
+    assert.deepEqual(present.entry.value, entry('late-key').value);
+    assert.equal(present.checkpoint.size, log.head().size);
+    assert.deepEqual(decodeEntry(present.data).key, Buffer.from('late-key'));
+
+    const absent = await c.lookup('nix', 'never-submitted');
+    assert.equal(absent.status, 'absent');
+    assert.equal(absent.checkpoint.size, log.head().size);
+    // odd bytes in keys survive the URL round trip
+    const odd = await c.lookup('nix', Buffer.from([0x2f, 0x25, 0x00, 0xff, 0x2e]));
+    assert.equal(odd.status, 'absent');
+  });
+
+  test('the trusted checkpoint is remembered on disk and growth needs a consistency proof', async () => {
+    const dir = tempDir();
+    const store = new FileTrustStore(dir);
+    const c1 = client({ trustStore: store });
+    const t1 = await c1.checkpoint();
+    const file = store.fileFor(c1.identity);
+    assert.ok(existsSync(file));
+    const record = JSON.parse(readFileSync(file, 'utf8'));
+    assert.equal(record.checkpoint, t1.note);
+    assert.equal(record.size, t1.checkpoint.size);
+    assert.equal(record.vkey, vkey);
+
+    // a new client (as a new process would) starts from the remembered checkpoint
+    const c2 = client({ trustStore: new FileTrustStore(dir) });
+    assert.equal((await c2.trusted())?.note, t1.note);
+    await log.submit([entry('grown-1'), entry('grown-2')]);
+    server.requests.length = 0;
+    const t2 = await c2.checkpoint();
+    assert.equal(t2.checkpoint.size, t1.checkpoint.size + 2);
+    assert.ok(
+      server.requests.includes(`proof/consistency?old=${t1.checkpoint.size}&new=${t2.checkpoint.size}`),
+      `requests: ${server.requests}`,
+    );
+    assert.equal(await new FileTrustStore(dir).get(c2.identity), t2.note);
+    // a lookup against the trusted checkpoint needs no further proof
+    server.requests.length = 0;
+    await c2.lookup('nix', 'grown-1');
+    assert.deepEqual(server.requests, ['lookup/nix/grown-1']);
+  });
+
+  test('a log that serves an older checkpoint is a rollback', async () => {
+    const c = client();
+    await c.checkpoint();
+    await withTamper(
+      (req, a) => (req.path === 'checkpoint' ? { ...a, body: Buffer.from(oldNote, 'utf8') } : undefined),
+      async () => {
+        const err = (await rejectsWith(c.checkpoint(), RollbackError, 'trust.rollback')) as RollbackError;
+        assert.equal(err.presentedSize, 100);
+        assert.ok(err instanceof VerificationError);
+      },
+    );
+  });
+
+  test('an absence claimed for a present key, from an older log state, is caught', async () => {
+    const c = client();
+    await c.checkpoint();
+    // the old, genuinely signed answer: at size 100 'late-key' was absent
+    await withTamper(
+      (req) => (req.path.startsWith('lookup/') ? json(200, oldAbsentAnswer) : undefined),
+      async () => {
+        await rejectsWith(c.lookup('nix', 'late-key'), RollbackError, 'trust.rollback');
+      },
+    );
+    // the old non-inclusion proof spliced under the current checkpoint
+    await withTamper(
+      (req, a) => {
+        if (!req.path.startsWith('lookup/')) return undefined;
+        const j = bodyJson<Record<string, unknown>>(a);
+        return json(200, {
+          ...j,
+          mapProof: (oldAbsentAnswer as { mapProof: string }).mapProof,
+          entry: undefined,
+        });
+      },
+      async () => {
+        await rejectsWith(c.lookup('nix', 'late-key'), InvalidProofError, /^smt\./);
+      },
+    );
+    // dropping the entry from a genuine present answer does not make it absent
+    await withTamper(
+      (req, a) =>
+        req.path.startsWith('lookup/')
+          ? json(200, { ...bodyJson<Record<string, unknown>>(a), entry: undefined })
+          : undefined,
+      async () => {
+        await rejectsWith(c.lookup('nix', 'late-key'), InvalidProofError, /^smt\./);
+      },
+    );
+  });
+
+  test('a fork (same key, other entries) is caught at the same size and at a larger size', async () => {
+    const size = log.head().size;
+    const forkSame = await makeLog(skey, [size - 1], 'fork');
+    await forkSame.submit([entry('fork-last')]);
+    const forkBig = await makeLog(skey, [size + 10], 'fork');
+    logs.push(forkSame, forkBig);
+    assert.equal(forkSame.head().size, size);
+
+    const c = client();
+    await c.checkpoint();
+    server.log = forkSame;
+    try {
+      await rejectsWith(c.checkpoint(), ForkError, 'trust.fork-same-size');
+      server.log = forkBig;
+      await rejectsWith(c.checkpoint(), ForkError, 'trust.fork-inconsistent');
+      // the lookup path catches it too
+      await rejectsWith(c.lookup('nix', 'fork0-0-0'), ForkError, 'trust.fork-inconsistent');
+    } finally {
+      server.log = log;
+    }
+    // and the fork did not displace the trusted checkpoint
+    assert.equal((await c.trusted())?.checkpoint.size, size);
+  });
+
+  test('an answer for another key is rejected', async () => {
+    const c = client();
+    await withTamper(
+      (req) =>
+        req.path.startsWith('lookup/') ? json(200, log.lookup('nix', Buffer.from('late-key'))) : undefined,
+      async () => {
+        await rejectsWith(c.lookup('nix', 'k0-0-5'), InvalidProofError, 'lookup.wrong-key');
+      },
+    );
+    // relabelled: claims to answer for the asked key, but proves another
+    await withTamper(
+      (req) => {
+        if (!req.path.startsWith('lookup/')) return undefined;
+        return json(200, {
+          ...log.lookup('nix', Buffer.from('late-key')),
+          key: toBase64(Buffer.from('k0-0-5')),
+        });
+      },
+      async () => {
+        await rejectsWith(c.lookup('nix', 'k0-0-5'), InvalidProofError, 'lookup.entry-key-mismatch');
+      },
+    );
+  });
+
+  test('bad signatures and foreign keys are rejected', async () => {
+    const c = client();
+    const flip = (note: string) => {
+      const i = note.lastIndexOf(' ') + 8;
+      return note.slice(0, i) + (note[i] === 'A' ? 'B' : 'A') + note.slice(i + 1);
+    };
+    await withTamper(
+      (req, a) =>
+        req.path === 'checkpoint' ? { ...a, body: Buffer.from(flip(a.body.toString())) } : undefined,
+      async () => {
+        await rejectsWith(c.checkpoint(), InvalidCheckpointError, 'note.bad-signature');
+      },
+    );
+    await withTamper(
+      (req, a) => {
+        if (!req.path.startsWith('lookup/')) return undefined;
+        const j = bodyJson<{ checkpoint: string }>(a);
+        return json(200, { ...j, checkpoint: flip(j.checkpoint) });
+      },
+      async () => {
+        await rejectsWith(c.lookup('nix', 'late-key'), InvalidCheckpointError, 'note.bad-signature');
+      },
+    );
+    const other = generateKey(ORIGIN);
+    const c2 = client({ vkey: other.vkey });
+    await rejectsWith(c2.checkpoint(), InvalidCheckpointError, 'note.no-known-signature');
+    await rejectsWith(c2.lookup('nix', 'late-key'), InvalidCheckpointError, 'note.no-known-signature');
+  });
+
+  test('truncated proofs and answers are rejected', async () => {
+    const c = client();
+    await withTamper(
+      (req, a) => {
+        if (!req.path.startsWith('lookup/')) return undefined;
+        const j = bodyJson<{ entry: { proof: string[] } }>(a);
+        j.entry.proof.pop();
+        return json(200, j);
+      },
+      async () => {
+        await rejectsWith(c.lookup('nix', 'late-key'), InvalidProofError, 'inclusion.proof-length');
+      },
+    );
+    await withTamper(
+      (req, a) =>
+        req.path.startsWith('lookup/') ? { ...a, body: a.body.subarray(0, a.body.length - 20) } : undefined,
+      async () => {
+        await rejectsWith(c.lookup('nix', 'late-key'), BadResponseError, 'response.malformed');
+      },
+    );
+    // a consistency proof missing a hash
+    const c2 = client();
+    await withTamper(
+      (req, a) => (req.path === 'checkpoint' ? { ...a, body: Buffer.from(oldNote) } : undefined),
+      () => c2.checkpoint().then(() => {}),
+    );
+    await withTamper(
+      (req, a) => {
+        if (!req.path.startsWith('proof/consistency')) return undefined;
+        const j = bodyJson<{ proof: string[] }>(a);
+        j.proof.pop();
+        return json(200, j);
+      },
+      async () => {
+        await rejectsWith(c2.checkpoint(), InvalidProofError, 'consistency.proof-length');
+      },
+    );
+    assert.equal((await c2.trusted())?.checkpoint.size, 100, 'nothing newer was trusted');
+    await c2.checkpoint();
+  });
+
+  test('a hanging server times out; an unreachable one and error statuses are typed', async () => {
+    const c = client({ timeoutMs: 300 });
+    const started = Date.now();
+    await withTamper(
+      () => 'hang',
+      async () => {
+        await rejectsWith(c.checkpoint(), UnreachableError, 'http.timeout');
+        await rejectsWith(c.lookup('nix', 'x'), UnreachableError, 'http.timeout');
+      },
+    );
+    assert.ok(Date.now() - started < 3000);
+    // headers sent, body never finished
+    await withTamper(
+      async (_req, a) => ({ ...a, headers: { ...a.headers, 'content-length': String(a.body.length + 100) } }),
+      async () => {
+        await rejectsWith(c.checkpoint(), UnreachableError, /^http\.(timeout|network)$/);
+      },
+    );
+    await withTamper(
+      () => ({ ...json(503, { error: 'pool full', code: 'BUSY' }), headers: { 'retry-after': '2' } }),
+      async () => {
+        const err = (await rejectsWith(
+          c.checkpoint(),
+          UnreachableError,
+          'http.unavailable',
+        )) as UnreachableError;
+        assert.equal(err.retryAfterSeconds, 2);
+      },
+    );
+    const e404 = (await rejectsWith(
+      new LogClient({ url: `${server.root}logs/nope/`, vkey }).checkpoint(),
+      RemoteError,
+      'http.status',
+    )) as RemoteError;
+    assert.equal(e404.status, 404);
+    assert.match(e404.message, /unknown log/);
+    const closed = await startFakeServer(log);
+    await closed.close();
+    await rejectsWith(
+      new LogClient({ url: closed.url, vkey }).checkpoint(),
+      UnreachableError,
+      'http.network',
+    );
+  });
+
+  test('inclusion and consistency proofs are verified', async () => {
+    const c = client();
+    const p = await c.proveInclusion(257);
+    assert.deepEqual(p.data, log.entry(257));
+    assert.equal(p.trusted.checkpoint.size, log.head().size);
+    const q = await c.proveConsistency(oldNote);
+    assert.equal(q.old.checkpoint.size, 100);
+    assert.equal(q.new.checkpoint.size, log.head().size);
+    await withTamper(
+      (req, a) => {
+        if (!req.path.startsWith('tile/entries/')) return undefined;
+        const b = Buffer.from(a.body);
+        b[b.length - 1] ^= 1;
+        return { ...a, body: b };
+      },
+      async () => {
+        await rejectsWith(
+          c.proveInclusion(log.head().size - 1),
+          InvalidProofError,
+          'inclusion.root-mismatch',
+        );
+      },
+    );
+    await assert.rejects(c.proveInclusion(log.head().size), /does not exist/);
+  });
+
+  test('entries stream from entry bundles and a remote audit reproduces the checkpoint', async () => {
+    const c = client({ concurrency: 3 });
+    const t = await c.checkpoint();
+    let n = 0;
+    for await (const chunk of c.entries(250, 300, { treeSize: t.checkpoint.size })) {
+      for (const e of chunk) assert.deepEqual(e, log.entry(250 + n++));
+    }
+    assert.equal(n, 50);
+    const verifier = verifierFromVkey(vkey);
+    const chunks = () => c.entries(0, t.checkpoint.size, { treeSize: t.checkpoint.size });
+    const ok = await auditEntries(
+      chunks(),
+      [
+        { size: 100, checkpoint: oldNote },
+        { size: t.checkpoint.size, checkpoint: t.note },
+      ],
+      verifier,
+    );
+    assert.deepEqual(ok, { ok: true, size: t.checkpoint.size, checkpoints: 2 });
+    // a log serving an altered entry is caught by the audit
+    await withTamper(
+      (req, a) => {
+        if (!req.path.startsWith('tile/entries/001')) return undefined;
+        const b = Buffer.from(a.body);
+        b[b.length - 3] ^= 1; // inside the last entry's value
+        return { ...a, body: b };
+      },
+      async () => {
+        const bad = await auditEntries(chunks(), [{ size: t.checkpoint.size, checkpoint: t.note }], verifier);
+        assert.equal(bad.ok, false);
+        assert.equal(bad.divergence?.check, 'log-root');
+      },
+    );
+  });
+
+  test('submit verifies receipts; a wrong token is refused', async () => {
+    const c = client();
+    const before = log.head().size;
+    const entries = [entry('sub-1'), entry('sub-2'), entry('late-key')];
+    const receipts = await c.submit(entries, { token: server.token });
+    assert.equal(receipts.length, 3);
+    assert.deepEqual(
+      receipts.map((r) => [r.index, r.duplicate, r.verified]),
+      [
+        [before, false, true],
+        [before + 1, false, true],
+        [receipts[2].index, true, true],
+      ],
+    );
+    assert.equal((await c.trusted())?.checkpoint.size, before + 2);
+    const err = (await rejectsWith(
+      c.submit([entry('sub-3')], { token: 'wrong' }),
+      RemoteError,
+      'http.status',
+    )) as RemoteError;
+    assert.equal(err.status, 401);
+    await withTamper(
+      (req, a) => {
+        if (req.path !== 'submit') return undefined;
+        const j = bodyJson<{ receipts: Array<{ proof: string[] }> }>(a);
+        j.receipts[0].proof.reverse();
+        return json(200, j);
+      },
+      async () => {
+        await rejectsWith(
+          c.submit([entry('sub-4'), entry('sub-5')], { token: server.token }),
+          InvalidProofError,
+          /^inclusion\./,
+        );
+      },
+    );
+  });
+
+  test('an answer that is only older than a checkpoint trusted meanwhile is accepted after a consistency proof', async () => {
+    const dir = tempDir();
+    const slow = client({ trustStore: new FileTrustStore(dir) });
+    const other = client({ trustStore: new FileTrustStore(dir) });
+    await slow.checkpoint();
+    const answerNow = log.lookup('nix', Buffer.from('late-key'));
+    await log.submit([entry('race-1')]);
+    let release!: () => void;
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    server.tamper = async (req) => {
+      if (!req.path.startsWith('lookup/')) return undefined;
+      await gate;
+      return json(200, answerNow);
+    };
+    try {
+      const pending = slow.lookup('nix', 'late-key');
+      await other.checkpoint(); // another process trusts the newer checkpoint meanwhile
+      server.requests.length = 0;
+      release();
+      const r = await pending;
+      assert.equal(r.status, 'present');
+      assert.equal(r.checkpoint.size, log.head().size - 1);
+      assert.ok(server.requests.some((p) => p.startsWith('proof/consistency')));
+      assert.equal((await slow.trusted())?.checkpoint.size, log.head().size);
+    } finally {
+      server.tamper = undefined;
+    }
+  });
+
+  test('the server list and root are found from a log URL', async () => {
+    assert.equal(serverRootOf(server.url)?.href, server.root);
+    assert.equal(serverRootOf('http://h/x/'), undefined);
+    const list = await listLogs(server.root);
+    assert.equal(list[0].vkey, vkey);
+  });
+});
