@@ -1,7 +1,9 @@
 import type { Command } from 'commander';
 import { registerLocalCommands } from './local.js';
+import { registerServeCommand } from './serve.js';
 
 /** Every command module registers itself here; add one line per module. */
 export function registerCommands(program: Command): void {
   registerLocalCommands(program);
+  registerServeCommand(program);
 }

@@ -1,0 +1,59 @@
+import { type Command, Option } from 'commander';
+import { TrustixServer } from '../../server/serve.js';
+import { prepareState } from '../../server/state.js';
+
+/** `trustix serve`: run a node (HTTP read/write API over the logs of a state directory). */
+export function registerServeCommand(program: Command): void {
+  program
+    .command('serve')
+    .description(
+      'run a log server; on first start with an empty --state DIR, create a log, its signing key and a writer token',
+    )
+    .addOption(
+      new Option('-s, --state <dir>', 'state directory (config, logs, writer tokens)').env('TRUSTIX_STATE'),
+    )
+    .option(
+      '-c, --config <file>',
+      'TOML config declaring logs, writers, listeners and limits (docs/server.md)',
+    )
+    .option(
+      '-l, --listen <host:port>',
+      'serve every API on this address instead of the configured listeners (port 0: any free port)',
+    )
+    .option('--origin <name>', 'origin of the log created on first start (default: <hostname>/trustix)')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  trustix serve --state ./node --listen 127.0.0.1:8080 --origin example.com/builder1\n  trustix serve --config /etc/trustix/trustix.toml',
+    )
+    .action(async (o: { state?: string; config?: string; listen?: string; origin?: string }) => {
+      const say = (line: string) => process.stdout.write(`${line}\n`);
+      const prepared = prepareState(o);
+      for (const n of prepared.notes) say(n);
+      say(`config: ${prepared.configFile}`);
+      const server = await TrustixServer.start(prepared.config, say);
+      await new Promise<void>((done) => {
+        let stopping = false;
+        const stop = (signal: string) => {
+          if (stopping) {
+            process.stderr.write(`trustix serve: ${signal} again, exiting without draining\n`);
+            process.exit(1);
+          }
+          stopping = true;
+          say(`draining (${signal}): ${server.submissionsInFlight} submissions in flight`);
+          server.shutdown().then(
+            () => {
+              say('stopped');
+              done();
+            },
+            (err: unknown) => {
+              process.stderr.write(`trustix serve: shutdown failed: ${(err as Error).message}\n`);
+              process.exitCode = 1;
+              done();
+            },
+          );
+        };
+        process.on('SIGTERM', () => stop('SIGTERM'));
+        process.on('SIGINT', () => stop('SIGINT'));
+      });
+    });
+}

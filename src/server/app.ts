@@ -1,0 +1,516 @@
+/**
+ * The HTTP API (see docs/server.md): per-log C2SP tlog-tiles endpoints, lookups and proofs (read),
+ * submissions (write), /metrics (metrics) and /healthz (every listener). One Fastify instance per
+ * listener, each with only the routes of the APIs that listener serves.
+ */
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import type { Counter } from 'prom-client';
+import { decodeBase64Strict, toBase64 } from '../core/bytes.js';
+import { type Entry, validateEntry } from '../core/entry.js';
+import { StateError, TrustixError } from '../core/errors.js';
+import { parseTilePath } from '../core/tiles.js';
+import { type Log, PoolFullError, type SubmitReceipt } from '../log/log.js';
+import { readEntryBundle, readHashTile } from '../log/serving.js';
+import { AuthError, SIGNATURE_HEADER, type Writer, WriterAuth } from './auth.js';
+import type { ApiName, Limits } from './config.js';
+import type { LogMetrics, Metrics } from './metrics.js';
+
+export const PROTOCOLS = ['tlog-tiles', 'trustix-lookup/v1', 'trustix-submit/v1'] as const;
+
+const JSON_TYPE = 'application/json; charset=utf-8';
+const TEXT_TYPE = 'text/plain; charset=utf-8';
+const IMMUTABLE = 'public, max-age=31536000, immutable';
+const NO_STORE = 'no-store';
+
+export interface ServedLog {
+  id: string;
+  log: Log;
+  metrics: LogMetrics;
+  /** Set once the log is closing: reads and writes get 503 from then on. */
+  closed: boolean;
+  /** Tree size last seen by the submit path, to measure how many entries each checkpoint added. */
+  lastSize: number;
+}
+
+export interface AppContext {
+  logs: ReadonlyMap<string, ServedLog>;
+  auth: WriterAuth;
+  metrics: Metrics;
+  limits: Limits;
+  /** True from the moment the server starts draining (SIGTERM). */
+  draining(): boolean;
+  /** Called around every submission so shutdown can wait for those in flight. */
+  trackSubmit<T>(p: Promise<T>): Promise<T>;
+}
+
+/** An error answered as `{ "error", "code" }` with `status`. */
+export class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+  }
+}
+
+function notFound(what: string): HttpError {
+  return new HttpError(404, 'NOT_FOUND', what);
+}
+
+function unavailable(message: string, retryAfter = 1): HttpError {
+  return new HttpError(503, 'UNAVAILABLE', message, { 'retry-after': String(retryAfter) });
+}
+
+function sendError(reply: FastifyReply, err: HttpError): void {
+  reply.code(err.status).header('content-type', JSON_TYPE).header('cache-control', NO_STORE);
+  for (const [k, v] of Object.entries(err.headers)) reply.header(k, v);
+  reply.send(JSON.stringify({ error: err.message, code: err.code }));
+}
+
+/** Maps anything thrown by a handler, a hook or Fastify itself to the API's error shape. */
+function toHttpError(err: unknown): HttpError {
+  if (err instanceof HttpError) return err;
+  if (err instanceof AuthError) {
+    const headers: Record<string, string> = err.status === 401 ? { 'www-authenticate': 'Bearer' } : {};
+    if (err.status === 503) headers['retry-after'] = '1';
+    return new HttpError(err.status, err.code, err.message, headers);
+  }
+  if (err instanceof PoolFullError) return unavailable(err.message, err.retryAfterSeconds);
+  if (err instanceof StateError) return unavailable(err.message);
+  if (err instanceof TrustixError && err.code === 'FORMAT')
+    return new HttpError(400, 'BAD_REQUEST', err.message);
+  const e = err as { statusCode?: number; code?: string; message?: string; validation?: unknown };
+  if (e?.validation) return new HttpError(400, 'BAD_REQUEST', e.message ?? 'invalid request');
+  switch (e?.code) {
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return new HttpError(413, 'TOO_LARGE', 'request body is too large');
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+    case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
+      return e.statusCode === 415
+        ? new HttpError(415, 'UNSUPPORTED_MEDIA_TYPE', 'Content-Type must be application/json')
+        : new HttpError(400, 'BAD_REQUEST', e.message ?? 'bad request');
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+      return new HttpError(400, 'BAD_REQUEST', 'request body is empty');
+  }
+  if (typeof e?.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) {
+    return new HttpError(e.statusCode, 'BAD_REQUEST', e.message ?? 'bad request');
+  }
+  process.stderr.write(`trustix serve: internal error: ${(err as Error)?.stack ?? String(err)}\n`);
+  return new HttpError(500, 'INTERNAL', 'internal server error');
+}
+
+// Canonical decimal (no sign, no leading zeros, at most 2^53 - 1 digits-wise), checked exactly below.
+const DECIMAL_RE = /^(?:0|[1-9][0-9]{0,15})$/;
+
+function parseCount(v: unknown, name: string): number | undefined {
+  if (v === undefined) return undefined;
+  if (typeof v !== 'string' || !DECIMAL_RE.test(v)) {
+    throw new HttpError(400, 'BAD_REQUEST', `${name} must be a non-negative decimal integer`);
+  }
+  const n = Number(v);
+  if (!Number.isSafeInteger(n)) throw new HttpError(400, 'BAD_REQUEST', `${name} is too large`);
+  return n;
+}
+
+const PROTOCOL_RE = /^[\x21-\x7e]{1,64}$/;
+
+function decodeSegment(s: string, what: string): string {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    throw new HttpError(400, 'BAD_REQUEST', `${what} is not valid percent-encoded UTF-8`);
+  }
+}
+
+/** The raw path after `/logs/<id>/`, undecoded (tile paths and lookup keys are parsed from it). */
+function restOfPath(req: FastifyRequest, marker: string): string {
+  const url = req.raw.url ?? '';
+  const q = url.indexOf('?');
+  const path = q < 0 ? url : url.slice(0, q);
+  const at = path.indexOf(marker);
+  return at < 0 ? '' : path.slice(at + marker.length);
+}
+
+interface SubmitEntryJson {
+  protocol: string;
+  key: string;
+  value: string;
+  metadata?: string;
+}
+
+const submitBodySchema = {
+  type: 'object',
+  required: ['entries'],
+  additionalProperties: false,
+  properties: {
+    entries: {
+      type: 'array',
+      minItems: 1,
+      items: {
+        type: 'object',
+        required: ['protocol', 'key', 'value'],
+        additionalProperties: false,
+        properties: {
+          protocol: { type: 'string', pattern: '^[\\x21-\\x7e]{1,64}$' },
+          key: { type: 'string', minLength: 1, maxLength: 1024 },
+          value: { type: 'string', minLength: 2, maxLength: 128, pattern: '^(?:[0-9a-fA-F]{2})+$' },
+          metadata: { type: 'string', maxLength: 90_000 },
+        },
+      },
+    },
+  },
+} as const;
+
+const countPattern = { type: 'string', pattern: '^(?:0|[1-9][0-9]{0,15})$' } as const;
+
+function entriesFromJson(items: readonly SubmitEntryJson[]): Entry[] {
+  const out = new Array<Entry>(items.length);
+  for (let i = 0; i < items.length; i++) {
+    const it = items[i];
+    let metadata: Buffer;
+    if (it.metadata === undefined || it.metadata === '') metadata = Buffer.alloc(0);
+    else {
+      const m = decodeBase64Strict(it.metadata);
+      if (!m) throw new HttpError(400, 'BAD_REQUEST', `entries[${i}].metadata is not valid base64`);
+      metadata = m;
+    }
+    const e: Entry = {
+      protocol: it.protocol,
+      key: Buffer.from(it.key, 'utf8'),
+      value: Buffer.from(it.value, 'hex'),
+      metadata,
+    };
+    try {
+      validateEntry(e);
+    } catch (err) {
+      throw new HttpError(400, 'BAD_REQUEST', `entries[${i}]: ${(err as Error).message}`);
+    }
+    out[i] = e;
+  }
+  return out;
+}
+
+/** Receipts as JSON, written by hand: a batch shares one checkpoint, which is escaped once. */
+function receiptsJson(receipts: readonly SubmitReceipt[]): string {
+  const parts = new Array<string>(receipts.length);
+  let lastCp = '';
+  let lastCpJson = '""';
+  for (let i = 0; i < receipts.length; i++) {
+    const r = receipts[i];
+    if (r.checkpoint !== lastCp) {
+      lastCp = r.checkpoint;
+      lastCpJson = JSON.stringify(r.checkpoint);
+    }
+    let proof = '';
+    for (let j = 0; j < r.proof.length; j++)
+      proof += `${j === 0 ? '"' : ',"'}${r.proof[j].toString('base64')}"`;
+    parts[i] =
+      `{"index":${r.index},"duplicate":${r.duplicate},"checkpoint":${lastCpJson},"proof":[${proof}]}`;
+  }
+  return `{"receipts":[${parts.join(',')}]}`;
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    rawBody?: Buffer;
+    writer?: Writer;
+  }
+}
+
+export function buildApp(
+  ctx: AppContext,
+  listener: { name: string; api: ReadonlySet<ApiName> },
+): FastifyInstance {
+  const { limits } = ctx;
+  const app = Fastify({
+    logger: false,
+    bodyLimit: limits.maxBodyBytes,
+    return503OnClosing: true,
+    forceCloseConnections: 'idle',
+    keepAliveTimeout: 65_000,
+    requestTimeout: 120_000,
+    routerOptions: { maxParamLength: 128, caseSensitive: true },
+    ajv: {
+      customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false, allErrors: false },
+    },
+  });
+
+  const getLog = (id: string): ServedLog => {
+    const sl = ctx.logs.get(id);
+    if (!sl) throw notFound(`no log ${JSON.stringify(id)}`);
+    if (sl.closed) throw unavailable('server is shutting down');
+    return sl;
+  };
+
+  app.setErrorHandler((err, _req, reply) => sendError(reply, toHttpError(err)));
+  app.setNotFoundHandler((req, reply) =>
+    sendError(reply, notFound(`no route for ${req.method} ${req.url.split('?')[0]}`)),
+  );
+
+  // Counting per (route, status) with bound children: prom-client's label hashing is not free.
+  const counters = new Map<string, Counter.Internal>();
+  app.addHook('onResponse', (req, reply, done) => {
+    const route = req.routeOptions.url ?? 'unmatched';
+    const k = `${route} ${reply.statusCode}`;
+    let c = counters.get(k);
+    if (!c) {
+      c = ctx.metrics.httpRequests.labels(listener.name, route, String(reply.statusCode));
+      counters.set(k, c);
+    }
+    c.inc();
+    done();
+  });
+
+  app.get('/healthz', (_req, reply) => {
+    if (ctx.draining()) sendError(reply, unavailable('draining'));
+    else reply.header('content-type', TEXT_TYPE).header('cache-control', NO_STORE).send('ok');
+  });
+
+  if (listener.api.has('metrics')) {
+    app.get('/metrics', async (_req, reply) => {
+      const m = await ctx.metrics.text();
+      reply.header('content-type', m.contentType).header('cache-control', NO_STORE).send(m.body);
+    });
+  }
+
+  if (listener.api.has('read')) registerReadRoutes(app, ctx, getLog);
+  if (listener.api.has('write')) registerWriteRoutes(app, ctx, getLog);
+  return app;
+}
+
+function registerReadRoutes(app: FastifyInstance, ctx: AppContext, getLog: (id: string) => ServedLog): void {
+  app.get('/logs', (_req, reply) => {
+    const logs = [...ctx.logs.values()].map((sl) => ({
+      id: sl.id,
+      origin: sl.log.origin,
+      vkey: sl.log.vkey,
+      prefix: `/logs/${sl.id}/`,
+      protocols: PROTOCOLS,
+    }));
+    reply.header('content-type', JSON_TYPE).header('cache-control', NO_STORE).send(JSON.stringify({ logs }));
+  });
+
+  app.get<{ Params: { id: string } }>('/logs/:id/checkpoint', (req, reply) => {
+    const sl = getLog(req.params.id);
+    reply
+      .header('content-type', TEXT_TYPE)
+      .header('cache-control', NO_STORE)
+      .header('access-control-allow-origin', '*')
+      .send(sl.log.head().checkpoint);
+  });
+
+  app.get<{ Params: { id: string } }>('/logs/:id/tile/*', (req, reply) => {
+    const sl = getLog(req.params.id);
+    const rest = `tile/${restOfPath(req, '/tile/')}`;
+    let t: ReturnType<typeof parseTilePath>;
+    try {
+      t = parseTilePath(rest);
+    } catch (err) {
+      throw new HttpError(400, 'BAD_REQUEST', (err as Error).message);
+    }
+    const size = sl.log.head().size;
+    const body =
+      t.kind === 'hash'
+        ? readHashTile(sl.log.storage, size, t.level, t.index, t.width)
+        : readEntryBundle(sl.log.storage, size, t.index, t.width);
+    if (!body) throw notFound(`${rest} does not exist at tree size ${size}`);
+    reply
+      .header('content-type', 'application/octet-stream')
+      .header('cache-control', IMMUTABLE)
+      .header('access-control-allow-origin', '*')
+      .send(body);
+  });
+
+  app.get<{ Params: { id: string } }>('/logs/:id/lookup/*', (req, reply) => {
+    const sl = getLog(req.params.id);
+    const rest = restOfPath(req, '/lookup/');
+    const slash = rest.indexOf('/');
+    if (slash <= 0 || slash === rest.length - 1) {
+      throw new HttpError(400, 'BAD_REQUEST', 'expected /lookup/<protocol>/<percent-encoded key>');
+    }
+    const protocol = decodeSegment(rest.slice(0, slash), 'protocol');
+    const key = Buffer.from(decodeSegment(rest.slice(slash + 1), 'key'), 'utf8');
+    if (!PROTOCOL_RE.test(protocol))
+      throw new HttpError(400, 'BAD_REQUEST', 'protocol must be 1-64 printable ASCII characters');
+    if (key.length < 1 || key.length > 1024)
+      throw new HttpError(400, 'BAD_REQUEST', 'key must be 1-1024 bytes');
+    const t0 = performance.now();
+    const answer = sl.log.lookup(protocol, key);
+    const body = JSON.stringify(answer);
+    sl.metrics.lookupSeconds.observe((performance.now() - t0) / 1000);
+    (answer.entry ? sl.metrics.lookupPresent : sl.metrics.lookupAbsent).inc();
+    reply
+      .header('content-type', JSON_TYPE)
+      .header('cache-control', NO_STORE)
+      .header('access-control-allow-origin', '*')
+      .send(body);
+  });
+
+  app.get<{ Params: { id: string }; Querystring: { index?: string; size?: string } }>(
+    '/logs/:id/proof/inclusion',
+    {
+      schema: {
+        querystring: {
+          type: 'object',
+          required: ['index'],
+          additionalProperties: false,
+          properties: { index: countPattern, size: countPattern },
+        },
+      },
+    },
+    (req, reply) => {
+      const sl = getLog(req.params.id);
+      const index = parseCount(req.query.index, 'index')!;
+      const current = sl.log.head().size;
+      const size = parseCount(req.query.size, 'size') ?? current;
+      if (size > current) throw notFound(`size ${size} is beyond the current tree size ${current}`);
+      if (index >= size) throw notFound(`index ${index} is not below tree size ${size}`);
+      const proof = sl.log.inclusionProof(index, size);
+      reply
+        .header('content-type', JSON_TYPE)
+        .header('cache-control', req.query.size !== undefined ? IMMUTABLE : NO_STORE)
+        .header('access-control-allow-origin', '*')
+        .send(JSON.stringify({ index, size, proof: proof.map(toBase64) }));
+    },
+  );
+
+  app.get<{ Params: { id: string }; Querystring: { old?: string; new?: string } }>(
+    '/logs/:id/proof/consistency',
+    {
+      schema: {
+        querystring: {
+          type: 'object',
+          required: ['old'],
+          additionalProperties: false,
+          properties: { old: countPattern, new: countPattern },
+        },
+      },
+    },
+    (req, reply) => {
+      const sl = getLog(req.params.id);
+      const oldSize = parseCount(req.query.old, 'old')!;
+      const current = sl.log.head().size;
+      const newSize = parseCount(req.query.new, 'new') ?? current;
+      if (oldSize < 1) throw new HttpError(400, 'BAD_REQUEST', 'old must be at least 1');
+      if (oldSize > newSize) throw new HttpError(400, 'BAD_REQUEST', 'old must not exceed new');
+      if (newSize > current) throw notFound(`size ${newSize} is beyond the current tree size ${current}`);
+      const proof = sl.log.consistencyProof(oldSize, newSize);
+      reply
+        .header('content-type', JSON_TYPE)
+        .header('cache-control', req.query.new !== undefined ? IMMUTABLE : NO_STORE)
+        .header('access-control-allow-origin', '*')
+        .send(JSON.stringify({ old: oldSize, new: newSize, proof: proof.map(toBase64) }));
+    },
+  );
+}
+
+function registerWriteRoutes(app: FastifyInstance, ctx: AppContext, getLog: (id: string) => ServedLog): void {
+  const { limits } = ctx;
+  // Only JSON bodies; everything else is 415. The raw bytes are kept for signed requests.
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser(
+    'application/json',
+    { parseAs: 'buffer', bodyLimit: limits.maxBodyBytes },
+    (req, body, done) => {
+      const raw = body as Buffer;
+      req.rawBody = raw;
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(raw.toString('utf8'));
+      } catch {
+        done(new HttpError(400, 'BAD_JSON', 'request body is not valid JSON'), undefined);
+        return;
+      }
+      done(null, parsed);
+    },
+  );
+
+  app.post<{ Params: { id: string }; Body: { entries: SubmitEntryJson[] } }>(
+    '/logs/:id/submit',
+    {
+      schema: { body: submitBodySchema },
+      // Credentials are checked before the body is read, when they can be (bearer tokens).
+      onRequest: (req, _reply, done) => {
+        const sl = getLog(req.params.id);
+        if (ctx.draining()) throw unavailable('server is shutting down');
+        const authz = req.headers.authorization;
+        if (authz !== undefined) {
+          const m = /^Bearer ([\x21-\x7e]+)$/i.exec(authz);
+          if (!m) throw new AuthError(401, 'UNAUTHORIZED', 'Authorization must be "Bearer <token>"');
+          req.writer = ctx.auth.bearer(m[1]);
+        } else if (req.headers[SIGNATURE_HEADER] === undefined) {
+          throw new AuthError(
+            401,
+            'UNAUTHORIZED',
+            'missing credentials (Authorization: Bearer or Trustix-Signature)',
+          );
+        }
+        if (req.writer && !WriterAuth.mayWrite(req.writer, sl.id)) {
+          throw new AuthError(403, 'FORBIDDEN', `writer ${req.writer.name} may not submit to log ${sl.id}`);
+        }
+        done();
+      },
+      preValidation: (req, _reply, done) => {
+        if (!req.writer) {
+          const h = req.headers[SIGNATURE_HEADER];
+          if (typeof h !== 'string')
+            throw new AuthError(401, 'UNAUTHORIZED', 'one Trustix-Signature header expected');
+          req.writer = ctx.auth.signed(h, req.method, req.raw.url ?? '', req.rawBody ?? Buffer.alloc(0));
+          if (!WriterAuth.mayWrite(req.writer, req.params.id)) {
+            throw new AuthError(
+              403,
+              'FORBIDDEN',
+              `writer ${req.writer.name} may not submit to log ${req.params.id}`,
+            );
+          }
+        }
+        // Counting before the schema check so a huge batch is refused without validating every item.
+        const entries = (req.body as { entries?: unknown } | undefined)?.entries;
+        if (Array.isArray(entries) && entries.length > limits.maxEntriesPerRequest) {
+          throw new HttpError(
+            413,
+            'TOO_MANY_ENTRIES',
+            `at most ${limits.maxEntriesPerRequest} entries per request, got ${entries.length}`,
+          );
+        }
+        done();
+      },
+    },
+    async (req, reply) => {
+      const sl = getLog(req.params.id);
+      const entries = entriesFromJson(req.body.entries);
+      if (ctx.draining()) throw unavailable('server is shutting down');
+      const t0 = performance.now();
+      let receipts: SubmitReceipt[];
+      try {
+        receipts = await ctx.trackSubmit(sl.log.submit(entries));
+      } catch (err) {
+        ctx.metrics.submitRequests.labels(sl.id, String(toHttpErrorStatus(err))).inc();
+        throw err;
+      }
+      sl.metrics.submitSeconds.observe((performance.now() - t0) / 1000);
+      // The first request acknowledged after a commit sees the grown head: that growth is one batch
+      // (or a few, if several committed before this request ran).
+      const size = sl.log.head().size;
+      if (size > sl.lastSize) {
+        sl.metrics.checkpointEntries.observe(size - sl.lastSize);
+        sl.lastSize = size;
+      }
+      sl.metrics.requestEntries.observe(entries.length);
+      let dup = 0;
+      for (const r of receipts) if (r.duplicate) dup++;
+      sl.metrics.appended.inc(receipts.length - dup);
+      if (dup > 0) sl.metrics.duplicates.inc(dup);
+      ctx.metrics.submitRequests.labels(sl.id, '200').inc();
+      reply.header('content-type', JSON_TYPE).header('cache-control', NO_STORE).send(receiptsJson(receipts));
+    },
+  );
+}
+
+function toHttpErrorStatus(err: unknown): number {
+  if (err instanceof PoolFullError || err instanceof StateError) return 503;
+  if (err instanceof TrustixError && err.code === 'FORMAT') return 400;
+  return 500;
+}

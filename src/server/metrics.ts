@@ -1,0 +1,128 @@
+/**
+ * Prometheus metrics (text exposition through prom-client). Per-log children are bound once so the
+ * hot paths only bump a number.
+ */
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import type { Log } from '../log/log.js';
+
+export interface LogMetrics {
+  appended: Counter.Internal;
+  duplicates: Counter.Internal;
+  requestEntries: Histogram.Internal<string>;
+  submitSeconds: Histogram.Internal<string>;
+  lookupPresent: Counter.Internal;
+  lookupAbsent: Counter.Internal;
+  lookupSeconds: Histogram.Internal<string>;
+  checkpointEntries: Histogram.Internal<string>;
+}
+
+export class Metrics {
+  readonly registry = new Registry();
+  private readonly appended: Counter<'log'>;
+  private readonly duplicates: Counter<'log'>;
+  private readonly requestEntries: Histogram<'log'>;
+  private readonly submitSeconds: Histogram<'log'>;
+  private readonly lookups: Counter<'log' | 'result'>;
+  private readonly lookupSeconds: Histogram<'log'>;
+  private readonly checkpointEntries: Histogram<'log'>;
+  readonly submitRequests: Counter<'log' | 'status'>;
+  readonly httpRequests: Counter<'listener' | 'route' | 'status'>;
+
+  constructor(logs: ReadonlyMap<string, Log>) {
+    const registers = [this.registry];
+    collectDefaultMetrics({ register: this.registry, prefix: 'trustix_' });
+    this.appended = new Counter({
+      name: 'trustix_entries_appended_total',
+      help: 'Entries appended to the log through the submit API.',
+      labelNames: ['log'],
+      registers,
+    });
+    this.duplicates = new Counter({
+      name: 'trustix_entries_duplicate_total',
+      help: 'Submitted entries that were already in the log with the same value (nothing appended).',
+      labelNames: ['log'],
+      registers,
+    });
+    this.submitRequests = new Counter({
+      name: 'trustix_submit_requests_total',
+      help: 'Submit requests by HTTP status.',
+      labelNames: ['log', 'status'],
+      registers,
+    });
+    this.requestEntries = new Histogram({
+      name: 'trustix_submit_request_entries',
+      help: 'Entries per accepted submit request.',
+      labelNames: ['log'],
+      buckets: [1, 10, 100, 1000, 5000, 10_000, 50_000],
+      registers,
+    });
+    this.submitSeconds = new Histogram({
+      name: 'trustix_submit_duration_seconds',
+      help: 'Time from a submit request being parsed to its entries being durable and signed.',
+      labelNames: ['log'],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    });
+    this.lookups = new Counter({
+      name: 'trustix_lookups_total',
+      help: 'Lookups answered, by result.',
+      labelNames: ['log', 'result'],
+      registers,
+    });
+    this.lookupSeconds = new Histogram({
+      name: 'trustix_lookup_duration_seconds',
+      help: 'Time to build a lookup answer with its proofs.',
+      labelNames: ['log'],
+      buckets: [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05],
+      registers,
+    });
+    this.checkpointEntries = new Histogram({
+      name: 'trustix_checkpoint_entries',
+      help: 'Entries appended per published checkpoint (sequencer batch size), as seen by the submit API.',
+      labelNames: ['log'],
+      buckets: [1, 10, 100, 1000, 2500, 5000, 10_000, 50_000],
+      registers,
+    });
+    this.httpRequests = new Counter({
+      name: 'trustix_http_requests_total',
+      help: 'HTTP requests by listener, route and status.',
+      labelNames: ['listener', 'route', 'status'],
+      registers,
+    });
+    new Gauge({
+      name: 'trustix_tree_size',
+      help: 'Entries in the latest published checkpoint.',
+      labelNames: ['log'],
+      registers,
+      collect() {
+        for (const [id, log] of logs) this.set({ log: id }, log.head().size);
+      },
+    });
+    new Gauge({
+      name: 'trustix_pending_entries',
+      help: 'Entries accepted and waiting to be sequenced.',
+      labelNames: ['log'],
+      registers,
+      collect() {
+        for (const [id, log] of logs) this.set({ log: id }, log.pendingCount);
+      },
+    });
+  }
+
+  forLog(id: string): LogMetrics {
+    return {
+      appended: this.appended.labels(id),
+      duplicates: this.duplicates.labels(id),
+      requestEntries: this.requestEntries.labels(id),
+      submitSeconds: this.submitSeconds.labels(id),
+      lookupPresent: this.lookups.labels(id, 'present'),
+      lookupAbsent: this.lookups.labels(id, 'absent'),
+      lookupSeconds: this.lookupSeconds.labels(id),
+      checkpointEntries: this.checkpointEntries.labels(id),
+    };
+  }
+
+  async text(): Promise<{ contentType: string; body: string }> {
+    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+  }
+}

@@ -1,0 +1,202 @@
+/**
+ * A running node: its logs, its listeners and an orderly shutdown. Shutdown (SIGTERM) never loses an
+ * accepted submission: new submissions get 503 from the first moment, listeners stop accepting
+ * connections, every entry already queued is sequenced, committed and acknowledged (Log.close
+ * drains), and only then do the stores close.
+ */
+import { chmodSync, existsSync, lstatSync, readFileSync, unlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import type { FastifyInstance } from 'fastify';
+import { StateError } from '../core/errors.js';
+import { Log, type LogOptions } from '../log/log.js';
+import { type AppContext, buildApp, type ServedLog } from './app.js';
+import { WriterAuth } from './auth.js';
+import { ConfigError, type ListenConfig, type ServerConfig } from './config.js';
+import { Metrics } from './metrics.js';
+
+export interface Listening {
+  /** `http://host:port` or `unix:/path`. */
+  url: string;
+  api: string[];
+}
+
+export class TrustixServer {
+  private draining = false;
+  private inFlight = 0;
+  private shutdownPromise: Promise<void> | undefined;
+
+  private constructor(
+    private readonly logs: Map<string, ServedLog>,
+    private readonly apps: FastifyInstance[],
+    private readonly auth: WriterAuth,
+    private readonly sockets: string[],
+    readonly listening: Listening[],
+    private readonly drainTimeoutMs: number,
+  ) {}
+
+  /**
+   * Opens (or creates) every configured log and starts every listener. `say` receives one line per
+   * event worth telling the operator (log created/opened, listening on...).
+   */
+  static async start(config: ServerConfig, say: (line: string) => void = () => {}): Promise<TrustixServer> {
+    const opts: LogOptions = {
+      maxBatch: config.limits.maxBatch,
+      batchDelayMs: config.limits.batchDelayMs,
+      maxPending: config.limits.maxPending,
+    };
+    const logs = new Map<string, ServedLog>();
+    const apps: FastifyInstance[] = [];
+    const sockets: string[] = [];
+    const listening: Listening[] = [];
+    let auth: WriterAuth | undefined;
+    try {
+      for (const [i, lc] of config.logs.entries()) {
+        const skey = lc.keyFile !== undefined ? readKeyFile(lc.keyFile, `log[${i}].key_file`) : undefined;
+        const withKey = skey !== undefined ? { ...opts, skey } : opts;
+        let log: Log;
+        if (existsSync(join(lc.dir, 'log.mdb'))) {
+          log = await Log.open(lc.dir, withKey);
+          if (log.origin !== lc.origin) {
+            await log.close();
+            throw new ConfigError(
+              `log[${i}].origin: the config says ${lc.origin} but the log in ${lc.dir} has origin ${log.origin}`,
+            );
+          }
+          say(`log ${lc.id}: opened ${lc.dir} (size ${log.head().size})`);
+        } else {
+          log = await Log.create(lc.dir, lc.origin, withKey);
+          say(
+            `log ${lc.id}: created in ${lc.dir} with a new signing key (${join(lc.dir, 'signing.key')}, mode 0600)`,
+          );
+        }
+        logs.set(lc.id, { id: lc.id, log, metrics: undefined!, closed: false, lastSize: log.head().size });
+        say(`log ${lc.id}: origin ${log.origin}`);
+        say(`log ${lc.id}: vkey ${log.vkey}`);
+      }
+      const metrics = new Metrics(new Map([...logs].map(([id, sl]) => [id, sl.log])));
+      for (const sl of logs.values()) sl.metrics = metrics.forLog(sl.id);
+      auth = new WriterAuth(config.writers);
+
+      let server: TrustixServer | undefined;
+      const ctx: AppContext = {
+        logs,
+        auth,
+        metrics,
+        limits: config.limits,
+        draining: () => server?.draining ?? false,
+        trackSubmit: (p) => server!.track(p),
+      };
+      for (const [i, l] of config.listeners.entries()) {
+        const name = l.kind === 'tcp' ? `${l.host}:${l.port}` : `unix:${l.path}`;
+        const app = buildApp(ctx, { name, api: l.api });
+        apps.push(app);
+        const url = await listen(app, l, i);
+        if (l.kind === 'unix') sockets.push(l.path);
+        const api = [...l.api];
+        listening.push({ url, api });
+      }
+      server = new TrustixServer(logs, apps, auth, sockets, listening, config.limits.drainTimeoutMs);
+      for (const l of listening) say(`listening ${l.url} api=${l.api.join(',')}`);
+      say('ready');
+      return server;
+    } catch (err) {
+      await Promise.allSettled(apps.map((a) => a.close()));
+      await Promise.allSettled([...logs.values()].map((sl) => sl.log.close()));
+      auth?.close();
+      throw err;
+    }
+  }
+
+  private async track<T>(p: Promise<T>): Promise<T> {
+    this.inFlight++;
+    try {
+      return await p;
+    } finally {
+      this.inFlight--;
+    }
+  }
+
+  get submissionsInFlight(): number {
+    return this.inFlight;
+  }
+
+  /**
+   * Drains and stops. Submissions already queued are acknowledged (or, if their connection is
+   * gone, still committed); new ones get 503; listeners close; then the logs.
+   */
+  shutdown(): Promise<void> {
+    this.shutdownPromise ??= this.doShutdown();
+    return this.shutdownPromise;
+  }
+
+  private async doShutdown(): Promise<void> {
+    this.draining = true;
+    // Stop accepting connections; requests still arriving on open ones get 503 from Fastify.
+    const closing = Promise.allSettled(this.apps.map((a) => a.close()));
+    // Log.close stops new submissions (they get 503), then sequences and acknowledges the queue.
+    await Promise.allSettled(
+      [...this.logs.values()].map(async (sl) => {
+        await sl.log.close();
+        sl.closed = true;
+      }),
+    );
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<'timeout'>((r) => {
+      timer = setTimeout(() => r('timeout'), this.drainTimeoutMs);
+    });
+    if ((await Promise.race([closing, timeout])) === 'timeout') {
+      for (const a of this.apps) a.server.closeAllConnections();
+      await closing;
+    }
+    clearTimeout(timer);
+    this.auth.close();
+    for (const s of this.sockets) removeSocket(s);
+  }
+}
+
+function readKeyFile(file: string, key: string): string {
+  try {
+    return readFileSync(file, 'utf8').trim();
+  } catch (err) {
+    throw new ConfigError(`${key}: cannot read ${file}: ${(err as Error).message}`);
+  }
+}
+
+function removeSocket(path: string): void {
+  try {
+    if (lstatSync(path).isSocket()) unlinkSync(path);
+  } catch {
+    // already gone
+  }
+}
+
+async function listen(app: FastifyInstance, l: ListenConfig, i: number): Promise<string> {
+  try {
+    if (l.kind === 'tcp') {
+      await app.listen({ host: l.host, port: l.port });
+      const a = app.server.address();
+      if (a === null || typeof a === 'string') throw new StateError('listener has no TCP address');
+      const host = a.family === 'IPv6' ? `[${a.address}]` : a.address;
+      return `http://${host}:${a.port}`;
+    }
+    // A socket file left by a previous run that was killed would make listen fail.
+    if (existsSync(l.path)) {
+      if (!lstatSync(l.path).isSocket())
+        throw new ConfigError(`listen[${i}].unix: ${l.path} exists and is not a socket`);
+      unlinkSync(l.path);
+    }
+    // The socket is created with the process umask; narrow it so the file is never more open than `mode`.
+    const old = process.umask(0o777 & ~l.mode);
+    try {
+      await app.listen({ path: l.path });
+    } finally {
+      process.umask(old);
+    }
+    chmodSync(l.path, l.mode);
+    return `unix:${l.path}`;
+  } catch (err) {
+    if (err instanceof ConfigError) throw err;
+    const where = l.kind === 'tcp' ? `${l.host}:${l.port}` : l.path;
+    throw new ConfigError(`listen[${i}]: cannot listen on ${where}: ${(err as Error).message}`);
+  }
+}
