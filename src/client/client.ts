@@ -342,8 +342,17 @@ export class LogClient {
   async submit(
     entries: readonly Entry[],
     auth: SubmitAuth,
-    opts: { onProgress?: (done: number, total: number) => void; maxRetries?: number } = {},
+    opts: {
+      onProgress?: (done: number, total: number) => void;
+      maxRetries?: number;
+      /** Most entries per request (the API allows 10,000; a server may be configured lower). */
+      batchSize?: number;
+    } = {},
   ): Promise<VerifiedReceipt[]> {
+    const batchSize = opts.batchSize ?? SUBMIT_MAX_ENTRIES;
+    if (!Number.isSafeInteger(batchSize) || batchSize < 1 || batchSize > SUBMIT_MAX_ENTRIES) {
+      throw new FormatError(`batch size must be 1..${SUBMIT_MAX_ENTRIES}`);
+    }
     const encoded = entries.map((e) => encodeEntry(e));
     const items = entries.map((e, i) => {
       const key = e.key.toString('utf8');
@@ -366,7 +375,7 @@ export class LogClient {
       let bytes = 20;
       while (
         end < items.length &&
-        end - start < SUBMIT_MAX_ENTRIES &&
+        end - start < batchSize &&
         (end === start || bytes + items[end].length + 1 <= SUBMIT_MAX_BODY)
       ) {
         bytes += items[end].length + 1;

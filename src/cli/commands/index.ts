@@ -1,9 +1,11 @@
 import type { Command } from 'commander';
 import { registerLocalCommands } from './local.js';
+import { registerRemoteCommands } from './remote.js';
 import { registerServeCommand } from './serve.js';
 
 /** Every command module registers itself here; add one line per module. */
 export function registerCommands(program: Command): void {
   registerLocalCommands(program);
+  registerRemoteCommands(program);
   registerServeCommand(program);
 }

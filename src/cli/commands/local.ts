@@ -1,17 +1,36 @@
 import { readFileSync } from 'node:fs';
 import { type Command, Option } from 'commander';
+import { listLogs, type SubmitAuth, serverRootOf } from '../../client/client.js';
 import { toHex } from '../../core/bytes.js';
 import type { Entry } from '../../core/entry.js';
-import { verifyLookup } from '../../core/lookup.js';
+import { VerificationError } from '../../core/errors.js';
+import { type LookupAnswer, type LookupVerdict, verifyLookup } from '../../core/lookup.js';
 import { generateKey, verifierFromVkey } from '../../core/note.js';
-import { auditStore } from '../../log/audit.js';
+import { type AuditReport, auditEntries, auditStore } from '../../log/audit.js';
 import { Log } from '../../log/log.js';
 import { CliError, EXIT, progress } from '../output.js';
+import {
+  addRemoteOptions,
+  invalidExits,
+  openClient,
+  type RemoteOptions,
+  readVkey,
+  targetOf,
+} from './remote.js';
 
-/** Commands that work on a log directory on this machine. */
+/**
+ * Commands that work on a log directory on this machine (`--state`); submit, lookup, info and
+ * audit also work on a remote log (`--url` and `--vkey`, see remote.ts).
+ */
 export function registerLocalCommands(program: Command): void {
   const stateOption = () =>
     new Option('-s, --state <dir>', 'the log directory').env('TRUSTIX_STATE').makeOptionMandatory();
+  // for commands that take --state or --url
+  const localOrRemote = (cmd: Command, opts: { submit?: boolean } = {}) =>
+    addRemoteOptions(
+      cmd.addOption(new Option('-s, --state <dir>', 'a local log directory').env('TRUSTIX_STATE')),
+      opts,
+    );
 
   program
     .command('keygen')
@@ -39,22 +58,40 @@ export function registerLocalCommands(program: Command): void {
       await log.close();
     });
 
-  program
-    .command('submit')
-    .description(
-      'append entries: each is KEY=VALUE with VALUE in hex (e.g. a sha256); or lines "KEY VALUE" from --file or stdin (-)',
-    )
-    .addOption(stateOption())
+  localOrRemote(
+    program
+      .command('submit')
+      .description(
+        'append entries: each is KEY=VALUE with VALUE in hex (e.g. a sha256); or lines "KEY VALUE" from --file or stdin (-)',
+      ),
+    { submit: true },
+  )
     .option('--protocol <name>', 'the entry protocol', 'nix')
     .option('-f, --file <file>', 'read "KEY VALUE" lines from a file, or - for stdin')
     .option('--json', 'print receipts as JSON lines')
+    .option('--batch-size <n>', 'entries per batch (remote: per request, at most 10000)', '10000')
     .argument('[pairs...]', 'KEY=VALUEHEX pairs')
     .addHelpText(
       'after',
-      '\nExample:\n  trustix submit --state ./mylog 0c8i2...=3f7a...\n  cut -f1,2 pairs.tsv | trustix submit --state ./mylog -f -',
+      '\nExamples:\n  trustix submit --state ./mylog 0c8i2...=3f7a...\n  cut -f1,2 pairs.tsv | trustix submit --state ./mylog -f -\n  trustix submit --url http://host:8080/logs/default/ --vkey "$VKEY" --token "$TOKEN" 0c8i2...=3f7a...',
     )
     .action(
-      async (pairs: string[], o: { state: string; protocol: string; file?: string; json?: boolean }) => {
+      async (
+        pairs: string[],
+        o: RemoteOptions & {
+          state?: string;
+          protocol: string;
+          file?: string;
+          json?: boolean;
+          batchSize: string;
+        },
+        cmd: Command,
+      ) => {
+        const target = targetOf(cmd);
+        const chunk = Number(o.batchSize);
+        if (!Number.isSafeInteger(chunk) || chunk < 1 || chunk > 10_000) {
+          throw new CliError('--batch-size must be an integer from 1 to 10000', EXIT.usage);
+        }
         const entries: Entry[] = [];
         for (const p of pairs) {
           const eq = p.lastIndexOf('=');
@@ -74,26 +111,41 @@ export function registerLocalCommands(program: Command): void {
           }
         }
         if (entries.length === 0) throw new CliError('nothing to submit', EXIT.usage);
-        const log = await Log.open(o.state);
+        const printReceipt = (e: Entry, r: { index: number; duplicate: boolean; checkpoint: string }) =>
+          console.log(
+            JSON.stringify({
+              key: e.key.toString(),
+              index: r.index,
+              duplicate: r.duplicate,
+              checkpoint: r.checkpoint,
+            }),
+          );
+        if (target === 'remote') {
+          const auth = submitAuth(o);
+          const client = openClient(o);
+          const bar = entries.length > chunk ? progress('submitting', entries.length) : undefined;
+          const receipts = await invalidExits(() =>
+            client.submit(entries, auth, { onProgress: (d) => bar?.update(d), batchSize: chunk }),
+          );
+          bar?.stop();
+          let appended = 0;
+          for (const [j, r] of receipts.entries()) {
+            if (!r.duplicate) appended++;
+            if (o.json) printReceipt(entries[j], r);
+          }
+          const size = (await client.trusted())?.checkpoint.size;
+          if (!o.json) console.log(`${entries.length} submitted, ${appended} appended; log size ${size}`);
+          return;
+        }
+        const log = await Log.open(o.state!);
         try {
-          const bar = entries.length > 10_000 ? progress('submitting', entries.length) : undefined;
-          const chunk = 10_000;
+          const bar = entries.length > chunk ? progress('submitting', entries.length) : undefined;
           let appended = 0;
           for (let i = 0; i < entries.length; i += chunk) {
             const receipts = await log.submit(entries.slice(i, i + chunk));
             for (const [j, r] of receipts.entries()) {
               if (!r.duplicate) appended++;
-              if (o.json) {
-                const e = entries[i + j];
-                console.log(
-                  JSON.stringify({
-                    key: e.key.toString(),
-                    index: r.index,
-                    duplicate: r.duplicate,
-                    checkpoint: r.checkpoint,
-                  }),
-                );
-              }
+              if (o.json) printReceipt(entries[i + j], r);
             }
             bar?.update(Math.min(entries.length, i + chunk));
           }
@@ -107,90 +159,196 @@ export function registerLocalCommands(program: Command): void {
       },
     );
 
-  program
-    .command('lookup')
-    .description('look KEY up and verify the answer; exit 0 if present, 3 if proven absent, 4 if invalid')
-    .addOption(stateOption())
+  localOrRemote(
+    program
+      .command('lookup')
+      .description('look KEY up and verify the answer; exit 0 if present, 3 if proven absent, 4 if invalid'),
+  )
     .option('--protocol <name>', 'the entry protocol', 'nix')
     .option('--json', 'print the verified answer as JSON')
     .argument('<key>')
-    .addHelpText('after', '\nExample:\n  trustix lookup --state ./mylog 0c8i2ww2dwk5hn8dywdzx6l0lrz0sb4k')
-    .action(async (key: string, o: { state: string; protocol: string; json?: boolean }) => {
-      const log = await Log.open(o.state);
-      let answer: ReturnType<Log['lookup']>;
-      let vkey: string;
-      try {
-        answer = log.lookup(o.protocol, Buffer.from(key));
-        vkey = log.vkey;
-      } finally {
+    .addHelpText(
+      'after',
+      '\nExamples:\n  trustix lookup --state ./mylog 0c8i2ww2dwk5hn8dywdzx6l0lrz0sb4k\n  trustix lookup --url http://host:8080/logs/default/ --vkey "$VKEY" 0c8i2ww2dwk5hn8dywdzx6l0lrz0sb4k',
+    )
+    .action(
+      async (
+        key: string,
+        o: RemoteOptions & { state?: string; protocol: string; json?: boolean },
+        cmd: Command,
+      ) => {
+        let verdict: LookupVerdict;
+        let answer: LookupAnswer | undefined;
+        if (targetOf(cmd) === 'remote') {
+          const client = openClient(o);
+          try {
+            const r = await client.lookup(o.protocol, key);
+            answer = r.answer;
+            verdict =
+              r.status === 'present'
+                ? { status: 'present', entry: r.entry, index: r.index, checkpoint: r.checkpoint }
+                : { status: 'absent', checkpoint: r.checkpoint };
+          } catch (err) {
+            if (!(err instanceof VerificationError)) throw err;
+            verdict = { status: 'invalid', check: err.check, reason: err.message };
+          }
+        } else {
+          const log = await Log.open(o.state!);
+          let vkey: string;
+          try {
+            answer = log.lookup(o.protocol, Buffer.from(key));
+            vkey = log.vkey;
+          } finally {
+            await log.close();
+          }
+          verdict = verifyLookup(answer, verifierFromVkey(vkey), {
+            protocol: o.protocol,
+            key: Buffer.from(key),
+          });
+        }
+        if (o.json) {
+          console.log(
+            JSON.stringify({
+              status: verdict.status,
+              ...(verdict.status === 'present'
+                ? { index: verdict.index, value: toHex(verdict.entry.value), size: verdict.checkpoint.size }
+                : {}),
+              ...(verdict.status === 'absent' ? { size: verdict.checkpoint.size } : {}),
+              ...(verdict.status === 'invalid' ? { check: verdict.check, reason: verdict.reason } : {}),
+              ...(answer ? { answer } : {}),
+            }),
+          );
+        } else if (verdict.status === 'present') {
+          console.log(
+            `present: ${key} -> ${toHex(verdict.entry.value)} (entry ${verdict.index}, verified against size ${verdict.checkpoint.size})`,
+          );
+        } else if (verdict.status === 'absent') {
+          console.log(`absent: ${key} (non-inclusion verified against size ${verdict.checkpoint.size})`);
+        } else {
+          console.log(`INVALID: ${verdict.check}: ${verdict.reason}`);
+        }
+        process.exitCode =
+          verdict.status === 'present' ? EXIT.ok : verdict.status === 'absent' ? EXIT.absent : EXIT.invalid;
+      },
+    );
+
+  localOrRemote(
+    program.command('info').description("print a log's origin, verifier key, size and latest checkpoint"),
+  )
+    .option('--json', 'JSON output')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  trustix info --state ./mylog\n  trustix info --url http://host:8080/logs/default/ --vkey "$VKEY"\n  trustix info --url http://host:8080/logs/default/   (key taken from the server, unverified)',
+    )
+    .action(async (o: RemoteOptions & { state?: string; json?: boolean }, cmd: Command) => {
+      if (targetOf(cmd) === 'local') {
+        const log = await Log.open(o.state!);
+        const d = log.describe();
         await log.close();
+        if (o.json) console.log(JSON.stringify(d));
+        else
+          console.log(`origin: ${d.origin}\nvkey: ${d.vkey}\nsize: ${d.size}\ncheckpoint:\n${d.checkpoint}`);
+        return;
       }
-      const verdict = verifyLookup(answer, verifierFromVkey(vkey), {
-        protocol: o.protocol,
-        key: Buffer.from(key),
-      });
-      if (o.json) {
-        console.log(
-          JSON.stringify({
-            status: verdict.status,
-            ...(verdict.status === 'present'
-              ? { index: verdict.index, value: toHex(verdict.entry.value), size: verdict.checkpoint.size }
-              : {}),
-            ...(verdict.status === 'absent' ? { size: verdict.checkpoint.size } : {}),
-            ...(verdict.status === 'invalid' ? { check: verdict.check, reason: verdict.reason } : {}),
-            answer,
+      let vkey = o.vkey ? readVkey(o.vkey) : undefined;
+      const pinned = vkey !== undefined;
+      if (!vkey) {
+        // without a pinned key, ask the server for it: the output says it is unverified
+        const root = serverRootOf(o.url!);
+        if (!root)
+          throw new CliError('need --vkey KEY (the URL is not of the form .../logs/<id>/)', EXIT.usage);
+        const prefix = new URL(o.url!).pathname.replace(/\/?$/, '/');
+        const found = (await listLogs(root, { timeoutMs: Number(o.timeout ?? 10) * 1000 })).find(
+          (l) => l.prefix === prefix,
+        );
+        if (!found) throw new CliError(`the server lists no log at ${prefix}; pass --vkey`);
+        vkey = readVkey(found.vkey);
+      }
+      // an unpinned key must not leave anything in the trust store
+      const client = openClient(o, { vkey, remember: pinned });
+      const before = await client.trusted();
+      const t = await invalidExits(() => client.checkpoint());
+      const d = {
+        url: client.url.href,
+        origin: client.origin,
+        vkey: client.vkey,
+        keyPinned: pinned,
+        size: t.checkpoint.size,
+        ...(before ? { previouslyTrustedSize: before.checkpoint.size } : {}),
+        checkpoint: t.note,
+      };
+      if (o.json) console.log(JSON.stringify(d));
+      else {
+        console.log(`url: ${d.url}\norigin: ${d.origin}`);
+        console.log(`vkey: ${d.vkey}${pinned ? '' : ' (from the server, NOT verified: pin it with --vkey)'}`);
+        console.log(`size: ${d.size}${before ? ` (previously trusted: ${before.checkpoint.size})` : ''}`);
+        console.log(`checkpoint:\n${d.checkpoint}`);
+      }
+    });
+
+  localOrRemote(
+    program
+      .command('audit')
+      .description('replay every entry and recompute every published log root and map root'),
+  )
+    .option('--json', 'JSON output')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  trustix audit --state ./mylog\n  trustix audit --url http://host:8080/logs/default/ --vkey "$VKEY"   (checks the latest and the last trusted checkpoint)',
+    )
+    .action(async (o: RemoteOptions & { state?: string; json?: boolean }, cmd: Command) => {
+      let report: AuditReport;
+      if (targetOf(cmd) === 'remote') {
+        const client = openClient(o);
+        const before = await client.trusted();
+        const latest = await invalidExits(() => client.checkpoint());
+        const size = latest.checkpoint.size;
+        // a remote log serves only its latest checkpoint; the one this client trusted before is checked too
+        const checkpoints = [{ size, checkpoint: latest.note }];
+        if (before && before.note !== latest.note) {
+          checkpoints.unshift({ size: before.checkpoint.size, checkpoint: before.note });
+        }
+        const bar = o.json ? undefined : progress('auditing', size);
+        report = await invalidExits(() =>
+          auditEntries(client.entries(0, size, { treeSize: size }), checkpoints, client.verifier, {
+            total: size,
+            onProgress: (d) => bar?.update(d),
           }),
         );
-      } else if (verdict.status === 'present') {
-        console.log(
-          `present: ${key} -> ${toHex(verdict.entry.value)} (entry ${verdict.index}, verified against size ${verdict.checkpoint.size})`,
-        );
-      } else if (verdict.status === 'absent') {
-        console.log(`absent: ${key} (non-inclusion verified against size ${verdict.checkpoint.size})`);
-      } else {
-        console.log(`INVALID: ${verdict.check}: ${verdict.reason}`);
-      }
-      process.exitCode =
-        verdict.status === 'present' ? EXIT.ok : verdict.status === 'absent' ? EXIT.absent : EXIT.invalid;
-    });
-
-  program
-    .command('info')
-    .description("print a log's origin, verifier key, size and latest checkpoint")
-    .addOption(stateOption())
-    .option('--json', 'JSON output')
-    .action(async (o: { state: string; json?: boolean }) => {
-      const log = await Log.open(o.state);
-      const d = log.describe();
-      await log.close();
-      if (o.json) console.log(JSON.stringify(d));
-      else console.log(`origin: ${d.origin}\nvkey: ${d.vkey}\nsize: ${d.size}\ncheckpoint:\n${d.checkpoint}`);
-    });
-
-  program
-    .command('audit')
-    .description('replay every entry and recompute every published log root and map root')
-    .addOption(stateOption())
-    .option('--json', 'JSON output')
-    .action(async (o: { state: string; json?: boolean }) => {
-      const log = await Log.open(o.state);
-      try {
-        const total = log.head().size;
-        const bar = o.json ? undefined : progress('auditing', total);
-        const report = await auditStore(log.storage, verifierFromVkey(log.vkey), (d) => bar?.update(d));
         bar?.stop();
-        if (o.json) console.log(JSON.stringify(report));
-        else if (report.ok)
-          console.log(`ok: ${report.size} entries, ${report.checkpoints} checkpoints reproduced`);
-        else {
-          const d = report.divergence!;
-          console.log(`DIVERGENCE at size ${d.size} (${d.check}): ${d.message}`);
+      } else {
+        const log = await Log.open(o.state!);
+        try {
+          const total = log.head().size;
+          const bar = o.json ? undefined : progress('auditing', total);
+          report = await auditStore(log.storage, verifierFromVkey(log.vkey), (d) => bar?.update(d));
+          bar?.stop();
+        } finally {
+          await log.close();
         }
-        if (!report.ok) process.exitCode = EXIT.invalid;
-      } finally {
-        await log.close();
       }
+      if (o.json) console.log(JSON.stringify(report));
+      else if (report.ok)
+        console.log(`ok: ${report.size} entries, ${report.checkpoints} checkpoints reproduced`);
+      else {
+        const d = report.divergence!;
+        console.log(`DIVERGENCE at size ${d.size} (${d.check}): ${d.message}`);
+      }
+      if (!report.ok) process.exitCode = EXIT.invalid;
     });
+}
+
+/** `--token` or `--writer-key` for remote submissions. */
+function submitAuth(o: RemoteOptions): SubmitAuth {
+  if (o.writerKey) {
+    const skey = readFileSync(o.writerKey, 'utf8').trim();
+    return { skey, ...(o.writer ? { writer: o.writer } : {}) };
+  }
+  if (o.token) return { token: o.token };
+  throw new CliError(
+    'a remote submit needs --token TOKEN (or TRUSTIX_TOKEN) or --writer-key FILE',
+    EXIT.usage,
+  );
 }
 
 function makeEntry(protocol: string, key: string, valueHex: string, where: string): Entry {
