@@ -235,6 +235,12 @@ export function buildApp(
     ajv: {
       customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false, allErrors: false },
     },
+    // Router-level refusals in the API's error shape. The only route parameter is a log id, and one
+    // longer than the router allows cannot name a log.
+    frameworkErrors: (err, _req, reply) => {
+      if (err.code === 'FST_ERR_MAX_PARAM_LENGTH') sendError(reply, notFound('no such log'));
+      else sendError(reply, new HttpError(400, 'BAD_REQUEST', 'malformed URL'));
+    },
   });
 
   const getLog = (id: string): ServedLog => {
@@ -251,6 +257,10 @@ export function buildApp(
 
   // Counting per (route, status) with bound children: prom-client's label hashing is not free.
   const counters = new Map<string, Counter.Internal>();
+  app.addHook('onSend', (_req, reply, payload, done) => {
+    if (ctx.draining()) reply.header('connection', 'close');
+    done(null, payload);
+  });
   app.addHook('onResponse', (req, reply, done) => {
     const route = req.routeOptions.url ?? 'unmatched';
     const k = `${route} ${reply.statusCode}`;

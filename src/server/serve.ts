@@ -136,10 +136,13 @@ export class TrustixServer {
     // Log.close stops new submissions (they get 503), then sequences and acknowledges the queue.
     await Promise.allSettled(
       [...this.logs.values()].map(async (sl) => {
-        await sl.log.close();
         sl.closed = true;
+        await sl.log.close();
       }),
     );
+    // Answers sent while draining carry `Connection: close`; sockets that went idle before that are
+    // closed here, so the listeners finish closing as soon as the last answer is out.
+    for (const a of this.apps) a.server.closeIdleConnections();
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<'timeout'>((r) => {
       timer = setTimeout(() => r('timeout'), this.drainTimeoutMs);
