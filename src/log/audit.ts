@@ -133,9 +133,11 @@ export async function auditEntries(
           tiles.set(`${t.tileLevel}/${t.tileIndex}`, t);
         }
         const r = smtApplyBatch(mapRoot, updates, (id) => strata.get(id.toString('hex')));
-        for (const [k, w] of r.writes) strata.set(k, w.data);
+        // A store copies what it commits; kept in memory, the batch's output may be views into
+        // buffers that its next call reuses.
+        for (const [k, w] of r.writes) strata.set(k, Buffer.from(w.data));
         for (const id of r.deletes) strata.delete(Buffer.from(id).toString('hex'));
-        mapRoot = r.root;
+        mapRoot = Buffer.from(r.root);
         size = end;
         opts.onProgress?.(size, total);
         // let progress output and signals through on long audits
