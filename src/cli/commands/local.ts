@@ -16,6 +16,7 @@ import {
   type RemoteOptions,
   readVkey,
   targetOf,
+  timeoutMs,
 } from './remote.js';
 
 /**
@@ -258,9 +259,7 @@ export function registerLocalCommands(program: Command): void {
         if (!root)
           throw new CliError('need --vkey KEY (the URL is not of the form .../logs/<id>/)', EXIT.usage);
         const prefix = new URL(o.url!).pathname.replace(/\/?$/, '/');
-        const found = (await listLogs(root, { timeoutMs: Number(o.timeout ?? 10) * 1000 })).find(
-          (l) => l.prefix === prefix,
-        );
+        const found = (await listLogs(root, { timeoutMs: timeoutMs(o) })).find((l) => l.prefix === prefix);
         if (!found) throw new CliError(`the server lists no log at ${prefix}; pass --vkey`);
         vkey = readVkey(found.vkey);
       }

@@ -102,7 +102,8 @@ export function readVkey(value: string): string {
   }
 }
 
-function timeoutMs(o: RemoteOptions): number {
+/** `--timeout` in milliseconds. */
+export function timeoutMs(o: RemoteOptions): number {
   const s = Number(o.timeout ?? '10');
   if (!Number.isFinite(s) || s <= 0)
     throw new CliError('--timeout must be a positive number of seconds', EXIT.usage);
