@@ -43,7 +43,10 @@ export function addRemoteOptions(cmd: Command, opts: { submit?: boolean } = {}):
       ),
     )
     .addOption(
-      new Option('--trust-dir <dir>', 'where the last trusted checkpoint of each log is remembered')
+      new Option(
+        '--trust-dir <dir>',
+        'where the last trusted checkpoint of each log is remembered (default: $XDG_STATE_HOME/trustix/trusted)',
+      )
         .env('TRUSTIX_TRUST_DIR')
         .default(undefined, '$XDG_STATE_HOME/trustix/trusted'),
     )
