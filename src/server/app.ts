@@ -3,7 +3,8 @@
  * submissions (write), /metrics (metrics) and /healthz (every listener). One Fastify instance per
  * listener, each with only the routes of the APIs that listener serves.
  */
-import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import type { Counter } from 'prom-client';
 import { decodeBase64Strict, toBase64 } from '../core/bytes.js';
 import { type Entry, validateEntry } from '../core/entry.js';
@@ -21,6 +22,10 @@ const JSON_TYPE = 'application/json; charset=utf-8';
 const TEXT_TYPE = 'text/plain; charset=utf-8';
 const IMMUTABLE = 'public, max-age=31536000, immutable';
 const NO_STORE = 'no-store';
+const CORS = 'access-control-allow-origin';
+const CHECKPOINT_HEADERS = { 'content-type': TEXT_TYPE, 'cache-control': NO_STORE, [CORS]: '*' };
+const TILE_HEADERS = { 'content-type': 'application/octet-stream', 'cache-control': IMMUTABLE, [CORS]: '*' };
+const LOOKUP_HEADERS = { 'content-type': JSON_TYPE, 'cache-control': NO_STORE, [CORS]: '*' };
 
 export interface ServedLog {
   id: string;
@@ -124,13 +129,56 @@ function decodeSegment(s: string, what: string): string {
   }
 }
 
-/** The raw path after `/logs/<id>/`, undecoded (tile paths and lookup keys are parsed from it). */
-function restOfPath(req: FastifyRequest, marker: string): string {
-  const url = req.raw.url ?? '';
-  const q = url.indexOf('?');
-  const path = q < 0 ? url : url.slice(0, q);
-  const at = path.indexOf(marker);
-  return at < 0 ? '' : path.slice(at + marker.length);
+/**
+ * The raw (undecoded) path after `/logs/<id>/`, without the query: tile paths and lookup keys are
+ * parsed from it, since the router's decoding would lose the distinction between "/" and "%2F".
+ */
+function pathInLog(rawUrl: string): string {
+  const q = rawUrl.indexOf('?');
+  const path = q < 0 ? rawUrl : rawUrl.slice(0, q);
+  const slash = path.indexOf('/', LOGS_PREFIX.length);
+  return slash < 0 ? '' : path.slice(slash + 1);
+}
+
+const LOGS_PREFIX = '/logs/';
+
+/** C2SP bytes of the tile or entry bundle at `rest` (`tile/...`); HttpError 400 or 404 otherwise. */
+function answerTile(sl: ServedLog, rest: string): Buffer {
+  let t: ReturnType<typeof parseTilePath>;
+  try {
+    t = parseTilePath(rest);
+  } catch (err) {
+    throw new HttpError(400, 'BAD_REQUEST', (err as Error).message);
+  }
+  const size = sl.log.head().size;
+  const body =
+    t.kind === 'hash'
+      ? readHashTile(sl.log.storage, size, t.level, t.index, t.width)
+      : readEntryBundle(sl.log.storage, size, t.index, t.width);
+  if (!body) throw notFound(`${rest} does not exist at tree size ${size}`);
+  return body;
+}
+
+/** The lookup answer (JSON text) for `rest` = `lookup/<protocol>/<key>`, percent-encoded. */
+function answerLookup(sl: ServedLog, rest: string): string {
+  const start = 'lookup/'.length;
+  const slash = rest.indexOf('/', start);
+  if (slash <= start || slash === rest.length - 1) {
+    throw new HttpError(400, 'BAD_REQUEST', 'expected /lookup/<protocol>/<percent-encoded key>');
+  }
+  const protocol = decodeSegment(rest.slice(start, slash), 'protocol');
+  if (!PROTOCOL_RE.test(protocol)) {
+    throw new HttpError(400, 'BAD_REQUEST', 'protocol must be 1-64 printable ASCII characters');
+  }
+  const key = Buffer.from(decodeSegment(rest.slice(slash + 1), 'key'), 'utf8');
+  if (key.length < 1 || key.length > 1024)
+    throw new HttpError(400, 'BAD_REQUEST', 'key must be 1-1024 bytes');
+  const t0 = performance.now();
+  const answer = sl.log.lookup(protocol, key);
+  const body = JSON.stringify(answer);
+  sl.metrics.lookupSeconds.observe((performance.now() - t0) / 1000);
+  (answer.entry ? sl.metrics.lookupPresent : sl.metrics.lookupAbsent).inc();
+  return body;
 }
 
 interface SubmitEntryJson {
@@ -224,13 +272,21 @@ export function buildApp(
   listener: { name: string; api: ReadonlySet<ApiName> },
 ): FastifyInstance {
   const { limits } = ctx;
+  let fast: FastRead | undefined;
   const app = Fastify({
     logger: false,
     bodyLimit: limits.maxBodyBytes,
     return503OnClosing: true,
     forceCloseConnections: 'idle',
-    keepAliveTimeout: 65_000,
-    requestTimeout: 120_000,
+    serverFactory: (handler) => {
+      const server = createServer((req, res) => {
+        if (fast?.(req, res)) return;
+        handler(req, res);
+      });
+      server.keepAliveTimeout = 65_000;
+      server.requestTimeout = 120_000;
+      return server;
+    },
     routerOptions: { maxParamLength: 128, caseSensitive: true },
     ajv: {
       customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false, allErrors: false },
@@ -285,9 +341,74 @@ export function buildApp(
     });
   }
 
-  if (listener.api.has('read')) registerReadRoutes(app, ctx, getLog);
+  if (listener.api.has('read')) {
+    registerReadRoutes(app, ctx, getLog);
+    fast = fastReads(ctx, listener.name);
+  }
   if (listener.api.has('write')) registerWriteRoutes(app, ctx, getLog);
   return app;
+}
+
+type FastRead = (req: IncomingMessage, res: ServerResponse) => boolean;
+
+/**
+ * The hottest GETs (lookups, tiles, checkpoints) answered straight from node:http, without the
+ * router, hooks and reply objects; the answers are built by the same functions as the Fastify
+ * routes. Only successes are answered here: anything else (unknown log, bad path, an error,
+ * draining) falls through to Fastify, which gives the same answer or the error.
+ */
+function fastReads(ctx: AppContext, listener: string): FastRead {
+  const counter = (route: string) => ctx.metrics.httpRequests.labels(listener, route, '200');
+  const lookups = counter('/logs/:id/lookup/*');
+  const tiles = counter('/logs/:id/tile/*');
+  const checkpoints = counter('/logs/:id/checkpoint');
+  return (req, res) => {
+    const url = req.url;
+    if (req.method !== 'GET' || url === undefined || !url.startsWith(LOGS_PREFIX) || ctx.draining())
+      return false;
+    const slash = url.indexOf('/', LOGS_PREFIX.length);
+    if (slash < 0) return false;
+    const sl = ctx.logs.get(url.slice(LOGS_PREFIX.length, slash));
+    if (sl === undefined || sl.closed) return false;
+    const rest = pathInLog(url);
+    let body: string | Buffer;
+    let type: string;
+    let cache: string;
+    let count: Counter.Internal;
+    try {
+      if (rest.startsWith('lookup/')) {
+        body = answerLookup(sl, rest);
+        type = JSON_TYPE;
+        cache = NO_STORE;
+        count = lookups;
+      } else if (rest.startsWith('tile/')) {
+        body = answerTile(sl, rest);
+        type = 'application/octet-stream';
+        cache = IMMUTABLE;
+        count = tiles;
+      } else if (rest === 'checkpoint') {
+        body = sl.log.head().checkpoint;
+        type = TEXT_TYPE;
+        cache = NO_STORE;
+        count = checkpoints;
+      } else return false;
+    } catch {
+      return false;
+    }
+    res.writeHead(200, [
+      'content-type',
+      type,
+      'cache-control',
+      cache,
+      CORS,
+      '*',
+      'content-length',
+      String(typeof body === 'string' ? Buffer.byteLength(body) : body.length),
+    ]);
+    res.end(body);
+    count.inc();
+    return true;
+  };
 }
 
 function registerReadRoutes(app: FastifyInstance, ctx: AppContext, getLog: (id: string) => ServedLog): void {
@@ -303,59 +424,17 @@ function registerReadRoutes(app: FastifyInstance, ctx: AppContext, getLog: (id: 
   });
 
   app.get<{ Params: { id: string } }>('/logs/:id/checkpoint', (req, reply) => {
-    const sl = getLog(req.params.id);
-    reply
-      .header('content-type', TEXT_TYPE)
-      .header('cache-control', NO_STORE)
-      .header('access-control-allow-origin', '*')
-      .send(sl.log.head().checkpoint);
+    reply.headers(CHECKPOINT_HEADERS).send(getLog(req.params.id).log.head().checkpoint);
   });
 
   app.get<{ Params: { id: string } }>('/logs/:id/tile/*', (req, reply) => {
-    const sl = getLog(req.params.id);
-    const rest = `tile/${restOfPath(req, '/tile/')}`;
-    let t: ReturnType<typeof parseTilePath>;
-    try {
-      t = parseTilePath(rest);
-    } catch (err) {
-      throw new HttpError(400, 'BAD_REQUEST', (err as Error).message);
-    }
-    const size = sl.log.head().size;
-    const body =
-      t.kind === 'hash'
-        ? readHashTile(sl.log.storage, size, t.level, t.index, t.width)
-        : readEntryBundle(sl.log.storage, size, t.index, t.width);
-    if (!body) throw notFound(`${rest} does not exist at tree size ${size}`);
-    reply
-      .header('content-type', 'application/octet-stream')
-      .header('cache-control', IMMUTABLE)
-      .header('access-control-allow-origin', '*')
-      .send(body);
+    const body = answerTile(getLog(req.params.id), pathInLog(req.raw.url ?? ''));
+    reply.headers(TILE_HEADERS).send(body);
   });
 
   app.get<{ Params: { id: string } }>('/logs/:id/lookup/*', (req, reply) => {
-    const sl = getLog(req.params.id);
-    const rest = restOfPath(req, '/lookup/');
-    const slash = rest.indexOf('/');
-    if (slash <= 0 || slash === rest.length - 1) {
-      throw new HttpError(400, 'BAD_REQUEST', 'expected /lookup/<protocol>/<percent-encoded key>');
-    }
-    const protocol = decodeSegment(rest.slice(0, slash), 'protocol');
-    const key = Buffer.from(decodeSegment(rest.slice(slash + 1), 'key'), 'utf8');
-    if (!PROTOCOL_RE.test(protocol))
-      throw new HttpError(400, 'BAD_REQUEST', 'protocol must be 1-64 printable ASCII characters');
-    if (key.length < 1 || key.length > 1024)
-      throw new HttpError(400, 'BAD_REQUEST', 'key must be 1-1024 bytes');
-    const t0 = performance.now();
-    const answer = sl.log.lookup(protocol, key);
-    const body = JSON.stringify(answer);
-    sl.metrics.lookupSeconds.observe((performance.now() - t0) / 1000);
-    (answer.entry ? sl.metrics.lookupPresent : sl.metrics.lookupAbsent).inc();
-    reply
-      .header('content-type', JSON_TYPE)
-      .header('cache-control', NO_STORE)
-      .header('access-control-allow-origin', '*')
-      .send(body);
+    const body = answerLookup(getLog(req.params.id), pathInLog(req.raw.url ?? ''));
+    reply.headers(LOOKUP_HEADERS).send(body);
   });
 
   app.get<{ Params: { id: string }; Querystring: { index?: string; size?: string } }>(

@@ -136,10 +136,13 @@ test('a C2SP-only client verifies checkpoints, tiles, entry bundles, inclusion a
   const prefix = `${srv.url}/logs/default/`;
   // an old checkpoint with a partial tile at level 0 and none at level 1
   const first = await submit(srv.url, makeEntries(200), auth);
-  assert.equal(first.status, 200);
+  assert.equal(first.status, 200, srv.stderr());
   const oldNote = ((await first.json()) as { receipts: Array<{ checkpoint: string }> }).receipts[0]
     .checkpoint;
-  for (let i = 0; i < 3; i++) assert.equal((await submit(srv.url, makeEntries(200), auth)).status, 200);
+  for (let i = 0; i < 3; i++) {
+    const r = await submit(srv.url, makeEntries(200), auth);
+    assert.equal(r.status, 200, `${await r.text()}\n${srv.stderr()}`);
+  }
 
   const cpRes = await fetch(`${prefix}checkpoint`);
   assert.equal(cpRes.headers.get('content-type'), 'text/plain; charset=utf-8');

@@ -212,6 +212,41 @@ async function entryAt(base: string, index: number, size: number): Promise<Buffe
   }
 }
 
+test('the fast read path and the Fastify routes answer identically', async () => {
+  const dir = tempDir();
+  const srv = await startServer(['--state', dir, '--listen', '127.0.0.1:0']);
+  try {
+    const entries = makeEntries(3);
+    assert.equal((await submit(srv.url, entries, { authorization: `Bearer ${token(dir)}` })).status, 200);
+    // "%64efault" is not a log id the fast path knows, so Fastify (which decodes it) answers
+    for (const rest of [
+      'checkpoint',
+      'tile/0/000.p/3',
+      'tile/entries/000.p/2',
+      `lookup/nix/${encodeURIComponent(entries[1].key)}`,
+      'lookup/nix/absent%2Fkey',
+    ]) {
+      const a = await fetch(`${srv.url}/logs/default/${rest}`);
+      const b = await fetch(`${srv.url}/logs/%64efault/${rest}`);
+      assert.equal(a.status, 200, rest);
+      assert.equal(b.status, 200, rest);
+      for (const h of ['content-type', 'cache-control', 'access-control-allow-origin', 'content-length']) {
+        assert.equal(a.headers.get(h), b.headers.get(h), `${rest}: ${h}`);
+      }
+      assert.deepEqual(Buffer.from(await a.arrayBuffer()), Buffer.from(await b.arrayBuffer()), rest);
+    }
+    const m = await (await fetch(`${srv.url}/metrics`)).text();
+    assert.match(
+      m,
+      /trustix_http_requests_total\{listener="127\.0\.0\.1:0",route="\/logs\/:id\/lookup\/\*",status="200"\} 4/,
+    );
+    assert.match(m, /trustix_lookups_total\{log="default",result="present"\} 2/);
+  } finally {
+    await srv.stop();
+    cleanup(dir);
+  }
+});
+
 describe('configured node: several logs, writers, listeners', () => {
   let dir: string;
   let srv: RunningServer;
