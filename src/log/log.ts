@@ -3,8 +3,8 @@ import { join } from 'node:path';
 import { equalBytes, toBase64 } from '../core/bytes.js';
 import { signCheckpoint } from '../core/checkpoint.js';
 import {
-  type Entry,
   decodeEntry,
+  type Entry,
   encodeEntry,
   indexPath,
   indexValue,
@@ -15,8 +15,8 @@ import { FormatError, StateError, StorageError, TrustixError } from '../core/err
 import type { LookupAnswer } from '../core/lookup.js';
 import { consistencyProof, EMPTY_ROOT, inclusionProof, leafHash, treeRoot } from '../core/merkle.js';
 import { generateKey, type NoteSigner, signerFromSkey } from '../core/note.js';
-import { encodeSmtProof, SMT_EMPTY, smtApplyBatch, smtLookup, type StratumReader } from '../core/smt.js';
-import { appendToTiles, hashReaderFromTiles } from '../core/tiles.js';
+import { encodeSmtProof, SMT_EMPTY, type StratumReader, smtApplyBatch, smtLookup } from '../core/smt.js';
+import { appendToTiles, hashReaderFromTiles, TILE_WIDTH, type TileGetter } from '../core/tiles.js';
 import { LmdbLogStore } from '../storage/lmdb.js';
 import type { LogHead, LogSnapshot, LogStore, StoredTile } from '../storage/store.js';
 
@@ -55,6 +55,8 @@ interface Pending {
 }
 
 const SIGNING_KEY_FILE = 'signing.key';
+/** 4096 full tiles: about 8 MiB of hashes, enough for every upper-level tile of a huge log. */
+const MAX_CACHED_TILES = 4096;
 
 /**
  * One append-only log with its sparse index. Submissions are pooled and sequenced in batches:
@@ -74,6 +76,15 @@ export class Log {
   private readonly maxBatch: number;
   private readonly batchDelayMs: number;
   private readonly maxPending: number;
+  /** Full tiles never change, so they are cached across snapshots (bounded, oldest dropped first). */
+  private readonly fullTiles = new Map<string, StoredTile>();
+  /**
+   * The top two strata levels (at most 257 rows) are read by every lookup and every batch.
+   * They are cached for one map root only and used only by snapshots of that root, so a
+   * reader can never mix strata of two states.
+   */
+  private readonly topStrata = new Map<string, Buffer>();
+  private topStrataRoot: Buffer | undefined;
 
   private constructor(
     private readonly store: LogStore,
@@ -105,7 +116,12 @@ export class Log {
     await store.setMeta('origin', origin);
     await store.setMeta('vkey', signer.vkey);
     const cp = { origin, size: 0, rootHash: EMPTY_ROOT, mapRoot: SMT_EMPTY, extensions: [] };
-    const head: LogHead = { size: 0, rootHash: EMPTY_ROOT, mapRoot: SMT_EMPTY, checkpoint: signCheckpoint(cp, signer) };
+    const head: LogHead = {
+      size: 0,
+      rootHash: EMPTY_ROOT,
+      mapRoot: SMT_EMPTY,
+      checkpoint: signCheckpoint(cp, signer),
+    };
     await store.commit({ firstIndex: 0, entries: [], tiles: [], strataWrites: [], strataDeletes: [], head });
     return new Log(store, signer, head, opts);
   }
@@ -119,7 +135,9 @@ export class Log {
       const vkey = store.getMeta('vkey');
       if (vkey === undefined) throw new StorageError(`log store in ${dir} has no verifier key recorded`);
       if (vkey !== signer.vkey) {
-        throw new StateError(`the signing key does not belong to this log (log key ${vkey}, given ${signer.vkey})`);
+        throw new StateError(
+          `the signing key does not belong to this log (log key ${vkey}, given ${signer.vkey})`,
+        );
       }
       const head = store.read((s) => s.head());
       if (!head) throw new StorageError(`log store in ${dir} has no head`);
@@ -132,6 +150,56 @@ export class Log {
 
   head(): LogHead {
     return this.headState;
+  }
+
+  /** A tile getter over a snapshot, memoising within one operation and caching full tiles. */
+  private tileGetter(snap: LogSnapshot): TileGetter {
+    const memo = new Map<string, StoredTile | undefined>();
+    return (level, index) => {
+      const k = `${level}/${index}`;
+      let t = this.fullTiles.get(k);
+      if (t) return t;
+      if (memo.has(k)) return memo.get(k);
+      t = snap.tile(level, index);
+      memo.set(k, t);
+      if (t && t.width === TILE_WIDTH) {
+        if (this.fullTiles.size >= MAX_CACHED_TILES)
+          this.fullTiles.delete(this.fullTiles.keys().next().value!);
+        this.fullTiles.set(k, t);
+      }
+      return t;
+    };
+  }
+
+  private stratumReader(snap: LogSnapshot, mapRoot: Buffer): StratumReader {
+    const cacheable = this.topStrataRoot !== undefined && equalBytes(this.topStrataRoot, mapRoot);
+    if (!cacheable) return (id) => snap.stratum(id);
+    return (id) => {
+      if (id[0] > 1) return snap.stratum(id);
+      const k = id.toString('latin1');
+      let row = this.topStrata.get(k);
+      if (!row) {
+        row = snap.stratum(id);
+        if (row) this.topStrata.set(k, row);
+      }
+      return row;
+    };
+  }
+
+  private updateTopStrata(
+    oldRoot: Buffer,
+    newRoot: Buffer,
+    writes: Iterable<{ id: Buffer; data: Buffer }>,
+    deletes: readonly Buffer[],
+  ): void {
+    if (this.topStrataRoot === undefined || !equalBytes(this.topStrataRoot, oldRoot)) {
+      this.topStrata.clear();
+    } else {
+      for (const w of writes)
+        if (w.id[0] <= 1) this.topStrata.set(w.id.toString('latin1'), Buffer.from(w.data));
+      for (const id of deletes) this.topStrata.delete(Buffer.from(id).toString('latin1'));
+    }
+    this.topStrataRoot = newRoot;
   }
 
   /**
@@ -200,7 +268,7 @@ export class Log {
     const inBatch = new Map<string, { index: number; value: Buffer }>();
 
     this.store.read((snap) => {
-      const readStratum: StratumReader = (id) => snap.stratum(id);
+      const readStratum = this.stratumReader(snap, old.mapRoot);
       for (let i = 0; i < batch.length; i++) {
         const p = batch[i];
         const pathKey = p.path.toString('latin1');
@@ -233,14 +301,15 @@ export class Log {
     if (appended.length > 0) {
       const newSize = firstIndex + appended.length;
       const { tiles, rootHash, strata } = this.store.read((snap) => {
-        const tiles = appendToTiles(firstIndex, leafHashes, (l, n) => snap.tile(l, n));
+        const getTile = this.tileGetter(snap);
+        const tiles = appendToTiles(firstIndex, leafHashes, getTile);
         const overlay = new Map<string, StoredTile>();
         for (const t of tiles) overlay.set(`${t.tileLevel}/${t.tileIndex}`, t);
         const rootHash = treeRoot(
           newSize,
-          hashReaderFromTiles((l, n) => overlay.get(`${l}/${n}`) ?? snap.tile(l, n)),
+          hashReaderFromTiles((l, n) => overlay.get(`${l}/${n}`) ?? getTile(l, n)),
         );
-        const strata = smtApplyBatch(old.mapRoot, updates, (id) => snap.stratum(id));
+        const strata = smtApplyBatch(old.mapRoot, updates, this.stratumReader(snap, old.mapRoot));
         return { tiles, rootHash, strata };
       });
       const cp = { origin: this.origin, size: newSize, rootHash, mapRoot: strata.root, extensions: [] };
@@ -254,10 +323,11 @@ export class Log {
         head,
       });
       this.headState = head;
+      this.updateTopStrata(old.mapRoot, strata.root, strata.writes.values(), strata.deletes);
     }
 
     this.store.read((snap) => {
-      const reader = hashReaderFromTiles((l, n) => snap.tile(l, n));
+      const reader = hashReaderFromTiles(this.tileGetter(snap));
       for (let i = 0; i < batch.length; i++) {
         batch[i].resolve({
           index: indexes[i],
@@ -274,7 +344,7 @@ export class Log {
     const path = indexPath(protocol, key);
     return this.store.read((snap) => {
       const head = this.snapshotHead(snap);
-      const { value, proof } = smtLookup(head.mapRoot, path, (id) => snap.stratum(id));
+      const { value, proof } = smtLookup(head.mapRoot, path, this.stratumReader(snap, head.mapRoot));
       const answer: LookupAnswer = {
         checkpoint: head.checkpoint,
         protocol,
@@ -285,7 +355,7 @@ export class Log {
         const { logIndex } = parseIndexValue(value);
         const data = snap.entry(logIndex);
         if (!data) throw new StorageError(`index points at missing entry ${logIndex}`);
-        const reader = hashReaderFromTiles((l, n) => snap.tile(l, n));
+        const reader = hashReaderFromTiles(this.tileGetter(snap));
         answer.entry = {
           index: logIndex,
           data: toBase64(data),
@@ -299,13 +369,7 @@ export class Log {
   /** Inclusion proof of entry `index` in the tree of `size` (default: the latest). */
   inclusionProof(index: number, size = this.headState.size): Buffer[] {
     checkRange(index, size, this.headState.size, 'index');
-    return this.store.read((snap) =>
-      inclusionProof(
-        index,
-        size,
-        hashReaderFromTiles((l, n) => snap.tile(l, n)),
-      ),
-    );
+    return this.store.read((snap) => inclusionProof(index, size, hashReaderFromTiles(this.tileGetter(snap))));
   }
 
   consistencyProof(oldSize: number, newSize = this.headState.size): Buffer[] {
@@ -313,11 +377,7 @@ export class Log {
       throw new FormatError(`need 1 <= old size <= new size <= ${this.headState.size}`);
     }
     return this.store.read((snap) =>
-      consistencyProof(
-        oldSize,
-        newSize,
-        hashReaderFromTiles((l, n) => snap.tile(l, n)),
-      ),
+      consistencyProof(oldSize, newSize, hashReaderFromTiles(this.tileGetter(snap))),
     );
   }
 
@@ -355,7 +415,12 @@ export class Log {
   }
 
   describe(): { origin: string; vkey: string; size: number; checkpoint: string } {
-    return { origin: this.origin, vkey: this.vkey, size: this.headState.size, checkpoint: this.headState.checkpoint };
+    return {
+      origin: this.origin,
+      vkey: this.vkey,
+      size: this.headState.size,
+      checkpoint: this.headState.checkpoint,
+    };
   }
 }
 

@@ -1,6 +1,6 @@
-import { existsSync, mkdirSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readSync } from 'node:fs';
 import { join } from 'node:path';
-import { type Database, type RootDatabase, open } from 'lmdb';
+import { type Database, open, type RootDatabase } from 'lmdb';
 import { StorageError } from '../core/errors.js';
 import type { CommitBatch, LogHead, LogSnapshot, LogStore, StoredTile } from './store.js';
 
@@ -34,6 +34,8 @@ export class LmdbLogStore implements LogStore {
     if (!existsSync(file)) {
       if (!opts.create) throw new StorageError(`no log store at ${dir} (expected ${file})`);
       mkdirSync(dir, { recursive: true });
+    } else {
+      checkLmdbHeader(file);
     }
     let root: RootDatabase;
     try {
@@ -95,7 +97,8 @@ export class LmdbLogStore implements LogStore {
     await this.root.transaction(() => {
       let i = batch.firstIndex;
       for (const e of batch.entries) this.entriesDb.put(i++, e as Buffer);
-      for (const t of batch.tiles) this.tilesDb.put([t.tileLevel, t.tileIndex], encodeTileRecord(t.width, t.expanded));
+      for (const t of batch.tiles)
+        this.tilesDb.put([t.tileLevel, t.tileIndex], encodeTileRecord(t.width, t.expanded));
       for (const s of batch.strataWrites) this.strataDb.put(Buffer.from(s.id), s.data as Buffer);
       for (const id of batch.strataDeletes) this.strataDb.remove(Buffer.from(id));
       this.checkpointsDb.put(head.size, head.checkpoint);
@@ -149,4 +152,41 @@ function encodeTileRecord(width: number, expanded: Uint8Array): Buffer {
 function decodeTileRecord(b: Buffer): StoredTile {
   if (b.length < 2) throw new StorageError('tile record is corrupt');
   return { width: b.readUInt16BE(0), expanded: b.subarray(2) };
+}
+
+/**
+ * LMDB trusts its file: a damaged or foreign file can crash the process inside the native
+ * library instead of raising an error. So before handing a file to it, check what LMDB itself
+ * checks first: both meta pages, their magic number and format version.
+ */
+function checkLmdbHeader(file: string): void {
+  const fd = openSync(file, 'r');
+  try {
+    const page0 = Buffer.alloc(64);
+    const n0 = readSync(fd, page0, 0, 64, 0);
+    if (n0 === 0) return; // an empty file is initialised by LMDB
+    const bad = (why: string) =>
+      new StorageError(`${file} is not a valid log store (${why}); restore it from a backup or a mirror`);
+    if (n0 < 64) throw bad('file too short');
+    checkMeta(page0, 0, bad);
+    const pageSize = page0.readUInt32LE(0x30);
+    if (pageSize < 512 || pageSize > 65536 || (pageSize & (pageSize - 1)) !== 0) throw bad('bad page size');
+    const page1 = Buffer.alloc(64);
+    if (readSync(fd, page1, 0, 64, pageSize) < 64) throw bad('second meta page missing');
+    checkMeta(page1, 1, bad);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+const LMDB_MAGIC = 0xbeefc0de;
+const LMDB_META_FLAG = 0x08;
+
+function checkMeta(page: Buffer, pgno: number, bad: (why: string) => Error): void {
+  if (page.readUInt32LE(0) !== pgno || page.readUInt32LE(4) !== 0)
+    throw bad(`meta page ${pgno} has a wrong page number`);
+  if ((page.readUInt16LE(0x12) & LMDB_META_FLAG) === 0) throw bad(`page ${pgno} is not a meta page`);
+  if (page.readUInt32LE(0x18) !== LMDB_MAGIC) throw bad(`meta page ${pgno} has a wrong magic number`);
+  const version = page.readUInt32LE(0x1c);
+  if (version !== 1 && version !== 2) throw bad(`meta page ${pgno} has unknown format version ${version}`);
 }
