@@ -3,10 +3,13 @@
 //   1. submissions in batches of 1,000 entries, several requests in flight; counts entries
 //      acknowledged with 200 (durable and signed) per second; checks the receipts.
 //   2. lookups (75% present keys, 25% absent) with keep-alive and a few connections; every answer
-//      carries the checkpoint and both proofs; a sample is verified in full during the run and a
-//      larger sample before it.
+//      carries the checkpoint and both proofs; 1,000 answers are verified in full before and after
+//      each run. Cold (answers built from the store) and hot (popular keys, from the answer cache).
+// Each figure also gives the server's own CPU time per operation (from its /metrics), which does
+// not depend on how fast the load tool can push, and a plain node:http baseline for calibration.
 // Knobs: TRUSTIX_BENCH_HTTP_N (entries to submit), TRUSTIX_BENCH_HTTP_SECONDS (lookup run),
-// TRUSTIX_BENCH_HTTP_CONNECTIONS (lookup connections).
+// TRUSTIX_BENCH_HTTP_CONNECTIONS (lookup connections), TRUSTIX_BENCH_HTTP_NODE_ARGS (extra node
+// flags for the server process, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof").
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -16,7 +19,6 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { openCheckpoint } from '../src/core/checkpoint.js';
 import { verifyLookup } from '../src/core/lookup.js';
-import { leafHash, verifyInclusion } from '../src/core/merkle.js';
 import { verifierFromVkey } from '../src/core/note.js';
 
 interface AutocannonRequest {
@@ -43,12 +45,11 @@ type Autocannon = (opts: {
 }) => Promise<AutocannonResult>;
 const autocannon = createRequire(import.meta.url)('autocannon') as Autocannon;
 
-const N = Number(process.env.TRUSTIX_BENCH_HTTP_N ?? 200_000);
+const N = Number(process.env.TRUSTIX_BENCH_HTTP_N ?? 100_000);
 const BATCH = 1000;
 const SUBMIT_CONNECTIONS = 10;
 const SECONDS = Number(process.env.TRUSTIX_BENCH_HTTP_SECONDS ?? 10);
 const CONNECTIONS = Number(process.env.TRUSTIX_BENCH_HTTP_CONNECTIONS ?? 8);
-const VERIFY_EVERY = 50;
 
 function emit(name: string, value: number, unit: string, extra: Record<string, unknown> = {}): void {
   console.log(JSON.stringify({ name, value: Math.round(value * 100) / 100, unit, ...extra }));
@@ -74,7 +75,10 @@ function serverCommand(): { cmd: string; args: string[] } {
 
 function startServer(config: string): Promise<{ proc: ChildProcess; url: string; vkey: string }> {
   const { cmd, args } = serverCommand();
-  const proc = spawn(cmd, [...args, 'serve', '--config', config], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const nodeArgs = (process.env.TRUSTIX_BENCH_HTTP_NODE_ARGS ?? '').split(' ').filter((a) => a !== '');
+  const proc = spawn(cmd, [...nodeArgs, ...args, 'serve', '--config', config], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   return new Promise((resolve, reject) => {
     let buf = '';
     let url = '';
@@ -91,6 +95,14 @@ function startServer(config: string): Promise<{ proc: ChildProcess; url: string;
     });
     proc.on('exit', (code) => reject(new Error(`server exited with ${code}`)));
   });
+}
+
+/** CPU seconds the server process has used so far (its own /metrics). */
+async function serverCpuSeconds(url: string): Promise<number> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  const m = /^trustix_process_cpu_seconds_total (\S+)$/m.exec(text);
+  if (!m) throw new Error('no trustix_process_cpu_seconds_total in /metrics');
+  return Number(m[1]);
 }
 
 const dir = mkdtempSync(join(tmpdir(), 'trustix-bench-http-'));
@@ -116,6 +128,51 @@ batch_delay_ms = 10
 `,
 );
 
+// Calibration: a plain node:http server answering a fixed 1.8 KB JSON body (what a lookup answer
+// weighs), under the same load. On a shared machine the absolute figures swing a lot; the ratio of
+// lookups to this baseline says how much the server itself costs.
+const PLAIN_SERVER = `
+const body = JSON.stringify({ answer: 'x'.repeat(1800) });
+let n = 0;
+const s = require('node:http').createServer((req, res) => {
+  n++;
+  res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+  res.end(body);
+});
+s.listen(0, '127.0.0.1', () => console.log('listening http://127.0.0.1:' + s.address().port));
+process.on('SIGTERM', () => {
+  const u = process.cpuUsage();
+  console.log('cpu ' + (u.user + u.system) / n);
+  process.exit(0);
+});`;
+{
+  const plain = spawn(process.execPath, ['-e', PLAIN_SERVER], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const lines: string[] = [];
+  const first = new Promise<void>((resolve) =>
+    plain.stdout!.on('data', (d: Buffer) => {
+      lines.push(...d.toString().trim().split('\n'));
+      resolve();
+    }),
+  );
+  await first;
+  const url = lines[0].split(' ')[1];
+  const r = await autocannon({
+    url,
+    connections: CONNECTIONS,
+    duration: Math.min(5, SECONDS),
+    requests: [{}],
+  });
+  const exited = new Promise((resolve) => plain.on('exit', resolve));
+  plain.kill('SIGTERM');
+  await exited;
+  const cpu = Number(lines.find((l) => l.startsWith('cpu '))?.slice(4));
+  emit('http_baseline_plain_node_rps', r['2xx'] / r.duration, 'requests/s', {
+    note: 'plain node:http answering a fixed 1.8 KB body: the ceiling for this machine and load tool right now',
+    server_cpu_us_per_request: Math.round(cpu * 10) / 10,
+    connections: CONNECTIONS,
+  });
+}
+
 const server = await startServer(config);
 const verifier = verifierFromVkey(server.vkey);
 try {
@@ -139,11 +196,12 @@ try {
   }
   let next = 0;
   let acked = 0;
+  const submitCpu0 = await serverCpuSeconds(server.url);
   let receiptsChecked = 0;
   const problems: string[] = [];
   const submitResult = await autocannon({
     url: server.url,
-    connections: SUBMIT_CONNECTIONS,
+    connections: Math.min(SUBMIT_CONNECTIONS, requests),
     amount: requests,
     timeout: 60,
     requests: [
@@ -151,7 +209,10 @@ try {
         method: 'POST',
         path: '/logs/default/submit',
         headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
-        setupRequest: (req) => ({ ...req, body: bodies[next++ % requests] }),
+        setupRequest: (req) => {
+          req.body = bodies[next++ % requests];
+          return req;
+        },
         onResponse: (status, body) => {
           if (status !== 200) {
             problems.push(`submit status ${status}: ${body.slice(0, 200)}`);
@@ -172,11 +233,13 @@ try {
     ],
   });
   if (problems.length > 0) throw new Error(`submissions failed: ${problems.slice(0, 5).join('; ')}`);
+  const submitCpu = (await serverCpuSeconds(server.url)) - submitCpu0;
   emit('http_submit_entries_per_s', acked / submitResult.duration, 'entries/s', {
+    server_cpu_us_per_entry: Math.round((submitCpu / acked) * 1e7) / 10,
     entries: acked,
     seconds: submitResult.duration,
     batch: BATCH,
-    connections: SUBMIT_CONNECTIONS,
+    connections: Math.min(SUBMIT_CONNECTIONS, requests),
     request_latency_p50_ms: submitResult.latency.p50,
     request_latency_p99_ms: submitResult.latency.p99,
     target: 30_000,
@@ -188,82 +251,85 @@ try {
   if (cp.size !== acked) throw new Error(`log size ${cp.size} but ${acked} entries acknowledged`);
 
   // ---- lookups -------------------------------------------------------------------------------
-  const paths: string[] = [];
-  const pathKeys: string[] = [];
-  for (let i = 0; i < 20_000; i++) {
-    const key = i % 4 === 3 ? nixKey() : sampleKeys[(i * 7919) % sampleKeys.length];
-    pathKeys.push(key);
-    paths.push(`/logs/default/lookup/nix/${key}`);
-  }
-  // before the run: 1,000 answers verified in full (signature, map proof, inclusion proof)
-  let present = 0;
-  for (let i = 0; i < 1000; i++) {
-    const a = await (await fetch(`${server.url}${paths[i]}`)).json();
-    const v = verifyLookup(a, verifier, { protocol: 'nix', key: Buffer.from(pathKeys[i]) });
-    if (v.status === 'invalid') throw new Error(`lookup ${pathKeys[i]} invalid: ${v.check} ${v.reason}`);
-    if ((v.status === 'present') !== (i % 4 !== 3))
-      throw new Error(`lookup ${pathKeys[i]}: unexpected ${v.status}`);
-    if (v.status === 'present') {
-      present++;
-      verifyInclusion(
-        leafHash(Buffer.from((a as { entry: { data: string } }).entry.data, 'base64')),
-        v.index,
-        v.checkpoint.size,
-        (a as { entry: { proof: string[] } }).entry.proof.map((p) => Buffer.from(p, 'base64')),
-        v.checkpoint.rootHash,
-      );
+  // Cold: 20,000 keys in a cycle, far more than the server's answer cache (4,096 by default) holds,
+  // so with its least-recently-used order every answer is built from the store. Hot: 1,000 keys
+  // (popular store paths asked by many clients), answered from the cache for the current checkpoint.
+  const lookupRun = async (name: string, count: number, note: string) => {
+    const paths: string[] = [];
+    const pathKeys: string[] = [];
+    for (let i = 0; i < count; i++) {
+      const key = i % 4 === 3 ? nixKey() : sampleKeys[(i * 7919) % sampleKeys.length];
+      pathKeys.push(key);
+      paths.push(`/logs/default/lookup/nix/${key}`);
     }
-  }
-  let li = 0;
-  let seen = 0;
-  let verified = 0;
-  const lookupProblems: string[] = [];
-  const lookupResult = await autocannon({
-    url: server.url,
-    connections: CONNECTIONS,
-    duration: SECONDS,
-    requests: [
-      {
-        method: 'GET',
-        setupRequest: (req, ctx) => {
-          const i = li++ % paths.length;
-          ctx.i = i;
-          return { ...req, path: paths[i] };
+    // 1,000 answers verified in full (signature, map proof, entry, inclusion proof) before the run
+    // and again after it (then mostly from the cache). The run itself only counts 200s: the load
+    // tool must not spend its core parsing answers, or it measures itself.
+    const verifySample = async () => {
+      let present = 0;
+      for (let i = 0; i < Math.min(1000, count); i++) {
+        const a = await (await fetch(`${server.url}${paths[i]}`)).json();
+        const v = verifyLookup(a, verifier, { protocol: 'nix', key: Buffer.from(pathKeys[i]) });
+        if (v.status === 'invalid') throw new Error(`lookup ${pathKeys[i]} invalid: ${v.check} ${v.reason}`);
+        if ((v.status === 'present') !== (i % 4 !== 3))
+          throw new Error(`lookup ${pathKeys[i]}: unexpected ${v.status}`);
+        if (v.status === 'present') present++;
+      }
+      return present;
+    };
+    const present = await verifySample();
+    const cpu0 = await serverCpuSeconds(server.url);
+    let next = 0;
+    const result = await autocannon({
+      url: server.url,
+      connections: CONNECTIONS,
+      duration: SECONDS,
+      requests: [
+        {
+          method: 'GET',
+          setupRequest: (req) => {
+            req.path = paths[next++ % paths.length];
+            return req;
+          },
         },
-        onResponse: (status, body, ctx) => {
-          if (status !== 200) {
-            lookupProblems.push(`lookup status ${status}`);
-            return;
-          }
-          if (seen++ % VERIFY_EVERY !== 0) return;
-          const i = ctx.i as number;
-          const v = verifyLookup(JSON.parse(body), verifier, {
-            protocol: 'nix',
-            key: Buffer.from(pathKeys[i]),
-          });
-          if (v.status === 'invalid') lookupProblems.push(`invalid answer: ${v.check}`);
-          verified++;
-        },
-      },
-    ],
-  });
-  if (lookupProblems.length > 0) throw new Error(`lookups failed: ${lookupProblems.slice(0, 5).join('; ')}`);
-  emit('http_lookups_per_s', lookupResult['2xx'] / lookupResult.duration, 'lookups/s', {
-    lookups: lookupResult['2xx'],
-    seconds: lookupResult.duration,
-    connections: CONNECTIONS,
-    keep_alive: true,
-    present_fraction: 0.75,
-    log_size: cp.size,
-    latency_p50_ms: lookupResult.latency.p50,
-    latency_p99_ms: lookupResult.latency.p99,
-    verified_during_run: verified,
-    verified_before_run: 1000,
-    verified_present_before_run: present,
-    non2xx: lookupResult.non2xx,
-    errors: lookupResult.errors,
-    target: 20_000,
-  });
+      ],
+    });
+    if (result.non2xx > 0 || result.errors > 0) {
+      throw new Error(`lookups failed: ${result.non2xx} non-2xx answers, ${result.errors} errors`);
+    }
+    const cpu = (await serverCpuSeconds(server.url)) - cpu0;
+    await verifySample();
+    emit(name, result['2xx'] / result.duration, 'lookups/s', {
+      note,
+      // what the server spent per lookup: independent of how fast the load tool could push
+      server_cpu_us_per_lookup: Math.round((cpu / result['2xx']) * 1e7) / 10,
+      server_cpu_busy_fraction: Math.round((cpu / result.duration) * 100) / 100,
+      distinct_keys: count,
+      lookups: result['2xx'],
+      seconds: result.duration,
+      connections: CONNECTIONS,
+      keep_alive: true,
+      present_fraction: 0.75,
+      log_size: cp.size,
+      latency_p50_ms: result.latency.p50,
+      latency_p99_ms: result.latency.p99,
+      verified_before_and_after_run: Math.min(1000, count) * 2,
+      present_in_sample: present,
+      non2xx: result.non2xx,
+      errors: result.errors,
+      target: 20_000,
+    });
+  };
+  await lookupRun(
+    'http_lookups_per_s',
+    20_000,
+    'every answer built from the store (keys cycle past the cache)',
+  );
+  await lookupRun(
+    'http_lookups_hot_per_s',
+    1000,
+    'popular keys: answers served from the cache for the current checkpoint',
+  );
 } finally {
   const exited = new Promise((r) => server.proc.on('exit', r));
   server.proc.kill('SIGTERM');

@@ -14,6 +14,7 @@ import { type Log, PoolFullError, type SubmitReceipt } from '../log/log.js';
 import { readEntryBundle, readHashTile } from '../log/serving.js';
 import { AuthError, SIGNATURE_HEADER, type Writer, WriterAuth } from './auth.js';
 import type { ApiName, Limits } from './config.js';
+import { checkpointSize, type LookupCache } from './lookup-cache.js';
 import type { LogMetrics, Metrics } from './metrics.js';
 
 export const PROTOCOLS = ['tlog-tiles', 'trustix-lookup/v1', 'trustix-submit/v1'] as const;
@@ -35,6 +36,7 @@ export interface ServedLog {
   closed: boolean;
   /** Tree size last seen by the submit path, to measure how many entries each checkpoint added. */
   lastSize: number;
+  lookupCache: LookupCache;
 }
 
 export interface AppContext {
@@ -44,7 +46,7 @@ export interface AppContext {
   limits: Limits;
   /** True from the moment the server starts draining (SIGTERM). */
   draining(): boolean;
-  /** Called around every submission so shutdown can wait for those in flight. */
+  /** Wraps every submission, to count those in flight (reported when draining starts). */
   trackSubmit<T>(p: Promise<T>): Promise<T>;
 }
 
@@ -173,11 +175,17 @@ function answerLookup(sl: ServedLog, rest: string): string {
   const key = Buffer.from(decodeSegment(rest.slice(slash + 1), 'key'), 'utf8');
   if (key.length < 1 || key.length > 1024)
     throw new HttpError(400, 'BAD_REQUEST', 'key must be 1-1024 bytes');
+  const cached = sl.lookupCache.get(rest, sl.log.head().size);
+  if (cached !== undefined) {
+    sl.metrics.lookupCached.inc();
+    return cached;
+  }
   const t0 = performance.now();
   const answer = sl.log.lookup(protocol, key);
   const body = JSON.stringify(answer);
   sl.metrics.lookupSeconds.observe((performance.now() - t0) / 1000);
   (answer.entry ? sl.metrics.lookupPresent : sl.metrics.lookupAbsent).inc();
+  sl.lookupCache.set(rest, checkpointSize(answer.checkpoint), body);
   return body;
 }
 

@@ -56,6 +56,8 @@ export interface Limits {
   maxBatch: number;
   /** On SIGTERM, how long to wait for in-flight requests before closing connections. */
   drainTimeoutMs: number;
+  /** Lookup answers kept per log for the current checkpoint (0 disables the cache). */
+  lookupCacheEntries: number;
 }
 
 export const DEFAULT_LIMITS: Limits = {
@@ -65,6 +67,7 @@ export const DEFAULT_LIMITS: Limits = {
   batchDelayMs: 20,
   maxBatch: 10_000,
   drainTimeoutMs: 30_000,
+  lookupCacheEntries: 4096,
 };
 
 export interface ServerConfig {
@@ -330,6 +333,7 @@ export function parseConfig(
       'batch_delay_ms',
       'max_batch',
       'drain_timeout_ms',
+      'lookup_cache_entries',
     ]);
     const d = DEFAULT_LIMITS;
     limits = {
@@ -346,6 +350,7 @@ export function parseConfig(
       batchDelayMs: c.integer(t, 'batch_delay_ms', 'limits', 0, 60_000, d.batchDelayMs),
       maxBatch: c.integer(t, 'max_batch', 'limits', 1, 1_000_000, d.maxBatch),
       drainTimeoutMs: c.integer(t, 'drain_timeout_ms', 'limits', 0, 3_600_000, d.drainTimeoutMs),
+      lookupCacheEntries: c.integer(t, 'lookup_cache_entries', 'limits', 0, 1_000_000, d.lookupCacheEntries),
     };
     if (limits.maxEntriesPerRequest > limits.maxPending) {
       c.fail('limits.max_entries_per_request', `must not exceed limits.max_pending (${limits.maxPending})`);

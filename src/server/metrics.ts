@@ -12,6 +12,7 @@ export interface LogMetrics {
   submitSeconds: Histogram.Internal<string>;
   lookupPresent: Counter.Internal;
   lookupAbsent: Counter.Internal;
+  lookupCached: Counter.Internal;
   lookupSeconds: Histogram.Internal<string>;
   checkpointEntries: Histogram.Internal<string>;
 }
@@ -65,7 +66,7 @@ export class Metrics {
     });
     this.lookups = new Counter({
       name: 'trustix_lookups_total',
-      help: 'Lookups answered, by result.',
+      help: 'Lookups answered, by result: present, absent, or cached (answered from the cache for the current checkpoint).',
       labelNames: ['log', 'result'],
       registers,
     });
@@ -117,6 +118,7 @@ export class Metrics {
       submitSeconds: this.submitSeconds.labels(id),
       lookupPresent: this.lookups.labels(id, 'present'),
       lookupAbsent: this.lookups.labels(id, 'absent'),
+      lookupCached: this.lookups.labels(id, 'cached'),
       lookupSeconds: this.lookupSeconds.labels(id),
       checkpointEntries: this.checkpointEntries.labels(id),
     };

@@ -12,6 +12,7 @@ import { Log, type LogOptions } from '../log/log.js';
 import { type AppContext, buildApp, type ServedLog } from './app.js';
 import { WriterAuth } from './auth.js';
 import { ConfigError, type ListenConfig, type ServerConfig } from './config.js';
+import { LookupCache } from './lookup-cache.js';
 import { Metrics } from './metrics.js';
 
 export interface Listening {
@@ -69,7 +70,14 @@ export class TrustixServer {
             `log ${lc.id}: created in ${lc.dir} with a new signing key (${join(lc.dir, 'signing.key')}, mode 0600)`,
           );
         }
-        logs.set(lc.id, { id: lc.id, log, metrics: undefined!, closed: false, lastSize: log.head().size });
+        logs.set(lc.id, {
+          id: lc.id,
+          log,
+          metrics: undefined!,
+          closed: false,
+          lastSize: log.head().size,
+          lookupCache: new LookupCache(config.limits.lookupCacheEntries),
+        });
         say(`log ${lc.id}: origin ${log.origin}`);
         say(`log ${lc.id}: vkey ${log.vkey}`);
       }

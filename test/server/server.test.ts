@@ -240,7 +240,31 @@ test('the fast read path and the Fastify routes answer identically', async () =>
       m,
       /trustix_http_requests_total\{listener="127\.0\.0\.1:0",route="\/logs\/:id\/lookup\/\*",status="200"\} 4/,
     );
-    assert.match(m, /trustix_lookups_total\{log="default",result="present"\} 2/);
+    // the second lookup of each key came from the cache for the current checkpoint
+    assert.match(m, /trustix_lookups_total\{log="default",result="present"\} 1/);
+    assert.match(m, /trustix_lookups_total\{log="default",result="cached"\} 2/);
+  } finally {
+    await srv.stop();
+    cleanup(dir);
+  }
+});
+
+test('cached lookup answers equal fresh ones and follow the head', async () => {
+  const dir = tempDir();
+  const srv = await startServer(['--state', dir, '--listen', '127.0.0.1:0']);
+  const auth = { authorization: `Bearer ${token(dir)}` };
+  try {
+    const [e] = makeEntries(1);
+    assert.equal((await submit(srv.url, [e], auth)).status, 200);
+    // "%6E%69%78" is "nix": another cache key for the same lookup, so this answer is built afresh
+    const fresh = async () => (await fetch(`${srv.url}/logs/default/lookup/%6E%69%78/${e.key}`)).text();
+    const viaCache = async () => (await fetch(`${srv.url}/logs/default/lookup/nix/${e.key}`)).text();
+    await viaCache();
+    assert.equal(await viaCache(), await fresh());
+    assert.equal((await submit(srv.url, makeEntries(1), auth)).status, 200);
+    const after = JSON.parse(await viaCache()) as { checkpoint: string };
+    assert.equal(after.checkpoint.split('\n')[1], '2', 'a cached answer never outlives its checkpoint');
+    assert.equal(await viaCache(), await fresh());
   } finally {
     await srv.stop();
     cleanup(dir);
