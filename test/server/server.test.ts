@@ -492,6 +492,9 @@ describe('restart and config errors', () => {
   test('an invalid config stops the server with a message naming the key at fault', async () => {
     const dir = tempDir();
     try {
+      const usage = await runServeExpectingFailure(['--listen', 'nowhere']);
+      assert.equal(usage.code, 2);
+      assert.match(usage.stderr, /--state DIR or --config FILE is required/);
       const file = writeConfig(dir, '[[log]]\nid = "a"\norigin = "has space"\n');
       const r = await runServeExpectingFailure(['--config', file]);
       assert.equal(r.code, 1);

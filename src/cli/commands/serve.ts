@@ -1,6 +1,8 @@
 import { type Command, Option } from 'commander';
+import { parseAddress } from '../../server/config.js';
 import { TrustixServer } from '../../server/serve.js';
 import { prepareState } from '../../server/state.js';
+import { CliError, EXIT } from '../output.js';
 
 /** `trustix serve`: run a node (HTTP read/write API over the logs of a state directory). */
 export function registerServeCommand(program: Command): void {
@@ -27,6 +29,15 @@ export function registerServeCommand(program: Command): void {
     )
     .action(async (o: { state?: string; config?: string; listen?: string; origin?: string }) => {
       const say = (line: string) => process.stdout.write(`${line}\n`);
+      if (o.state === undefined && o.config === undefined) {
+        throw new CliError('serve: --state DIR or --config FILE is required', EXIT.usage);
+      }
+      if (o.listen !== undefined && !parseAddress(o.listen)) {
+        throw new CliError(
+          `serve: --listen must be HOST:PORT or [IPv6]:PORT, got ${JSON.stringify(o.listen)}`,
+          EXIT.usage,
+        );
+      }
       const prepared = prepareState(o);
       for (const n of prepared.notes) say(n);
       say(`config: ${prepared.configFile}`);
