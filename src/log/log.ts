@@ -27,6 +27,19 @@ export interface LogOptions {
   batchDelayMs?: number;
   /** Most submissions waiting to be sequenced; beyond it `submit` fails with PoolFullError. */
   maxPending?: number;
+  /** Called after each sequenced batch (for metrics). */
+  onBatch?: (batch: BatchInfo) => void;
+}
+
+export interface BatchInfo {
+  /** Submissions answered by this batch, duplicates included. */
+  submissions: number;
+  /** Entries appended to the log. */
+  appended: number;
+  /** Tree size after the batch. */
+  size: number;
+  /** From taking the batch to acknowledging it, commit included. */
+  seconds: number;
 }
 
 export interface SubmitReceipt {
@@ -68,7 +81,8 @@ const MAX_CACHED_TILES = 4096;
 export class Log {
   readonly origin: string;
   readonly vkey: string;
-  private headState: LogHead;
+  /** The sequencer's own view: the last head it committed. Readers use the store's (see head()). */
+  private sequenced: LogHead;
   private readonly pending: Pending[] = [];
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
@@ -76,6 +90,7 @@ export class Log {
   private readonly maxBatch: number;
   private readonly batchDelayMs: number;
   private readonly maxPending: number;
+  private readonly onBatch: ((b: BatchInfo) => void) | undefined;
   /** Full tiles never change, so they are cached across snapshots (bounded, oldest dropped first). */
   private readonly fullTiles = new Map<string, StoredTile>();
   /**
@@ -94,10 +109,11 @@ export class Log {
   ) {
     this.origin = signer.name;
     this.vkey = signer.vkey;
-    this.headState = head;
+    this.sequenced = head;
     this.maxBatch = opts.maxBatch ?? 10_000;
     this.batchDelayMs = opts.batchDelayMs ?? 20;
     this.maxPending = opts.maxPending ?? 200_000;
+    this.onBatch = opts.onBatch;
   }
 
   /** Creates a new log in an empty directory: store, signing key (mode 0600) and the empty checkpoint. */
@@ -148,8 +164,13 @@ export class Log {
     }
   }
 
+  /**
+   * The published head: what the store's current snapshot holds. Lookups read the same, so
+   * `/checkpoint` and lookup answers never go backwards relative to each other, even in the
+   * moment between a commit reaching the disk and the sequencer hearing of it.
+   */
   head(): LogHead {
-    return this.headState;
+    return this.store.read((snap) => this.snapshotHead(snap));
   }
 
   /** A tile getter over a snapshot, memoising within one operation and caching full tiles. */
@@ -256,7 +277,8 @@ export class Log {
   }
 
   private async sequence(batch: Pending[]): Promise<void> {
-    const old = this.headState;
+    const started = process.hrtime.bigint();
+    const old = this.sequenced;
     const firstIndex = old.size;
     const appended: Buffer[] = [];
     const leafHashes: Buffer[] = [];
@@ -322,7 +344,7 @@ export class Log {
         strataDeletes: strata.deletes,
         head,
       });
-      this.headState = head;
+      this.sequenced = head;
       this.updateTopStrata(old.mapRoot, strata.root, strata.writes.values(), strata.deletes);
     }
 
@@ -336,6 +358,12 @@ export class Log {
           proof: inclusionProof(indexes[i], head.size, reader),
         });
       }
+    });
+    this.onBatch?.({
+      submissions: batch.length,
+      appended: appended.length,
+      size: head.size,
+      seconds: Number(process.hrtime.bigint() - started) / 1e9,
     });
   }
 
@@ -367,14 +395,18 @@ export class Log {
   }
 
   /** Inclusion proof of entry `index` in the tree of `size` (default: the latest). */
-  inclusionProof(index: number, size = this.headState.size): Buffer[] {
-    checkRange(index, size, this.headState.size, 'index');
+  inclusionProof(index: number, size?: number): Buffer[] {
+    const current = this.head().size;
+    size ??= current;
+    checkRange(index, size, current, 'index');
     return this.store.read((snap) => inclusionProof(index, size, hashReaderFromTiles(this.tileGetter(snap))));
   }
 
-  consistencyProof(oldSize: number, newSize = this.headState.size): Buffer[] {
-    if (!Number.isSafeInteger(oldSize) || oldSize < 1 || oldSize > newSize || newSize > this.headState.size) {
-      throw new FormatError(`need 1 <= old size <= new size <= ${this.headState.size}`);
+  consistencyProof(oldSize: number, newSize?: number): Buffer[] {
+    const current = this.head().size;
+    newSize ??= current;
+    if (!Number.isSafeInteger(oldSize) || oldSize < 1 || oldSize > newSize || newSize > current) {
+      throw new FormatError(`need 1 <= old size <= new size <= ${current}`);
     }
     return this.store.read((snap) =>
       consistencyProof(oldSize, newSize, hashReaderFromTiles(this.tileGetter(snap))),
@@ -382,7 +414,8 @@ export class Log {
   }
 
   entry(index: number): Buffer {
-    checkRange(index, this.headState.size, this.headState.size, 'index');
+    const current = this.head().size;
+    checkRange(index, current, current, 'index');
     const e = this.store.read((snap) => snap.entry(index));
     if (!e) throw new StorageError(`entry ${index} is missing from the store`);
     return e;
@@ -418,8 +451,8 @@ export class Log {
     return {
       origin: this.origin,
       vkey: this.vkey,
-      size: this.headState.size,
-      checkpoint: this.headState.checkpoint,
+      size: this.head().size,
+      checkpoint: this.head().checkpoint,
     };
   }
 }

@@ -72,17 +72,25 @@ export class LmdbLogStore implements LogStore {
     return fn(snapshot);
   }
 
+  private lastHeadText: string | undefined;
+  private lastHead: LogHead | undefined;
+
   private readHead(): LogHead | undefined {
     const text = this.metaDb.get('head');
     if (text === undefined) return undefined;
+    // the head is read by every lookup; parse it only when it changed
+    if (text === this.lastHeadText) return this.lastHead;
     try {
       const j = JSON.parse(text) as { size: number; rootHash: string; mapRoot: string; checkpoint: string };
-      return {
+      const head = {
         size: j.size,
         rootHash: Buffer.from(j.rootHash, 'base64'),
         mapRoot: Buffer.from(j.mapRoot, 'base64'),
         checkpoint: j.checkpoint,
       };
+      this.lastHeadText = text;
+      this.lastHead = head;
+      return head;
     } catch (err) {
       throw new StorageError('log head record is corrupt', { cause: err });
     }
