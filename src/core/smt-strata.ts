@@ -1,0 +1,273 @@
+/**
+ * Sparse-index hashing primitives and the stratum row format (described in smt.ts). Rows are read in place:
+ *   version 0x01, then the top node in preorder: 0x00 EMPTY | 0x01 len path(32) value LEAF |
+ *   0x02 hash(32) left right NODE | 0x03 hash(32) REF.
+ */
+import { FormatError, StorageError } from './errors.js';
+import { sha256 } from './hash.js';
+
+/** Hash of an empty subtree and root of the empty tree. */
+export const SMT_EMPTY: Buffer = Buffer.alloc(32);
+export const SMT_LEAF_PREFIX = 0x02;
+export const SMT_NODE_PREFIX = 0x03;
+export const SMT_MAX_VALUE_LENGTH = 255;
+export const SMT_PATH_BITS = 256;
+/** Levels per stratum band. */
+export const STRATUM_LEVELS = 8;
+export const STRATUM_VERSION = 0x01;
+
+export const TAG_EMPTY = 0x00;
+export const TAG_LEAF = 0x01;
+export const TAG_NODE = 0x02;
+export const TAG_REF = 0x03;
+
+/**
+ * Reads one stratum row by id, or undefined if there is none. The returned bytes must stay unchanged until
+ * the call that asked for them returns (so no buffer that the store reuses for its next read, such as
+ * lmdb's getBinaryFast; plain `get` is fine).
+ */
+export type StratumReader = (id: Buffer) => Uint8Array | undefined;
+
+// Scratch for leaf hashing: 0x02 || path || value, with one cached view per value length so that
+// hashing a leaf allocates nothing but the digest.
+const leafScratch = Buffer.alloc(1 + 32 + SMT_MAX_VALUE_LENGTH);
+leafScratch[0] = SMT_LEAF_PREFIX;
+const leafViews: Buffer[] = [];
+function leafView(len: number): Buffer {
+  let v = leafViews[len];
+  if (v === undefined) {
+    v = leafScratch.subarray(0, 33 + len);
+    leafViews[len] = v;
+  }
+  return v;
+}
+
+/** SHA-256(0x02 || path || value). */
+export function smtLeafHash(path: Uint8Array, value: Uint8Array): Buffer {
+  if (path.length !== 32) throw new FormatError(`sparse index path must be 32 bytes, got ${path.length}`);
+  if (value.length > SMT_MAX_VALUE_LENGTH) {
+    throw new FormatError(`sparse index value must be at most 255 bytes, got ${value.length}`);
+  }
+  leafScratch.set(path, 1);
+  leafScratch.set(value, 33);
+  return sha256(leafView(value.length));
+}
+
+/** Leaf hash of the encoded LEAF at `off` (bounds are the caller's business). */
+export function leafHashAt(buf: Buffer, off: number): Buffer {
+  const len = buf[off + 1];
+  buf.copy(leafScratch, 1, off + 2, off + 34 + len);
+  return sha256(leafView(len));
+}
+
+/** Bit `i` (0 = most significant bit of byte 0) of a path. */
+export function pathBit(path: Uint8Array, i: number): number {
+  return (path[i >> 3] >> (7 - (i & 7))) & 1;
+}
+
+/** Id of the stratum whose top node sits at `depth` (a multiple of 8) on `path`. */
+export function stratumId(depth: number, path: Uint8Array): Buffer {
+  const level = depth >> 3;
+  const id = Buffer.allocUnsafe(level + 1);
+  id[0] = level;
+  for (let i = 0; i < level; i++) id[i + 1] = path[i];
+  return id;
+}
+
+export const ROOT_STRATUM_ID: Buffer = Buffer.from([0]);
+
+export function asBuffer(b: Uint8Array): Buffer {
+  return Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+}
+
+export function corrupt(what: string, id?: Uint8Array): StorageError {
+  const where = id === undefined ? '' : ` in stratum ${Buffer.from(id).toString('hex')}`;
+  return new StorageError(`sparse index storage damaged${where}: ${what}`);
+}
+
+/** Offset just past the encoded subtree starting at `pos`. Checks tags and bounds, not the tree's shape. */
+export function skipNode(buf: Buffer, pos: number): number {
+  const n = buf.length;
+  let pending = 1;
+  while (pending > 0) {
+    if (pos >= n) throw corrupt('truncated row');
+    const tag = buf[pos];
+    if (tag === TAG_NODE) {
+      pos += 33;
+      pending++;
+      continue;
+    }
+    pending--;
+    if (tag === TAG_EMPTY) pos += 1;
+    else if (tag === TAG_LEAF) pos += pos + 1 < n ? 34 + buf[pos + 1] : 34;
+    else if (tag === TAG_REF) pos += 33;
+    else throw corrupt(`unknown tag ${tag}`);
+  }
+  if (pos > n) throw corrupt('truncated row');
+  return pos;
+}
+
+/** Hash of the encoded subtree at `pos`: a view into `buf` for NODE/REF, fresh for LEAF. */
+export function nodeHashAt(buf: Buffer, pos: number): Buffer {
+  const tag = buf[pos];
+  if (tag === TAG_EMPTY) return SMT_EMPTY;
+  if (tag === TAG_LEAF) {
+    if (pos + 34 + buf[pos + 1] > buf.length) throw corrupt('truncated leaf');
+    return leafHashAt(buf, pos);
+  }
+  if (tag === TAG_NODE || tag === TAG_REF) {
+    if (pos + 33 > buf.length) throw corrupt('truncated node');
+    return buf.subarray(pos + 1, pos + 33);
+  }
+  throw corrupt(`unknown tag ${tag}`);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Object form, for audits and tests. The hot paths (batch, lookup) never build it.
+
+export type StratumNode =
+  | { type: 'empty' }
+  | { type: 'leaf'; path: Buffer; value: Buffer }
+  | { type: 'node'; hash: Buffer; left: StratumNode; right: StratumNode }
+  | { type: 'ref'; hash: Buffer };
+
+function sharesPrefix(a: Uint8Array, b: Uint8Array, bits: number): boolean {
+  const full = bits >> 3;
+  for (let i = 0; i < full; i++) if (a[i] !== b[i]) return false;
+  const rest = bits & 7;
+  if (rest === 0) return true;
+  const mask = (0xff00 >> rest) & 0xff;
+  return ((a[full] ^ b[full]) & mask) === 0;
+}
+
+function checkId(id: Uint8Array): void {
+  if (id.length < 1 || id[0] > 31 || id.length !== id[0] + 1) throw corrupt('malformed stratum id', id);
+}
+
+/**
+ * Decodes a stratum row and checks its shape: tags and lengths, no trailing bytes, NODEs only inside the
+ * band and REFs only at its bottom, every NODE with two or more leaves below, every leaf under the position
+ * it is stored at, a non-root top that is a NODE. Stored hashes are returned as found, not recomputed.
+ * Throws StorageError.
+ */
+export function decodeStratum(id: Uint8Array, data: Uint8Array): StratumNode {
+  checkId(id);
+  const buf = asBuffer(data);
+  if (buf.length < 2 || buf[0] !== STRATUM_VERSION) throw corrupt('bad version or empty row', id);
+  const top = id[0] * STRATUM_LEVELS;
+  // Position of the node being decoded, as a path whose first `depth` bits are meaningful.
+  const at = Buffer.alloc(32);
+  for (let i = 1; i < id.length; i++) at[i - 1] = id[i];
+  let pos = 1;
+  // Returns the node and the number of leaves under it, capped at 2 (a REF counts as 2).
+  const walk = (depth: number): [StratumNode, number] => {
+    if (pos >= buf.length) throw corrupt('truncated row', id);
+    const tag = buf[pos];
+    if (tag === TAG_EMPTY) {
+      pos += 1;
+      return [{ type: 'empty' }, 0];
+    }
+    if (tag === TAG_LEAF) {
+      const len = buf[pos + 1];
+      const end = pos + 34 + len;
+      if (pos + 1 >= buf.length || end > buf.length) throw corrupt('truncated leaf', id);
+      const path = Buffer.from(buf.subarray(pos + 2, pos + 34));
+      if (!sharesPrefix(path, at, depth)) throw corrupt('leaf stored off its path', id);
+      const value = Buffer.from(buf.subarray(pos + 34, end));
+      pos = end;
+      return [{ type: 'leaf', path, value }, 1];
+    }
+    if (tag === TAG_NODE || tag === TAG_REF) {
+      if (pos + 33 > buf.length) throw corrupt('truncated node', id);
+      const hash = Buffer.from(buf.subarray(pos + 1, pos + 33));
+      pos += 33;
+      if (tag === TAG_REF) {
+        if (depth !== top + STRATUM_LEVELS) throw corrupt('reference inside the band', id);
+        return [{ type: 'ref', hash }, 2];
+      }
+      if (depth >= top + STRATUM_LEVELS) throw corrupt('node below the band', id);
+      const byte = depth >> 3;
+      const mask = 0x80 >> (depth & 7);
+      at[byte] &= ~mask;
+      const [left, nl] = walk(depth + 1);
+      at[byte] |= mask;
+      const [right, nr] = walk(depth + 1);
+      at[byte] &= ~mask;
+      if (nl + nr < 2) throw corrupt('internal node with fewer than two leaves', id);
+      return [{ type: 'node', hash, left, right }, 2];
+    }
+    throw corrupt(`unknown tag ${tag}`, id);
+  };
+  const [node] = walk(top);
+  if (pos !== buf.length) throw corrupt('trailing bytes', id);
+  if (node.type === 'empty' || node.type === 'ref' || (node.type === 'leaf' && id[0] !== 0)) {
+    throw corrupt(`stratum top is ${node.type}`, id);
+  }
+  return node;
+}
+
+/** Encodes the object form (no shape checks: decodeStratum is the validator). */
+export function encodeStratum(top: StratumNode): Buffer {
+  const parts: Buffer[] = [Buffer.from([STRATUM_VERSION])];
+  const walk = (n: StratumNode): void => {
+    switch (n.type) {
+      case 'empty':
+        parts.push(Buffer.from([TAG_EMPTY]));
+        return;
+      case 'leaf':
+        if (n.path.length !== 32 || n.value.length > SMT_MAX_VALUE_LENGTH) throw new FormatError('bad leaf');
+        parts.push(Buffer.from([TAG_LEAF, n.value.length]), n.path, n.value);
+        return;
+      case 'ref':
+        parts.push(Buffer.from([TAG_REF]), n.hash);
+        return;
+      case 'node':
+        parts.push(Buffer.from([TAG_NODE]), n.hash);
+        walk(n.left);
+        walk(n.right);
+        return;
+    }
+  };
+  walk(top);
+  return Buffer.concat(parts);
+}
+
+/**
+ * Keeps the rows of the top strata in memory (by default the root and the 256 strata at depth 8: about
+ * 4.5 MB for a tree of a million leaves). Those rows are read by every lookup and rewritten by every large
+ * batch, and they are the largest ones (full bands). Rows are kept as bytes: the format is read in place,
+ * so there is nothing to gain from caching a decoded form. Call `apply` with a batch's writes and deletes
+ * once they are durable; call `clear` if a commit fails after `apply`.
+ */
+export class StratumCache {
+  private readonly rows = new Map<string, Uint8Array>();
+  constructor(
+    private readonly backing: StratumReader,
+    private readonly maxLevel = 1,
+  ) {}
+
+  readonly read: StratumReader = (id) => {
+    if (id[0] > this.maxLevel) return this.backing(id);
+    const key = id.toString('hex');
+    let row = this.rows.get(key);
+    if (row === undefined) {
+      row = this.backing(id);
+      if (row !== undefined) this.rows.set(key, row);
+    }
+    return row;
+  };
+
+  apply(result: {
+    writes: ReadonlyMap<string, { id: Buffer; data: Buffer }>;
+    deletes: readonly Buffer[];
+  }): void {
+    // Copied so that a cached row does not keep its whole batch slab alive.
+    for (const [key, w] of result.writes)
+      if (w.id[0] <= this.maxLevel) this.rows.set(key, Buffer.from(w.data));
+    for (const id of result.deletes) this.rows.delete(id.toString('hex'));
+  }
+
+  clear(): void {
+    this.rows.clear();
+  }
+}
