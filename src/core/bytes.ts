@@ -5,13 +5,14 @@ export function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
   return Buffer.compare(a, b) === 0;
 }
 
-const BASE64_RE = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
-
-/** Strict standard base64 (padded, no whitespace). Node's decoder is lenient, so check first. */
+/**
+ * Strict standard base64 (padded, no whitespace, zero padding bits). Node's decoder skips
+ * anything it does not understand, so the canonical re-encoding must equal the input: that one
+ * comparison rejects stray characters, missing padding, base64url and non-zero padding bits.
+ */
 export function decodeBase64Strict(text: string): Buffer | undefined {
-  if (!BASE64_RE.test(text)) return undefined;
+  if (text.length % 4 !== 0) return undefined;
   const out = Buffer.from(text, 'base64');
-  // Reject non-canonical encodings (non-zero padding bits) by round-tripping.
   if (out.toString('base64') !== text) return undefined;
   return out;
 }

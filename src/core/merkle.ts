@@ -131,7 +131,13 @@ export function subtreesOfSize(size: number): Array<{ level: number; index: numb
  * two in count (true for every range the RFC recursion produces). Folds the decomposition from
  * the smallest (rightmost) subtree leftwards, so no list is built. Always returns a fresh Buffer.
  */
-function rangeRoot(start: number, count: number, read: HashReader): Buffer {
+function rangeRoot(start: number, count: number, read: HashReader, cache?: RangeRootCache): Buffer {
+  // A perfect range is one stored hash; only ragged right edges need hashing, and are worth caching.
+  const ragged = cache !== undefined && (count & (count - 1)) !== 0;
+  if (ragged) {
+    const hit = cache.get(start, count);
+    if (hit) return Buffer.from(hit);
+  }
   let acc: Buffer | undefined;
   let rest = count;
   while (rest > 0) {
@@ -142,21 +148,49 @@ function rangeRoot(start: number, count: number, read: HashReader): Buffer {
     const h = read(level, (start + rest) / width);
     acc = acc === undefined ? Buffer.from(h) : nodeHash(h, acc);
   }
+  if (ragged) cache.set(start, count, acc!);
   return acc!;
 }
 
+/**
+ * Memory of ragged range roots MTH(D[start : start + count]). Such a root never changes once its
+ * leaves exist, so one cache can serve every tree size of a log; it spares each of the thousands
+ * of proofs made for one checkpoint from rehashing the same right edge.
+ */
+export interface RangeRootCache {
+  get(start: number, count: number): Uint8Array | undefined;
+  set(start: number, count: number, hash: Buffer): void;
+}
+
+/** A bounded RangeRootCache that forgets everything when full (right edges move on anyway). */
+export function newRangeRootCache(max = 4096): RangeRootCache {
+  const m = new Map<string, Buffer>();
+  return {
+    get: (start, count) => m.get(`${start}+${count}`),
+    set: (start, count, hash) => {
+      if (m.size >= max) m.clear();
+      m.set(`${start}+${count}`, hash);
+    },
+  };
+}
+
 /** Root of the tree of `size` leaves. */
-export function treeRoot(size: number, read: HashReader): Buffer {
+export function treeRoot(size: number, read: HashReader, cache?: RangeRootCache): Buffer {
   checkCount(size, 'tree size');
   if (size === 0) return Buffer.from(EMPTY_ROOT);
-  return rangeRoot(0, size, read);
+  return rangeRoot(0, size, read, cache);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Proof generation (RFC 9162 2.1.3.1 and 2.1.4.1), iterative and emitted leaf-side first.
 
 /** Audit path for leaf `index` in the tree of `size` leaves. */
-export function inclusionProof(index: number, size: number, read: HashReader): Buffer[] {
+export function inclusionProof(
+  index: number,
+  size: number,
+  read: HashReader,
+  cache?: RangeRootCache,
+): Buffer[] {
   checkCount(index, 'leaf index');
   checkCount(size, 'tree size');
   if (index >= size) throw new FormatError(`leaf index ${index} is not below tree size ${size}`);
@@ -167,10 +201,10 @@ export function inclusionProof(index: number, size: number, read: HashReader): B
   while (n > 1) {
     const k = splitPoint(n);
     if (m < k) {
-      topDown.push(rangeRoot(start + k, n - k, read));
+      topDown.push(rangeRoot(start + k, n - k, read, cache));
       n = k;
     } else {
-      topDown.push(rangeRoot(start, k, read));
+      topDown.push(rangeRoot(start, k, read, cache));
       start += k;
       m -= k;
       n -= k;
@@ -180,7 +214,12 @@ export function inclusionProof(index: number, size: number, read: HashReader): B
 }
 
 /** Consistency proof between the trees of `oldSize` and `newSize` leaves, 0 < oldSize <= newSize. */
-export function consistencyProof(oldSize: number, newSize: number, read: HashReader): Buffer[] {
+export function consistencyProof(
+  oldSize: number,
+  newSize: number,
+  read: HashReader,
+  cache?: RangeRootCache,
+): Buffer[] {
   checkCount(oldSize, 'old tree size');
   checkCount(newSize, 'new tree size');
   if (oldSize === 0) throw new FormatError('a consistency proof from the empty tree proves nothing');
@@ -194,17 +233,17 @@ export function consistencyProof(oldSize: number, newSize: number, read: HashRea
   while (m !== n) {
     const k = splitPoint(n);
     if (m <= k) {
-      topDown.push(rangeRoot(start + k, n - k, read));
+      topDown.push(rangeRoot(start + k, n - k, read, cache));
       n = k;
     } else {
-      topDown.push(rangeRoot(start, k, read));
+      topDown.push(rangeRoot(start, k, read, cache));
       start += k;
       m -= k;
       n -= k;
       complete = false;
     }
   }
-  if (!complete) topDown.push(rangeRoot(start, m, read));
+  if (!complete) topDown.push(rangeRoot(start, m, read, cache));
   return topDown.reverse();
 }
 

@@ -13,9 +13,23 @@ import {
 } from '../core/entry.js';
 import { FormatError, StateError, StorageError, TrustixError } from '../core/errors.js';
 import type { LookupAnswer } from '../core/lookup.js';
-import { consistencyProof, EMPTY_ROOT, inclusionProof, leafHash, treeRoot } from '../core/merkle.js';
+import {
+  consistencyProof,
+  EMPTY_ROOT,
+  inclusionProof,
+  leafHash,
+  newRangeRootCache,
+  treeRoot,
+} from '../core/merkle.js';
 import { generateKey, type NoteSigner, signerFromSkey } from '../core/note.js';
-import { encodeSmtProof, SMT_EMPTY, type StratumReader, smtApplyBatch, smtLookup } from '../core/smt.js';
+import {
+  encodeSmtProof,
+  SMT_EMPTY,
+  type StratumReader,
+  smtApplyBatch,
+  smtGet,
+  smtLookup,
+} from '../core/smt.js';
 import { appendToTiles, hashReaderFromTiles, TILE_WIDTH, type TileGetter } from '../core/tiles.js';
 import { LmdbLogStore } from '../storage/lmdb.js';
 import type { LogHead, LogSnapshot, LogStore, StoredTile } from '../storage/store.js';
@@ -100,6 +114,8 @@ export class Log {
    */
   private readonly topStrata = new Map<string, Buffer>();
   private topStrataRoot: Buffer | undefined;
+  /** Ragged range roots of committed leaves (immutable), shared by all proofs. */
+  private readonly rangeCache = newRangeRootCache();
 
   private constructor(
     private readonly store: LogStore,
@@ -296,7 +312,7 @@ export class Log {
         const pathKey = p.path.toString('latin1');
         let prev = inBatch.get(pathKey);
         if (!prev) {
-          const found = smtLookup(old.mapRoot, p.path, readStratum).value;
+          const found = smtGet(old.mapRoot, p.path, readStratum);
           if (found) {
             const { logIndex } = parseIndexValue(found);
             const data = snap.entry(logIndex);
@@ -355,7 +371,7 @@ export class Log {
           index: indexes[i],
           duplicate: duplicate[i],
           checkpoint: head.checkpoint,
-          proof: inclusionProof(indexes[i], head.size, reader),
+          proof: inclusionProof(indexes[i], head.size, reader, this.rangeCache),
         });
       }
     });
@@ -387,7 +403,7 @@ export class Log {
         answer.entry = {
           index: logIndex,
           data: toBase64(data),
-          proof: inclusionProof(logIndex, head.size, reader).map(toBase64),
+          proof: inclusionProof(logIndex, head.size, reader, this.rangeCache).map(toBase64),
         };
       }
       return answer;
