@@ -101,6 +101,7 @@ export class Log {
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
   private closed = false;
+  private storeClosed = false;
   private readonly maxBatch: number;
   private readonly batchDelayMs: number;
   private readonly maxPending: number;
@@ -186,7 +187,14 @@ export class Log {
    * moment between a commit reaching the disk and the sequencer hearing of it.
    */
   head(): LogHead {
+    if (this.storeClosed) return this.sequenced;
     return this.store.read((snap) => this.snapshotHead(snap));
+  }
+
+  /** Every read goes through here, so none reaches a store that is closing. */
+  private read<T>(fn: (snap: LogSnapshot) => T): T {
+    if (this.storeClosed) throw new StateError('log is closed');
+    return this.store.read(fn);
   }
 
   /** A tile getter over a snapshot, memoising within one operation and caching full tiles. */
@@ -305,7 +313,7 @@ export class Log {
     // latest (index, value) per path within this batch, so resubmissions inside a batch are idempotent too
     const inBatch = new Map<string, { index: number; value: Buffer }>();
 
-    this.store.read((snap) => {
+    this.read((snap) => {
       const readStratum = this.stratumReader(snap, old.mapRoot);
       for (let i = 0; i < batch.length; i++) {
         const p = batch[i];
@@ -338,7 +346,7 @@ export class Log {
     let head = old;
     if (appended.length > 0) {
       const newSize = firstIndex + appended.length;
-      const { tiles, rootHash, strata } = this.store.read((snap) => {
+      const { tiles, rootHash, strata } = this.read((snap) => {
         const getTile = this.tileGetter(snap);
         const tiles = appendToTiles(firstIndex, leafHashes, getTile);
         const overlay = new Map<string, StoredTile>();
@@ -364,7 +372,7 @@ export class Log {
       this.updateTopStrata(old.mapRoot, strata.root, strata.writes.values(), strata.deletes);
     }
 
-    this.store.read((snap) => {
+    this.read((snap) => {
       const reader = hashReaderFromTiles(this.tileGetter(snap));
       for (let i = 0; i < batch.length; i++) {
         batch[i].resolve({
@@ -386,7 +394,7 @@ export class Log {
   /** A lookup answer for (protocol, key) against the latest checkpoint, with every proof a client needs. */
   lookup(protocol: string, key: Uint8Array): LookupAnswer {
     const path = indexPath(protocol, key);
-    return this.store.read((snap) => {
+    return this.read((snap) => {
       const head = this.snapshotHead(snap);
       const { value, proof } = smtLookup(head.mapRoot, path, this.stratumReader(snap, head.mapRoot));
       const answer: LookupAnswer = {
@@ -415,7 +423,9 @@ export class Log {
     const current = this.head().size;
     size ??= current;
     checkRange(index, size, current, 'index');
-    return this.store.read((snap) => inclusionProof(index, size, hashReaderFromTiles(this.tileGetter(snap))));
+    return this.read((snap) =>
+      inclusionProof(index, size, hashReaderFromTiles(this.tileGetter(snap)), this.rangeCache),
+    );
   }
 
   consistencyProof(oldSize: number, newSize?: number): Buffer[] {
@@ -424,15 +434,15 @@ export class Log {
     if (!Number.isSafeInteger(oldSize) || oldSize < 1 || oldSize > newSize || newSize > current) {
       throw new FormatError(`need 1 <= old size <= new size <= ${current}`);
     }
-    return this.store.read((snap) =>
-      consistencyProof(oldSize, newSize, hashReaderFromTiles(this.tileGetter(snap))),
+    return this.read((snap) =>
+      consistencyProof(oldSize, newSize, hashReaderFromTiles(this.tileGetter(snap)), this.rangeCache),
     );
   }
 
   entry(index: number): Buffer {
     const current = this.head().size;
     checkRange(index, current, current, 'index');
-    const e = this.store.read((snap) => snap.entry(index));
+    const e = this.read((snap) => snap.entry(index));
     if (!e) throw new StorageError(`entry ${index} is missing from the store`);
     return e;
   }
@@ -455,6 +465,8 @@ export class Log {
       if (!this.running) this.running = this.drain();
       await this.running;
     }
+    if (this.storeClosed) return;
+    this.storeClosed = true;
     await this.store.close();
   }
 
