@@ -62,12 +62,19 @@ try {
   const keys: Buffer[] = [];
   const t1 = await ingest(log, N, keys);
   peakRss = Math.max(peakRss, process.memoryUsage().rss);
-  emit('ingest_fresh_entries_per_s', N / t1, 'entries/s', { entries: N, seconds: t1, batch: BATCH, durable: true });
+  emit('ingest_fresh_entries_per_s', N / t1, 'entries/s', {
+    entries: N,
+    seconds: t1,
+    batch: BATCH,
+    durable: true,
+  });
   emit('ingest_fresh_peak_rss', peakRss / 2 ** 20, 'MiB', { entries: N });
 
   // lookups with both proofs, generated from disk, for present and absent keys
   const L = Math.min(200_000, N);
-  const lookupKeys = Array.from({ length: L }, (_, i) => (i % 4 === 3 ? nixKey() : keys[(i * 7919) % keys.length]));
+  const lookupKeys = Array.from({ length: L }, (_, i) =>
+    i % 4 === 3 ? nixKey() : keys[(i * 7919) % keys.length],
+  );
   let t = process.hrtime.bigint();
   const answers: LookupAnswer[] = new Array(L);
   for (let i = 0; i < L; i++) answers[i] = log.lookup('nix', lookupKeys[i]);
@@ -103,7 +110,9 @@ try {
     'bytes',
     { size: N },
   );
-  emit('inclusion_proof_bytes', avg(presentAnswers.map((a) => a.entry!.proof.length * 32)), 'bytes', { size: N });
+  emit('inclusion_proof_bytes', avg(presentAnswers.map((a) => a.entry!.proof.length * 32)), 'bytes', {
+    size: N,
+  });
   emit('lookup_answer_json_bytes', avg(sample.map((a) => JSON.stringify(a).length)), 'bytes', { size: N });
 
   // scaling: from N to 2N

@@ -1,5 +1,5 @@
-import { sha256 } from './hash.js';
 import { FormatError } from './errors.js';
+import { sha256 } from './hash.js';
 
 /**
  * One log entry: "under `protocol`, `key` built to `value`", plus metadata that the leaf hash
@@ -33,7 +33,9 @@ const PROTOCOL_RE = /^[\x21-\x7e]{1,64}$/;
 
 export function validateEntry(e: Entry): void {
   if (typeof e.protocol !== 'string' || !PROTOCOL_RE.test(e.protocol)) {
-    throw new FormatError(`protocol must be 1-${MAX_PROTOCOL_LENGTH} printable ASCII characters without spaces`);
+    throw new FormatError(
+      `protocol must be 1-${MAX_PROTOCOL_LENGTH} printable ASCII characters without spaces`,
+    );
   }
   if (e.key.length < 1 || e.key.length > MAX_KEY_LENGTH) {
     throw new FormatError(`key must be 1-${MAX_KEY_LENGTH} bytes, got ${e.key.length}`);

@@ -1,6 +1,6 @@
 import { decodeBase64Strict, equalBytes } from './bytes.js';
 import { type Checkpoint, openCheckpoint } from './checkpoint.js';
-import { type Entry, decodeEntry, indexPath, indexValue } from './entry.js';
+import { decodeEntry, type Entry, indexPath, indexValue } from './entry.js';
 import { FormatError, TrustixError, VerificationError } from './errors.js';
 import { leafHash, verifyInclusion } from './merkle.js';
 import type { NoteVerifier } from './note.js';
@@ -38,7 +38,8 @@ export function verifyLookup(
     return checkLookup(answer, verifier, query);
   } catch (err) {
     if (err instanceof VerificationError) return { status: 'invalid', check: err.check, reason: err.message };
-    if (err instanceof TrustixError) return { status: 'invalid', check: 'lookup.malformed', reason: err.message };
+    if (err instanceof TrustixError)
+      return { status: 'invalid', check: 'lookup.malformed', reason: err.message };
     throw err;
   }
 }

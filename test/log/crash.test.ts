@@ -25,7 +25,9 @@ interface Ack {
 /** Starts the writer, waits until it has acknowledged something (or a random moment), then SIGKILLs it. */
 function runAndKill(dir: string, acks: Ack[]): Promise<void> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', WRITER, dir], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, ['--import', 'tsx', WRITER, dir], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let buf = '';
     let stderr = '';
     let timer: NodeJS.Timeout | undefined;
@@ -82,7 +84,8 @@ test(`log survives ${KILLS} SIGKILLs of a real writer process`, { timeout: 300_0
       const key = Buffer.from(a.key);
       const v = verifyLookup(log.lookup('nix', key), verifier, { protocol: 'nix', key });
       assert.equal(v.status, 'present', `${a.key}: ${JSON.stringify(v)}`);
-      if (v.status === 'present') assert.ok(v.index >= a.index, `${a.key} points to an older entry than acknowledged`);
+      if (v.status === 'present')
+        assert.ok(v.index >= a.index, `${a.key} points to an older entry than acknowledged`);
     }
 
     // every checkpoint ever published (acknowledged or stored) is consistent with the current tree
@@ -100,11 +103,18 @@ test(`log survives ${KILLS} SIGKILLs of a real writer process`, { timeout: 300_0
 
     // writing continues after the crashes
     const r = await log.submit([
-      { protocol: 'nix', key: Buffer.from('after-crash'), value: Buffer.alloc(32, 1), metadata: Buffer.alloc(0) },
+      {
+        protocol: 'nix',
+        key: Buffer.from('after-crash'),
+        value: Buffer.alloc(32, 1),
+        metadata: Buffer.alloc(0),
+      },
     ]);
     assert.equal(r[0].index, head.size);
     await log.close();
-    console.log(`# crash test: ${KILLS} kills, ${acks.length} acknowledged submissions, final size ${head.size + 1}`);
+    console.log(
+      `# crash test: ${KILLS} kills, ${acks.length} acknowledged submissions, final size ${head.size + 1}`,
+    );
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

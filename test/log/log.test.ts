@@ -36,7 +36,8 @@ describe('log', () => {
     const dir = tempDir();
     const log = await Log.create(dir, 'test.example/log', { batchDelayMs: 1 });
     const verifier = verifierFromVkey(log.vkey);
-    const q = (key: string) => verifyLookup(log.lookup('nix', Buffer.from(key)), verifier, { protocol: 'nix', key: Buffer.from(key) });
+    const q = (key: string) =>
+      verifyLookup(log.lookup('nix', Buffer.from(key)), verifier, { protocol: 'nix', key: Buffer.from(key) });
 
     assert.equal(q('missing').status, 'absent', 'empty log proves absence');
     const receipts = await log.submit([entry('a', 1), entry('b', 2), entry('c', 3, '{"name":"c"}')]);
@@ -98,7 +99,9 @@ describe('log', () => {
     await Promise.all(
       Array.from({ length: 20 }, async (_, w) => {
         for (let round = 0; round < 5; round++) {
-          const rs = await log.submit(Array.from({ length: 37 }, (_, i) => entry(`w${w}-r${round}-${i}`, randomBytes(32))));
+          const rs = await log.submit(
+            Array.from({ length: 37 }, (_, i) => entry(`w${w}-r${round}-${i}`, randomBytes(32))),
+          );
           checkpoints.push(rs[0].checkpoint);
         }
       }),
@@ -108,7 +111,8 @@ describe('log', () => {
     const cur = openCheckpoint(head.checkpoint, verifier).checkpoint;
     for (const note of new Set(checkpoints)) {
       const cp = openCheckpoint(note, verifier).checkpoint;
-      if (cp.size < cur.size) verifyConsistency(cp.size, cur.size, log.consistencyProof(cp.size), cp.rootHash, cur.rootHash);
+      if (cp.size < cur.size)
+        verifyConsistency(cp.size, cur.size, log.consistencyProof(cp.size), cp.rootHash, cur.rootHash);
     }
     const report = await auditStore(log.storage, verifier);
     assert.ok(report.ok, JSON.stringify(report));
@@ -134,7 +138,10 @@ describe('log', () => {
 
   test('bad input is refused before anything is queued', async () => {
     const log = await Log.create(tempDir(), 'test.example/bad', { batchDelayMs: 1 });
-    assert.throws(() => log.submit([entry('ok', 1), { ...entry('k', 1), key: Buffer.alloc(2000) }]), FormatError);
+    assert.throws(
+      () => log.submit([entry('ok', 1), { ...entry('k', 1), key: Buffer.alloc(2000) }]),
+      FormatError,
+    );
     assert.throws(() => log.submit([{ ...entry('k', 1), value: Buffer.alloc(0) }]), FormatError);
     assert.equal(log.pendingCount, 0);
     assert.throws(() => log.inclusionProof(0), FormatError, 'no entry yet');
@@ -147,7 +154,8 @@ describe('log', () => {
   test('audit reports the first divergence when an entry is altered on disk', async () => {
     const dir = tempDir();
     const log = await Log.create(dir, 'test.example/audit', { batchDelayMs: 1 });
-    for (let b = 0; b < 3; b++) await log.submit(Array.from({ length: 50 }, (_, i) => entry(`k${b}-${i}`, b + 1)));
+    for (let b = 0; b < 3; b++)
+      await log.submit(Array.from({ length: 50 }, (_, i) => entry(`k${b}-${i}`, b + 1)));
     const verifier = verifierFromVkey(log.vkey);
     assert.ok((await auditStore(log.storage, verifier)).ok);
     await log.close();
