@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { registerDecideCommands } from './decide.js';
 import { registerLocalCommands } from './local.js';
 import { registerRemoteCommands } from './remote.js';
 import { registerServeCommand } from './serve.js';
@@ -8,4 +9,5 @@ export function registerCommands(program: Command): void {
   registerLocalCommands(program);
   registerRemoteCommands(program);
   registerServeCommand(program);
+  registerDecideCommands(program);
 }

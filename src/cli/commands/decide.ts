@@ -1,0 +1,114 @@
+import { readFileSync, writeFileSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { isAbsolute, join } from 'node:path';
+import { type Command, Option } from 'commander';
+import { defaultTrustDir, FileTrustStore } from '../../client/trust-store.js';
+import { FormatError, VerificationError } from '../../core/errors.js';
+import { loadDecideConfig } from '../../decide/config.js';
+import { Decider, formatDecision } from '../../decide/decide.js';
+import { DECISION_BUNDLE, decisionBundle, verifyDecisionBundle } from '../../decide/evidence.js';
+import { CliError, EXIT } from '../output.js';
+
+/** `decide`: no decision is not an error, but callers must be able to tell. */
+const EXIT_UNDECIDED = 3;
+
+function defaultConfig(env: NodeJS.ProcessEnv = process.env): string {
+  const xdg = env.XDG_CONFIG_HOME;
+  const base = xdg && isAbsolute(xdg) ? xdg : join(homedir(), '.config');
+  return join(base, 'trustix', 'decide.toml');
+}
+
+/** `trustix decide KEY`: ask every configured log, decide, explain. */
+export function registerDecideCommands(program: Command): void {
+  program
+    .command('decide')
+    .description(
+      'ask every log in the trust config about KEY, decide by the configured procedure and explain; exit 0 if decided, 3 if not',
+    )
+    .argument('<key>')
+    .addOption(
+      new Option('-c, --config <file>', 'trust configuration (TOML)')
+        .env('TRUSTIX_DECIDE_CONFIG')
+        .default(undefined, '$XDG_CONFIG_HOME/trustix/decide.toml'),
+    )
+    .option('--protocol <name>', "the entry protocol (default: the config's, else nix)")
+    .addOption(
+      new Option('--trust-dir <dir>', 'where the last trusted checkpoint of each log is remembered').env(
+        'TRUSTIX_TRUST_DIR',
+      ),
+    )
+    .option('--json', 'JSON output')
+    .option(
+      '-e, --evidence <file>',
+      'save the answers and the decision as an evidence bundle (trustix verify checks it)',
+    )
+    .addHelpText(
+      'after',
+      '\nExamples:\n  trustix decide 0c8i2ww2dwk5hn8dywdzx6l0lrz0sb4k --config ~/.config/trustix/decide.toml\n  trustix decide 0c8i2ww2dwk5hn8dywdzx6l0lrz0sb4k --json -e evidence.json && trustix verify evidence.json',
+    )
+    .action(
+      async (
+        key: string,
+        o: { config?: string; protocol?: string; trustDir?: string; json?: boolean; evidence?: string },
+      ) => {
+        let config: ReturnType<typeof loadDecideConfig>;
+        try {
+          config = loadDecideConfig(o.config ?? defaultConfig());
+        } catch (err) {
+          if (err instanceof FormatError) throw new CliError(err.message, EXIT.usage);
+          throw err;
+        }
+        const trustDir = o.trustDir ?? config.trustDir ?? defaultTrustDir();
+        const decider = new Decider(config, { trustStore: new FileTrustStore(trustDir) });
+        try {
+          const { decision, results } = await decider.decide(key, o.protocol ?? config.protocol);
+          if (o.evidence) {
+            const text = `${JSON.stringify(decisionBundle(decision, results), null, 2)}\n`;
+            if (o.evidence === '-') process.stderr.write(text);
+            else writeFileSync(o.evidence, text);
+          }
+          if (o.json) console.log(JSON.stringify(decision));
+          else process.stdout.write(formatDecision(decision));
+          process.exitCode = decision.decided ? EXIT.ok : EXIT_UNDECIDED;
+        } finally {
+          await decider.close();
+        }
+      },
+    );
+
+  // `trustix verify` (remote.ts) checks the log bundles; decision bundles are checked here first.
+  const verify = program.commands.find((c) => c.name() === 'verify');
+  const handler =
+    verify && (verify as unknown as { _actionHandler?: (args: unknown[]) => unknown })._actionHandler;
+  if (verify && typeof handler === 'function') {
+    verify.action(async (file: string, o: { vkey?: string; json?: boolean }) => {
+      const text = readFileSync(file === '-' ? 0 : file);
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(text.toString('utf8'));
+      } catch {
+        parsed = undefined;
+      }
+      if ((parsed as { type?: unknown } | undefined)?.type !== DECISION_BUNDLE) {
+        if (file === '-')
+          throw new CliError('decision bundles only from stdin; pass a file for other bundles', EXIT.usage);
+        await handler.call(verify, [file]);
+        return;
+      }
+      try {
+        const r = verifyDecisionBundle(parsed);
+        if (o.json) console.log(JSON.stringify({ valid: true, ...r }));
+        else {
+          console.log(
+            `valid: ${r.decided ? `decided ${r.protocol} ${r.key} -> ${r.value} (${r.support} verified answers agree)` : `undecided ${r.protocol} ${r.key}`}; ${r.verified.length} answers verified, ${r.failed.length} recorded failures (not checkable offline)`,
+          );
+        }
+      } catch (err) {
+        if (!(err instanceof VerificationError)) throw err;
+        if (o.json) console.log(JSON.stringify({ valid: false, check: err.check, reason: err.message }));
+        else console.log(`INVALID: ${err.check}: ${err.message}`);
+        process.exitCode = EXIT.invalid;
+      }
+    });
+  }
+}

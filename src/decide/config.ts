@@ -1,0 +1,259 @@
+/**
+ * The client's trust configuration (TOML, docs/deciding.md): the logs a user follows and, per
+ * protocol, how answers become a decision.
+ */
+import { readFileSync } from 'node:fs';
+import { dirname, isAbsolute, resolve } from 'node:path';
+import { parse as parseToml, TomlError } from 'smol-toml';
+import { FormatError } from '../core/errors.js';
+import { verifierFromVkey } from '../core/note.js';
+import { type Base, chain, type Procedure, percentage, trustLog, weighted } from './procedures.js';
+import { parseShare, parseWeight, type Rat } from './rational.js';
+import { ScriptProcedure } from './sandbox.js';
+
+export interface LogConfig {
+  name: string;
+  /** A remote log's URL prefix, or... */
+  url?: string;
+  /** ...a local log directory. */
+  state?: string;
+  vkey: string;
+  weight: Rat;
+  weightText: string;
+}
+
+export type ProcedureSpec =
+  | { type: 'percentage'; min: Rat; of: Base }
+  | { type: 'weighted'; min?: Rat; minWeight?: Rat; of: Base }
+  | { type: 'log'; log: string }
+  | { type: 'chain'; steps: ProcedureSpec[] }
+  | { type: 'lua' | 'js'; source: string; name: string; timeoutMs: number; memoryMb: number };
+
+export interface DecideConfig {
+  logs: LogConfig[];
+  /** Per protocol; `default` for the others. */
+  procedures: Map<string, ProcedureSpec>;
+  /** Deadline for one log's answer, in ms. */
+  timeoutMs: number;
+  trustDir?: string;
+  protocol: string;
+}
+
+const DEFAULT_PROCEDURE: ProcedureSpec = {
+  type: 'percentage',
+  min: parseShare('2/3', 'default'),
+  of: 'configured',
+};
+
+function obj(x: unknown, where: string): Record<string, unknown> {
+  if (typeof x !== 'object' || x === null || Array.isArray(x))
+    throw new FormatError(`${where}: must be a table`);
+  return x as Record<string, unknown>;
+}
+
+function only(o: Record<string, unknown>, allowed: string[], where: string): void {
+  for (const k of Object.keys(o)) {
+    if (!allowed.includes(k)) throw new FormatError(`${where}: unknown field ${JSON.stringify(k)}`);
+  }
+}
+
+function str(x: unknown, where: string): string {
+  if (typeof x !== 'string' || x === '') throw new FormatError(`${where}: must be a non-empty string`);
+  return x;
+}
+
+function positive(x: unknown, where: string, dflt: number): number {
+  if (x === undefined) return dflt;
+  const n = typeof x === 'bigint' ? Number(x) : x;
+  if (typeof n !== 'number' || !Number.isFinite(n) || n <= 0)
+    throw new FormatError(`${where}: must be a positive number`);
+  return n;
+}
+
+function base(x: unknown, where: string): Base {
+  if (x === undefined) return 'configured';
+  if (x !== 'configured' && x !== 'responding')
+    throw new FormatError(`${where}: must be "configured" or "responding"`);
+  return x;
+}
+
+function parseProcedure(x: unknown, where: string, dir: string, logs: Set<string>, depth = 0): ProcedureSpec {
+  if (depth > 8) throw new FormatError(`${where}: chains nested too deeply`);
+  const o = obj(x, where);
+  switch (o.type) {
+    case 'percentage':
+      only(o, ['type', 'min', 'of'], where);
+      return { type: 'percentage', min: parseShare(o.min, `${where}.min`), of: base(o.of, `${where}.of`) };
+    case 'weighted': {
+      only(o, ['type', 'min', 'min_weight', 'of'], where);
+      if ((o.min === undefined) === (o.min_weight === undefined)) {
+        throw new FormatError(`${where}: give either min (a share of the total weight) or min_weight`);
+      }
+      return {
+        type: 'weighted',
+        ...(o.min !== undefined ? { min: parseShare(o.min, `${where}.min`) } : {}),
+        ...(o.min_weight !== undefined
+          ? { minWeight: parseWeight(o.min_weight, `${where}.min_weight`) }
+          : {}),
+        of: base(o.of, `${where}.of`),
+      };
+    }
+    case 'log': {
+      only(o, ['type', 'log'], where);
+      const log = str(o.log, `${where}.log`);
+      if (!logs.has(log)) throw new FormatError(`${where}.log: no log named ${JSON.stringify(log)}`);
+      return { type: 'log', log };
+    }
+    case 'chain': {
+      only(o, ['type', 'steps'], where);
+      if (!Array.isArray(o.steps) || o.steps.length === 0)
+        throw new FormatError(`${where}.steps: must be a non-empty array`);
+      return {
+        type: 'chain',
+        steps: o.steps.map((s, i) => parseProcedure(s, `${where}.steps[${i}]`, dir, logs, depth + 1)),
+      };
+    }
+    case 'lua':
+    case 'js': {
+      only(o, ['type', 'file', 'source', 'timeout_ms', 'memory_mb'], where);
+      if ((o.file === undefined) === (o.source === undefined)) {
+        throw new FormatError(`${where}: give either file or source`);
+      }
+      let source: string;
+      let name: string;
+      if (o.file !== undefined) {
+        const f = str(o.file, `${where}.file`);
+        const path = isAbsolute(f) ? f : resolve(dir, f);
+        try {
+          source = readFileSync(path, 'utf8');
+        } catch (err) {
+          throw new FormatError(`${where}.file: cannot read ${path}: ${(err as Error).message}`);
+        }
+        name = f;
+      } else {
+        source = str(o.source, `${where}.source`);
+        name = `${where}.source`;
+      }
+      return {
+        type: o.type,
+        source,
+        name,
+        timeoutMs: positive(o.timeout_ms, `${where}.timeout_ms`, 50),
+        memoryMb: positive(o.memory_mb, `${where}.memory_mb`, 64),
+      };
+    }
+    default:
+      throw new FormatError(
+        `${where}.type: must be one of percentage, weighted, log, chain, lua, js (got ${JSON.stringify(o.type)})`,
+      );
+  }
+}
+
+/**
+ * Parses a trust configuration. Relative file names (scripts, local logs) are relative to `dir`,
+ * the config file's directory.
+ */
+export function parseDecideConfig(text: string, dir = process.cwd()): DecideConfig {
+  let doc: Record<string, unknown>;
+  try {
+    doc = parseToml(text) as Record<string, unknown>;
+  } catch (err) {
+    if (err instanceof TomlError)
+      throw new FormatError(`TOML: ${err.message.split('\n')[0]} (line ${err.line})`);
+    throw err;
+  }
+  only(doc, ['timeout', 'trust_dir', 'protocol', 'log', 'procedure'], 'config');
+  if (!Array.isArray(doc.log) || doc.log.length === 0)
+    throw new FormatError('config: needs at least one [[log]]');
+  const names = new Set<string>();
+  const logs = doc.log.map((l, i): LogConfig => {
+    const where = `log[${i}]`;
+    const o = obj(l, where);
+    only(o, ['name', 'url', 'state', 'vkey', 'weight'], where);
+    const vkeyText = str(o.vkey, `${where}.vkey`);
+    let vkey: string;
+    try {
+      vkey = verifierFromVkey(vkeyText.trim()).vkey;
+    } catch (err) {
+      throw new FormatError(`${where}.vkey: ${(err as Error).message}`);
+    }
+    const name = o.name === undefined ? vkey.split('+')[0] : str(o.name, `${where}.name`);
+    if (names.has(name)) throw new FormatError(`${where}.name: duplicate log name ${JSON.stringify(name)}`);
+    names.add(name);
+    if ((o.url === undefined) === (o.state === undefined))
+      throw new FormatError(`${where}: give either url or state`);
+    const weight = parseWeight(o.weight, `${where}.weight`);
+    const out: LogConfig = { name, vkey, weight, weightText: String(o.weight ?? 1) };
+    if (o.url !== undefined) {
+      const u = str(o.url, `${where}.url`);
+      try {
+        const parsed = new URL(u);
+        if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw new Error('not http');
+      } catch {
+        throw new FormatError(`${where}.url: not an http(s) URL: ${u}`);
+      }
+      out.url = u;
+    } else {
+      const s = str(o.state, `${where}.state`);
+      out.state = isAbsolute(s) ? s : resolve(dir, s);
+    }
+    return out;
+  });
+  const procedures = new Map<string, ProcedureSpec>();
+  if (doc.procedure !== undefined) {
+    for (const [proto, spec] of Object.entries(obj(doc.procedure, 'procedure'))) {
+      procedures.set(proto, parseProcedure(spec, `procedure.${proto}`, dir, names));
+    }
+  }
+  if (!procedures.has('default')) procedures.set('default', DEFAULT_PROCEDURE);
+  const timeout = positive(doc.timeout, 'timeout', 5);
+  return {
+    logs,
+    procedures,
+    timeoutMs: timeout * 1000,
+    ...(doc.trust_dir !== undefined ? { trustDir: resolve(dir, str(doc.trust_dir, 'trust_dir')) } : {}),
+    protocol: doc.protocol === undefined ? 'nix' : str(doc.protocol, 'protocol'),
+  };
+}
+
+export function loadDecideConfig(file: string): DecideConfig {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new FormatError(`cannot read config ${file}: ${(err as Error).message}`);
+  }
+  try {
+    return parseDecideConfig(text, dirname(resolve(file)));
+  } catch (err) {
+    if (err instanceof FormatError) throw new FormatError(`config ${file}: ${err.message}`);
+    throw err;
+  }
+}
+
+/** The procedure objects for a spec (scripts start their worker on first use). */
+export function buildProcedure(spec: ProcedureSpec): Procedure {
+  switch (spec.type) {
+    case 'percentage':
+      return percentage(spec.min, spec.of);
+    case 'weighted':
+      return weighted({
+        ...(spec.min ? { min: spec.min } : {}),
+        ...(spec.minWeight ? { minWeight: spec.minWeight } : {}),
+        of: spec.of,
+      });
+    case 'log':
+      return trustLog(spec.log);
+    case 'chain':
+      return chain(spec.steps.map(buildProcedure));
+    case 'lua':
+    case 'js':
+      return new ScriptProcedure({
+        kind: spec.type,
+        source: spec.source,
+        name: spec.name,
+        timeoutMs: spec.timeoutMs,
+        memoryMb: spec.memoryMb,
+      });
+  }
+}

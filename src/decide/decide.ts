@@ -1,0 +1,317 @@
+/**
+ * Deciding (DESIGN §3, docs/deciding.md): ask every configured log about one key in parallel with
+ * the verifying client, classify each answer, run the protocol's procedure, and explain the result.
+ *
+ * Classification: present (a verified entry, with its value), absent (verified non-inclusion), or
+ * failed: unreachable, timed out, refused, or a failed check (bad signature, bad proof, an answer
+ * for another key, rollback, fork). A failed log never counts as absent and never for a value.
+ */
+import { LogClient, type VerifiedLookup } from '../client/client.js';
+import { MemoryTrustStore, type TrustStore } from '../client/trust-store.js';
+import { toBase64, toHex } from '../core/bytes.js';
+import { TrustixError, VerificationError } from '../core/errors.js';
+import type { LookupAnswer } from '../core/lookup.js';
+import { Log } from '../log/log.js';
+import { buildProcedure, type DecideConfig, type LogConfig } from './config.js';
+import type { Answer, Outcome, Procedure } from './procedures.js';
+
+export interface LogResult {
+  name: string;
+  origin: string;
+  vkey: string;
+  weight: string;
+  status: 'present' | 'absent' | 'failed';
+  /** Lower-case hex of the value, when present. */
+  value?: string;
+  index?: number;
+  /** Size of the checkpoint the answer was verified against. */
+  size?: number;
+  check?: string;
+  reason?: string;
+  ms: number;
+  /** The verified answer, kept for evidence bundles. */
+  answer?: LookupAnswer;
+}
+
+export type LogVerdict = 'agrees' | 'disagrees' | 'present' | 'absent' | 'failed';
+
+export interface Decision {
+  protocol: string;
+  key: string;
+  decided: boolean;
+  value?: string;
+  confidence?: number;
+  procedure: string;
+  reason: string;
+  error?: { check: string; message: string };
+  steps?: Array<Pick<Outcome, 'procedure' | 'decided' | 'reason' | 'error'>>;
+  agreed: string[];
+  disagreed: string[];
+  absent: string[];
+  failed: Array<{ name: string; check: string; reason: string }>;
+  logs: Array<Omit<LogResult, 'answer' | 'status'> & { status: LogVerdict }>;
+}
+
+interface Source {
+  cfg: LogConfig;
+  client: LogClient;
+  close(): Promise<void>;
+}
+
+/** Serves the HTTP lookup API from a local log, so local logs get the same client checks as remote ones. */
+function localFetch(dir: string): { fetch: typeof globalThis.fetch; close(): Promise<void> } {
+  let opened: Promise<Log> | undefined;
+  const json = (v: unknown) =>
+    new Response(JSON.stringify(v), { status: 200, headers: { 'content-type': 'application/json' } });
+  const f = async (input: string | URL | Request): Promise<Response> => {
+    opened ??= Log.open(dir);
+    const log = await opened;
+    const u = new URL(input instanceof Request ? input.url : input);
+    const path = u.pathname.replace(/^\/+/, '');
+    try {
+      if (path === 'checkpoint') return new Response(log.head().checkpoint, { status: 200 });
+      if (path.startsWith('lookup/')) {
+        const [, p, k] = path.split('/');
+        return json(log.lookup(decodeURIComponent(p), Buffer.from(unescapeBytes(k))));
+      }
+      if (path === 'proof/consistency') {
+        const o = Number(u.searchParams.get('old'));
+        const n = Number(u.searchParams.get('new'));
+        return json({ old: o, new: n, proof: log.consistencyProof(o, n).map(toBase64) });
+      }
+    } catch (err) {
+      return new Response(JSON.stringify({ error: (err as Error).message }), { status: 400 });
+    }
+    return new Response('{}', { status: 404 });
+  };
+  return {
+    fetch: f as typeof globalThis.fetch,
+    async close() {
+      if (opened) await (await opened).close();
+    },
+  };
+}
+
+/** Percent-decoding to bytes (keys need not be UTF-8). */
+function unescapeBytes(s: string): Buffer {
+  const out: number[] = [];
+  for (let i = 0; i < s.length; i++) {
+    if (s[i] === '%') {
+      out.push(Number.parseInt(s.slice(i + 1, i + 3), 16));
+      i += 2;
+    } else out.push(s.charCodeAt(i));
+  }
+  return Buffer.from(out);
+}
+
+export interface DeciderOptions {
+  /** Where the last trusted checkpoint of each log is kept. Default: in memory. */
+  trustStore?: TrustStore;
+  fetch?: typeof globalThis.fetch;
+}
+
+export class Decider {
+  private readonly sources: Source[];
+  private readonly procedures = new Map<string, Procedure>();
+
+  constructor(
+    readonly config: DecideConfig,
+    opts: DeciderOptions = {},
+  ) {
+    const trustStore = opts.trustStore ?? new MemoryTrustStore();
+    this.sources = config.logs.map((cfg) => {
+      if (cfg.url !== undefined) {
+        const client = new LogClient({
+          url: cfg.url,
+          vkey: cfg.vkey,
+          trustStore,
+          timeoutMs: config.timeoutMs,
+          ...(opts.fetch ? { fetch: opts.fetch } : {}),
+        });
+        return { cfg, client, close: async () => {} };
+      }
+      const local = localFetch(cfg.state!);
+      const client = new LogClient({
+        url: 'http://local.invalid/',
+        vkey: cfg.vkey,
+        trustStore,
+        timeoutMs: config.timeoutMs,
+        fetch: local.fetch,
+      });
+      return { cfg, client, close: local.close };
+    });
+  }
+
+  /** The procedure for a protocol (its own, else `default`). */
+  procedure(protocol: string): Procedure {
+    const spec = this.config.procedures.get(protocol) ?? this.config.procedures.get('default')!;
+    const key = this.config.procedures.has(protocol) ? protocol : 'default';
+    let p = this.procedures.get(key);
+    if (!p) {
+      p = buildProcedure(spec);
+      this.procedures.set(key, p);
+    }
+    return p;
+  }
+
+  /** Every configured log's classified answer for (protocol, key), in config order. */
+  gather(protocol: string, key: string): Promise<LogResult[]> {
+    return Promise.all(this.sources.map((s) => this.ask(s, protocol, key)));
+  }
+
+  private async ask(s: Source, protocol: string, key: string): Promise<LogResult> {
+    const t0 = performance.now();
+    const base = { name: s.cfg.name, origin: s.client.origin, vkey: s.cfg.vkey, weight: s.cfg.weightText };
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      // the client's own deadline is per request; this one covers the whole lookup
+      const deadline = new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () =>
+            reject(new TrustixError('TIMEOUT', `no verified answer within ${this.config.timeoutMs / 1000}s`)),
+          this.config.timeoutMs,
+        );
+      });
+      const r: VerifiedLookup = await Promise.race([s.client.lookup(protocol, key), deadline]);
+      const ms = performance.now() - t0;
+      if (r.status === 'absent')
+        return { ...base, status: 'absent', size: r.checkpoint.size, ms, answer: r.answer };
+      return {
+        ...base,
+        status: 'present',
+        value: toHex(r.entry.value),
+        index: r.index,
+        size: r.checkpoint.size,
+        ms,
+        answer: r.answer,
+      };
+    } catch (err) {
+      return { ...base, status: 'failed', ...failure(err), ms: performance.now() - t0 };
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Gathers, decides and explains. */
+  async decide(
+    key: string,
+    protocol = this.config.protocol,
+  ): Promise<{ decision: Decision; results: LogResult[] }> {
+    const results = await this.gather(protocol, key);
+    const decision = await this.decideOn(results, protocol, key);
+    return { decision, results };
+  }
+
+  /** Runs the protocol's procedure over classified answers (also used to re-check evidence). */
+  async decideOn(results: readonly LogResult[], protocol: string, key: string): Promise<Decision> {
+    const answers: Answer[] = results.map((r, i) => ({
+      name: r.name,
+      weight: this.config.logs[i]?.name === r.name ? this.config.logs[i].weight : { n: 1n, d: 1n },
+      status: r.status,
+      ...(r.value !== undefined ? { value: r.value } : {}),
+      ...(r.check !== undefined ? { check: r.check } : {}),
+      ...(r.reason !== undefined ? { reason: r.reason } : {}),
+    }));
+    let outcome: Outcome;
+    try {
+      outcome = await this.procedure(protocol).run(answers, { protocol, key });
+    } catch (err) {
+      outcome = {
+        decided: false,
+        procedure: this.procedure(protocol).name,
+        reason: `procedure failed: ${(err as Error).message}`,
+        error: { check: 'procedure.error', message: (err as Error).message },
+      };
+    }
+    return explain(outcome, results, protocol, key);
+  }
+
+  async close(): Promise<void> {
+    for (const p of this.procedures.values()) await p.close?.();
+    for (const s of this.sources) await s.close();
+  }
+}
+
+function failure(err: unknown): { check: string; reason: string } {
+  if (err instanceof VerificationError) return { check: err.check, reason: err.message };
+  const c = (err as { check?: unknown }).check;
+  if (err instanceof TrustixError) {
+    return {
+      check: typeof c === 'string' ? c : err.code === 'TIMEOUT' ? 'http.timeout' : `error.${err.code}`,
+      reason: err.message,
+    };
+  }
+  return { check: 'error.internal', reason: err instanceof Error ? err.message : String(err) };
+}
+
+/** The decision with every log's part in it. */
+export function explain(
+  outcome: Outcome,
+  results: readonly LogResult[],
+  protocol: string,
+  key: string,
+): Decision {
+  const agreed: string[] = [];
+  const disagreed: string[] = [];
+  const absent: string[] = [];
+  const failed: Decision['failed'] = [];
+  const logs: Decision['logs'] = [];
+  for (const r of results) {
+    const { answer: _answer, status, ...rest } = r;
+    let verdict: LogVerdict = status;
+    if (status === 'present' && outcome.decided) {
+      verdict = r.value === outcome.value ? 'agrees' : 'disagrees';
+      (verdict === 'agrees' ? agreed : disagreed).push(r.name);
+    } else if (status === 'absent') absent.push(r.name);
+    else if (status === 'failed') failed.push({ name: r.name, check: r.check ?? '', reason: r.reason ?? '' });
+    logs.push({ ...rest, status: verdict });
+  }
+  return {
+    protocol,
+    key,
+    decided: outcome.decided,
+    ...(outcome.value !== undefined ? { value: outcome.value } : {}),
+    ...(outcome.confidence !== undefined ? { confidence: outcome.confidence } : {}),
+    procedure: outcome.procedure,
+    reason: outcome.reason,
+    ...(outcome.error ? { error: outcome.error } : {}),
+    ...(outcome.steps
+      ? {
+          steps: outcome.steps.map((s) => ({
+            procedure: s.procedure,
+            decided: s.decided,
+            reason: s.reason,
+            ...(s.error ? { error: s.error } : {}),
+          })),
+        }
+      : {}),
+    agreed,
+    disagreed,
+    absent,
+    failed,
+    logs,
+  };
+}
+
+/** A human-readable explanation. */
+export function formatDecision(d: Decision): string {
+  const lines: string[] = [];
+  lines.push(
+    d.decided
+      ? `decided: ${d.protocol} ${d.key} -> ${d.value}${d.confidence !== undefined ? ` (confidence ${(d.confidence * 100).toFixed(1)}%)` : ''}`
+      : `undecided: ${d.protocol} ${d.key}`,
+  );
+  lines.push(`procedure: ${d.procedure}: ${d.reason}`);
+  for (const s of d.steps ?? [])
+    lines.push(`  step ${s.procedure}: ${s.decided ? 'decided' : 'no decision'}: ${s.reason}`);
+  for (const l of d.logs) {
+    const what =
+      l.status === 'failed'
+        ? `FAILED ${l.check}: ${l.reason}`
+        : l.status === 'absent'
+          ? `absent (non-inclusion verified at size ${l.size})`
+          : `${l.status} ${l.value} (entry ${l.index}, size ${l.size})`;
+    lines.push(`  ${l.name} [weight ${l.weight}]: ${what}`);
+  }
+  return `${lines.join('\n')}\n`;
+}
