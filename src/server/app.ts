@@ -34,8 +34,6 @@ export interface ServedLog {
   metrics: LogMetrics;
   /** Set once the log is closing: reads and writes get 503 from then on. */
   closed: boolean;
-  /** Tree size last seen by the submit path, to measure how many entries each checkpoint added. */
-  lastSize: number;
   lookupCache: LookupCache;
 }
 
@@ -588,13 +586,6 @@ function registerWriteRoutes(app: FastifyInstance, ctx: AppContext, getLog: (id:
         throw err;
       }
       sl.metrics.submitSeconds.observe((performance.now() - t0) / 1000);
-      // The first request acknowledged after a commit sees the grown head: that growth is one batch
-      // (or a few, if several committed before this request ran).
-      const size = sl.log.head().size;
-      if (size > sl.lastSize) {
-        sl.metrics.checkpointEntries.observe(size - sl.lastSize);
-        sl.lastSize = size;
-      }
       sl.metrics.requestEntries.observe(entries.length);
       let dup = 0;
       for (const r of receipts) if (r.duplicate) dup++;

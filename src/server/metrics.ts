@@ -15,6 +15,7 @@ export interface LogMetrics {
   lookupCached: Counter.Internal;
   lookupSeconds: Histogram.Internal<string>;
   checkpointEntries: Histogram.Internal<string>;
+  batchSeconds: Histogram.Internal<string>;
 }
 
 export class Metrics {
@@ -26,6 +27,7 @@ export class Metrics {
   private readonly lookups: Counter<'log' | 'result'>;
   private readonly lookupSeconds: Histogram<'log'>;
   private readonly checkpointEntries: Histogram<'log'>;
+  private readonly batchSeconds: Histogram<'log'>;
   readonly submitRequests: Counter<'log' | 'status'>;
   readonly httpRequests: Counter<'listener' | 'route' | 'status'>;
 
@@ -79,9 +81,16 @@ export class Metrics {
     });
     this.checkpointEntries = new Histogram({
       name: 'trustix_checkpoint_entries',
-      help: 'Entries appended per published checkpoint (sequencer batch size), as seen by the submit API.',
+      help: 'Entries appended per published checkpoint (sequencer batch size).',
       labelNames: ['log'],
       buckets: [1, 10, 100, 1000, 2500, 5000, 10_000, 50_000],
+      registers,
+    });
+    this.batchSeconds = new Histogram({
+      name: 'trustix_batch_seconds',
+      help: 'Time to sequence one batch: index, tiles, signature, durable commit and acknowledgements.',
+      labelNames: ['log'],
+      buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
       registers,
     });
     this.httpRequests = new Counter({
@@ -121,6 +130,7 @@ export class Metrics {
       lookupCached: this.lookups.labels(id, 'cached'),
       lookupSeconds: this.lookupSeconds.labels(id),
       checkpointEntries: this.checkpointEntries.labels(id),
+      batchSeconds: this.batchSeconds.labels(id),
     };
   }
 

@@ -8,7 +8,7 @@ import { chmodSync, existsSync, lstatSync, readFileSync, unlinkSync } from 'node
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { StateError } from '../core/errors.js';
-import { Log, type LogOptions } from '../log/log.js';
+import { type BatchInfo, Log, type LogOptions } from '../log/log.js';
 import { type AppContext, buildApp, type ServedLog } from './app.js';
 import { WriterAuth } from './auth.js';
 import { ConfigError, type ListenConfig, type ServerConfig } from './config.js';
@@ -46,6 +46,7 @@ export class TrustixServer {
       maxPending: config.limits.maxPending,
     };
     const logs = new Map<string, ServedLog>();
+    const batchObservers = new Map<string, (b: BatchInfo) => void>();
     const apps: FastifyInstance[] = [];
     const sockets: string[] = [];
     const listening: Listening[] = [];
@@ -53,7 +54,9 @@ export class TrustixServer {
     try {
       for (const [i, lc] of config.logs.entries()) {
         const skey = lc.keyFile !== undefined ? readKeyFile(lc.keyFile, `log[${i}].key_file`) : undefined;
-        const withKey = skey !== undefined ? { ...opts, skey } : opts;
+        // metrics exist only once every log is open, so the batch hook looks its observer up late
+        const logOpts: LogOptions = { ...opts, onBatch: (b) => batchObservers.get(lc.id)?.(b) };
+        const withKey = skey !== undefined ? { ...logOpts, skey } : logOpts;
         let log: Log;
         if (existsSync(join(lc.dir, 'log.mdb'))) {
           log = await Log.open(lc.dir, withKey);
@@ -75,14 +78,19 @@ export class TrustixServer {
           log,
           metrics: undefined!,
           closed: false,
-          lastSize: log.head().size,
           lookupCache: new LookupCache(config.limits.lookupCacheEntries),
         });
         say(`log ${lc.id}: origin ${log.origin}`);
         say(`log ${lc.id}: vkey ${log.vkey}`);
       }
       const metrics = new Metrics(new Map([...logs].map(([id, sl]) => [id, sl.log])));
-      for (const sl of logs.values()) sl.metrics = metrics.forLog(sl.id);
+      for (const sl of logs.values()) {
+        sl.metrics = metrics.forLog(sl.id);
+        batchObservers.set(sl.id, (b) => {
+          if (b.appended > 0) sl.metrics.checkpointEntries.observe(b.appended);
+          sl.metrics.batchSeconds.observe(b.seconds);
+        });
+      }
       auth = new WriterAuth(config.writers);
 
       let server: TrustixServer | undefined;

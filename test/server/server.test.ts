@@ -243,6 +243,10 @@ test('the fast read path and the Fastify routes answer identically', async () =>
     // the second lookup of each key came from the cache for the current checkpoint
     assert.match(m, /trustix_lookups_total\{log="default",result="present"\} 1/);
     assert.match(m, /trustix_lookups_total\{log="default",result="cached"\} 2/);
+    // the sequencer reports its batches: 3 entries appended in one batch
+    assert.match(m, /trustix_checkpoint_entries_sum\{log="default"\} 3\n/);
+    assert.match(m, /trustix_checkpoint_entries_count\{log="default"\} 1\n/);
+    assert.match(m, /trustix_batch_seconds_count\{log="default"\} 1\n/);
   } finally {
     await srv.stop();
     cleanup(dir);
