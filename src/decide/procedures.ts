@@ -46,6 +46,11 @@ export interface Procedure {
   close?(): Promise<void>;
 }
 
+/** Built-ins answer at once. */
+export interface SyncProcedure extends Procedure {
+  run(answers: readonly Answer[], query: Query): Outcome;
+}
+
 export type Base = 'configured' | 'responding';
 
 function undecided(procedure: string, reason: string): Outcome {
@@ -89,7 +94,7 @@ function short(v: string): string {
 }
 
 /** At least `min` (a share) of the configured, or of the responding, logs give the same value. */
-export function percentage(min: Rat, of: Base = 'configured'): Procedure {
+export function percentage(min: Rat, of: Base = 'configured'): SyncProcedure {
   const name = `percentage(>= ${formatRat(min)} of ${of} logs)`;
   return {
     name,
@@ -119,7 +124,7 @@ export function percentage(min: Rat, of: Base = 'configured'): Procedure {
  * The summed weight of the logs that give one value reaches `min` (a share of the configured or
  * responding logs' total weight) or `minWeight` (an absolute weight).
  */
-export function weighted(opts: { min?: Rat; minWeight?: Rat; of?: Base }): Procedure {
+export function weighted(opts: { min?: Rat; minWeight?: Rat; of?: Base }): SyncProcedure {
   const of = opts.of ?? 'configured';
   const name =
     opts.minWeight !== undefined
@@ -148,7 +153,7 @@ export function weighted(opts: { min?: Rat; minWeight?: Rat; of?: Base }): Proce
 }
 
 /** Whatever one named log proves present. Its absence or failure decides nothing. */
-export function trustLog(log: string): Procedure {
+export function trustLog(log: string): SyncProcedure {
   const name = `log(${log})`;
   return {
     name,

@@ -34,6 +34,8 @@ export interface ScriptOptions {
 
 /** How long past its own time limit a worker may stay silent before it is terminated. */
 const WATCHDOG_GRACE_MS = 500;
+/** Starting a worker and a Lua state takes well under a second; this is a backstop only. */
+const STARTUP_LIMIT_MS = 15_000;
 
 function workerEntry(): { entry: URL | string; eval: boolean; execArgv: string[] } {
   const js = new URL('./script-worker.js', import.meta.url);
@@ -133,7 +135,20 @@ export class ScriptProcedure implements Procedure {
 
   async run(answers: readonly Answer[], query: Query): Promise<Outcome> {
     if (this.closed) return this.fail('script.closed', 'the procedure was closed');
-    const ready = await (this.ready ?? this.start());
+    const starting = this.ready ?? this.start();
+    const w0 = this.worker;
+    let startTimer: NodeJS.Timeout | undefined;
+    // loading runs under the in-worker limits, but a worker stuck in native code must not hang us
+    const ready = await Promise.race([
+      starting,
+      new Promise<{ ok: false; check: string; message: string }>((resolve) => {
+        startTimer = setTimeout(() => {
+          void w0?.terminate();
+          resolve({ ok: false, check: 'script.timeout', message: 'the script did not load in time' });
+        }, STARTUP_LIMIT_MS + this.cfg.timeoutMs);
+      }),
+    ]);
+    clearTimeout(startTimer);
     if (!ready.ok) {
       // a script that does not load stays broken; a dead worker is restarted next time
       return this.fail(ready.check, ready.message);

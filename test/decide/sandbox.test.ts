@@ -1,0 +1,251 @@
+// Built-in procedures (exact arithmetic, ties) and the Lua/JS script sandboxes against hostile scripts.
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { parseDecideConfig } from '../../src/decide/config.js';
+import { type Answer, chain, percentage, trustLog, weighted } from '../../src/decide/procedures.js';
+import { ONE, parseShare, parseWeight } from '../../src/decide/rational.js';
+import { ScriptProcedure } from '../../src/decide/sandbox.js';
+
+const A = 'aa'.repeat(32);
+const B = 'bb'.repeat(32);
+const q = { protocol: 'nix', key: 'k' };
+
+function answers(spec: Array<[string, 'present' | 'absent' | 'failed', string?, number?]>): Answer[] {
+  return spec.map(([name, status, value, w]) => ({
+    name,
+    status,
+    weight: w === undefined ? ONE : parseWeight(w, 'w'),
+    ...(value ? { value } : {}),
+    ...(status === 'failed' ? { check: 'http.timeout' } : {}),
+  }));
+}
+
+describe('built-in procedures', () => {
+  test('percentage is exact: 2 of 3 meets 2/3 and 66.67% does not', () => {
+    const a = answers([
+      ['a', 'present', A],
+      ['b', 'present', A],
+      ['c', 'present', B],
+    ]);
+    assert.equal(percentage(parseShare('2/3', 'min')).run(a, q).decided, true);
+    assert.equal((percentage(parseShare('2/3', 'min')).run(a, q) as { value?: string }).value, A);
+    assert.equal(percentage(parseShare('66.67%', 'min')).run(a, q).decided, false);
+    assert.equal(percentage(parseShare(66.66, 'min')).run(a, q).decided, true);
+  });
+
+  test('configured vs responding base; failures never count as absent or agreeing', () => {
+    const a = answers([
+      ['a', 'present', A],
+      ['b', 'present', A],
+      ['c', 'failed'],
+      ['d', 'failed'],
+    ]);
+    assert.equal(percentage(parseShare('2/3', 'min'), 'configured').run(a, q).decided, false);
+    const r = percentage(parseShare('2/3', 'min'), 'responding').run(a, q) as {
+      decided: boolean;
+      confidence?: number;
+    };
+    assert.equal(r.decided, true);
+    assert.equal(r.confidence, 1);
+    const none = answers([
+      ['a', 'failed'],
+      ['b', 'failed'],
+    ]);
+    assert.equal(percentage(parseShare('1/2', 'min'), 'responding').run(none, q).decided, false);
+  });
+
+  test('a tie decides nothing', () => {
+    const a = answers([
+      ['a', 'present', A],
+      ['b', 'present', B],
+    ]);
+    const r = percentage(parseShare('50%', 'min')).run(a, q) as { decided: boolean; reason: string };
+    assert.equal(r.decided, false);
+    assert.match(r.reason, /tie/);
+    const w = weighted({ min: parseShare('1/2', 'min') }).run(a, q) as { decided: boolean };
+    assert.equal(w.decided, false);
+  });
+
+  test('weighted with decimal weights is exact; trust one log; chain takes the first decision', async () => {
+    const a = answers([
+      ['a', 'present', A, 0.1],
+      ['b', 'present', A, 0.2],
+      ['c', 'present', B, 0.3],
+    ]);
+    // 0.1 + 0.2 is exactly 0.3 here (floating point would say 0.30000000000000004)
+    const w = weighted({ minWeight: parseWeight(0.3, 'w') }).run(a, q) as {
+      decided: boolean;
+      reason: string;
+    };
+    assert.equal(w.decided, false);
+    assert.match(w.reason, /tie/);
+    assert.equal((trustLog('c').run(a, q) as { value?: string }).value, B);
+    assert.equal(trustLog('zz').run(a, q).decided, false);
+    const c = await chain([percentage(parseShare('100%', 'min')), trustLog('b')]).run(a, q);
+    assert.equal(c.value, A);
+    assert.equal(c.steps?.length, 2);
+  });
+
+  test('config errors name the field', () => {
+    const base =
+      '[[log]]\nname = "a"\nurl = "http://127.0.0.1:1/logs/default/"\nvkey = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"\n';
+    assert.throws(
+      () => parseDecideConfig(`${base}[procedure.default]\ntype = "percentage"\nmin = "0/3"\n`),
+      /procedure\.default\.min/,
+    );
+    assert.throws(
+      () => parseDecideConfig(`${base}[procedure.default]\ntype = "log"\nlog = "b"\n`),
+      /no log named "b"/,
+    );
+    assert.throws(() => parseDecideConfig(`${base}[procedure.nix]\ntype = "vote"\n`), /procedure\.nix\.type/);
+    assert.throws(() => parseDecideConfig('timeout = 1\n'), /at least one \[\[log\]\]/);
+    assert.throws(() => parseDecideConfig(`${base}weight = -1\n`), /log\[0\]\.weight/);
+    const ok = parseDecideConfig(
+      `${base}[procedure.default]\ntype = "lua"\nsource = "function decide(a) end"\n`,
+    );
+    assert.equal(ok.procedures.get('default')?.type, 'lua');
+  });
+});
+
+const present = answers([
+  ['a', 'present', A, 2],
+  ['b', 'present', A],
+  ['c', 'absent'],
+  ['d', 'failed'],
+]);
+
+async function run(kind: 'lua' | 'js', source: string, opts: { timeoutMs?: number; memoryMb?: number } = {}) {
+  const p = new ScriptProcedure({ kind, source, name: 'test', timeoutMs: opts.timeoutMs ?? 50, ...opts });
+  try {
+    const first = await p.run(present, q);
+    return { first, p };
+  } finally {
+    await p.close();
+  }
+}
+
+async function healthy(kind: 'lua' | 'js'): Promise<void> {
+  const ok = await run(
+    kind,
+    kind === 'lua' ? 'function decide(a) return a[1].value end' : 'function decide(a) { return a[0].value }',
+  );
+  assert.equal(ok.first.value, A);
+}
+
+describe('script sandboxes', () => {
+  test('Lua and JS decide from the classified answers (value, weight, status, check)', async () => {
+    const lua = await run(
+      'lua',
+      `function decide(answers, query)
+         local w = 0
+         for _, x in ipairs(answers) do
+           if x.status == 'present' and x.value == answers[1].value then w = w + x.weight end
+           if x.status == 'failed' and x.check ~= 'http.timeout' then error('bad check') end
+         end
+         if w >= 3 and query.protocol == 'nix' then return answers[1].value, 0.75 end
+       end`,
+    );
+    assert.deepEqual([lua.first.decided, lua.first.value, lua.first.confidence], [true, A, 0.75]);
+    const js = await run(
+      'js',
+      `function decide(answers, query) {
+         const w = answers.filter((x) => x.status === 'present').reduce((s, x) => s + x.weight, 0);
+         return w === 3 && query.key === 'k' ? { value: answers[0].value.toUpperCase(), confidence: 0.5 } : null;
+       }`,
+    );
+    assert.deepEqual([js.first.decided, js.first.value, js.first.confidence], [true, A, 0.5]);
+    const nothing = await run('js', 'function decide() {}');
+    assert.equal(nothing.first.decided, false);
+    assert.equal(nothing.first.error, undefined);
+  });
+
+  const hostile: Array<[string, 'lua' | 'js', string, string | RegExp]> = [
+    ['infinite loop', 'lua', 'function decide() while true do end end', 'script.timeout'],
+    ['infinite loop', 'js', 'function decide() { for (;;) {} }', 'script.timeout'],
+    [
+      'native pattern blowup',
+      'lua',
+      'function decide() return string.find(string.rep("a", 300000), ".-.-.-.-b") end',
+      'script.timeout',
+    ],
+    [
+      'endless allocation',
+      'lua',
+      'function decide() local t = {} local s = string.rep("x", 65536) local i = 0 while true do i = i + 1 t[i] = s .. i end end',
+      /script\.(memory|timeout)/,
+    ],
+    [
+      'endless allocation',
+      'js',
+      'function decide() { const t = []; for (;;) t.push(new Array(1e5).fill(Math.random())) }',
+      /script\.(memory|timeout)/,
+    ],
+    ['io', 'lua', 'function decide() return io.open("/etc/passwd"):read("a") end', 'script.error'],
+    ['os', 'lua', 'function decide() return os.time() end', 'script.error'],
+    ['require', 'lua', 'function decide() return require("io") end', 'script.error'],
+    ['load', 'lua', 'function decide() return load("return 1")() end', 'script.error'],
+    ['require', 'js', 'function decide() { return require("fs") }', 'script.error'],
+    ['process', 'js', 'function decide() { return process.pid }', 'script.error'],
+    [
+      'constructor escape',
+      'js',
+      'function decide() { return this.constructor.constructor("return process")().pid }',
+      'script.error',
+    ],
+    ['fetch', 'js', 'function decide() { return fetch("http://127.0.0.1/") }', 'script.error'],
+    ['Date', 'js', 'function decide() { return String(Date.now()) }', 'script.error'],
+    ['Intl clock', 'js', 'function decide() { return new Intl.DateTimeFormat().format() }', 'script.error'],
+    ['import', 'js', 'async function decide() { return import("fs") }', /script\.(error|timeout)/],
+    ['syntax error', 'lua', 'function decide(a', 'script.load'],
+    ['syntax error', 'js', 'function decide(a {', 'script.load'],
+    ['no decide', 'js', 'const x = 1', 'script.load'],
+    ['top-level loop', 'lua', 'while true do end', 'script.timeout'],
+    ['top-level loop', 'js', 'for (;;) {}', 'script.timeout'],
+    ['wrong return type', 'lua', 'function decide() return 42 end', 'script.result'],
+    ['wrong return type', 'js', 'function decide() { return [1, 2] }', 'script.result'],
+    [
+      'bad confidence',
+      'js',
+      `function decide(a) { return { value: a[0].value, confidence: 7 } }`,
+      'script.result',
+    ],
+    ['invented value', 'lua', `function decide() return "${B}" end`, 'script.result'],
+    ['throws', 'js', 'function decide() { throw new Error("no") }', 'script.error'],
+    ['errors', 'lua', 'function decide() error("no") end', 'script.error'],
+  ];
+  for (const [what, kind, source, check] of hostile) {
+    test(`${kind}: ${what} gives a clear error and no decision`, async () => {
+      const { first } = await run(
+        kind,
+        source,
+        what === 'endless allocation' ? { timeoutMs: 1000, memoryMb: 16 } : {},
+      );
+      assert.equal(first.decided, false);
+      assert.ok(first.error, `expected an error, got ${JSON.stringify(first)}`);
+      if (typeof check === 'string') assert.equal(first.error.check, check, first.error.message);
+      else assert.match(first.error.check, check, first.error.message);
+    });
+  }
+
+  test('after all that, both sandboxes still work', async () => {
+    await healthy('lua');
+    await healthy('js');
+  });
+
+  test('a worker killed by a runaway call is restarted for the next call', async () => {
+    const p = new ScriptProcedure({
+      kind: 'js',
+      name: 'flaky',
+      timeoutMs: 50,
+      source: 'function decide(a, q) { if (q.key === "loop") for (;;) {} return a[0].value }',
+    });
+    try {
+      assert.equal((await p.run(present, { protocol: 'nix', key: 'loop' })).error?.check, 'script.timeout');
+      const again = await p.run(present, q);
+      assert.equal(again.value, A);
+      assert.equal(p.restarts, 1);
+    } finally {
+      await p.close();
+    }
+  });
+});
