@@ -118,6 +118,7 @@ class BatchWriter {
     private readonly values: Buffer[],
     private readonly read: StratumReader,
     ws: Workspace,
+    private readonly onReplace: ((path: Buffer, oldValue: Buffer) => void) | undefined,
   ) {
     this.frames = ws.frames;
     this.pairs = ws.pairs;
@@ -285,7 +286,13 @@ class BatchWriter {
         if (end > old.length) throw corrupt('truncated leaf');
         f.pos = end;
         // A batch entry with the same path replaces the old leaf; otherwise the old leaf joins the batch.
-        if (this.contains(lo, hi, old, pos + 2)) return this.build(f, depth, lo, hi, undefined, 0);
+        if (this.contains(lo, hi, old, pos + 2)) {
+          this.onReplace?.(
+            Buffer.from(old.subarray(pos + 2, pos + 34)),
+            Buffer.from(old.subarray(pos + 34, end)),
+          );
+          return this.build(f, depth, lo, hi, undefined, 0);
+        }
         return this.build(f, depth, lo, hi, old, pos);
       }
       case TAG_NODE: {
@@ -412,13 +419,15 @@ export function smtApplyBatch(
   root: Buffer,
   updates: readonly SmtUpdate[],
   read: StratumReader,
+  /** Told the old value of every path that the batch replaces (paths it inserts are not reported). */
+  onReplace?: (path: Buffer, oldValue: Buffer) => void,
 ): SmtBatchResult {
   if (root.length !== 32) throw new FormatError(`sparse index root must be 32 bytes, got ${root.length}`);
   if (updates.length === 0) return { root: Buffer.from(root), writes: new Map(), deletes: [] };
   const { paths, values } = sortBatch(updates);
   const ws = idle ?? newWorkspace();
   idle = undefined;
-  const w = new BatchWriter(paths, values, read, ws);
+  const w = new BatchWriter(paths, values, read, ws, onReplace);
   try {
     const rootId = Buffer.from(ROOT_STRATUM_ID);
     const r = asBuffer(root);

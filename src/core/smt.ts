@@ -133,20 +133,6 @@ export function smtLookup(
   path: Uint8Array,
   read: StratumReader,
 ): { value: Buffer | undefined; proof: SmtProof } {
-  return walk(root, path, read, true);
-}
-
-/** The value at a path (undefined if absent), without building a proof: for the sequencer's duplicate check. */
-export function smtGet(root: Buffer, path: Uint8Array, read: StratumReader): Buffer | undefined {
-  return walk(root, path, read, false).value;
-}
-
-function walk(
-  root: Buffer,
-  path: Uint8Array,
-  read: StratumReader,
-  wantProof: boolean,
-): { value: Buffer | undefined; proof: SmtProof } {
   if (path.length !== 32) throw new FormatError(`sparse index path must be 32 bytes, got ${path.length}`);
   const bitmap = Buffer.alloc(32);
   const siblings: Buffer[] = [];
@@ -198,7 +184,7 @@ function walk(
     const sib = goRight ? left : right;
     pos = goRight ? right : left;
     depth++;
-    if (wantProof && buf[sib] !== TAG_EMPTY) {
+    if (buf[sib] !== TAG_EMPTY) {
       bitmap[(depth - 1) >> 3] |= 0x80 >> ((depth - 1) & 7);
       const h = nodeHashAt(buf, sib);
       // A leaf's hash is fresh; a node's is a view into the row, which the caller must not hold on to.

@@ -22,14 +22,7 @@ import {
   treeRoot,
 } from '../core/merkle.js';
 import { generateKey, type NoteSigner, signerFromSkey } from '../core/note.js';
-import {
-  encodeSmtProof,
-  SMT_EMPTY,
-  type StratumReader,
-  smtApplyBatch,
-  smtGet,
-  smtLookup,
-} from '../core/smt.js';
+import { encodeSmtProof, SMT_EMPTY, type StratumReader, smtApplyBatch, smtLookup } from '../core/smt.js';
 import { appendToTiles, hashReaderFromTiles, TILE_WIDTH, type TileGetter } from '../core/tiles.js';
 import { LmdbLogStore } from '../storage/lmdb.js';
 import type { LogHead, LogSnapshot, LogStore, StoredTile } from '../storage/store.js';
@@ -77,8 +70,31 @@ interface Pending {
   entry: Entry;
   encoded: Buffer;
   path: Buffer;
+  /** RFC 6962 leaf hash of `encoded`, computed once when first needed. */
+  leaf?: Buffer;
   resolve: (r: SubmitReceipt) => void;
   reject: (e: unknown) => void;
+}
+
+interface StoredValue {
+  index: number;
+  value: Buffer;
+}
+
+interface BatchPlan {
+  appended: Buffer[];
+  leafHashes: Buffer[];
+  updates: { path: Buffer; value: Buffer }[];
+  /** Index each submission resolves to. */
+  indexes: number[];
+  duplicate: boolean[];
+}
+
+interface BatchBuild {
+  newSize: number;
+  tiles: ReturnType<typeof appendToTiles>;
+  rootHash: Buffer;
+  strata: ReturnType<typeof smtApplyBatch>;
 }
 
 const SIGNING_KEY_FILE = 'signing.key';
@@ -300,64 +316,102 @@ export class Log {
     }
   }
 
+  /**
+   * Decides which submissions append and which are answered by an existing entry, and assigns
+   * indexes. `stored` holds what the index says for keys of this batch that it already has; keys
+   * missing from it are taken to be new.
+   */
+  private plan(batch: Pending[], firstIndex: number, stored: ReadonlyMap<string, StoredValue>): BatchPlan {
+    const plan: BatchPlan = {
+      appended: [],
+      leafHashes: [],
+      updates: [],
+      indexes: new Array<number>(batch.length),
+      duplicate: new Array<boolean>(batch.length).fill(false),
+    };
+    // latest (index, value) per path within this batch, so resubmissions inside a batch are idempotent too
+    const inBatch = new Map<string, StoredValue>();
+    for (let i = 0; i < batch.length; i++) {
+      const p = batch[i];
+      const pathKey = p.path.toString('latin1');
+      const prev = inBatch.get(pathKey) ?? stored.get(pathKey);
+      if (prev && equalBytes(prev.value, p.entry.value)) {
+        plan.indexes[i] = prev.index;
+        plan.duplicate[i] = true;
+        continue;
+      }
+      const index = firstIndex + plan.appended.length;
+      p.leaf ??= leafHash(p.encoded);
+      plan.appended.push(p.encoded);
+      plan.leafHashes.push(p.leaf);
+      plan.updates.push({ path: p.path, value: indexValue(index, p.leaf) });
+      inBatch.set(pathKey, { index, value: p.entry.value });
+      plan.indexes[i] = index;
+    }
+    return plan;
+  }
+
+  /** New tiles, log root and index rows for a plan, on top of the committed state `old`. */
+  private build(
+    old: LogHead,
+    plan: BatchPlan,
+    onReplace?: (path: Buffer, oldValue: Buffer) => void,
+  ): BatchBuild {
+    const newSize = old.size + plan.appended.length;
+    return this.read((snap) => {
+      const getTile = this.tileGetter(snap);
+      const tiles = appendToTiles(old.size, plan.leafHashes, getTile);
+      const overlay = new Map<string, StoredTile>();
+      for (const t of tiles) overlay.set(`${t.tileLevel}/${t.tileIndex}`, t);
+      const rootHash = treeRoot(
+        newSize,
+        hashReaderFromTiles((l, n) => overlay.get(`${l}/${n}`) ?? getTile(l, n)),
+      );
+      const strata = smtApplyBatch(
+        old.mapRoot,
+        plan.updates,
+        this.stratumReader(snap, old.mapRoot),
+        onReplace,
+      );
+      return { newSize, tiles, rootHash, strata };
+    });
+  }
+
   private async sequence(batch: Pending[]): Promise<void> {
     const started = process.hrtime.bigint();
     const old = this.sequenced;
     const firstIndex = old.size;
-    const appended: Buffer[] = [];
-    const leafHashes: Buffer[] = [];
-    const updates: { path: Buffer; value: Buffer }[] = [];
-    // index each submission resolves to, or -1 until assigned
-    const indexes = new Array<number>(batch.length);
-    const duplicate = new Array<boolean>(batch.length).fill(false);
-    // latest (index, value) per path within this batch, so resubmissions inside a batch are idempotent too
-    const inBatch = new Map<string, { index: number; value: Buffer }>();
-
-    this.read((snap) => {
-      const readStratum = this.stratumReader(snap, old.mapRoot);
-      for (let i = 0; i < batch.length; i++) {
-        const p = batch[i];
-        const pathKey = p.path.toString('latin1');
-        let prev = inBatch.get(pathKey);
-        if (!prev) {
-          const found = smtGet(old.mapRoot, p.path, readStratum);
-          if (found) {
-            const { logIndex } = parseIndexValue(found);
-            const data = snap.entry(logIndex);
-            if (!data) throw new StorageError(`index points at missing entry ${logIndex}`);
-            prev = { index: logIndex, value: decodeEntry(data).value };
-          }
+    // First plan as if every key were new, which spares a walk of the index per submission: the
+    // index update itself reports the stored value of every key it replaces. Only when one of
+    // those is a resubmission of the same value is the batch planned and built again.
+    let plan = this.plan(batch, firstIndex, new Map());
+    const replaced = new Map<string, Buffer>();
+    let built =
+      plan.appended.length > 0
+        ? this.build(old, plan, (path, v) => replaced.set(path.toString('latin1'), v))
+        : undefined;
+    if (replaced.size > 0) {
+      const stored = new Map<string, StoredValue>();
+      this.read((snap) => {
+        for (const [pathKey, v] of replaced) {
+          const { logIndex } = parseIndexValue(v);
+          const data = snap.entry(logIndex);
+          if (!data) throw new StorageError(`index points at missing entry ${logIndex}`);
+          stored.set(pathKey, { index: logIndex, value: decodeEntry(data).value });
         }
-        if (prev && equalBytes(prev.value, p.entry.value)) {
-          indexes[i] = prev.index;
-          duplicate[i] = true;
-          continue;
-        }
-        const index = firstIndex + appended.length;
-        const leaf = leafHash(p.encoded);
-        appended.push(p.encoded);
-        leafHashes.push(leaf);
-        updates.push({ path: p.path, value: indexValue(index, leaf) });
-        inBatch.set(pathKey, { index, value: p.entry.value });
-        indexes[i] = index;
+      });
+      const again = this.plan(batch, firstIndex, stored);
+      // knowing more can only turn appends into duplicates, so an equal count means an equal plan
+      if (again.appended.length !== plan.appended.length) {
+        plan = again;
+        built = plan.appended.length > 0 ? this.build(old, plan) : undefined;
       }
-    });
+    }
+    const { indexes, duplicate, appended } = plan;
 
     let head = old;
-    if (appended.length > 0) {
-      const newSize = firstIndex + appended.length;
-      const { tiles, rootHash, strata } = this.read((snap) => {
-        const getTile = this.tileGetter(snap);
-        const tiles = appendToTiles(firstIndex, leafHashes, getTile);
-        const overlay = new Map<string, StoredTile>();
-        for (const t of tiles) overlay.set(`${t.tileLevel}/${t.tileIndex}`, t);
-        const rootHash = treeRoot(
-          newSize,
-          hashReaderFromTiles((l, n) => overlay.get(`${l}/${n}`) ?? getTile(l, n)),
-        );
-        const strata = smtApplyBatch(old.mapRoot, updates, this.stratumReader(snap, old.mapRoot));
-        return { tiles, rootHash, strata };
-      });
+    if (built) {
+      const { newSize, tiles, rootHash, strata } = built;
       const cp = { origin: this.origin, size: newSize, rootHash, mapRoot: strata.root, extensions: [] };
       head = { size: newSize, rootHash, mapRoot: strata.root, checkpoint: signCheckpoint(cp, this.signer) };
       await this.store.commit({
