@@ -78,7 +78,7 @@ async function* node(path: Buffer, st: Stats): AsyncGenerator<Buffer> {
     // Nix looks only at the owner's execute bit.
     if (st.mode & fsc.S_IXUSR) yield T.executable;
     yield T.contents;
-    yield* contents(path);
+    yield* contents(path, st.size);
   } else if (st.isSymbolicLink()) {
     yield T.symlink;
     yield T.target;
@@ -106,31 +106,36 @@ async function* node(path: Buffer, st: Stats): AsyncGenerator<Buffer> {
 }
 
 /**
- * File contents as one token, read in bounded pieces. The length goes out before the bytes, so a
- * file that grows or shrinks while being read would make a corrupt archive: that is an error.
+ * File contents as one token, read in bounded pieces. The length (from the caller's lstat) goes
+ * out before the bytes, so a file that grows or shrinks while being read would make a corrupt
+ * archive: that is an error. The last read asks for one byte more to notice growth without an
+ * extra call; O_NOFOLLOW refuses a file swapped for a symlink after the lstat.
  */
-async function* contents(path: Buffer): AsyncGenerator<Buffer> {
+async function* contents(path: Buffer, size: number): AsyncGenerator<Buffer> {
+  yield u64(size);
   const fh = await open(path, fsc.O_RDONLY | fsc.O_NOFOLLOW);
   try {
-    const st = await fh.stat();
-    if (!st.isFile()) throw unsupported(path, st);
-    const size = st.size;
-    yield u64(size);
     let done = 0;
-    while (done < size) {
-      const want = Math.min(READ, size - done);
+    for (;;) {
+      const last = size - done <= READ;
+      const want = last ? size - done + 1 : READ;
       const buf = Buffer.allocUnsafe(want);
       let got = 0;
       while (got < want) {
         const { bytesRead } = await fh.read(buf, got, want - got, done + got);
-        if (bytesRead === 0) throw new FormatError(`${path.toString()} shrank while being archived`);
+        if (bytesRead === 0) break;
         got += bytesRead;
       }
-      done += want;
+      if (last) {
+        if (got < want - 1) throw new FormatError(`${path.toString()} shrank while being archived`);
+        if (got === want) throw new FormatError(`${path.toString()} grew while being archived`);
+        if (got > 0) yield buf.subarray(0, got);
+        break;
+      }
+      if (got < want) throw new FormatError(`${path.toString()} shrank while being archived`);
+      done += got;
       yield buf;
     }
-    const { bytesRead } = await fh.read(Buffer.alloc(1), 0, 1, size);
-    if (bytesRead !== 0) throw new FormatError(`${path.toString()} grew while being archived`);
     const pad = (8 - (size % 8)) % 8;
     if (pad > 0) yield PAD.subarray(0, pad);
   } finally {

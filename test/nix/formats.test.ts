@@ -210,6 +210,14 @@ describe('NAR', () => {
     }
   });
 
+  test('a file whose size differs from its lstat is refused, not archived corruptly', async () => {
+    // procfs files report size 0 but have contents: exactly what a file growing mid-archive looks like.
+    await assert.rejects(
+      narHash('/proc/self/status'),
+      (err: unknown) => err instanceof FormatError && /grew/.test(err.message),
+    );
+  });
+
   test('a missing path is an fs error, not a NAR', async () => {
     await assert.rejects(narHash(join(tmp, 'absent')), /ENOENT/);
   });
