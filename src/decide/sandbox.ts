@@ -169,22 +169,26 @@ export class ScriptProcedure implements Procedure {
     const reply = await new Promise<
       { ok: true; result: unknown } | { ok: false; check: string; message: string }
     >((resolve) => {
+      const expire = () => {
+        if (this.pending.get(id)?.timer !== timer) return;
+        // the script is stuck where the in-worker limit cannot reach (native code): kill it
+        this.pending.delete(id);
+        resolve({
+          ok: false,
+          check: 'script.timeout',
+          message: `time limit of ${this.cfg.timeoutMs} ms exceeded (worker terminated)`,
+        });
+        if (this.worker === w) {
+          this.worker = undefined;
+          this.ready = undefined;
+          this.restarts++;
+        }
+        void w.terminate();
+      };
       const timer = setTimeout(
-        () => {
-          // the script is stuck where the in-worker limit cannot reach (native code): kill it
-          this.pending.delete(id);
-          resolve({
-            ok: false,
-            check: 'script.timeout',
-            message: `time limit of ${this.cfg.timeoutMs} ms exceeded (worker terminated)`,
-          });
-          if (this.worker === w) {
-            this.worker = undefined;
-            this.ready = undefined;
-            this.restarts++;
-          }
-          void w.terminate();
-        },
+        // a busy event loop can fire this timer before a reply that already arrived is read:
+        // give queued messages one turn first
+        () => setImmediate(expire),
         this.cfg.timeoutMs + (this.cfg.kind === 'lua' ? WATCHDOG_GRACE_MS : 0),
       );
       this.pending.set(id, { resolve, timer });

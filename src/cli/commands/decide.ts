@@ -1,5 +1,5 @@
-import { readFileSync, writeFileSync } from 'node:fs';
-import { homedir } from 'node:os';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { homedir, tmpdir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import { type Command, Option } from 'commander';
 import { defaultTrustDir, FileTrustStore } from '../../client/trust-store.js';
@@ -90,9 +90,19 @@ export function registerDecideCommands(program: Command): void {
         parsed = undefined;
       }
       if ((parsed as { type?: unknown } | undefined)?.type !== DECISION_BUNDLE) {
-        if (file === '-')
-          throw new CliError('decision bundles only from stdin; pass a file for other bundles', EXIT.usage);
-        await handler.call(verify, [file]);
+        // stdin is consumed: hand the bytes to the original handler through a private temp file
+        if (file !== '-') {
+          await handler.call(verify, [file]);
+          return;
+        }
+        const tmp = mkdtempSync(join(tmpdir(), 'trustix-verify-'));
+        try {
+          const f = join(tmp, 'bundle.json');
+          writeFileSync(f, text, { mode: 0o600 });
+          await handler.call(verify, [f]);
+        } finally {
+          rmSync(tmp, { recursive: true, force: true });
+        }
         return;
       }
       try {
