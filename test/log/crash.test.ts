@@ -54,7 +54,7 @@ function runAndKill(dir: string, acks: Ack[]): Promise<void> {
   });
 }
 
-test(`log survives ${KILLS} SIGKILLs of a real writer process`, { timeout: 300_000 }, async () => {
+test(`log survives ${KILLS} SIGKILLs of a real writer process`, { timeout: 900_000 }, async () => {
   const dir = mkdtempSync(join(tmpdir(), 'trustix-crash-'));
   try {
     const acks: Ack[] = [];
