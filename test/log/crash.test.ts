@@ -31,8 +31,10 @@ function runAndKill(dir: string, acks: Ack[]): Promise<void> {
     let buf = '';
     let stderr = '';
     let timer: NodeJS.Timeout | undefined;
-    child.stdout.on('data', (d: Buffer) => {
-      buf += d.toString();
+    // decode as a stream: a chunk boundary can fall inside a multi-byte character (the note's em dash)
+    child.stdout.setEncoding('utf8');
+    child.stdout.on('data', (d: string) => {
+      buf += d;
       const lines = buf.split('\n');
       buf = lines.pop()!;
       for (const line of lines) {
