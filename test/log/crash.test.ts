@@ -38,6 +38,7 @@ function runAndKill(dir: string, acks: Ack[]): Promise<void> {
       const lines = buf.split('\n');
       buf = lines.pop()!;
       for (const line of lines) {
+        if (line === '') continue;
         const j = JSON.parse(line);
         if ('ready' in j) {
           // kill at a random moment after the log is open: mid-batch, mid-commit, mid-print
