@@ -64,7 +64,7 @@ function localFetch(dir: string): { fetch: typeof globalThis.fetch; close(): Pro
   const json = (v: unknown) =>
     new Response(JSON.stringify(v), { status: 200, headers: { 'content-type': 'application/json' } });
   const f = async (input: string | URL | Request): Promise<Response> => {
-    opened ??= Log.open(dir);
+    opened ??= Log.open(dir, { readOnly: true });
     const log = await opened;
     const u = new URL(input instanceof Request ? input.url : input);
     const path = u.pathname.replace(/^\/+/, '');

@@ -136,12 +136,14 @@ export class Log {
 
   private constructor(
     private readonly store: LogStore,
-    private readonly signer: NoteSigner,
+    /** Undefined for a log opened read-only: it serves lookups and proofs but takes no submissions. */
+    private readonly signer: NoteSigner | undefined,
     head: LogHead,
     opts: LogOptions,
+    identity: { origin: string; vkey: string },
   ) {
-    this.origin = signer.name;
-    this.vkey = signer.vkey;
+    this.origin = identity.origin;
+    this.vkey = identity.vkey;
     this.sequenced = head;
     this.maxBatch = opts.maxBatch ?? 10_000;
     this.batchDelayMs = opts.batchDelayMs ?? 20;
@@ -172,25 +174,33 @@ export class Log {
       checkpoint: signCheckpoint(cp, signer),
     };
     await store.commit({ firstIndex: 0, entries: [], tiles: [], strataWrites: [], strataDeletes: [], head });
-    return new Log(store, signer, head, opts);
+    return new Log(store, signer, head, opts, { origin, vkey: signer.vkey });
   }
 
   /** Opens an existing log. The signing key defaults to the one stored beside it. */
-  static async open(dir: string, opts: LogOptions & { skey?: string } = {}): Promise<Log> {
+  static async open(
+    dir: string,
+    opts: LogOptions & { skey?: string; readOnly?: boolean } = {},
+  ): Promise<Log> {
     const store = LmdbLogStore.open(dir);
     try {
-      const skey = opts.skey ?? readSigningKey(dir);
-      const signer = signerFromSkey(skey);
       const vkey = store.getMeta('vkey');
-      if (vkey === undefined) throw new StorageError(`log store in ${dir} has no verifier key recorded`);
-      if (vkey !== signer.vkey) {
-        throw new StateError(
-          `the signing key does not belong to this log (log key ${vkey}, given ${signer.vkey})`,
-        );
+      const origin = store.getMeta('origin');
+      if (vkey === undefined || origin === undefined) {
+        throw new StorageError(`log store in ${dir} has no origin or verifier key recorded`);
+      }
+      let signer: NoteSigner | undefined;
+      if (!opts.readOnly) {
+        signer = signerFromSkey(opts.skey ?? readSigningKey(dir));
+        if (vkey !== signer.vkey) {
+          throw new StateError(
+            `the signing key does not belong to this log (log key ${vkey}, given ${signer.vkey})`,
+          );
+        }
       }
       const head = store.read((s) => s.head());
       if (!head) throw new StorageError(`log store in ${dir} has no head`);
-      return new Log(store, signer, head, opts);
+      return new Log(store, signer, head, opts, { origin, vkey });
     } catch (err) {
       await store.close();
       throw err;
@@ -269,6 +279,7 @@ export class Log {
    */
   submit(entries: readonly Entry[]): Promise<SubmitReceipt[]> {
     if (this.closed) return Promise.reject(new StateError('log is closed'));
+    if (!this.signer) return Promise.reject(new StateError('log is open read-only: it takes no submissions'));
     const prepared = entries.map((e) => {
       validateEntry(e);
       return { entry: e, encoded: encodeEntry(e), path: indexPath(e.protocol, e.key) };
@@ -413,7 +424,7 @@ export class Log {
     if (built) {
       const { newSize, tiles, rootHash, strata } = built;
       const cp = { origin: this.origin, size: newSize, rootHash, mapRoot: strata.root, extensions: [] };
-      head = { size: newSize, rootHash, mapRoot: strata.root, checkpoint: signCheckpoint(cp, this.signer) };
+      head = { size: newSize, rootHash, mapRoot: strata.root, checkpoint: signCheckpoint(cp, this.signer!) };
       await this.store.commit({
         firstIndex,
         entries: appended,

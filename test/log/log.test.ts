@@ -136,6 +136,26 @@ describe('log', () => {
     await assert.rejects(Log.open(tempDir()), StorageError);
   });
 
+  test('a log opened read-only needs no signing key, answers lookups and refuses submissions', async () => {
+    const dir = tempDir();
+    const log = await Log.create(dir, 'test.example/readonly', { batchDelayMs: 1 });
+    await log.submit([entry('ro', 7)]);
+    const vkey = log.vkey;
+    await log.close();
+    rmSync(join(dir, 'signing.key'));
+    await assert.rejects(Log.open(dir), StateError, 'a writer still needs its key');
+    const ro = await Log.open(dir, { readOnly: true });
+    assert.equal(ro.vkey, vkey);
+    assert.equal(ro.origin, 'test.example/readonly');
+    const v = verifyLookup(ro.lookup('nix', Buffer.from('ro')), verifierFromVkey(vkey), {
+      protocol: 'nix',
+      key: Buffer.from('ro'),
+    });
+    assert.equal(v.status, 'present');
+    await assert.rejects(ro.submit([entry('x', 1)]), StateError);
+    await ro.close();
+  });
+
   test('bad input is refused before anything is queued', async () => {
     const log = await Log.create(tempDir(), 'test.example/bad', { batchDelayMs: 1 });
     assert.throws(

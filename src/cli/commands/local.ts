@@ -194,7 +194,7 @@ export function registerLocalCommands(program: Command): void {
             verdict = { status: 'invalid', check: err.check, reason: err.message };
           }
         } else {
-          const log = await Log.open(o.state!);
+          const log = await Log.open(o.state!, { readOnly: true });
           let vkey: string;
           try {
             answer = log.lookup(o.protocol, Buffer.from(key));
@@ -243,7 +243,7 @@ export function registerLocalCommands(program: Command): void {
     )
     .action(async (o: RemoteOptions & { state?: string; json?: boolean }, cmd: Command) => {
       if (targetOf(cmd) === 'local') {
-        const log = await Log.open(o.state!);
+        const log = await Log.open(o.state!, { readOnly: true });
         const d = log.describe();
         await log.close();
         if (o.json) console.log(JSON.stringify(d));
@@ -316,7 +316,7 @@ export function registerLocalCommands(program: Command): void {
         );
         bar?.stop();
       } else {
-        const log = await Log.open(o.state!);
+        const log = await Log.open(o.state!, { readOnly: true });
         try {
           const total = log.head().size;
           const bar = o.json ? undefined : progress('auditing', total);

@@ -326,7 +326,7 @@ function emit(bundle: Bundle, output: string | undefined, what: string): void {
 }
 
 async function withLocalLog<T>(dir: string, fn: (log: Log) => T): Promise<T> {
-  const log = await Log.open(dir);
+  const log = await Log.open(dir, { readOnly: true });
   try {
     return fn(log);
   } finally {
