@@ -1,5 +1,5 @@
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { homedir, tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
+import { homedir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import { type Command, Option } from 'commander';
 import { defaultTrustDir, FileTrustStore } from '../../client/trust-store.js';
@@ -75,50 +75,33 @@ export function registerDecideCommands(program: Command): void {
         }
       },
     );
+}
 
-  // `trustix verify` (remote.ts) checks the log bundles; decision bundles are checked here first.
-  const verify = program.commands.find((c) => c.name() === 'verify');
-  const handler =
-    verify && (verify as unknown as { _actionHandler?: (args: unknown[]) => unknown })._actionHandler;
-  if (verify && typeof handler === 'function') {
-    verify.action(async (file: string, o: { vkey?: string; json?: boolean }) => {
-      const text = readFileSync(file === '-' ? 0 : file);
-      let parsed: unknown;
-      try {
-        parsed = JSON.parse(text.toString('utf8'));
-      } catch {
-        parsed = undefined;
-      }
-      if ((parsed as { type?: unknown } | undefined)?.type !== DECISION_BUNDLE) {
-        // stdin is consumed: hand the bytes to the original handler through a private temp file
-        if (file !== '-') {
-          await handler.call(verify, [file]);
-          return;
-        }
-        const tmp = mkdtempSync(join(tmpdir(), 'trustix-verify-'));
-        try {
-          const f = join(tmp, 'bundle.json');
-          writeFileSync(f, text, { mode: 0o600 });
-          await handler.call(verify, [f]);
-        } finally {
-          rmSync(tmp, { recursive: true, force: true });
-        }
-        return;
-      }
-      try {
-        const r = verifyDecisionBundle(parsed);
-        if (o.json) console.log(JSON.stringify({ valid: true, ...r }));
-        else {
-          console.log(
-            `valid: ${r.decided ? `decided ${r.protocol} ${r.key} -> ${r.value} (${r.support} verified answers agree)` : `undecided ${r.protocol} ${r.key}`}; ${r.verified.length} answers verified, ${r.failed.length} recorded failures (not checkable offline)`,
-          );
-        }
-      } catch (err) {
-        if (!(err instanceof VerificationError)) throw err;
-        if (o.json) console.log(JSON.stringify({ valid: false, check: err.check, reason: err.message }));
-        else console.log(`INVALID: ${err.check}: ${err.message}`);
-        process.exitCode = EXIT.invalid;
-      }
-    });
+/**
+ * `trustix verify` for decision bundles. Returns false, having printed nothing, when `text` is
+ * not a decision bundle, so that the caller goes on to check it as a log bundle.
+ */
+export function verifyDecisionBundleText(text: Buffer, o: { json?: boolean }): boolean {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text.toString('utf8'));
+  } catch {
+    return false;
   }
+  if ((parsed as { type?: unknown } | null)?.type !== DECISION_BUNDLE) return false;
+  try {
+    const r = verifyDecisionBundle(parsed);
+    if (o.json) console.log(JSON.stringify({ valid: true, ...r }));
+    else {
+      console.log(
+        `valid: ${r.decided ? `decided ${r.protocol} ${r.key} -> ${r.value} (${r.support} verified answers agree)` : `undecided ${r.protocol} ${r.key}`}; ${r.verified.length} answers verified, ${r.failed.length} recorded failures (not checkable offline)`,
+      );
+    }
+  } catch (err) {
+    if (!(err instanceof VerificationError)) throw err;
+    if (o.json) console.log(JSON.stringify({ valid: false, check: err.check, reason: err.message }));
+    else console.log(`INVALID: ${err.check}: ${err.message}`);
+    process.exitCode = EXIT.invalid;
+  }
+  return true;
 }

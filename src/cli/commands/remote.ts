@@ -17,6 +17,7 @@ import { FormatError, VerificationError } from '../../core/errors.js';
 import { verifierFromVkey } from '../../core/note.js';
 import { Log } from '../../log/log.js';
 import { CliError, EXIT } from '../output.js';
+import { verifyDecisionBundleText } from './decide.js';
 
 /** Options shared by every command that can work on a remote log. */
 export interface RemoteOptions {
@@ -296,6 +297,7 @@ export function registerRemoteCommands(program: Command): void {
     .addHelpText('after', '\nExample:\n  trustix verify entry42.json --vkey "$VKEY"')
     .action((file: string, o: { vkey?: string; json?: boolean }) => {
       const text = readFileSync(file === '-' ? 0 : file);
+      if (verifyDecisionBundleText(text, o)) return;
       const vkey = o.vkey ? readVkey(o.vkey) : undefined;
       let r: BundleResult;
       try {
