@@ -142,3 +142,15 @@ export function encodePathSegment(bytes: Uint8Array): string {
   if (out === '.' || out === '..') out = out.replace(/\./g, '%2E');
   return out;
 }
+
+/** The inverse of encodePathSegment: percent-decoding to bytes (keys need not be UTF-8). */
+export function decodePathSegment(s: string): Buffer {
+  const out: number[] = [];
+  for (let i = 0; i < s.length; i++) {
+    if (s[i] === '%') {
+      out.push(Number.parseInt(s.slice(i + 1, i + 3), 16));
+      i += 2;
+    } else out.push(s.charCodeAt(i));
+  }
+  return Buffer.from(out);
+}

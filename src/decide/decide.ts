@@ -7,6 +7,7 @@
  * for another key, rollback, fork). A failed log never counts as absent and never for a value.
  */
 import { LogClient, type VerifiedLookup } from '../client/client.js';
+import { decodePathSegment } from '../client/http.js';
 import { MemoryTrustStore, type TrustStore } from '../client/trust-store.js';
 import { toBase64, toHex } from '../core/bytes.js';
 import { TrustixError, VerificationError } from '../core/errors.js';
@@ -72,7 +73,7 @@ function localFetch(dir: string): { fetch: typeof globalThis.fetch; close(): Pro
       if (path === 'checkpoint') return new Response(log.head().checkpoint, { status: 200 });
       if (path.startsWith('lookup/')) {
         const [, p, k] = path.split('/');
-        return json(log.lookup(decodeURIComponent(p), Buffer.from(unescapeBytes(k))));
+        return json(log.lookup(decodeURIComponent(p), decodePathSegment(k)));
       }
       if (path === 'proof/consistency') {
         const o = Number(u.searchParams.get('old'));
@@ -90,18 +91,6 @@ function localFetch(dir: string): { fetch: typeof globalThis.fetch; close(): Pro
       if (opened) await (await opened).close();
     },
   };
-}
-
-/** Percent-decoding to bytes (keys need not be UTF-8). */
-function unescapeBytes(s: string): Buffer {
-  const out: number[] = [];
-  for (let i = 0; i < s.length; i++) {
-    if (s[i] === '%') {
-      out.push(Number.parseInt(s.slice(i + 1, i + 3), 16));
-      i += 2;
-    } else out.push(s.charCodeAt(i));
-  }
-  return Buffer.from(out);
 }
 
 export interface DeciderOptions {

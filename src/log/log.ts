@@ -541,12 +541,8 @@ export class Log {
   }
 
   describe(): { origin: string; vkey: string; size: number; checkpoint: string } {
-    return {
-      origin: this.origin,
-      vkey: this.vkey,
-      size: this.head().size,
-      checkpoint: this.head().checkpoint,
-    };
+    const { size, checkpoint } = this.head();
+    return { origin: this.origin, vkey: this.vkey, size, checkpoint };
   }
 }
 

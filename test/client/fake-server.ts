@@ -5,6 +5,7 @@
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { decodePathSegment } from '../../src/client/http.js';
 import { toBase64 } from '../../src/core/bytes.js';
 import type { Entry } from '../../src/core/entry.js';
 import { FormatError } from '../../src/core/errors.js';
@@ -142,8 +143,8 @@ async function route(
     if (path.startsWith('lookup/')) {
       const parts = path.split('/');
       if (parts.length !== 3) return json(400, { error: 'bad lookup path', code: 'BAD_REQUEST' });
-      const protocol = percentDecode(parts[1]).toString('utf8');
-      const key = percentDecode(parts[2]);
+      const protocol = decodePathSegment(parts[1]).toString('utf8');
+      const key = decodePathSegment(parts[2]);
       return json(200, log.lookup(protocol, key));
     }
     if (path === 'proof/inclusion') {
@@ -179,17 +180,6 @@ async function route(
     if (err instanceof FormatError) return json(400, { error: err.message, code: 'BAD_REQUEST' });
     throw err;
   }
-}
-
-function percentDecode(s: string): Buffer {
-  const out: number[] = [];
-  for (let i = 0; i < s.length; i++) {
-    if (s[i] === '%') {
-      out.push(Number.parseInt(s.slice(i + 1, i + 3), 16));
-      i += 2;
-    } else out.push(s.charCodeAt(i));
-  }
-  return Buffer.from(out);
 }
 
 export function json(status: number, value: unknown): FakeAnswer {
