@@ -186,6 +186,9 @@ function jsError(err: unknown, fallback: string): ScriptError {
 
 async function main(): Promise<void> {
   const port = parentPort!;
+  // A script's own promises (an async decide, a dynamic import) may reject after its call has
+  // already been refused; such a rejection concerns no pending call and must not kill the worker.
+  process.on('unhandledRejection', () => {});
   let call: Call;
   try {
     call = cfg.kind === 'lua' ? await setupLua() : setupJs();
