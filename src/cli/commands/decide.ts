@@ -12,7 +12,7 @@ import { CliError, EXIT } from '../output.js';
 /** `decide`: no decision is not an error, but callers must be able to tell. */
 const EXIT_UNDECIDED = 3;
 
-function defaultConfig(env: NodeJS.ProcessEnv = process.env): string {
+export function defaultDecideConfig(env: NodeJS.ProcessEnv = process.env): string {
   const xdg = env.XDG_CONFIG_HOME;
   const base = xdg && isAbsolute(xdg) ? xdg : join(homedir(), '.config');
   return join(base, 'trustix', 'decide.toml');
@@ -53,7 +53,7 @@ export function registerDecideCommands(program: Command): void {
       ) => {
         let config: ReturnType<typeof loadDecideConfig>;
         try {
-          config = loadDecideConfig(o.config ?? defaultConfig());
+          config = loadDecideConfig(o.config ?? defaultDecideConfig());
         } catch (err) {
           if (err instanceof FormatError) throw new CliError(err.message, EXIT.usage);
           throw err;

@@ -1,0 +1,182 @@
+/**
+ * Configuration of the voting binary cache proxy (`trustix nix cache`, docs/nix-howto.md): where it
+ * listens, its own Nix signing key, the trust configuration it decides with, and the upstream caches
+ * it fetches narinfos and NARs from.
+ */
+import { readFileSync } from 'node:fs';
+import { dirname, isAbsolute, resolve } from 'node:path';
+import { parse as parseToml, TomlError } from 'smol-toml';
+import { FormatError } from '../core/errors.js';
+import { parseAddress } from '../server/config.js';
+import { NIX_STORE_DIR } from './store-path.js';
+
+export interface UpstreamConfig {
+  /** Base URL of a binary cache (the directory holding `nix-cache-info`), ending in `/`. */
+  url: string;
+  /** Deadline for a narinfo answer, and for the first byte of a NAR, in ms. */
+  timeoutMs: number;
+  /** Most requests open to this upstream at once; more wait their turn. */
+  maxConnections: number;
+}
+
+export interface CacheConfig {
+  listen: { host: string; port: number };
+  /** Nix secret key file (`name:base64`), created on first start when missing. */
+  secretKeyFile: string;
+  /** Name given to a key created on first start. */
+  keyName: string;
+  /** The trust configuration (docs/deciding.md) that decides NAR hashes. */
+  decideConfig: string;
+  /** Overrides the trust configuration's `trust_dir`. */
+  trustDir?: string;
+  /** Entry protocol to decide under. */
+  protocol: string;
+  priority: number;
+  wantMassQuery: boolean;
+  /** How long a decision (and its upstream narinfo) is reused, in ms. */
+  decisionTtlMs: number;
+  /** How long "no decision" is reused, in ms. */
+  negativeTtlMs: number;
+  /** A NAR stream that stalls this long is aborted, in ms. */
+  narIdleTimeoutMs: number;
+  upstreams: UpstreamConfig[];
+}
+
+const TOP = [
+  'listen',
+  'secret_key_file',
+  'key_name',
+  'decide_config',
+  'trust_dir',
+  'protocol',
+  'priority',
+  'want_mass_query',
+  'decision_ttl',
+  'negative_ttl',
+  'nar_idle_timeout',
+  'upstream',
+];
+
+function only(o: Record<string, unknown>, allowed: string[], where: string): void {
+  for (const k of Object.keys(o)) {
+    if (!allowed.includes(k)) throw new FormatError(`${where}: unknown field ${JSON.stringify(k)}`);
+  }
+}
+
+function str(x: unknown, where: string): string {
+  if (typeof x !== 'string' || x === '') throw new FormatError(`${where}: must be a non-empty string`);
+  return x;
+}
+
+function seconds(x: unknown, where: string, dflt: number, allowZero = false): number {
+  if (x === undefined) return dflt * 1000;
+  if (typeof x !== 'number' || !Number.isFinite(x) || x < 0 || (x === 0 && !allowZero) || x > 86_400) {
+    throw new FormatError(
+      `${where}: must be a number of seconds${allowZero ? '' : ' above 0'}, at most 86400`,
+    );
+  }
+  return Math.round(x * 1000);
+}
+
+function integer(x: unknown, where: string, dflt: number, min: number, max: number): number {
+  if (x === undefined) return dflt;
+  if (typeof x !== 'number' || !Number.isSafeInteger(x) || x < min || x > max) {
+    throw new FormatError(`${where}: must be an integer from ${min} to ${max}`);
+  }
+  return x;
+}
+
+/** `defaults.decideConfig` is used when the file names none (the CLI passes the decide default). */
+export function parseCacheConfig(text: string, dir: string, defaults: { decideConfig: string }): CacheConfig {
+  let doc: Record<string, unknown>;
+  try {
+    doc = parseToml(text) as Record<string, unknown>;
+  } catch (err) {
+    if (err instanceof TomlError) {
+      throw new FormatError(`TOML: ${err.message.split('\n')[0]} (line ${err.line})`);
+    }
+    throw err;
+  }
+  only(doc, TOP, 'config');
+  const path = (x: unknown, where: string) => {
+    const s = str(x, where);
+    return isAbsolute(s) ? s : resolve(dir, s);
+  };
+  const listenText = doc.listen === undefined ? '127.0.0.1:37515' : str(doc.listen, 'listen');
+  const listen = parseAddress(listenText);
+  if (!listen)
+    throw new FormatError(`listen: must be HOST:PORT or [IPv6]:PORT, got ${JSON.stringify(listenText)}`);
+  if (!Array.isArray(doc.upstream) || doc.upstream.length === 0) {
+    throw new FormatError('config: needs at least one [[upstream]] binary cache');
+  }
+  const upstreams = doc.upstream.map((u, i): UpstreamConfig => {
+    const where = `upstream[${i}]`;
+    if (typeof u !== 'object' || u === null || Array.isArray(u))
+      throw new FormatError(`${where}: must be a table`);
+    const o = u as Record<string, unknown>;
+    only(o, ['url', 'timeout', 'max_connections'], where);
+    const text = str(o.url, `${where}.url`);
+    let url: URL;
+    try {
+      url = new URL(text);
+    } catch {
+      throw new FormatError(`${where}.url: not a URL: ${text}`);
+    }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+      throw new FormatError(`${where}.url: only http and https upstreams are supported, got ${text}`);
+    }
+    if (url.search !== '' || url.hash !== '')
+      throw new FormatError(`${where}.url: must not have ?query or #fragment`);
+    if (!url.pathname.endsWith('/')) url.pathname += '/';
+    return {
+      url: url.href,
+      timeoutMs: seconds(o.timeout, `${where}.timeout`, 10),
+      maxConnections: integer(o.max_connections, `${where}.max_connections`, 16, 1, 1024),
+    };
+  });
+  const protocol = doc.protocol === undefined ? 'nix' : str(doc.protocol, 'protocol');
+  const keyName = doc.key_name === undefined ? 'trustix-cache-1' : str(doc.key_name, 'key_name');
+  if (!/^[A-Za-z0-9._-]+$/.test(keyName)) {
+    throw new FormatError('key_name: letters, digits, ".", "_" and "-" only');
+  }
+  return {
+    listen,
+    secretKeyFile: path(doc.secret_key_file ?? 'cache-key.sec', 'secret_key_file'),
+    keyName,
+    decideConfig:
+      doc.decide_config === undefined ? defaults.decideConfig : path(doc.decide_config, 'decide_config'),
+    ...(doc.trust_dir !== undefined ? { trustDir: path(doc.trust_dir, 'trust_dir') } : {}),
+    protocol,
+    priority: integer(doc.priority, 'priority', 40, 0, 1_000_000),
+    wantMassQuery: doc.want_mass_query === undefined ? true : bool(doc.want_mass_query, 'want_mass_query'),
+    decisionTtlMs: seconds(doc.decision_ttl, 'decision_ttl', 30, true),
+    negativeTtlMs: seconds(doc.negative_ttl, 'negative_ttl', 5, true),
+    narIdleTimeoutMs: seconds(doc.nar_idle_timeout, 'nar_idle_timeout', 30),
+    upstreams,
+  };
+}
+
+function bool(x: unknown, where: string): boolean {
+  if (typeof x !== 'boolean') throw new FormatError(`${where}: must be true or false`);
+  return x;
+}
+
+export function loadCacheConfig(file: string, defaults: { decideConfig: string }): CacheConfig {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new FormatError(`cannot read config ${file}: ${(err as Error).message}`);
+  }
+  try {
+    return parseCacheConfig(text, dirname(resolve(file)), defaults);
+  } catch (err) {
+    if (err instanceof FormatError) throw new FormatError(`config ${file}: ${err.message}`);
+    throw err;
+  }
+}
+
+/** The `nix-cache-info` file the proxy serves. */
+export function cacheInfo(cfg: Pick<CacheConfig, 'priority' | 'wantMassQuery'>): string {
+  return `StoreDir: ${NIX_STORE_DIR}\nWantMassQuery: ${cfg.wantMassQuery ? 1 : 0}\nPriority: ${cfg.priority}\n`;
+}
