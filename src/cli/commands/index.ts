@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { registerDecideCommands } from './decide.js';
 import { registerLocalCommands } from './local.js';
+import { registerNixCommands } from './nix.js';
 import { registerRemoteCommands } from './remote.js';
 import { registerServeCommand } from './serve.js';
 
@@ -10,4 +11,5 @@ export function registerCommands(program: Command): void {
   registerRemoteCommands(program);
   registerServeCommand(program);
   registerDecideCommands(program);
+  registerNixCommands(program);
 }
