@@ -195,22 +195,80 @@ export function inclusionProof(
   checkCount(size, 'tree size');
   if (index >= size) throw new FormatError(`leaf index ${index} is not below tree size ${size}`);
   const topDown: Buffer[] = [];
-  let start = 0;
-  let n = size;
-  let m = index;
-  while (n > 1) {
+  inclusionWalk(topDown, index, 0, size, 1, read, cache);
+  return topDown.reverse();
+}
+
+/**
+ * The upper part of leaf `index`'s audit path in the tree of `size`: the elements that the RFC 9162
+ * recursion emits while its subtree is wider than `block` (a power of two), root side first, and the
+ * subtree [start, start + n) it continues in. Every leaf of the same `block`-aligned run of indexes
+ * shares this part, so a caller can compute it once per run and tree size (see inclusionProofBelow).
+ */
+export function inclusionProofAbove(
+  index: number,
+  size: number,
+  block: number,
+  read: HashReader,
+  cache?: RangeRootCache,
+): { hashes: Buffer[]; start: number; n: number } {
+  checkCount(index, 'leaf index');
+  checkCount(size, 'tree size');
+  if (index >= size) throw new FormatError(`leaf index ${index} is not below tree size ${size}`);
+  if (!Number.isSafeInteger(block) || block < 1 || (block & (block - 1)) !== 0) {
+    throw new FormatError(`block must be a power of two, got ${String(block)}`);
+  }
+  const hashes: Buffer[] = [];
+  const { start, n } = inclusionWalk(hashes, index, 0, size, block, read, cache);
+  return { hashes, start, n };
+}
+
+/**
+ * The rest of the audit path below inclusionProofAbove's subtree [start, start + n), leaf side first.
+ * inclusionProof(index, size) = inclusionProofBelow(index, start, n) followed by the reversed upper part.
+ */
+export function inclusionProofBelow(
+  index: number,
+  start: number,
+  n: number,
+  read: HashReader,
+  cache?: RangeRootCache,
+): Buffer[] {
+  checkCount(index, 'leaf index');
+  checkCount(start, 'subtree start');
+  checkCount(n, 'subtree size');
+  if (index < start || index - start >= n) {
+    throw new FormatError(`leaf index ${index} is not in the subtree [${start}, ${start + n})`);
+  }
+  const topDown: Buffer[] = [];
+  inclusionWalk(topDown, index, start, n, 1, read, cache);
+  return topDown.reverse();
+}
+
+/** RFC 9162 2.1.3.1 iteratively, from subtree [start, start + n), until it is at most `stop` wide. */
+function inclusionWalk(
+  out: Buffer[],
+  index: number,
+  start: number,
+  n: number,
+  stop: number,
+  read: HashReader,
+  cache?: RangeRootCache,
+): { start: number; n: number } {
+  let m = index - start;
+  while (n > stop) {
     const k = splitPoint(n);
     if (m < k) {
-      topDown.push(rangeRoot(start + k, n - k, read, cache));
+      out.push(rangeRoot(start + k, n - k, read, cache));
       n = k;
     } else {
-      topDown.push(rangeRoot(start, k, read, cache));
+      out.push(rangeRoot(start, k, read, cache));
       start += k;
       m -= k;
       n -= k;
     }
   }
-  return topDown.reverse();
+  return { start, n };
 }
 
 /** Consistency proof between the trees of `oldSize` and `newSize` leaves, 0 < oldSize <= newSize. */

@@ -72,7 +72,7 @@
  */
 import { FormatError } from './errors.js';
 import { sha256Pair } from './hash.js';
-import type { SmtProof } from './smt-proof.js';
+import { SMT_PROOF_VERSION, type SmtProof } from './smt-proof.js';
 import {
   asBuffer,
   corrupt,
@@ -127,70 +127,158 @@ function readStratum(read: StratumReader, id: Buffer, expected: Uint8Array): Buf
   return buf;
 }
 
-/** Looks up a path: its value (undefined if absent) and the proof, reading strata through `read`. */
-export function smtLookup(
-  root: Buffer,
-  path: Uint8Array,
-  read: StratumReader,
-): { value: Buffer | undefined; proof: SmtProof } {
-  if (path.length !== 32) throw new FormatError(`sparse index path must be 32 bytes, got ${path.length}`);
-  const bitmap = Buffer.alloc(32);
-  const siblings: Buffer[] = [];
-  const done = (
-    kind: SmtProof['kind'],
-    depth: number,
-    value: Buffer | undefined,
-    other?: { path: Buffer; value: Buffer },
-  ) => {
-    const proof: SmtProof = {
-      kind,
-      depth,
-      bitmap: Buffer.from(bitmap.subarray(0, (depth + 7) >> 3)),
-      siblings,
-    };
-    if (other !== undefined) {
-      proof.otherPath = other.path;
-      proof.otherValue = other.value;
-    }
-    return { value, proof };
+/**
+ * Where each node of a stratum row starts, by heap position: the band's top node is 1 and the children of
+ * node h are 2h (left) and 2h+1 (right), so the nodes at the band's bottom are 256..511. Positions under a
+ * LEAF, EMPTY or REF hold -1. With it a walk down a cached row reads 8 offsets instead of skipping every
+ * left subtree it passes (a full band is about 17 KB). Throws StorageError on a malformed row.
+ */
+export function stratumHeap(row: Uint8Array): Int32Array {
+  const buf = asBuffer(row);
+  if (buf.length < 2 || buf[0] !== STRATUM_VERSION) throw corrupt('bad version or empty row');
+  const heap = new Int32Array(2 << STRATUM_LEVELS).fill(-1);
+  const visit = (h: number, pos: number): number => {
+    if (pos >= buf.length) throw corrupt('truncated row');
+    heap[h] = pos;
+    if (buf[pos] !== TAG_NODE) return skipNode(buf, pos);
+    if (h >= 1 << STRATUM_LEVELS) throw corrupt('node below the band');
+    return visit(2 * h + 1, visit(2 * h, pos + 33));
   };
-  if (asBuffer(root).equals(SMT_EMPTY)) return done('empty', 0, undefined);
+  if (visit(1, 1) !== buf.length) throw corrupt('trailing bytes');
+  return heap;
+}
+
+/** Heap table of a row that the caller keeps (see stratumHeap), or undefined to walk the row itself. */
+export type StratumHeapOf = (row: Buffer) => Int32Array | undefined;
+
+// The walk's output, reused by every lookup: the proof's bitmap and siblings (root side first) and, for
+// kinds 'included' and 'other', where the leaf found was.
+const walkBitmap = Buffer.alloc(32);
+const walkSiblings = Buffer.alloc(32 * 256);
+const walkRef = Buffer.alloc(32);
+let walkCount = 0;
+
+interface Walked {
+  kind: SmtProof['kind'];
+  depth: number;
+  /** Fresh copies: the value stored for the key ('included') or the other leaf ('other'). */
+  value?: Buffer;
+  otherPath?: Buffer;
+}
+
+function walk(root: Buffer, path: Uint8Array, read: StratumReader, heapOf?: StratumHeapOf): Walked {
+  if (path.length !== 32) throw new FormatError(`sparse index path must be 32 bytes, got ${path.length}`);
+  walkBitmap.fill(0);
+  walkCount = 0;
+  if (asBuffer(root).equals(SMT_EMPTY)) return { kind: 'empty', depth: 0 };
   let buf = readStratum(read, Buffer.from(ROOT_STRATUM_ID), root);
+  let heap = heapOf?.(buf);
   let top = 0;
   let pos = 1;
+  let h = 1;
   let depth = 0;
   for (;;) {
     const tag = buf[pos];
-    if (tag === TAG_EMPTY) return done('empty', depth, undefined);
+    if (tag === TAG_EMPTY) return { kind: 'empty', depth };
     if (tag === TAG_LEAF) {
       const len = buf[pos + 1];
       const end = pos + 34 + len;
       if (end > buf.length) throw corrupt('truncated leaf');
       const value = Buffer.from(buf.subarray(pos + 34, end));
-      if (buf.compare(path, 0, 32, pos + 2, pos + 34) === 0) return done('included', depth, value);
-      return done('other', depth, undefined, { path: Buffer.from(buf.subarray(pos + 2, pos + 34)), value });
+      if (buf.compare(path, 0, 32, pos + 2, pos + 34) === 0) return { kind: 'included', depth, value };
+      return { kind: 'other', depth, value, otherPath: Buffer.from(buf.subarray(pos + 2, pos + 34)) };
     }
     if (tag === TAG_REF) {
       if (depth !== top + STRATUM_LEVELS || pos + 33 > buf.length) throw corrupt('bad reference');
-      buf = readStratum(read, stratumId(depth, path), buf.subarray(pos + 1, pos + 33));
+      // copied first: the next read may reuse the memory the current row lives in
+      for (let i = 0; i < 32; i++) walkRef[i] = buf[pos + 1 + i];
+      buf = readStratum(read, stratumId(depth, path), walkRef);
+      heap = heapOf?.(buf);
       top = depth;
       pos = 1;
+      h = 1;
       continue;
     }
     if (tag !== TAG_NODE || depth >= top + STRATUM_LEVELS) throw corrupt('bad node');
-    const left = pos + 33;
-    const right = skipNode(buf, left);
     const goRight = (path[depth >> 3] >> (7 - (depth & 7))) & 1;
-    const sib = goRight ? left : right;
-    pos = goRight ? right : left;
+    let sib: number;
+    if (heap !== undefined) {
+      h = 2 * h + goRight;
+      pos = heap[h];
+      sib = heap[h ^ 1];
+      if (pos < 0 || sib < 0) throw corrupt('bad heap table');
+    } else {
+      const left = pos + 33;
+      const right = skipNode(buf, left);
+      sib = goRight ? left : right;
+      pos = goRight ? right : left;
+    }
     depth++;
     if (buf[sib] !== TAG_EMPTY) {
-      bitmap[(depth - 1) >> 3] |= 0x80 >> ((depth - 1) & 7);
-      const h = nodeHashAt(buf, sib);
-      // A leaf's hash is fresh; a node's is a view into the row, which the caller must not hold on to.
-      siblings.push(buf[sib] === TAG_LEAF ? h : Buffer.from(h));
+      walkBitmap[(depth - 1) >> 3] |= 0x80 >> ((depth - 1) & 7);
+      // byte loops: Buffer#copy costs more than 32 bytes are worth
+      const o = 32 * walkCount++;
+      if (buf[sib] === TAG_LEAF) {
+        const lh = nodeHashAt(buf, sib);
+        for (let i = 0; i < 32; i++) walkSiblings[o + i] = lh[i];
+      } else {
+        if (sib + 33 > buf.length) throw corrupt('truncated node');
+        for (let i = 0; i < 32; i++) walkSiblings[o + i] = buf[sib + 1 + i];
+      }
     }
   }
+}
+
+/** Looks up a path: its value (undefined if absent) and the proof, reading strata through `read`. */
+export function smtLookup(
+  root: Buffer,
+  path: Uint8Array,
+  read: StratumReader,
+  heapOf?: StratumHeapOf,
+): { value: Buffer | undefined; proof: SmtProof } {
+  const w = walk(root, path, read, heapOf);
+  const siblings: Buffer[] = new Array(walkCount);
+  for (let i = 0; i < walkCount; i++) siblings[i] = Buffer.from(walkSiblings.subarray(32 * i, 32 * i + 32));
+  const proof: SmtProof = {
+    kind: w.kind,
+    depth: w.depth,
+    bitmap: Buffer.from(walkBitmap.subarray(0, (w.depth + 7) >> 3)),
+    siblings,
+  };
+  if (w.kind === 'other') {
+    proof.otherPath = w.otherPath;
+    proof.otherValue = w.value;
+  }
+  return { value: w.kind === 'included' ? w.value : undefined, proof };
+}
+
+/**
+ * smtLookup with the proof already encoded (exactly encodeSmtProof of smtLookup's proof), written once
+ * without the intermediate objects: the form a lookup answer carries.
+ */
+export function smtLookupEncoded(
+  root: Buffer,
+  path: Uint8Array,
+  read: StratumReader,
+  heapOf?: StratumHeapOf,
+): { value: Buffer | undefined; proof: Buffer } {
+  const w = walk(root, path, read, heapOf);
+  const mapLen = (w.depth + 7) >> 3;
+  const other = w.kind === 'other' ? 33 + w.value!.length : 0;
+  const out = Buffer.allocUnsafe(4 + mapLen + 32 * walkCount + other);
+  out[0] = SMT_PROOF_VERSION;
+  out[1] = w.kind === 'included' ? 0 : w.kind === 'empty' ? 1 : 2;
+  out.writeUInt16BE(w.depth, 2);
+  walkBitmap.copy(out, 4, 0, mapLen);
+  let o = 4 + mapLen;
+  walkSiblings.copy(out, o, 0, 32 * walkCount);
+  o += 32 * walkCount;
+  if (w.kind === 'other') {
+    w.otherPath!.copy(out, o);
+    out[o + 32] = w.value!.length;
+    w.value!.copy(out, o + 33);
+  }
+  return { value: w.kind === 'included' ? w.value : undefined, proof: out };
 }
 
 /** Every (path, value) in the tree in path order, read through the strata. */

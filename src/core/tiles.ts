@@ -183,6 +183,14 @@ function rowStart(width: number, row: number): number {
   return ROW_START[width * (TILE_HEIGHT + 1) + row];
 }
 
+/**
+ * Byte offset, in an expanded tile of `width`, of the hash at `local` in `row` (0..7); no checks, for
+ * callers that have validated the tile (the bound is `local < width >> row`).
+ */
+export function expandedHashOffset(width: number, row: number, local: number): number {
+  return (ROW_START[width * (TILE_HEIGHT + 1) + row] + local) * HASH_SIZE;
+}
+
 /** Bytes of an expanded tile of `width` bottom hashes. */
 export function expandedTileSize(width: number): number {
   checkWidth(width);

@@ -17,13 +17,30 @@ import {
   consistencyProof,
   EMPTY_ROOT,
   inclusionProof,
+  inclusionProofAbove,
+  inclusionProofBelow,
   leafHash,
   newRangeRootCache,
   treeRoot,
 } from '../core/merkle.js';
 import { generateKey, type NoteSigner, signerFromSkey } from '../core/note.js';
-import { encodeSmtProof, SMT_EMPTY, type StratumReader, smtApplyBatch, smtLookup } from '../core/smt.js';
-import { appendToTiles, hashReaderFromTiles, TILE_WIDTH, type TileGetter } from '../core/tiles.js';
+import {
+  SMT_EMPTY,
+  type StratumHeapOf,
+  type StratumReader,
+  smtApplyBatch,
+  smtLookupEncoded,
+  stratumHeap,
+} from '../core/smt.js';
+import {
+  appendToTiles,
+  expandedHashOffset,
+  expandedTileSize,
+  hashReaderFromTiles,
+  TILE_HEIGHT,
+  TILE_WIDTH,
+  type TileGetter,
+} from '../core/tiles.js';
 import { LmdbLogStore } from '../storage/lmdb.js';
 import type { LogHead, LogSnapshot, LogStore, StoredTile } from '../storage/store.js';
 
@@ -100,6 +117,13 @@ interface BatchBuild {
 const SIGNING_KEY_FILE = 'signing.key';
 /** 4096 full tiles: about 8 MiB of hashes, enough for every upper-level tile of a huge log. */
 const MAX_CACHED_TILES = 4096;
+/** Upper audit-path parts remembered for one tree size (about 0.6 KB each at a million leaves). */
+const MAX_PROOF_TOPS = 65_536;
+
+/** Slot of a root or depth-8 stratum id in Log.topStrata. */
+function topSlot(id: Uint8Array): number {
+  return id[0] === 0 ? 0 : 1 + id[1];
+}
 
 /**
  * One append-only log with its sparse index. Submissions are pooled and sequenced in batches:
@@ -125,14 +149,28 @@ export class Log {
   /** Full tiles never change, so they are cached across snapshots (bounded, oldest dropped first). */
   private readonly fullTiles = new Map<string, StoredTile>();
   /**
-   * The top two strata levels (at most 257 rows) are read by every lookup and every batch.
-   * They are cached for one map root only and used only by snapshots of that root, so a
-   * reader can never mix strata of two states.
+   * The top two strata levels (at most 257 rows: slot 0 is the root stratum, slot 1 + b the
+   * depth-8 stratum under first byte b) are read by every lookup and every batch. They are
+   * cached for one map root only and used only by snapshots of that root, so a reader can
+   * never mix strata of two states.
    */
-  private readonly topStrata = new Map<string, Buffer>();
+  private readonly topStrata: Array<Buffer | undefined> = new Array(257);
   private topStrataRoot: Buffer | undefined;
+  /** Heap tables (stratumHeap) of cached top rows, built on a lookup's first use of a row. */
+  private readonly topHeaps = new WeakMap<Buffer, Int32Array>();
+  private readonly heapOf: StratumHeapOf = (row) => this.topHeaps.get(row);
   /** Ragged range roots of committed leaves (immutable), shared by all proofs. */
   private readonly rangeCache = newRangeRootCache();
+  /**
+   * For the tree size `proofTopsSize`: the upper part of the audit path (inclusionProofAbove,
+   * base64, leaf side first) shared by all leaves of one 256-leaf tile, by tile index. Those
+   * nodes are complete, so the part equals a fresh computation for as long as the size holds.
+   */
+  private readonly proofTops = new Map<number, { hashes: string[]; start: number; n: number }>();
+  private proofTopsSize = -1;
+  /** The head's checkpoint as a JSON string literal, for answers built as text. */
+  private checkpointJsonOf = '';
+  private checkpointJson = '""';
 
   private constructor(
     private readonly store: LogStore,
@@ -242,17 +280,28 @@ export class Log {
     };
   }
 
-  private stratumReader(snap: LogSnapshot, mapRoot: Buffer): StratumReader {
-    const cacheable = this.topStrataRoot !== undefined && equalBytes(this.topStrataRoot, mapRoot);
-    if (!cacheable) return (id) => snap.stratum(id);
+  /**
+   * Strata of `snap`, whose map root is `mapRoot`, through the top strata cache when it holds that
+   * root. A lookup (`adopt`) whose snapshot has another root than the cache re-keys the cache to
+   * it: that is how a log that sequences nothing itself (read-only, or idle since it was opened)
+   * gets a warm cache, and how a reader that saw a commit before the sequencer did moves on.
+   */
+  private stratumReader(snap: LogSnapshot, mapRoot: Buffer, adopt = false): StratumReader {
+    if (this.topStrataRoot === undefined || !equalBytes(this.topStrataRoot, mapRoot)) {
+      if (!adopt) return (id) => snap.stratum(id);
+      this.topStrata.fill(undefined);
+      this.topStrataRoot = Buffer.from(mapRoot);
+    }
     return (id) => {
       if (id[0] > 1) return snap.stratum(id);
-      const k = id.toString('latin1');
-      let row = this.topStrata.get(k);
+      const slot = id[0] === 0 ? 0 : 1 + id[1];
+      let row = this.topStrata[slot];
       if (!row) {
         row = snap.stratum(id);
-        if (row) this.topStrata.set(k, row);
+        if (!row) return undefined;
+        this.topStrata[slot] = row;
       }
+      if (adopt && !this.topHeaps.has(row)) this.topHeaps.set(row, stratumHeap(row));
       return row;
     };
   }
@@ -264,11 +313,11 @@ export class Log {
     deletes: readonly Buffer[],
   ): void {
     if (this.topStrataRoot === undefined || !equalBytes(this.topStrataRoot, oldRoot)) {
-      this.topStrata.clear();
+      this.topStrata.fill(undefined);
     } else {
-      for (const w of writes)
-        if (w.id[0] <= 1) this.topStrata.set(w.id.toString('latin1'), Buffer.from(w.data));
-      for (const id of deletes) this.topStrata.delete(Buffer.from(id).toString('latin1'));
+      // copied so that a cached row does not keep its whole batch slab alive
+      for (const w of writes) if (w.id[0] <= 1) this.topStrata[topSlot(w.id)] = Buffer.from(w.data);
+      for (const id of deletes) if (id[0] <= 1) this.topStrata[topSlot(id)] = undefined;
     }
     this.topStrataRoot = newRoot;
   }
@@ -461,26 +510,109 @@ export class Log {
     const path = indexPath(protocol, key);
     return this.read((snap) => {
       const head = this.snapshotHead(snap);
-      const { value, proof } = smtLookup(head.mapRoot, path, this.stratumReader(snap, head.mapRoot));
+      const found = this.lookupIn(snap, head, path);
       const answer: LookupAnswer = {
         checkpoint: head.checkpoint,
         protocol,
         key: toBase64(key),
-        mapProof: toBase64(encodeSmtProof(proof)),
+        mapProof: found.mapProof,
       };
-      if (value) {
-        const { logIndex } = parseIndexValue(value);
-        const data = snap.entry(logIndex);
-        if (!data) throw new StorageError(`index points at missing entry ${logIndex}`);
-        const reader = hashReaderFromTiles(this.tileGetter(snap));
-        answer.entry = {
-          index: logIndex,
-          data: toBase64(data),
-          proof: inclusionProof(logIndex, head.size, reader, this.rangeCache).map(toBase64),
-        };
-      }
+      if (found.entry) answer.entry = found.entry;
       return answer;
     });
+  }
+
+  /**
+   * The same answer as `lookup`, as its JSON text (byte for byte JSON.stringify(lookup(...))), with the
+   * tree size of the checkpoint it carries and whether the key is present. Built as text, since a
+   * server sends nothing else.
+   */
+  lookupJson(protocol: string, key: Uint8Array): { body: string; size: number; present: boolean } {
+    const path = indexPath(protocol, key);
+    return this.read((snap) => {
+      const head = this.snapshotHead(snap);
+      const { mapProof, entry } = this.lookupIn(snap, head, path);
+      if (this.checkpointJsonOf !== head.checkpoint) {
+        this.checkpointJson = JSON.stringify(head.checkpoint);
+        this.checkpointJsonOf = head.checkpoint;
+      }
+      let body = `{"checkpoint":${this.checkpointJson},"protocol":${JSON.stringify(protocol)},"key":"${toBase64(key)}","mapProof":"${mapProof}"`;
+      if (entry) {
+        body += `,"entry":{"index":${entry.index},"data":"${entry.data}","proof":[`;
+        const p = entry.proof;
+        for (let i = 0; i < p.length; i++) body += i === 0 ? `"${p[i]}"` : `,"${p[i]}"`;
+        body += ']}';
+      }
+      return { body: `${body}}`, size: head.size, present: entry !== undefined };
+    });
+  }
+
+  /** The base64 parts of an answer for `path` against `head`, read from `snap`. */
+  private lookupIn(
+    snap: LogSnapshot,
+    head: LogHead,
+    path: Buffer,
+  ): { mapProof: string; entry?: { index: number; data: string; proof: string[] } } {
+    const { value, proof } = smtLookupEncoded(
+      head.mapRoot,
+      path,
+      this.stratumReader(snap, head.mapRoot, true),
+      this.heapOf,
+    );
+    const mapProof = toBase64(proof);
+    if (!value) return { mapProof };
+    const { logIndex } = parseIndexValue(value);
+    const data = snap.entry(logIndex);
+    if (!data) throw new StorageError(`index points at missing entry ${logIndex}`);
+    return {
+      mapProof,
+      entry: {
+        index: logIndex,
+        data: toBase64(data),
+        proof: this.inclusionProofB64(snap, logIndex, head.size),
+      },
+    };
+  }
+
+  /** inclusionProof(index, size) in base64, its part above the leaf's tile remembered (proofTops). */
+  private inclusionProofB64(snap: LogSnapshot, index: number, size: number): string[] {
+    if (this.proofTopsSize !== size || this.proofTops.size >= MAX_PROOF_TOPS) {
+      this.proofTops.clear();
+      this.proofTopsSize = size;
+    }
+    const getTile = this.tileGetter(snap);
+    const reader = hashReaderFromTiles(getTile);
+    const tile = Math.floor(index / TILE_WIDTH);
+    let top = this.proofTops.get(tile);
+    if (top === undefined) {
+      const above = inclusionProofAbove(index, size, TILE_WIDTH, reader, this.rangeCache);
+      const hashes = new Array<string>(above.hashes.length);
+      for (let i = 0; i < hashes.length; i++) hashes[i] = toBase64(above.hashes[hashes.length - 1 - i]);
+      top = { hashes, start: above.start, n: above.n };
+      this.proofTops.set(tile, top);
+    }
+    // Inside a full tile the audit path is one stored hash per row, encoded straight from the tile.
+    if (top.n === TILE_WIDTH) {
+      const t = getTile(0, tile);
+      if (t !== undefined && t.width === TILE_WIDTH && t.expanded.length === expandedTileSize(TILE_WIDTH)) {
+        const ex = Buffer.isBuffer(t.expanded)
+          ? t.expanded
+          : Buffer.from(t.expanded.buffer, t.expanded.byteOffset, t.expanded.byteLength);
+        const out = new Array<string>(TILE_HEIGHT + top.hashes.length);
+        const local = index - top.start;
+        for (let r = 0; r < TILE_HEIGHT; r++) {
+          const off = expandedHashOffset(TILE_WIDTH, r, (local >> r) ^ 1);
+          out[r] = ex.toString('base64', off, off + 32);
+        }
+        for (let i = 0; i < top.hashes.length; i++) out[TILE_HEIGHT + i] = top.hashes[i];
+        return out;
+      }
+    }
+    const below = inclusionProofBelow(index, top.start, top.n, reader, this.rangeCache);
+    const out = new Array<string>(below.length + top.hashes.length);
+    for (let i = 0; i < below.length; i++) out[i] = toBase64(below[i]);
+    for (let i = 0; i < top.hashes.length; i++) out[below.length + i] = top.hashes[i];
+    return out;
   }
 
   /** Inclusion proof of entry `index` in the tree of `size` (default: the latest). */

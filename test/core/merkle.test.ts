@@ -11,6 +11,8 @@ import {
   EMPTY_ROOT,
   type HashReader,
   inclusionProof,
+  inclusionProofAbove,
+  inclusionProofBelow,
   leafHash,
   nodeHash,
   rootFromInclusionProof,
@@ -462,5 +464,34 @@ describe('merkle: properties', () => {
       ),
       { numRuns: 80 },
     );
+  });
+
+  test('an audit path split at a block (the part a log shares per tile) equals the whole path', () => {
+    const h = leaves(300, 7);
+    for (const block of [1, 2, 4, 8, 64]) {
+      for (let size = 1; size <= 300; size += size < 40 ? 1 : 13) {
+        const read = readerFor(h, size);
+        for (let index = 0; index < size; index += size < 40 ? 1 : 5) {
+          const above = inclusionProofAbove(index, size, block, read);
+          assert.ok(above.n <= block && above.start % block === 0, `block ${block} size ${size}`);
+          assert.ok(index >= above.start && index < above.start + above.n);
+          // every leaf of the same block run gets the same upper part
+          const sibling = Math.min(size - 1, Math.floor(index / block) * block + block - 1);
+          assert.deepEqual(inclusionProofAbove(sibling, size, block, read), above);
+          const whole = [
+            ...inclusionProofBelow(index, above.start, above.n, read),
+            ...[...above.hashes].reverse(),
+          ];
+          assert.deepEqual(
+            whole,
+            inclusionProof(index, size, read),
+            `index ${index} size ${size} block ${block}`,
+          );
+        }
+      }
+    }
+    assert.throws(() => inclusionProofAbove(0, 4, 3, readerFor(h, 4)), FormatError);
+    assert.throws(() => inclusionProofAbove(4, 4, 2, readerFor(h, 4)), FormatError);
+    assert.throws(() => inclusionProofBelow(5, 0, 4, readerFor(h, 8)), FormatError);
   });
 });

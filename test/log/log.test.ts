@@ -6,11 +6,13 @@ import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { open } from 'lmdb';
 import { openCheckpoint } from '../../src/core/checkpoint.js';
-import type { Entry } from '../../src/core/entry.js';
+import { type Entry, indexPath, parseIndexValue } from '../../src/core/entry.js';
 import { FormatError, StateError, StorageError } from '../../src/core/errors.js';
-import { verifyLookup } from '../../src/core/lookup.js';
-import { leafHash, verifyConsistency, verifyInclusion } from '../../src/core/merkle.js';
+import { type LookupAnswer, verifyLookup } from '../../src/core/lookup.js';
+import { inclusionProof, leafHash, verifyConsistency, verifyInclusion } from '../../src/core/merkle.js';
 import { generateKey, verifierFromVkey } from '../../src/core/note.js';
+import { encodeSmtProof, smtLookup } from '../../src/core/smt.js';
+import { hashReaderFromTiles } from '../../src/core/tiles.js';
 import { auditStore } from '../../src/log/audit.js';
 import { Log } from '../../src/log/log.js';
 
@@ -153,6 +155,73 @@ describe('log', () => {
     });
     assert.equal(v.status, 'present');
     await assert.rejects(ro.submit([entry('x', 1)]), StateError);
+    await ro.close();
+  });
+
+  test('lookups from the warm caches equal fresh computations from the store as the log grows', async () => {
+    const dir = tempDir();
+    const log = await Log.create(dir, 'test.example/caches', { batchDelayMs: 1, maxBatch: 5000 });
+    const verifier = verifierFromVkey(log.vkey);
+    // The answer computed from the store alone: no strata, tile or proof caches.
+    const fresh = (l: Log, key: Buffer): LookupAnswer =>
+      l.storage.read((snap) => {
+        const head = snap.head()!;
+        const { value, proof } = smtLookup(head.mapRoot, indexPath('nix', key), (id) => snap.stratum(id));
+        const a: LookupAnswer = {
+          checkpoint: head.checkpoint,
+          protocol: 'nix',
+          key: key.toString('base64'),
+          mapProof: encodeSmtProof(proof).toString('base64'),
+        };
+        if (value) {
+          const { logIndex } = parseIndexValue(value);
+          const read = hashReaderFromTiles((l, i) => snap.tile(l, i));
+          a.entry = {
+            index: logIndex,
+            data: snap.entry(logIndex)!.toString('base64'),
+            proof: inclusionProof(logIndex, head.size, read).map((h) => h.toString('base64')),
+          };
+        }
+        return a;
+      });
+    const keys: string[] = [];
+    let round = 0;
+    const check = () => {
+      const sample = [...keys.filter((_, i) => i % 37 === 0 || i >= keys.length - 3), `absent-${round}`];
+      for (const k of sample) {
+        const key = Buffer.from(k);
+        const answer = log.lookup('nix', key);
+        assert.deepEqual(answer, fresh(log, key), `round ${round} key ${k}`);
+        const json = log.lookupJson('nix', key);
+        assert.equal(json.body, JSON.stringify(answer));
+        assert.equal(json.present, answer.entry !== undefined);
+        assert.equal(json.size, openCheckpoint(answer.checkpoint, verifier).checkpoint.size);
+        assert.notEqual(verifyLookup(answer, verifier, { protocol: 'nix', key }).status, 'invalid');
+      }
+    };
+    check();
+    // sizes that cross tile boundaries (full tiles, ragged edges) and replace stored values
+    for (const n of [1, 255, 1, 700, 2000, 513]) {
+      round++;
+      const batch: Entry[] = [];
+      for (let i = 0; i < n; i++) {
+        const k = i % 5 === 4 && keys.length > 0 ? keys[(i * 31) % keys.length] : `k-${round}-${i}`;
+        if (!keys.includes(k)) keys.push(k);
+        batch.push(entry(k, randomBytes(32)));
+      }
+      await log.submit(batch);
+      check();
+    }
+    // a protocol that needs escaping in JSON
+    await log.submit([{ ...entry('q', 1), protocol: 'a"b\\c' }]);
+    const odd = log.lookupJson('a"b\\c', Buffer.from('q'));
+    assert.equal(odd.body, JSON.stringify(log.lookup('a"b\\c', Buffer.from('q'))));
+    await log.close();
+    // a read-only log adopts the snapshot's root for its caches and gives the same answers
+    const ro = await Log.open(dir, { readOnly: true });
+    for (const k of [keys[0], keys[keys.length - 1], 'absent']) {
+      assert.equal(ro.lookupJson('nix', Buffer.from(k)).body, JSON.stringify(fresh(ro, Buffer.from(k))));
+    }
     await ro.close();
   });
 
