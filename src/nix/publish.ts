@@ -384,8 +384,22 @@ export async function runPostBuildHook(opts: HookOptions): Promise<HookResult> {
   const spool = new Spool(config.spool, { warn: say });
   let spooled = 0;
   if (entries.length > 0) {
-    await spool.add(entries);
-    spooled = entries.length;
+    try {
+      await spool.add(entries);
+      spooled = entries.length;
+    } catch (err) {
+      // without a spool the network is the only chance left for these entries
+      say(`cannot write to the spool ${config.spool}: ${(err as Error).message}`);
+      try {
+        await client.submit(entries, config.auth, { maxRetries: 0 });
+      } catch (err2) {
+        say(
+          `could not publish to ${config.log.href} either (${describeFailure(err2)}); publish them later with \`trustix nix submit ${outputs.join(' ')}\``,
+        );
+        return { outputs, spooled: 0 };
+      }
+      return { outputs, spooled: 0 };
+    }
   }
   const flush = await flushSpool(spool, client, config.auth, {
     deadline: Date.now() + config.timeoutMs,

@@ -32,6 +32,7 @@ import {
   parsePublishConfig,
   readPublishConfig,
   resolvePublishConfig,
+  runPostBuildHook,
 } from '../../src/nix/publish.js';
 import { Spool } from '../../src/nix/spool.js';
 import { type RunningServer, startServer, token } from '../fixtures/server-helpers.js';
@@ -369,6 +370,31 @@ describe('publishing with the real Nix and a real log', () => {
     }
     assert.deepEqual(pending(), []);
     assert.doesNotMatch(b.stderr, /could not publish/);
+  });
+
+  test('a spool that cannot be written: the hook submits directly', async () => {
+    const blocker = join(root, 'not-a-dir');
+    writeFileSync(blocker, '');
+    const cfg = resolvePublishConfig({ ...readPublishConfig(config), spool: join(blocker, 'spool') });
+    const top = execFileSync(
+      'nix-build',
+      ['--store', store, '--no-out-link', join(root, 'first.nix'), '-A', 'top'],
+      {
+        env,
+        encoding: 'utf8',
+      },
+    ).trim();
+    const said: string[] = [];
+    const r = await runPostBuildHook({
+      env: { ...env, DRV_PATH: nixStore(['-q', '--deriver', top]), NIX_CONFIG: `store = ${store}` },
+      config: cfg,
+      client: new LogClient({ url: logUrl, vkey }),
+      say: (l) => said.push(l),
+    });
+    assert.deepEqual(r.outputs, [top]);
+    assert.equal(r.spooled, 0);
+    assert.equal(said.length, 1, said.join('\n'));
+    assert.match(said[0], /^cannot write to the spool .*not-a-dir\/spool: ENOTDIR/);
   });
 
   test('log down: the build still succeeds, entries wait in the spool; the next build delivers them', async () => {
