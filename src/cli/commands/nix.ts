@@ -33,7 +33,7 @@ export function registerNixCommands(program: Command): Command {
 export function createNixCommand(program: Command): Command {
   return program
     .command('nix')
-    .description('Nix: publish build results to a log')
+    .description('Nix integration: publishing build results (see the subcommands)')
     .addHelpText(
       'after',
       '\nExamples:\n  trustix nix submit --closure ./result\n  trustix nix flush\n  trustix nix post-build-hook   # run by Nix, see docs/nix.md',
