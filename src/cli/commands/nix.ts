@@ -20,12 +20,14 @@ import {
 } from '../../nix/publish.js';
 import { Spool } from '../../nix/spool.js';
 import { CliError, EXIT, progress } from '../output.js';
+import { registerNixCacheCommand } from './nix-cache.js';
 import { addRemoteOptions, invalidExits, type RemoteOptions, readVkey, timeoutMs } from './remote.js';
 
 /** `trustix nix ...`: the group, and every Nix subcommand registered on it (one line each). */
 export function registerNixCommands(program: Command): Command {
   const nix = createNixCommand(program);
   registerNixPublishCommands(nix);
+  registerNixCacheCommand(nix);
   return nix;
 }
 
@@ -33,7 +35,7 @@ export function registerNixCommands(program: Command): Command {
 export function createNixCommand(program: Command): Command {
   return program
     .command('nix')
-    .description('Nix integration: publishing build results (see the subcommands)')
+    .description('Nix integration: publishing build results, and the voting binary cache proxy')
     .addHelpText(
       'after',
       '\nExamples:\n  trustix nix submit --closure ./result\n  trustix nix flush\n  trustix nix post-build-hook   # run by Nix, see docs/nix.md',
