@@ -306,6 +306,55 @@ export function consistencyProof(
 }
 
 // ---------------------------------------------------------------------------------------------
+// A memory of node hashes, for verifiers.
+
+/**
+ * A bounded memory of node hashes SHA-256(prefix || a || b) (a and b 32 bytes), direct-mapped: each input
+ * has one slot, chosen by a few of its bytes (hash outputs, so uniform), and a newer input evicts an older
+ * one. A hit compares the whole stored input, so `hash` returns exactly SHA-256 of its input, hit or miss:
+ * a proof checked through it passes or fails exactly as without it. It pays off for the nodes near a
+ * root, which every proof against that root recomputes (a client checking many lookup answers against one
+ * checkpoint); callers ask it only for those and hash deeper nodes directly.
+ */
+export class NodeHashMemo {
+  private static readonly SLOT = 97; // used flag + prefix (1), a (32), b (32), output (32)
+  private readonly slots: Buffer;
+  private readonly mask: number;
+
+  constructor(bits = 16) {
+    if (!Number.isInteger(bits) || bits < 1 || bits > 24) throw new FormatError('memo size out of range');
+    this.slots = Buffer.alloc(NodeHashMemo.SLOT << bits);
+    this.mask = (1 << bits) - 1;
+  }
+
+  hash(prefix: number, a: Uint8Array, b: Uint8Array): Buffer {
+    const s = this.slots;
+    const i =
+      ((a[0] | (a[1] << 8) | (a[2] << 16)) ^ (b[0] | (b[1] << 8) | (b[2] << 16)) ^ (prefix << 20)) &
+      this.mask;
+    const o = i * NodeHashMemo.SLOT;
+    // slot tag: 0 = unused, else prefix + 1 (a prefix is a byte)
+    if (s[o] === prefix + 1) {
+      let j = 0;
+      while (j < 32 && s[o + 1 + j] === a[j] && s[o + 33 + j] === b[j]) j++;
+      if (j === 32) {
+        const out = Buffer.allocUnsafe(32);
+        for (let k = 0; k < 32; k++) out[k] = s[o + 65 + k];
+        return out;
+      }
+    }
+    const h = sha256Pair(prefix, a, b);
+    s[o] = prefix + 1;
+    for (let j = 0; j < 32; j++) {
+      s[o + 1 + j] = a[j];
+      s[o + 33 + j] = b[j];
+      s[o + 65 + j] = h[j];
+    }
+    return h;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Verification.
 //
 // Instead of RFC 9162's bit-shifting loops we use the equivalent closed form: the audit path of
@@ -325,12 +374,17 @@ function checkProofHashes(proof: readonly Uint8Array[], check: string): void {
   for (let i = 0; i < proof.length; i++) checkHash(proof[i], check, `proof element ${i}`);
 }
 
-/** Root implied by an inclusion proof; throws VerificationError if the proof is malformed. */
+/**
+ * Root implied by an inclusion proof; throws VerificationError if the proof is malformed. With `memo`,
+ * the last `memoLevels` node hashes (those nearest the root) go through it.
+ */
 export function rootFromInclusionProof(
   leaf: Uint8Array,
   index: number,
   size: number,
   proof: readonly Uint8Array[],
+  memo?: NodeHashMemo,
+  memoLevels = 0,
 ): Buffer {
   checkCount(index, 'leaf index');
   checkCount(size, 'tree size');
@@ -351,10 +405,15 @@ export function rootFromInclusionProof(
     );
   }
   let r: Buffer = Buffer.from(leaf);
+  const memoFrom = memo === undefined ? proof.length : proof.length - memoLevels;
   for (let i = 0; i < inner; i++) {
-    r = bitIsSet(index, i) ? nodeHash(proof[i], r) : nodeHash(r, proof[i]);
+    const left = bitIsSet(index, i);
+    if (i >= memoFrom) r = left ? memo!.hash(NODE_PREFIX, proof[i], r) : memo!.hash(NODE_PREFIX, r, proof[i]);
+    else r = left ? nodeHash(proof[i], r) : nodeHash(r, proof[i]);
   }
-  for (let i = inner; i < proof.length; i++) r = nodeHash(proof[i], r);
+  for (let i = inner; i < proof.length; i++) {
+    r = i >= memoFrom ? memo!.hash(NODE_PREFIX, proof[i], r) : nodeHash(proof[i], r);
+  }
   return r;
 }
 
@@ -365,11 +424,13 @@ export function verifyInclusion(
   size: number,
   proof: readonly Uint8Array[],
   root: Uint8Array,
+  memo?: NodeHashMemo,
+  memoLevels = 0,
 ): void {
   checkCount(index, 'leaf index');
   checkCount(size, 'tree size');
   checkHash(root, 'inclusion.hash-length', 'root');
-  const computed = rootFromInclusionProof(leaf, index, size, proof);
+  const computed = rootFromInclusionProof(leaf, index, size, proof, memo, memoLevels);
   if (!equalBytes(computed, root)) {
     throw new VerificationError(
       'inclusion.root-mismatch',

@@ -3,6 +3,7 @@
  */
 import { FormatError, VerificationError } from './errors.js';
 import { sha256Pair } from './hash.js';
+import type { NodeHashMemo } from './merkle.js';
 import {
   pathBit,
   SMT_EMPTY,
@@ -136,13 +137,16 @@ function isBytes(x: unknown): x is Uint8Array {
 
 /**
  * Throws VerificationError unless `proof` shows that `path` maps to `value` (value given) or is absent
- * (value undefined) in the tree with root `root`. Only canonical proofs are accepted.
+ * (value undefined) in the tree with root `root`. Only canonical proofs are accepted. With `memo`, the
+ * node hashes at depths below `memoDepth` (nearest the root) go through it.
  */
 export function verifySmtProof(
   root: Uint8Array,
   path: Uint8Array,
   value: Uint8Array | undefined,
   proof: SmtProof,
+  memo?: NodeHashMemo,
+  memoDepth = 0,
 ): void {
   if (!isBytes(root) || root.length !== 32) fail('root-length', 'root is not 32 bytes');
   if (!isBytes(path) || path.length !== 32) fail('path-length', 'path is not 32 bytes');
@@ -199,8 +203,16 @@ export function verifySmtProof(
   let next = siblings.length - 1;
   for (let d = depth; d >= 1; d--) {
     const sib = pathBit(bitmap, d - 1) === 1 ? siblings[next--] : SMT_EMPTY;
-    h =
-      pathBit(path, d - 1) === 0 ? sha256Pair(SMT_NODE_PREFIX, h, sib) : sha256Pair(SMT_NODE_PREFIX, sib, h);
+    // the node computed here sits at depth d - 1
+    if (memo !== undefined && d - 1 < memoDepth) {
+      h =
+        pathBit(path, d - 1) === 0 ? memo.hash(SMT_NODE_PREFIX, h, sib) : memo.hash(SMT_NODE_PREFIX, sib, h);
+    } else {
+      h =
+        pathBit(path, d - 1) === 0
+          ? sha256Pair(SMT_NODE_PREFIX, h, sib)
+          : sha256Pair(SMT_NODE_PREFIX, sib, h);
+    }
   }
   if (Buffer.compare(h, root) !== 0) fail('root-mismatch', 'computed root differs');
 }

@@ -14,7 +14,7 @@ import { type Log, PoolFullError, type SubmitReceipt } from '../log/log.js';
 import { readEntryBundle, readHashTile } from '../log/serving.js';
 import { AuthError, SIGNATURE_HEADER, type Writer, WriterAuth } from './auth.js';
 import type { ApiName, Limits } from './config.js';
-import { checkpointSize, type LookupCache } from './lookup-cache.js';
+import type { LookupCache } from './lookup-cache.js';
 import type { LogMetrics, Metrics } from './metrics.js';
 
 export const PROTOCOLS = ['tlog-tiles', 'trustix-lookup/v1', 'trustix-submit/v1'] as const;
@@ -179,11 +179,10 @@ function answerLookup(sl: ServedLog, rest: string): string {
     return cached;
   }
   const t0 = performance.now();
-  const answer = sl.log.lookup(protocol, key);
-  const body = JSON.stringify(answer);
+  const { body, size, present } = sl.log.lookupJson(protocol, key);
   sl.metrics.lookupSeconds.observe((performance.now() - t0) / 1000);
-  (answer.entry ? sl.metrics.lookupPresent : sl.metrics.lookupAbsent).inc();
-  sl.lookupCache.set(rest, checkpointSize(answer.checkpoint), body);
+  (present ? sl.metrics.lookupPresent : sl.metrics.lookupAbsent).inc();
+  sl.lookupCache.set(rest, size, body);
   return body;
 }
 

@@ -3,7 +3,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { type LookupAnswer, verifyLookup } from '../../src/core/lookup.js';
+import fc from 'fast-check';
+import { decodeBase64Strict } from '../../src/core/bytes.js';
+import { decodeBase64Canonical, type LookupAnswer, verifyLookup } from '../../src/core/lookup.js';
 import { generateKey, verifierFromVkey } from '../../src/core/note.js';
 import { Log } from '../../src/log/log.js';
 
@@ -114,5 +116,64 @@ describe('verifyLookup', () => {
     const verdict = verifyLookup(log.lookup('nix', Buffer.from('key-1')), other, q('key-1'));
     assert.equal(verdict.status, 'invalid');
     if (verdict.status === 'invalid') assert.match(verdict.check, /^note\./);
+  });
+
+  test('bent answers stay invalid after the node memory has seen the honest ones', () => {
+    const v = verifierFromVkey(log.vkey);
+    const honest = log.lookup('nix', Buffer.from('key-9'));
+    const absent = log.lookup('nix', Buffer.from('nope-9'));
+    // warm: the top nodes of both trees on these paths are now remembered
+    for (let i = 0; i < 3; i++) {
+      assert.equal(verifyLookup(honest, v, q('key-9')).status, 'present');
+      assert.equal(verifyLookup(absent, v, q('nope-9')).status, 'absent');
+    }
+    const proofLen = honest.entry!.proof.length;
+    for (let i = 0; i < proofLen; i++) {
+      for (const byte of [0, 31]) {
+        const a = clone(honest);
+        a.entry!.proof[i] = flipBase64(a.entry!.proof[i], byte);
+        assert.equal(verifyLookup(a, v, q('key-9')).status, 'invalid', `inclusion element ${i} byte ${byte}`);
+      }
+    }
+    const mapLen = Buffer.from(honest.mapProof, 'base64').length;
+    for (let byte = 4; byte < mapLen; byte++) {
+      for (const answer of [honest, absent]) {
+        const a = clone(answer);
+        a.mapProof = flipBase64(a.mapProof, byte);
+        const key = answer === honest ? 'key-9' : 'nope-9';
+        assert.equal(verifyLookup(a, v, q(key)).status, 'invalid', `map proof byte ${byte} (${key})`);
+      }
+    }
+  });
+});
+
+describe('decodeBase64Canonical', () => {
+  test('accepts exactly what decodeBase64Strict accepts, with the same bytes', () => {
+    const chars = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_ \n.';
+    const same = (text: string) => {
+      const a = decodeBase64Strict(text);
+      const b = decodeBase64Canonical(text);
+      assert.deepEqual(b, a, JSON.stringify(text));
+    };
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 40 }), (bytes) => {
+        const text = Buffer.from(bytes).toString('base64');
+        same(text);
+        // every single-character change, including the padding and the bits before it
+        for (let i = 0; i < text.length; i++) {
+          for (const c of ['A', 'B', 'C', 'D', 'Q', 'g', 'w', '=', '-', '_', '/', '+', ' ']) {
+            same(text.slice(0, i) + c + text.slice(i + 1));
+          }
+          same(text.slice(0, i) + text.slice(i + 1));
+        }
+      }),
+      { numRuns: 200 },
+    );
+    fc.assert(
+      fc.property(fc.array(fc.constantFrom(...chars), { maxLength: 12 }), (cs) => same(cs.join(''))),
+      { numRuns: 2000 },
+    );
+    for (const t of ['', '=', '==', 'A===', 'AA==', 'AB==', 'AAA=', 'AAB=', 'AAAA', 'AA=A', 'Zg==', 'Zh=='])
+      same(t);
   });
 });

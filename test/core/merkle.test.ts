@@ -14,6 +14,7 @@ import {
   inclusionProofAbove,
   inclusionProofBelow,
   leafHash,
+  NodeHashMemo,
   nodeHash,
   rootFromInclusionProof,
   rootFromLeafHashes,
@@ -493,5 +494,54 @@ describe('merkle: properties', () => {
     assert.throws(() => inclusionProofAbove(0, 4, 3, readerFor(h, 4)), FormatError);
     assert.throws(() => inclusionProofAbove(4, 4, 2, readerFor(h, 4)), FormatError);
     assert.throws(() => inclusionProofBelow(5, 0, 4, readerFor(h, 8)), FormatError);
+  });
+
+  test('NodeHashMemo returns exactly SHA-256 of its input, through hits, misses and evictions', () => {
+    // two slots only: nearly every call evicts or collides
+    for (const memo of [new NodeHashMemo(1), new NodeHashMemo(4)]) {
+      const pool = leaves(12, 3);
+      for (let i = 0; i < 2000; i++) {
+        const a = pool[(i * 7) % pool.length];
+        const b = pool[(i * 5 + (i >> 3)) % pool.length];
+        // near-twins: same slot, a different input
+        const b2 = Buffer.from(b);
+        b2[31] ^= 1;
+        const prefix = i % 3 === 0 ? 0x03 : 0x01;
+        for (const [x, y] of [
+          [a, b],
+          [a, b2],
+          [b, a],
+        ]) {
+          assert.deepEqual(memo.hash(prefix, x, y), sha256(Buffer.concat([Buffer.from([prefix]), x, y])));
+        }
+      }
+    }
+    assert.throws(() => new NodeHashMemo(0), FormatError);
+  });
+
+  test('inclusion verification through a memo gives the same verdicts as without', () => {
+    const h = leaves(70, 11);
+    const memo = new NodeHashMemo(3);
+    for (let size = 1; size <= 70; size += 3) {
+      const read = readerFor(h, size);
+      const root = treeRoot(size, read);
+      for (let index = 0; index < size; index += 2) {
+        const proof = inclusionProof(index, size, read);
+        for (const levels of [0, 2, 64]) {
+          verifyInclusion(h[index], index, size, proof, root, memo, levels);
+          for (let i = 0; i < proof.length; i++) {
+            const bent = flipped(proof, i, i);
+            expectRejected(() => verifyInclusion(h[index], index, size, bent, root), 'plain');
+            expectRejected(() => verifyInclusion(h[index], index, size, bent, root, memo, levels), 'memo');
+          }
+          if (size > 1) {
+            expectRejected(
+              () => verifyInclusion(h[(index + 1) % size], index, size, proof, root, memo, levels),
+              'leaf',
+            );
+          }
+        }
+      }
+    }
   });
 });

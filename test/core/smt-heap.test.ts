@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
-import { StorageError } from '../../src/core/errors.js';
+import { StorageError, VerificationError } from '../../src/core/errors.js';
+import { NodeHashMemo } from '../../src/core/merkle.js';
 import {
   encodeSmtProof,
   SMT_EMPTY,
@@ -46,6 +47,8 @@ const pathArb = (bases: Buffer[]) =>
     }),
   );
 
+const memo = new NodeHashMemo(2);
+
 describe('sparse index walk with heap tables', () => {
   test('lookups with heap tables, without them, and encoded all give the same answer', () => {
     fc.assert(
@@ -79,6 +82,22 @@ describe('sparse index walk with heap tables', () => {
             assert.deepEqual(enc.proof, encodeSmtProof(plain.proof));
             assert.deepEqual(enc.value, plain.value);
             verifySmtProof(store.root, path, plain.value, plain.proof);
+            // through a tiny node memory (constant evictions): same verdicts
+            verifySmtProof(store.root, path, plain.value, plain.proof, memo, 256);
+            const wrong = plain.value === undefined ? Buffer.from('x') : undefined;
+            assert.throws(
+              () => verifySmtProof(store.root, path, wrong, plain.proof, memo, 256),
+              VerificationError,
+            );
+            if (plain.proof.siblings.length > 0) {
+              const bent = { ...plain.proof, siblings: plain.proof.siblings.map((b) => Buffer.from(b)) };
+              bent.siblings[0][5] ^= 1;
+              assert.throws(
+                () => verifySmtProof(store.root, path, plain.value, bent, memo, 256),
+                VerificationError,
+              );
+              assert.throws(() => verifySmtProof(store.root, path, plain.value, bent), VerificationError);
+            }
           }
         },
       ),
