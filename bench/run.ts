@@ -96,6 +96,22 @@ try {
   let s = Number(process.hrtime.bigint() - t) / 1e9;
   emit('lookup_with_proofs_per_s', L / s, 'lookups/s', { lookups: L, present_fraction: 0.75, size: N });
 
+  // the same answers as the JSON text a server sends (Log.lookupJson), checked against the objects
+  t = process.hrtime.bigint();
+  let jsonBytes = 0;
+  for (let i = 0; i < L; i++) jsonBytes += log.lookupJson('nix', lookupKeys[i]).body.length;
+  s = Number(process.hrtime.bigint() - t) / 1e9;
+  for (let i = 0; i < L; i += 997) {
+    if (log.lookupJson('nix', lookupKeys[i]).body !== JSON.stringify(answers[i]))
+      throw new Error(`lookupJson differs from the answer object for lookup ${i}`);
+  }
+  emit('lookup_json_per_s', L / s, 'lookups/s', {
+    lookups: L,
+    present_fraction: 0.75,
+    size: N,
+    avg_bytes: Math.round(jsonBytes / L),
+  });
+
   const verifier = verifierFromVkey(log.vkey);
   const V = Math.min(50_000, L);
   t = process.hrtime.bigint();

@@ -581,10 +581,10 @@ export class Log {
       this.proofTopsSize = size;
     }
     const getTile = this.tileGetter(snap);
-    const reader = hashReaderFromTiles(getTile);
     const tile = Math.floor(index / TILE_WIDTH);
     let top = this.proofTops.get(tile);
     if (top === undefined) {
+      const reader = hashReaderFromTiles(getTile);
       const above = inclusionProofAbove(index, size, TILE_WIDTH, reader, this.rangeCache);
       const hashes = new Array<string>(above.hashes.length);
       for (let i = 0; i < hashes.length; i++) hashes[i] = toBase64(above.hashes[hashes.length - 1 - i]);
@@ -608,7 +608,7 @@ export class Log {
         return out;
       }
     }
-    const below = inclusionProofBelow(index, top.start, top.n, reader, this.rangeCache);
+    const below = inclusionProofBelow(index, top.start, top.n, hashReaderFromTiles(getTile), this.rangeCache);
     const out = new Array<string>(below.length + top.hashes.length);
     for (let i = 0; i < below.length; i++) out[i] = toBase64(below[i]);
     for (let i = 0; i < top.hashes.length; i++) out[below.length + i] = top.hashes[i];
