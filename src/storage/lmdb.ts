@@ -57,20 +57,25 @@ export class LmdbLogStore implements LogStore {
   }
 
   read<T>(fn: (snapshot: LogSnapshot) => T): T {
-    // lmdb-js reads outside a write share one read transaction that is only renewed between
-    // event-loop turns, so a synchronous callback sees one snapshot.
-    const snapshot: LogSnapshot = {
-      head: () => this.readHead(),
-      entry: (i) => this.entriesDb.getBinary(i),
-      tile: (level, index) => {
-        const b = this.tilesDb.getBinary([level, index]);
-        if (!b) return undefined;
-        return decodeTileRecord(b);
-      },
-      stratum: (id) => this.strataDb.getBinary(Buffer.from(id.buffer, id.byteOffset, id.byteLength)),
-    };
-    return fn(snapshot);
+    return fn(this.snapshot);
   }
+
+  // lmdb-js reads outside a write share one read transaction that is only renewed between
+  // event-loop turns, so a synchronous callback sees one snapshot; nothing here is per call, so
+  // every read shares this one object (a lookup makes two reads, a server one per request).
+  private readonly snapshot: LogSnapshot = {
+    head: () => this.readHead(),
+    entry: (i) => this.entriesDb.getBinary(i),
+    tile: (level, index) => {
+      const b = this.tilesDb.getBinary([level, index]);
+      if (!b) return undefined;
+      return decodeTileRecord(b);
+    },
+    stratum: (id) =>
+      this.strataDb.getBinary(
+        Buffer.isBuffer(id) ? id : Buffer.from(id.buffer, id.byteOffset, id.byteLength),
+      ),
+  };
 
   private lastHeadText: string | undefined;
   private lastHead: LogHead | undefined;
