@@ -1,13 +1,22 @@
-// npm run bench:decide: decisions per second for one key across 5 loopback logs (each a real Log
-// behind a minimal node:http server in this process, so the figure includes HTTP, JSON and full
-// verification of every answer), with a few concurrent callers; then the same with a Lua and a JS
-// procedure, to show what a script adds per decision. One JSON line per figure.
-// Knobs: TRUSTIX_BENCH_DECIDE_SECONDS (per figure, default 3), TRUSTIX_BENCH_DECIDE_CALLERS (8).
+// npm run bench:decide: decisions per second for one key across 5 loopback logs, with a few
+// concurrent callers; then the same with a Lua and a JS procedure, to show what a script adds per
+// decision. One JSON line per figure.
+//
+// Each log is a real Log behind a minimal node:http server. The logs run in a child process, as
+// remote logs would (TRUSTIX_BENCH_DECIDE_INPROCESS=1 serves them from the deciding process
+// instead), so the figure is the decider's: HTTP, JSON and full verification of every answer
+// (signature, index proof, entry, inclusion, consistency with the trusted checkpoint). Every
+// decision asks all 5 logs. `cpuUsPerDecision` is the deciding process's CPU time (all its
+// threads) per decision; `logsCpuUsPerDecision` the log process's.
+// Knobs: TRUSTIX_BENCH_DECIDE_SECONDS (per figure, default 3), TRUSTIX_BENCH_DECIDE_CALLERS (8),
+// TRUSTIX_BENCH_DECIDE_ONLY (comma-separated figures: percentage,lua,js).
+import { type ChildProcess, fork } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { toBase64 } from '../src/core/bytes.js';
 import { sha256 } from '../src/core/hash.js';
 import { parseDecideConfig } from '../src/decide/config.js';
@@ -15,6 +24,8 @@ import { Decider } from '../src/decide/decide.js';
 import { Log } from '../src/log/log.js';
 
 const SECONDS = Number(process.env.TRUSTIX_BENCH_DECIDE_SECONDS ?? 3);
+const IN_PROCESS = process.env.TRUSTIX_BENCH_DECIDE_INPROCESS === '1';
+const ONLY = process.env.TRUSTIX_BENCH_DECIDE_ONLY;
 const CALLERS = Number(process.env.TRUSTIX_BENCH_DECIDE_CALLERS ?? 8);
 const LOGS = 5;
 const KEYS = 1000;
@@ -56,11 +67,16 @@ function serve(log: Log): Promise<{ server: Server; url: string }> {
   );
 }
 
-async function measure(name: string, decider: Decider): Promise<number> {
-  // warm up (workers, checkpoint caches)
+/** CPU time of the log servers so far, in microseconds. */
+type LogsCpu = () => Promise<number>;
+
+async function measure(name: string, decider: Decider, logsCpu: LogsCpu): Promise<number> {
+  // warm up (workers, checkpoint caches, connections)
   for (let i = 0; i < 50; i++) await decider.decide(`key-${i}`);
   let done = 0;
   let undecided = 0;
+  const logs0 = await logsCpu();
+  const cpu0 = process.cpuUsage();
   const end = performance.now() + SECONDS * 1000;
   const t0 = performance.now();
   await Promise.all(
@@ -78,14 +94,21 @@ async function measure(name: string, decider: Decider): Promise<number> {
     }),
   );
   const secs = (performance.now() - t0) / 1000;
+  const cpu = process.cpuUsage(cpu0);
+  const logs = (await logsCpu()) - logs0;
   const rate = done / secs;
   console.log(
     JSON.stringify({
       bench: `decide ${name}`,
       logs: LOGS,
       callers: CALLERS,
+      decisions: done,
+      seconds: Number(secs.toFixed(2)),
       decisionsPerSecond: Math.round(rate),
       usPerDecision: Math.round(1e6 / rate),
+      cpuUsPerDecision: Math.round((cpu.user + cpu.system) / done),
+      ...(IN_PROCESS ? {} : { logsCpuUsPerDecision: Math.round(logs / done) }),
+      loadavg: loadavg().map((x) => Number(x.toFixed(2))),
       undecided,
     }),
   );
@@ -93,7 +116,8 @@ async function measure(name: string, decider: Decider): Promise<number> {
   return rate;
 }
 
-async function main(): Promise<void> {
+/** Creates the logs and serves them; returns their config blocks and a way to stop. */
+async function startLogs(): Promise<{ blocks: string[]; stop(): Promise<void> }> {
   const dirs: string[] = [];
   const logs: Log[] = [];
   const servers: Server[] = [];
@@ -115,7 +139,69 @@ async function main(): Promise<void> {
     servers.push(s.server);
     blocks.push(`[[log]]\nname = "log${n}"\nurl = "${s.url}"\nvkey = "${log.vkey}"\n`);
   }
-  const config = (procedure: string) => `${blocks.join('\n')}\n[procedure.default]\n${procedure}\n`;
+  return {
+    blocks,
+    async stop() {
+      for (const s of servers) {
+        s.closeAllConnections();
+        s.close();
+      }
+      for (const l of logs) await l.close();
+      for (const d of dirs) rmSync(d, { recursive: true, force: true });
+    },
+  };
+}
+
+/** The child process: serves the logs until told to stop; answers CPU time queries. */
+async function serveLogsChild(): Promise<void> {
+  const logs = await startLogs();
+  process.on('message', async (m: { type: string }) => {
+    if (m.type === 'cpu') {
+      const u = process.cpuUsage();
+      process.send!({ type: 'cpu', us: u.user + u.system });
+    } else if (m.type === 'stop') {
+      await logs.stop();
+      process.disconnect();
+    }
+  });
+  process.send!({ type: 'ready', blocks: logs.blocks });
+}
+
+async function logsInChild(): Promise<{ blocks: string[]; cpu: LogsCpu; stop(): Promise<void> }> {
+  const child: ChildProcess = fork(fileURLToPath(import.meta.url), ['--serve-logs'], {
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
+  const next = <T>(type: string) =>
+    new Promise<T>((resolve, reject) => {
+      const onMessage = (m: { type: string } & T) => {
+        if (m.type !== type) return;
+        child.off('message', onMessage);
+        child.off('exit', onExit);
+        resolve(m);
+      };
+      const onExit = (code: number | null) => reject(new Error(`log process exited (${code})`));
+      child.on('message', onMessage);
+      child.once('exit', onExit);
+    });
+  const { blocks } = await next<{ blocks: string[] }>('ready');
+  return {
+    blocks,
+    async cpu() {
+      const r = next<{ us: number }>('cpu');
+      child.send({ type: 'cpu' });
+      return (await r).us;
+    },
+    async stop() {
+      const exited = new Promise((r) => child.once('exit', r));
+      child.send({ type: 'stop' });
+      await exited;
+    },
+  };
+}
+
+async function main(): Promise<void> {
+  const served = IN_PROCESS ? { ...(await startLogs()), cpu: async () => 0 } : await logsInChild();
+  const config = (procedure: string) => `${served.blocks.join('\n')}\n[procedure.default]\n${procedure}\n`;
   const rates: Record<string, number> = {};
   const runs: Array<[string, string]> = [
     ['percentage', 'type = "percentage"\nmin = "2/3"'],
@@ -130,14 +216,16 @@ async function main(): Promise<void> {
   ];
   try {
     for (const [name, proc] of runs) {
+      if (ONLY && !ONLY.split(',').includes(name)) continue;
       const d = new Decider(parseDecideConfig(config(proc)));
       try {
-        rates[name] = await measure(name, d);
+        rates[name] = await measure(name, d, served.cpu);
       } finally {
         await d.close();
       }
     }
     for (const s of ['lua', 'js']) {
+      if (rates[s] === undefined || rates.percentage === undefined) continue;
       console.log(
         JSON.stringify({
           bench: `decide ${s} script overhead`,
@@ -146,10 +234,9 @@ async function main(): Promise<void> {
       );
     }
   } finally {
-    for (const s of servers) s.close();
-    for (const l of logs) await l.close();
-    for (const d of dirs) rmSync(d, { recursive: true, force: true });
+    await served.stop();
   }
 }
 
-await main();
+if (process.argv.includes('--serve-logs')) await serveLogsChild();
+else await main();

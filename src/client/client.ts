@@ -97,7 +97,7 @@ export class LogClient {
   private readonly timeoutMs: number;
   private readonly submitTimeoutMs: number;
   private readonly concurrency: number;
-  private readonly fetchFn: FetchFn;
+  private readonly fetchFn: FetchFn | undefined;
   private readonly headers: Record<string, string>;
   /** Trust updates of one client run one at a time; other processes are handled by the store's compare-and-set. */
   private trustChain: Promise<unknown> = Promise.resolve();
@@ -119,7 +119,7 @@ export class LogClient {
     this.timeoutMs = opts.timeoutMs ?? 10_000;
     this.submitTimeoutMs = opts.submitTimeoutMs ?? 60_000;
     this.concurrency = Math.max(1, opts.concurrency ?? 4);
-    this.fetchFn = opts.fetch ?? globalThis.fetch;
+    this.fetchFn = opts.fetch;
     this.headers = opts.headers ?? {};
   }
 
@@ -163,11 +163,16 @@ export class LogClient {
     const keyBytes = typeof key === 'string' ? Buffer.from(key, 'utf8') : Buffer.from(key);
     const before = await this.trusted();
     const path = `lookup/${encodePathSegment(Buffer.from(protocol, 'utf8'))}/${encodePathSegment(keyBytes)}`;
-    const json = parseJsonBody(await this.get(path, MAX_JSON_BYTES), this.where(path));
+    const json = parseJsonBody(await this.get(path, MAX_JSON_BYTES), () => this.where(path));
     const verdict = verifyLookup(json, this.verifier, { protocol, key: keyBytes });
     if (verdict.status === 'invalid') throw classifyCheck(verdict.check, verdict.reason);
     const answer = parseLookupAnswer(json);
-    await this.accept({ note: answer.checkpoint, checkpoint: verdict.checkpoint }, before);
+    // An answer under exactly the checkpoint trusted now is consistent with it by identity (this is
+    // reconcile's same-size case without waiting for other trust updates of this client)
+    const t = { note: answer.checkpoint, checkpoint: verdict.checkpoint };
+    if (before === undefined || t.note !== before.note || (await this.trust.get(this.identity)) !== t.note) {
+      await this.accept(t, before);
+    }
     const common = {
       protocol,
       key: keyBytes,
@@ -615,7 +620,7 @@ export async function listLogs(
   const body = await httpRequest(
     url,
     { maxBytes: MAX_JSON_BYTES },
-    { fetch: opts.fetch ?? globalThis.fetch, timeoutMs: opts.timeoutMs ?? 10_000 },
+    { fetch: opts.fetch, timeoutMs: opts.timeoutMs ?? 10_000 },
   );
   const j = parseJsonBody(body, `GET ${url.href}`) as { logs?: unknown };
   if (!Array.isArray(j?.logs))

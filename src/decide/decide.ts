@@ -144,23 +144,30 @@ export class Decider {
   }
 
   /** Every configured log's classified answer for (protocol, key), in config order. */
-  gather(protocol: string, key: string): Promise<LogResult[]> {
-    return Promise.all(this.sources.map((s) => this.ask(s, protocol, key)));
+  async gather(protocol: string, key: string): Promise<LogResult[]> {
+    // the client's own deadline is per request; this one covers each log's whole lookup, and one
+    // timer serves all the logs of a decision
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () =>
+          reject(new TrustixError('TIMEOUT', `no verified answer within ${this.config.timeoutMs / 1000}s`)),
+        this.config.timeoutMs,
+      );
+    });
+    // a deadline that fires after every log answered concerns nobody
+    deadline.catch(() => {});
+    try {
+      return await Promise.all(this.sources.map((s) => this.ask(s, protocol, key, deadline)));
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
-  private async ask(s: Source, protocol: string, key: string): Promise<LogResult> {
+  private async ask(s: Source, protocol: string, key: string, deadline: Promise<never>): Promise<LogResult> {
     const t0 = performance.now();
     const base = { name: s.cfg.name, origin: s.client.origin, vkey: s.cfg.vkey, weight: s.cfg.weightText };
-    let timer: NodeJS.Timeout | undefined;
     try {
-      // the client's own deadline is per request; this one covers the whole lookup
-      const deadline = new Promise<never>((_, reject) => {
-        timer = setTimeout(
-          () =>
-            reject(new TrustixError('TIMEOUT', `no verified answer within ${this.config.timeoutMs / 1000}s`)),
-          this.config.timeoutMs,
-        );
-      });
       const r: VerifiedLookup = await Promise.race([s.client.lookup(protocol, key), deadline]);
       const ms = performance.now() - t0;
       if (r.status === 'absent')
@@ -176,8 +183,6 @@ export class Decider {
       };
     } catch (err) {
       return { ...base, status: 'failed', ...failure(err), ms: performance.now() - t0 };
-    } finally {
-      clearTimeout(timer);
     }
   }
 
