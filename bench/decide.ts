@@ -16,6 +16,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { toBase64 } from '../src/core/bytes.js';
 import { sha256 } from '../src/core/hash.js';
@@ -26,6 +27,7 @@ import { Log } from '../src/log/log.js';
 const SECONDS = Number(process.env.TRUSTIX_BENCH_DECIDE_SECONDS ?? 3);
 const IN_PROCESS = process.env.TRUSTIX_BENCH_DECIDE_INPROCESS === '1';
 const ONLY = process.env.TRUSTIX_BENCH_DECIDE_ONLY;
+const PROCEDURE_CALLS = 5000;
 const CALLERS = Number(process.env.TRUSTIX_BENCH_DECIDE_CALLERS ?? 8);
 const LOGS = 5;
 const KEYS = 1000;
@@ -77,6 +79,7 @@ async function measure(name: string, decider: Decider, logsCpu: LogsCpu): Promis
   let undecided = 0;
   const logs0 = await logsCpu();
   const cpu0 = process.cpuUsage();
+  const elu0 = performance.eventLoopUtilization();
   const end = performance.now() + SECONDS * 1000;
   const t0 = performance.now();
   await Promise.all(
@@ -95,6 +98,7 @@ async function measure(name: string, decider: Decider, logsCpu: LogsCpu): Promis
   );
   const secs = (performance.now() - t0) / 1000;
   const cpu = process.cpuUsage(cpu0);
+  const elu = performance.eventLoopUtilization(elu0);
   const logs = (await logsCpu()) - logs0;
   const rate = done / secs;
   console.log(
@@ -107,6 +111,7 @@ async function measure(name: string, decider: Decider, logsCpu: LogsCpu): Promis
       decisionsPerSecond: Math.round(rate),
       usPerDecision: Math.round(1e6 / rate),
       cpuUsPerDecision: Math.round((cpu.user + cpu.system) / done),
+      mainThreadBusyUsPerDecision: Math.round((elu.active * 1000) / done),
       ...(IN_PROCESS ? {} : { logsCpuUsPerDecision: Math.round(logs / done) }),
       loadavg: loadavg().map((x) => Number(x.toFixed(2))),
       undecided,
@@ -114,6 +119,40 @@ async function measure(name: string, decider: Decider, logsCpu: LogsCpu): Promis
   );
   if (undecided > 0) throw new Error(`${undecided} decisions failed`);
   return rate;
+}
+
+/**
+ * The procedure alone: runs it over one set of verified answers, CALLERS calls at a time, so a
+ * script's cost shows without the noise of the lookups.
+ */
+async function measureProcedure(name: string, decider: Decider): Promise<number> {
+  const { results } = await decider.decide('key-1');
+  const calls = PROCEDURE_CALLS;
+  for (let i = 0; i < 200; i++) await decider.decideOn(results, 'nix', 'key-1');
+  const elu0 = performance.eventLoopUtilization();
+  const t0 = performance.now();
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: CALLERS }, async () => {
+      while (next++ < calls) {
+        const d = await decider.decideOn(results, 'nix', 'key-1');
+        if (!d.decided) throw new Error(`procedure ${name} decided nothing: ${d.reason}`);
+      }
+    }),
+  );
+  const us = ((performance.now() - t0) * 1000) / calls;
+  const elu = performance.eventLoopUtilization(elu0);
+  console.log(
+    JSON.stringify({
+      bench: `decide procedure alone ${name}`,
+      callers: CALLERS,
+      calls,
+      usPerCall: Number(us.toFixed(1)),
+      mainThreadBusyUsPerCall: Number(((elu.active * 1000) / calls).toFixed(1)),
+      loadavg: loadavg().map((x) => Number(x.toFixed(2))),
+    }),
+  );
+  return us;
 }
 
 /** Creates the logs and serves them; returns their config blocks and a way to stop. */
@@ -203,6 +242,7 @@ async function main(): Promise<void> {
   const served = IN_PROCESS ? { ...(await startLogs()), cpu: async () => 0 } : await logsInChild();
   const config = (procedure: string) => `${served.blocks.join('\n')}\n[procedure.default]\n${procedure}\n`;
   const rates: Record<string, number> = {};
+  const alone: Record<string, number> = {};
   const runs: Array<[string, string]> = [
     ['percentage', 'type = "percentage"\nmin = "2/3"'],
     [
@@ -220,6 +260,7 @@ async function main(): Promise<void> {
       const d = new Decider(parseDecideConfig(config(proc)));
       try {
         rates[name] = await measure(name, d, served.cpu);
+        alone[name] = await measureProcedure(name, d);
       } finally {
         await d.close();
       }
@@ -230,6 +271,7 @@ async function main(): Promise<void> {
         JSON.stringify({
           bench: `decide ${s} script overhead`,
           usPerDecision: Math.round(1e6 / rates[s] - 1e6 / rates.percentage),
+          usPerCallAlone: Number((alone[s] - alone.percentage).toFixed(1)),
         }),
       );
     }

@@ -5,11 +5,18 @@
  * - no files, network, processes, module loading or clocks: the Lua state has no io, os, require,
  *   package, load*, dofile or debug; the JS context is a fresh V8 context with no host objects and
  *   no Date, Intl, eval/Function (code generation from strings is off) or WebAssembly;
- * - a time limit per call inside the worker (Lua instruction-count hook, vm `timeout`) and, as a
- *   backstop for native code that never yields, a watchdog here that terminates the worker;
+ * - a time limit per call: inside the worker for Lua (an instruction-count hook), and for both a
+ *   watchdog here that terminates a worker whose call overruns (the only limit for JS, and the
+ *   backstop for native code that never yields);
  * - a memory limit: the Lua allocator refuses beyond `memory_mb`, and the worker's V8 heap is capped
  *   with `resourceLimits`, so an allocation bomb kills only the worker, which is restarted on the
  *   next call.
+ *
+ * Calls queued while the worker is busy go to it together, as one message (a thread wake-up costs
+ * more than a small script). The worker publishes how many calls it has started and finished in
+ * shared memory, so the watchdog measures each call, not the batch or the time the worker waited
+ * to be scheduled; when it kills a runaway call, the other calls of its batch run again on a new
+ * worker.
  *
  * A script that breaks a limit, throws or returns something malformed decides nothing; the outcome
  * carries the check ('script.timeout', 'script.memory', 'script.load', 'script.error',
@@ -19,7 +26,7 @@ import { existsSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import type { Answer, Outcome, Procedure, Query } from './procedures.js';
 import { toNumber } from './rational.js';
-import type { ScriptInput, WorkerConfig, WorkerReply } from './script-worker.js';
+import type { ScriptInput, WorkerBatch, WorkerConfig, WorkerReply } from './script-worker.js';
 
 export interface ScriptOptions {
   kind: 'lua' | 'js';
@@ -51,17 +58,31 @@ function workerEntry(): { entry: URL | string; eval: boolean; execArgv: string[]
   };
 }
 
-interface Pending {
-  resolve: (r: { ok: true; result: unknown } | { ok: false; check: string; message: string }) => void;
-  timer: NodeJS.Timeout;
+type Reply = { ok: true; result: unknown } | { ok: false; check: string; message: string };
+
+interface Queued {
+  id: number;
+  input: ScriptInput;
+  resolve: (r: Reply) => void;
+}
+
+/** One worker and what it is doing. */
+interface Session {
+  worker: Worker;
+  /** [calls started, calls finished], written by the worker. */
+  progress: Int32Array;
+  ready: boolean;
+  /** Calls sent to this worker before the batch in flight. */
+  base: number;
+  inflight: Queued[] | undefined;
+  timer: NodeJS.Timeout | undefined;
 }
 
 export class ScriptProcedure implements Procedure {
   readonly name: string;
-  private readonly cfg: WorkerConfig;
-  private worker: Worker | undefined;
-  private ready: Promise<{ ok: true } | { ok: false; check: string; message: string }> | undefined;
-  private readonly pending = new Map<number, Pending>();
+  private readonly cfg: Omit<WorkerConfig, 'progress'>;
+  private session: Session | undefined;
+  private queue: Queued[] = [];
   private nextId = 0;
   private closed = false;
   /** How many times the worker was replaced after dying (memory, watchdog). */
@@ -79,13 +100,14 @@ export class ScriptProcedure implements Procedure {
     };
   }
 
-  private start(): Promise<{ ok: true } | { ok: false; check: string; message: string }> {
+  private begin(): void {
     const memoryMb = Math.ceil(this.cfg.memoryBytes / (1024 * 1024));
     const e = workerEntry();
+    const progress = new SharedArrayBuffer(8);
     const w = new Worker(e.entry, {
       eval: e.eval,
       execArgv: e.execArgv,
-      workerData: this.cfg,
+      workerData: { ...this.cfg, progress } satisfies WorkerConfig,
       resourceLimits: {
         // the JS heap of the worker; wasm memory (the Lua state) is bounded by the Lua allocator
         maxOldGenerationSizeMb: Math.max(16, memoryMb),
@@ -95,65 +117,161 @@ export class ScriptProcedure implements Procedure {
       stdout: true,
       stderr: true,
     });
-    this.worker = w;
-    // idle workers must not keep a CLI process alive
+    const s: Session = {
+      worker: w,
+      progress: new Int32Array(progress),
+      ready: false,
+      base: 0,
+      inflight: undefined,
+      timer: undefined,
+    };
+    this.session = s;
+    // idle workers must not keep a CLI process alive (the startup timer does while loading)
     w.unref();
-    const ready = new Promise<{ ok: true } | { ok: false; check: string; message: string }>((resolve) => {
-      const onMessage = (m: { type?: string; check?: string; message?: string } & Partial<WorkerReply>) => {
-        if (m.type === 'ready') return resolve({ ok: true });
-        if (m.type === 'init-error') return resolve({ ok: false, check: m.check!, message: m.message! });
-        const p = this.pending.get(m.id!);
-        if (!p) return;
-        this.pending.delete(m.id!);
-        clearTimeout(p.timer);
-        p.resolve(m as WorkerReply);
-      };
-      w.on('message', onMessage);
-      const died = (check: string, message: string) => {
-        if (this.worker === w) {
-          this.worker = undefined;
-          this.ready = undefined;
-          this.restarts++;
-        }
-        resolve({ ok: false, check, message });
-        for (const [id, p] of this.pending) {
-          this.pending.delete(id);
-          clearTimeout(p.timer);
-          p.resolve({ ok: false, check, message });
-        }
-      };
-      w.on('error', (err: Error & { code?: string }) => {
-        if (err.code === 'ERR_WORKER_OUT_OF_MEMORY')
-          died('script.memory', 'memory limit exceeded (worker restarted)');
-        else died('script.crashed', `script worker failed: ${err.message}`);
-      });
-      w.on('exit', (code) => died('script.crashed', `script worker exited (${code})`));
+    // loading runs under the in-worker limits, but a worker stuck in native code must not hang us
+    s.timer = setTimeout(() => {
+      if (this.session !== s || s.ready) return;
+      this.detach(s);
+      this.failQueued({ ok: false, check: 'script.timeout', message: 'the script did not load in time' });
+    }, STARTUP_LIMIT_MS + this.cfg.timeoutMs);
+    w.on('message', (m: string | { type: string; check?: string; message?: string }) => {
+      if (this.session !== s) return;
+      if (typeof m === 'string') {
+        this.answered(s, JSON.parse(m) as WorkerReply[]);
+        return;
+      }
+      clearTimeout(s.timer);
+      s.timer = undefined;
+      if (m.type === 'ready') {
+        s.ready = true;
+        this.pump();
+      } else if (m.type === 'init-error') {
+        // a script that does not load decides nothing; the next call tries again
+        this.detach(s);
+        this.failQueued({ ok: false, check: m.check!, message: m.message! });
+      }
     });
-    this.ready = ready;
-    return ready;
+    w.on('error', (err: Error & { code?: string }) => {
+      if (err.code === 'ERR_WORKER_OUT_OF_MEMORY')
+        this.died(s, 'script.memory', 'memory limit exceeded (worker restarted)');
+      else this.died(s, 'script.crashed', `script worker failed: ${err.message}`);
+    });
+    w.on('exit', (code) => this.died(s, 'script.crashed', `script worker exited (${code})`));
+  }
+
+  /** Forgets a worker (and terminates it): nothing it says any more is heard. */
+  private detach(s: Session): void {
+    if (this.session !== s) return;
+    this.session = undefined;
+    clearTimeout(s.timer);
+    s.timer = undefined;
+    void s.worker.terminate();
+  }
+
+  private failQueued(r: Reply): void {
+    const q = this.queue;
+    this.queue = [];
+    for (const c of q) c.resolve(r);
+  }
+
+  /**
+   * A worker died (memory, crash) or was killed. The call it was running gets the error; the
+   * other calls of its batch go back to the queue for a new worker. A worker that dies between
+   * calls takes its whole batch with it (so a worker that cannot run anything cannot loop).
+   */
+  private died(s: Session, check: string, message: string, restart = true): void {
+    if (this.session !== s) return;
+    const batch = s.inflight ?? [];
+    const started = Atomics.load(s.progress, 0);
+    const finished = Atomics.load(s.progress, 1);
+    const running = started > finished ? started - 1 - s.base : -1;
+    s.inflight = undefined;
+    this.detach(s);
+    if (!s.ready) {
+      this.failQueued({ ok: false, check, message });
+      return;
+    }
+    if (restart) this.restarts++;
+    if (running >= 0 && running < batch.length) {
+      batch[running].resolve({ ok: false, check, message });
+      this.queue = [...batch.slice(0, running), ...batch.slice(running + 1), ...this.queue];
+    } else {
+      for (const c of batch) c.resolve({ ok: false, check, message });
+    }
+    this.pump();
+  }
+
+  /** Sends every queued call to the worker if it is free, starting one if needed. */
+  private pump(): void {
+    if (this.queue.length === 0) return;
+    if (this.closed) {
+      this.failQueued({ ok: false, check: 'script.closed', message: 'the procedure was closed' });
+      return;
+    }
+    const s = this.session;
+    if (!s) {
+      this.begin();
+      return;
+    }
+    if (!s.ready || s.inflight) return;
+    const batch = this.queue;
+    this.queue = [];
+    s.inflight = batch;
+    s.base = Atomics.load(s.progress, 0);
+    s.worker.ref();
+    s.worker.postMessage(JSON.stringify(batch.map((c) => [c.id, c.input]) satisfies WorkerBatch));
+    this.watch(s, batch);
+  }
+
+  /**
+   * Terminates the worker when one call runs longer than its limit (plus a grace for Lua, whose
+   * own hook should fire first). Each look at the worker's progress re-arms the timer; a call
+   * seen running at two looks one period apart has overrun.
+   */
+  private watch(s: Session, batch: Queued[]): void {
+    const period = this.cfg.timeoutMs + (this.cfg.kind === 'lua' ? WATCHDOG_GRACE_MS : 0);
+    let seenRunning = -1;
+    const look = () => {
+      if (this.session !== s || s.inflight !== batch) return;
+      const started = Atomics.load(s.progress, 0);
+      const finished = Atomics.load(s.progress, 1);
+      if (started > finished && started === seenRunning) {
+        // the script is stuck where the in-worker limit cannot reach (native code): kill it
+        this.died(s, 'script.timeout', `time limit of ${this.cfg.timeoutMs} ms exceeded (worker terminated)`);
+        return;
+      }
+      seenRunning = started > finished ? started : -1;
+      arm();
+    };
+    // a busy event loop can fire this timer before a reply that already arrived is read: give
+    // queued messages one turn first
+    const arm = () => {
+      s.timer = setTimeout(() => setImmediate(look), period);
+    };
+    arm();
+  }
+
+  private answered(s: Session, replies: WorkerReply[]): void {
+    const batch = s.inflight;
+    if (!batch) return;
+    clearTimeout(s.timer);
+    s.timer = undefined;
+    s.inflight = undefined;
+    const byId = new Map(batch.map((c) => [c.id, c]));
+    for (const r of replies) {
+      const c = byId.get(r.id);
+      if (!c) continue;
+      byId.delete(r.id);
+      c.resolve(r.ok ? { ok: true, result: r.result } : { ok: false, check: r.check, message: r.message });
+    }
+    for (const c of byId.values())
+      c.resolve({ ok: false, check: 'script.crashed', message: 'the script worker lost a call' });
+    if (this.queue.length === 0) s.worker.unref();
+    this.pump();
   }
 
   async run(answers: readonly Answer[], query: Query): Promise<Outcome> {
     if (this.closed) return this.fail('script.closed', 'the procedure was closed');
-    const starting = this.ready ?? this.start();
-    const w0 = this.worker;
-    let startTimer: NodeJS.Timeout | undefined;
-    // loading runs under the in-worker limits, but a worker stuck in native code must not hang us
-    const ready = await Promise.race([
-      starting,
-      new Promise<{ ok: false; check: string; message: string }>((resolve) => {
-        startTimer = setTimeout(() => {
-          void w0?.terminate();
-          resolve({ ok: false, check: 'script.timeout', message: 'the script did not load in time' });
-        }, STARTUP_LIMIT_MS + this.cfg.timeoutMs);
-      }),
-    ]);
-    clearTimeout(startTimer);
-    if (!ready.ok) {
-      // a script that does not load stays broken; a dead worker is restarted next time
-      return this.fail(ready.check, ready.message);
-    }
-    const w = this.worker!;
     const input: ScriptInput = {
       answers: answers.map((a) => ({
         name: a.name,
@@ -164,37 +282,10 @@ export class ScriptProcedure implements Procedure {
       })),
       query,
     };
-    const id = this.nextId++;
-    w.ref();
-    const reply = await new Promise<
-      { ok: true; result: unknown } | { ok: false; check: string; message: string }
-    >((resolve) => {
-      const expire = () => {
-        if (this.pending.get(id)?.timer !== timer) return;
-        // the script is stuck where the in-worker limit cannot reach (native code): kill it
-        this.pending.delete(id);
-        resolve({
-          ok: false,
-          check: 'script.timeout',
-          message: `time limit of ${this.cfg.timeoutMs} ms exceeded (worker terminated)`,
-        });
-        if (this.worker === w) {
-          this.worker = undefined;
-          this.ready = undefined;
-          this.restarts++;
-        }
-        void w.terminate();
-      };
-      const timer = setTimeout(
-        // a busy event loop can fire this timer before a reply that already arrived is read:
-        // give queued messages one turn first
-        () => setImmediate(expire),
-        this.cfg.timeoutMs + (this.cfg.kind === 'lua' ? WATCHDOG_GRACE_MS : 0),
-      );
-      this.pending.set(id, { resolve, timer });
-      w.postMessage({ id, input });
+    const reply = await new Promise<Reply>((resolve) => {
+      this.queue.push({ id: this.nextId++, input, resolve });
+      this.pump();
     });
-    if (this.pending.size === 0 && this.worker === w) w.unref();
     if (!reply.ok) return this.fail(reply.check, reply.message);
     return this.interpret(reply.result, answers);
   }
@@ -241,9 +332,15 @@ export class ScriptProcedure implements Procedure {
 
   async close(): Promise<void> {
     this.closed = true;
-    const w = this.worker;
-    this.worker = undefined;
-    this.ready = undefined;
-    if (w) await w.terminate();
+    const s = this.session;
+    const closed: Reply = { ok: false, check: 'script.closed', message: 'the procedure was closed' };
+    if (s) {
+      const batch = s.inflight ?? [];
+      s.inflight = undefined;
+      this.detach(s);
+      for (const c of batch) c.resolve(closed);
+      await s.worker.terminate();
+    }
+    this.failQueued(closed);
   }
 }

@@ -249,3 +249,67 @@ describe('script sandboxes', () => {
     }
   });
 });
+
+describe('script calls in batches', () => {
+  test('concurrent calls share the worker; a runaway call is killed alone and the others still decide', async () => {
+    const p = new ScriptProcedure({
+      kind: 'js',
+      name: 'batch',
+      timeoutMs: 100,
+      source: 'function decide(a, q) { if (q.key === "loop") for (;;) {} return a[0].value }',
+    });
+    try {
+      await p.run(present, q); // started and loaded
+      const keys = ['a', 'b', 'loop', 'c', 'd', 'e'];
+      const outs = await Promise.all(keys.map((key) => p.run(present, { protocol: 'nix', key })));
+      for (const [i, key] of keys.entries()) {
+        if (key === 'loop') assert.equal(outs[i].error?.check, 'script.timeout');
+        else assert.equal(outs[i].value, A, `${key}: ${JSON.stringify(outs[i])}`);
+      }
+      assert.equal(p.restarts, 1);
+    } finally {
+      await p.close();
+    }
+  });
+
+  test('many concurrent calls each get their own answer', async () => {
+    const p = new ScriptProcedure({
+      kind: 'lua',
+      name: 'many',
+      source:
+        'function decide(a, q) if q.key == "none" then return nil end return a[1].value, tonumber(q.key) / 100 end',
+    });
+    try {
+      const outs = await Promise.all(
+        Array.from({ length: 40 }, (_, i) =>
+          p.run(present, { protocol: 'nix', key: i === 7 ? 'none' : String(i) }),
+        ),
+      );
+      for (const [i, o] of outs.entries()) {
+        if (i === 7) assert.equal(o.decided, false);
+        else assert.deepEqual([o.value, o.confidence], [A, i / 100]);
+      }
+    } finally {
+      await p.close();
+    }
+  });
+
+  test('Lua sees integer weights as integers, absent fields as nil, and coroutines are timed too', async () => {
+    const typed = await run(
+      'lua',
+      `function decide(a)
+         if math.type(a[1].weight) ~= 'integer' or a[3].value ~= nil or a[1].check ~= nil then error('types') end
+         if a[4].check ~= 'http.timeout' or #a ~= 4 then error('fields') end
+         return a[1].value
+       end`,
+    );
+    assert.equal(typed.first.value, A);
+    const co = await run(
+      'lua',
+      'function decide() local c = coroutine.create(function() while true do end end) coroutine.resume(c) while true do end end',
+    );
+    assert.equal(co.first.error?.check, 'script.timeout');
+    const nan = await run('lua', 'function decide(a) return a[1].value, 0/0 end');
+    assert.equal(nan.first.error?.check, 'script.result');
+  });
+});
