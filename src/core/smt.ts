@@ -155,6 +155,9 @@ export type StratumHeapOf = (row: Buffer) => Int32Array | undefined;
 // kinds 'included' and 'other', where the leaf found was.
 const walkBitmap = Buffer.alloc(32);
 const walkSiblings = Buffer.alloc(32 * 256);
+// Siblings are copied 4 bytes at a time through DataViews: several times faster than Buffer#copy,
+// Uint8Array#set or a byte loop for 32 bytes.
+const walkSiblingsView = new DataView(walkSiblings.buffer, walkSiblings.byteOffset, walkSiblings.byteLength);
 const walkRef = Buffer.alloc(32);
 let walkCount = 0;
 
@@ -172,6 +175,7 @@ function walk(root: Buffer, path: Uint8Array, read: StratumReader, heapOf?: Stra
   walkCount = 0;
   if (asBuffer(root).equals(SMT_EMPTY)) return { kind: 'empty', depth: 0 };
   let buf = readStratum(read, Buffer.from(ROOT_STRATUM_ID), root);
+  let view = new DataView(buf.buffer, buf.byteOffset, buf.length);
   let heap = heapOf?.(buf);
   let top = 0;
   let pos = 1;
@@ -193,6 +197,7 @@ function walk(root: Buffer, path: Uint8Array, read: StratumReader, heapOf?: Stra
       // copied first: the next read may reuse the memory the current row lives in
       for (let i = 0; i < 32; i++) walkRef[i] = buf[pos + 1 + i];
       buf = readStratum(read, stratumId(depth, path), walkRef);
+      view = new DataView(buf.buffer, buf.byteOffset, buf.length);
       heap = heapOf?.(buf);
       top = depth;
       pos = 1;
@@ -216,20 +221,21 @@ function walk(root: Buffer, path: Uint8Array, read: StratumReader, heapOf?: Stra
     depth++;
     if (buf[sib] !== TAG_EMPTY) {
       walkBitmap[(depth - 1) >> 3] |= 0x80 >> ((depth - 1) & 7);
-      // byte loops: Buffer#copy costs more than 32 bytes are worth
       const o = 32 * walkCount++;
-      if (buf[sib] === TAG_LEAF) {
-        const lh = nodeHashAt(buf, sib);
-        for (let i = 0; i < 32; i++) walkSiblings[o + i] = lh[i];
-      } else {
+      if (buf[sib] === TAG_LEAF) walkSiblings.set(nodeHashAt(buf, sib), o);
+      else {
         if (sib + 33 > buf.length) throw corrupt('truncated node');
-        for (let i = 0; i < 32; i++) walkSiblings[o + i] = buf[sib + 1 + i];
+        for (let i = 0; i < 32; i += 4) walkSiblingsView.setUint32(o + i, view.getUint32(sib + 1 + i));
       }
     }
   }
 }
 
-/** Looks up a path: its value (undefined if absent) and the proof, reading strata through `read`. */
+/**
+ * Looks up a path: its value (undefined if absent) and the proof, reading strata through `read`. The walk
+ * is done with each row before it reads the next, and returns copies only, so unlike other readers of
+ * strata `read` may return a buffer that its next call reuses.
+ */
 export function smtLookup(
   root: Buffer,
   path: Uint8Array,
@@ -254,7 +260,8 @@ export function smtLookup(
 
 /**
  * smtLookup with the proof already encoded (exactly encodeSmtProof of smtLookup's proof), written once
- * without the intermediate objects: the form a lookup answer carries.
+ * without the intermediate objects: the form a lookup answer carries. `read` may reuse its buffer, as
+ * for smtLookup.
  */
 export function smtLookupEncoded(
   root: Buffer,

@@ -292,8 +292,10 @@ export class Log {
       this.topStrata.fill(undefined);
       this.topStrataRoot = Buffer.from(mapRoot);
     }
+    // a lookup's walk is done with each row before it reads the next (see smtLookupEncoded)
+    const below = adopt && snap.peekStratum ? snap.peekStratum : snap.stratum;
     return (id) => {
-      if (id[0] > 1) return snap.stratum(id);
+      if (id[0] > 1) return below(id);
       const slot = id[0] === 0 ? 0 : 1 + id[1];
       let row = this.topStrata[slot];
       if (!row) {

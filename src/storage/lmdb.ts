@@ -75,6 +75,15 @@ export class LmdbLogStore implements LogStore {
       this.strataDb.getBinary(
         Buffer.isBuffer(id) ? id : Buffer.from(id.buffer, id.byteOffset, id.byteLength),
       ),
+    // lmdb-js copies the value into one buffer that every read reuses (getBinary copies it again);
+    // that buffer reports the value's size through an own `length` property, so it is narrowed to
+    // a plain view for callers
+    peekStratum: (id) => {
+      const b = this.strataDb.getBinaryFast(
+        Buffer.isBuffer(id) ? id : Buffer.from(id.buffer, id.byteOffset, id.byteLength),
+      );
+      return b === undefined ? undefined : b.subarray(0, b.length);
+    },
   };
 
   private lastHeadText: string | undefined;

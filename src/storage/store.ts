@@ -30,6 +30,11 @@ export interface LogSnapshot {
   entry(index: number): Buffer | undefined;
   tile(tileLevel: number, tileIndex: number): StoredTile | undefined;
   stratum(id: Uint8Array): Buffer | undefined;
+  /**
+   * The same bytes as `stratum`, possibly in a buffer that the next read of this store reuses (no
+   * copy): for a caller that is done with a row before it reads anything else. Optional.
+   */
+  peekStratum?(id: Uint8Array): Uint8Array | undefined;
 }
 
 export interface CommitBatch {

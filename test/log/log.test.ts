@@ -200,6 +200,21 @@ describe('log', () => {
       }
     };
     check();
+    // peekStratum gives the bytes stratum gives (in a reused buffer: compared before the next read)
+    const peekSame = () =>
+      log.storage.read((snap) => {
+        for (const id of [
+          Buffer.from([0]),
+          Buffer.from([1, 0x42]),
+          Buffer.from([2, 1, 2]),
+          Buffer.from([9]),
+        ]) {
+          const copy = snap.stratum(id);
+          const peeked = snap.peekStratum!(id);
+          assert.deepEqual(peeked === undefined ? undefined : Buffer.from(peeked), copy);
+        }
+      });
+    peekSame();
     // sizes that cross tile boundaries (full tiles, ragged edges) and replace stored values
     for (const n of [1, 255, 1, 700, 2000, 513]) {
       round++;
@@ -211,6 +226,7 @@ describe('log', () => {
       }
       await log.submit(batch);
       check();
+      peekSame();
     }
     // a protocol that needs escaping in JSON
     await log.submit([{ ...entry('q', 1), protocol: 'a"b\\c' }]);
