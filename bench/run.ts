@@ -1,5 +1,7 @@
 // npm run bench: prints one JSON line per figure. Sizes can be reduced for a quick look with
-// TRUSTIX_BENCH_N (entries in the first phase; the second phase adds as many again).
+// TRUSTIX_BENCH_N (entries in the first phase; the second phase adds as many again, unless
+// TRUSTIX_BENCH_SECOND=0). The read figures also give the process's CPU time per operation, which
+// on a shared machine says more than the wall-clock rate.
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -11,6 +13,12 @@ import { Log } from '../src/log/log.js';
 
 const N = Number(process.env.TRUSTIX_BENCH_N ?? 1_000_000);
 const BATCH = 10_000;
+
+/** CPU time (user + system) of this process since `since`, in microseconds per operation. */
+function cpuMicros(since: NodeJS.CpuUsage, ops: number): number {
+  const u = process.cpuUsage(since);
+  return Math.round(((u.user + u.system) / ops) * 10) / 10;
+}
 
 function emit(name: string, value: number, unit: string, extra: Record<string, unknown> = {}): void {
   console.log(JSON.stringify({ name, value: Math.round(value * 100) / 100, unit, ...extra }));
@@ -91,16 +99,24 @@ try {
     i % 4 === 3 ? nixKey() : keys[(i * 7919) % keys.length],
   );
   let t = process.hrtime.bigint();
+  let cpu = process.cpuUsage();
   const answers: LookupAnswer[] = new Array(L);
   for (let i = 0; i < L; i++) answers[i] = log.lookup('nix', lookupKeys[i]);
   let s = Number(process.hrtime.bigint() - t) / 1e9;
-  emit('lookup_with_proofs_per_s', L / s, 'lookups/s', { lookups: L, present_fraction: 0.75, size: N });
+  emit('lookup_with_proofs_per_s', L / s, 'lookups/s', {
+    lookups: L,
+    present_fraction: 0.75,
+    size: N,
+    cpu_us_per_op: cpuMicros(cpu, L),
+  });
 
   // the same answers as the JSON text a server sends (Log.lookupJson), checked against the objects
   t = process.hrtime.bigint();
+  cpu = process.cpuUsage();
   let jsonBytes = 0;
   for (let i = 0; i < L; i++) jsonBytes += log.lookupJson('nix', lookupKeys[i]).body.length;
   s = Number(process.hrtime.bigint() - t) / 1e9;
+  const jsonCpu = cpuMicros(cpu, L);
   for (let i = 0; i < L; i += 997) {
     if (log.lookupJson('nix', lookupKeys[i]).body !== JSON.stringify(answers[i]))
       throw new Error(`lookupJson differs from the answer object for lookup ${i}`);
@@ -110,11 +126,13 @@ try {
     present_fraction: 0.75,
     size: N,
     avg_bytes: Math.round(jsonBytes / L),
+    cpu_us_per_op: jsonCpu,
   });
 
   const verifier = verifierFromVkey(log.vkey);
   const V = Math.min(50_000, L);
   t = process.hrtime.bigint();
+  cpu = process.cpuUsage();
   let present = 0;
   for (let i = 0; i < V; i++) {
     const v = verifyLookup(answers[i], verifier, { protocol: 'nix', key: lookupKeys[i] });
@@ -122,7 +140,11 @@ try {
     if (v.status === 'present') present++;
   }
   s = Number(process.hrtime.bigint() - t) / 1e9;
-  emit('verify_lookup_per_s', V / s, 'verifications/s', { verifications: V, present });
+  emit('verify_lookup_per_s', V / s, 'verifications/s', {
+    verifications: V,
+    present,
+    cpu_us_per_op: cpuMicros(cpu, V),
+  });
 
   // proof sizes at this size
   const sample = answers.slice(0, 1000);
@@ -146,14 +168,16 @@ try {
   });
   emit('lookup_answer_json_bytes', avg(sample.map((a) => JSON.stringify(a).length)), 'bytes', { size: N });
 
-  // scaling: from N to 2N
-  const t2 = await ingest(log, N, keys);
-  emit('ingest_second_entries_per_s', N / t2, 'entries/s', { from: N, to: 2 * N, seconds: t2 });
-  sampleMemory();
-  emit('peak_rss_after_second', peakRss / 2 ** 20, 'MiB', {
-    entries: 2 * N,
-    anonymous_mib: Math.round(peakAnon / 2 ** 20),
-  });
+  if (process.env.TRUSTIX_BENCH_SECOND !== '0') {
+    // scaling: from N to 2N
+    const t2 = await ingest(log, N, keys);
+    emit('ingest_second_entries_per_s', N / t2, 'entries/s', { from: N, to: 2 * N, seconds: t2 });
+    sampleMemory();
+    emit('peak_rss_after_second', peakRss / 2 ** 20, 'MiB', {
+      entries: 2 * N,
+      anonymous_mib: Math.round(peakAnon / 2 ** 20),
+    });
+  }
   await log.close();
 } finally {
   clearInterval(rssTimer);

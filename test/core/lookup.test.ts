@@ -149,7 +149,8 @@ describe('verifyLookup', () => {
 
 describe('decodeBase64Canonical', () => {
   test('accepts exactly what decodeBase64Strict accepts, with the same bytes', () => {
-    const chars = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_ \n.';
+    const chars =
+      'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_ \n\t\r.%\u00e9\u00ff\u0100\u2014\ud83d\0';
     const same = (text: string) => {
       const a = decodeBase64Strict(text);
       const b = decodeBase64Canonical(text);
@@ -161,7 +162,25 @@ describe('decodeBase64Canonical', () => {
         same(text);
         // every single-character change, including the padding and the bits before it
         for (let i = 0; i < text.length; i++) {
-          for (const c of ['A', 'B', 'C', 'D', 'Q', 'g', 'w', '=', '-', '_', '/', '+', ' ']) {
+          for (const c of [
+            'A',
+            'B',
+            'C',
+            'D',
+            'Q',
+            'g',
+            'w',
+            '=',
+            '-',
+            '_',
+            '/',
+            '+',
+            ' ',
+            '\n',
+            '.',
+            '\u00e9',
+            '\u0141',
+          ]) {
             same(text.slice(0, i) + c + text.slice(i + 1));
           }
           same(text.slice(0, i) + text.slice(i + 1));
