@@ -62,7 +62,10 @@
  * Because rows are used in place, there is no decoded form worth caching, so a cache holds raw rows and sits
  * in front of any StratumReader: StratumCache keeps the root and depth-8 strata (the largest rows, read by
  * every lookup and rewritten by every large batch; about 4.5 MB at a million leaves). The caller applies a
- * batch's writes to it after the commit succeeded.
+ * batch's writes to it after the commit succeeded. For rows kept that long, stratumHeap gives the offset of
+ * every node by heap position, so a lookup walks a full band in 8 steps instead of skipping left subtrees
+ * (smtLookup's optional heapOf). Lookups copy what they keep before reading the next row, so the reader
+ * they are given may hand out a reused buffer (the log's lower strata come from lmdb without a copy).
  *
  * COST
  * With a batch of B random updates on a tree of N leaves the top log2(B) levels are shared, so each update
