@@ -489,13 +489,13 @@ export class Log {
     }
 
     this.read((snap) => {
-      const reader = hashReaderFromTiles(this.tileGetter(snap));
+      const proofs = this.batchProofs(snap, indexes, head.size);
       for (let i = 0; i < batch.length; i++) {
         batch[i].resolve({
           index: indexes[i],
           duplicate: duplicate[i],
           checkpoint: head.checkpoint,
-          proof: inclusionProof(indexes[i], head.size, reader, this.rangeCache),
+          proof: proofs[i],
         });
       }
     });
@@ -505,6 +505,57 @@ export class Log {
       size: head.size,
       seconds: Number(process.hrtime.bigint() - started) / 1e9,
     });
+  }
+
+  /**
+   * inclusionProof(index, size) for every index of a batch. Leaves of one 256-leaf tile share the
+   * part of their path above the tile, so it is computed once per tile (the slices are shared
+   * between receipts, like the tile views a proof is made of); inside a full tile the rest is one
+   * stored hash per row.
+   */
+  private batchProofs(snap: LogSnapshot, indexes: readonly number[], size: number): Buffer[][] {
+    const getTile = this.tileGetter(snap);
+    const reader = hashReaderFromTiles(getTile);
+    const tops = new Map<number, { hashes: Buffer[]; start: number; n: number; tile?: Buffer }>();
+    const out = new Array<Buffer[]>(indexes.length);
+    for (let i = 0; i < indexes.length; i++) {
+      const index = indexes[i];
+      const tileIndex = Math.floor(index / TILE_WIDTH);
+      let top = tops.get(tileIndex);
+      if (top === undefined) {
+        const above = inclusionProofAbove(index, size, TILE_WIDTH, reader, this.rangeCache);
+        top = { hashes: above.hashes.reverse(), start: above.start, n: above.n };
+        if (top.n === TILE_WIDTH) {
+          const t = getTile(0, tileIndex);
+          if (
+            t !== undefined &&
+            t.width === TILE_WIDTH &&
+            t.expanded.length === expandedTileSize(TILE_WIDTH)
+          ) {
+            top.tile = Buffer.isBuffer(t.expanded)
+              ? t.expanded
+              : Buffer.from(t.expanded.buffer, t.expanded.byteOffset, t.expanded.byteLength);
+          }
+        }
+        tops.set(tileIndex, top);
+      }
+      const ex = top.tile;
+      if (ex !== undefined) {
+        const proof = new Array<Buffer>(TILE_HEIGHT + top.hashes.length);
+        const local = index - top.start;
+        for (let r = 0; r < TILE_HEIGHT; r++) {
+          const off = expandedHashOffset(TILE_WIDTH, r, (local >> r) ^ 1);
+          proof[r] = ex.subarray(off, off + 32);
+        }
+        for (let j = 0; j < top.hashes.length; j++) proof[TILE_HEIGHT + j] = top.hashes[j];
+        out[i] = proof;
+      } else {
+        const below = inclusionProofBelow(index, top.start, top.n, reader, this.rangeCache);
+        for (let j = 0; j < top.hashes.length; j++) below.push(top.hashes[j]);
+        out[i] = below;
+      }
+    }
+    return out;
   }
 
   /** A lookup answer for (protocol, key) against the latest checkpoint, with every proof a client needs. */

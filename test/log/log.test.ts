@@ -241,6 +241,40 @@ describe('log', () => {
     await ro.close();
   });
 
+  test('receipt proofs across full and partial tiles equal fresh proofs and verify', async () => {
+    const dir = tempDir();
+    const log = await Log.create(dir, 'test.example/log', { batchDelayMs: 1, maxBatch: 300 });
+    const verifier = verifierFromVkey(log.vkey);
+    const check = (receipts: Awaited<ReturnType<Log['submit']>>) => {
+      const head = log.head();
+      log.storage.read((snap) => {
+        const read = hashReaderFromTiles((level, index) => snap.tile(level, index));
+        for (const r of receipts) {
+          const cp = openCheckpoint(r.checkpoint, verifier).checkpoint;
+          assert.equal(cp.size, head.size);
+          assert.deepEqual(
+            r.proof.map((h) => Buffer.from(h).toString('hex')),
+            inclusionProof(r.index, cp.size, read).map((h) => Buffer.from(h).toString('hex')),
+          );
+          verifyInclusion(leafHash(log.entry(r.index)), r.index, cp.size, r.proof, cp.rootHash);
+        }
+      });
+    };
+    // sizes 300, 600, 601, 900 and 1100: tiles fill inside a batch, one leaf alone, a batch of
+    // mixed new entries and resubmissions whose leaves sit in old full tiles
+    const all: Entry[] = [];
+    for (const n of [300, 300, 1, 299, 200]) {
+      const fresh = Array.from({ length: n }, (_, i) => entry(`k${all.length + i}`, randomBytes(32)));
+      const resubmitted = all.filter((_, i) => i % 37 === 5);
+      const receipts = await log.submit([...fresh, ...resubmitted]);
+      assert.equal(receipts.filter((r) => r.duplicate).length, resubmitted.length);
+      check(receipts);
+      all.push(...fresh);
+    }
+    assert.equal(log.head().size, 1100);
+    await log.close();
+  });
+
   test('bad input is refused before anything is queued', async () => {
     const log = await Log.create(tempDir(), 'test.example/bad', { batchDelayMs: 1 });
     assert.throws(
