@@ -43,6 +43,7 @@ import {
 } from '../core/tiles.js';
 import { LmdbLogStore } from '../storage/lmdb.js';
 import type { LogHead, LogSnapshot, LogStore, StoredTile } from '../storage/store.js';
+import { SmtOffload } from './smt-offload.js';
 
 export interface LogOptions {
   /** Most entries sequenced in one batch (one commit, one signature). */
@@ -119,6 +120,11 @@ const SIGNING_KEY_FILE = 'signing.key';
 const MAX_CACHED_TILES = 4096;
 /** Upper audit-path parts remembered for one tree size (about 0.6 KB each at a million leaves). */
 const MAX_PROOF_TOPS = 65_536;
+/**
+ * Index updates from which a batch's sparse index update runs in the worker thread. Below it the
+ * round trip (packing, messages, a fresh read transaction) costs more than the overlap gains.
+ */
+const OFFLOAD_MIN_UPDATES = 2048;
 
 /** Slot of a root or depth-8 stratum id in Log.topStrata. */
 function topSlot(id: Uint8Array): number {
@@ -171,6 +177,8 @@ export class Log {
   /** The head's checkpoint as a JSON string literal, for answers built as text. */
   private checkpointJsonOf = '';
   private checkpointJson = '""';
+  /** Runs big batches' sparse index updates on another core (undefined for a read-only log). */
+  private readonly offload: SmtOffload | undefined;
 
   private constructor(
     private readonly store: LogStore,
@@ -179,7 +187,9 @@ export class Log {
     head: LogHead,
     opts: LogOptions,
     identity: { origin: string; vkey: string },
+    dir: string,
   ) {
+    this.offload = signer ? new SmtOffload(dir) : undefined;
     this.origin = identity.origin;
     this.vkey = identity.vkey;
     this.sequenced = head;
@@ -212,7 +222,7 @@ export class Log {
       checkpoint: signCheckpoint(cp, signer),
     };
     await store.commit({ firstIndex: 0, entries: [], tiles: [], strataWrites: [], strataDeletes: [], head });
-    return new Log(store, signer, head, opts, { origin, vkey: signer.vkey });
+    return new Log(store, signer, head, opts, { origin, vkey: signer.vkey }, dir);
   }
 
   /** Opens an existing log. The signing key defaults to the one stored beside it. */
@@ -238,7 +248,7 @@ export class Log {
       }
       const head = store.read((s) => s.head());
       if (!head) throw new StorageError(`log store in ${dir} has no head`);
-      return new Log(store, signer, head, opts, { origin, vkey });
+      return new Log(store, signer, head, opts, { origin, vkey }, dir);
     } catch (err) {
       await store.close();
       throw err;
@@ -413,14 +423,24 @@ export class Log {
     return plan;
   }
 
-  /** New tiles, log root and index rows for a plan, on top of the committed state `old`. */
-  private build(
+  /**
+   * New tiles, log root and index rows for a plan, on top of the committed state `old`. A big
+   * batch's index update runs in the worker (which reads the same committed state) while this
+   * thread builds the tiles; if the worker cannot do it, it runs here.
+   */
+  private async build(
     old: LogHead,
     plan: BatchPlan,
     onReplace?: (path: Buffer, oldValue: Buffer) => void,
-  ): BatchBuild {
+  ): Promise<BatchBuild> {
     const newSize = old.size + plan.appended.length;
-    return this.read((snap) => {
+    const offloaded =
+      this.offload !== undefined && plan.updates.length >= OFFLOAD_MIN_UPDATES
+        ? this.offload.apply(old.mapRoot, plan.updates)
+        : undefined;
+    const applyHere = (snap: LogSnapshot) =>
+      smtApplyBatch(old.mapRoot, plan.updates, this.stratumReader(snap, old.mapRoot), onReplace);
+    const built = this.read((snap) => {
       const getTile = this.tileGetter(snap);
       const tiles = appendToTiles(old.size, plan.leafHashes, getTile);
       const overlay = new Map<string, StoredTile>();
@@ -429,14 +449,19 @@ export class Log {
         newSize,
         hashReaderFromTiles((l, n) => overlay.get(`${l}/${n}`) ?? getTile(l, n)),
       );
-      const strata = smtApplyBatch(
-        old.mapRoot,
-        plan.updates,
-        this.stratumReader(snap, old.mapRoot),
-        onReplace,
-      );
-      return { newSize, tiles, rootHash, strata };
+      return { tiles, rootHash, strata: offloaded === undefined ? applyHere(snap) : undefined };
     });
+    let strata = built.strata;
+    if (strata === undefined) {
+      const r = await offloaded;
+      if (r !== undefined) {
+        if (onReplace) for (const x of r.replaced) onReplace(x.path, x.value);
+        strata = r.strata;
+      } else {
+        strata = this.read(applyHere);
+      }
+    }
+    return { newSize, tiles: built.tiles, rootHash: built.rootHash, strata };
   }
 
   private async sequence(batch: Pending[]): Promise<void> {
@@ -450,7 +475,7 @@ export class Log {
     const replaced = new Map<string, Buffer>();
     let built =
       plan.appended.length > 0
-        ? this.build(old, plan, (path, v) => replaced.set(path.toString('latin1'), v))
+        ? await this.build(old, plan, (path, v) => replaced.set(path.toString('latin1'), v))
         : undefined;
     if (replaced.size > 0) {
       const stored = new Map<string, StoredValue>();
@@ -466,7 +491,7 @@ export class Log {
       // knowing more can only turn appends into duplicates, so an equal count means an equal plan
       if (again.appended.length !== plan.appended.length) {
         plan = again;
-        built = plan.appended.length > 0 ? this.build(old, plan) : undefined;
+        built = plan.appended.length > 0 ? await this.build(old, plan) : undefined;
       }
     }
     const { indexes, duplicate, appended } = plan;
@@ -717,6 +742,7 @@ export class Log {
     }
     if (this.storeClosed) return;
     this.storeClosed = true;
+    await this.offload?.close();
     await this.store.close();
   }
 

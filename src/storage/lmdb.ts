@@ -56,6 +56,14 @@ export class LmdbLogStore implements LogStore {
     return new LmdbLogStore(root);
   }
 
+  /**
+   * Makes the next read see the latest commit. A thread that only reads (the sparse index worker)
+   * could otherwise keep the snapshot it took before another thread's commit.
+   */
+  renewSnapshot(): void {
+    this.root.resetReadTxn();
+  }
+
   read<T>(fn: (snapshot: LogSnapshot) => T): T {
     return fn(this.snapshot);
   }

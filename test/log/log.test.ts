@@ -275,6 +275,51 @@ describe('log', () => {
     await log.close();
   });
 
+  test('big batches (index update in the worker thread) give the state that small batches give', async () => {
+    const keys = Array.from({ length: 3000 }, (_, i) => `w${i}`);
+    const rounds: Entry[][] = [
+      keys.map((k) => entry(k, randomBytes(32))),
+      // replacements, identical resubmissions and new keys in one batch
+      [
+        ...keys.slice(0, 1500).map((k, i) => entry(k, randomBytes(32), `{"r":${i}}`)),
+        ...keys.slice(1500, 2000).map((k) => entry(k, 0)),
+        ...Array.from({ length: 1000 }, (_, i) => entry(`n${i}`, randomBytes(32))),
+      ],
+    ];
+    rounds.push(rounds[0].slice(2000, 2600)); // identical resubmissions only: nothing appended
+    rounds.push([...rounds[1].slice(0, 2500), ...rounds[0].slice(2500)]); // appended 0, replan path
+    const big = await Log.create(tempDir(), 'test.example/log', { batchDelayMs: 1, maxBatch: 5000 });
+    const small = await Log.create(tempDir(), 'test.example/log', { batchDelayMs: 1, maxBatch: 1000 });
+    const verifier = verifierFromVkey(big.vkey);
+    for (const round of rounds) {
+      const [a, b] = await Promise.all([big.submit(round), small.submit(round)]);
+      assert.deepEqual(
+        a.map((r) => [r.index, r.duplicate]),
+        b.map((r) => [r.index, r.duplicate]),
+      );
+      for (let i = 0; i < a.length; i += 97) {
+        const cp = openCheckpoint(a[i].checkpoint, verifier).checkpoint;
+        verifyInclusion(leafHash(big.entry(a[i].index)), a[i].index, cp.size, a[i].proof, cp.rootHash);
+      }
+      const hb = big.head();
+      const hs = small.head();
+      assert.equal(hb.size, hs.size);
+      assert.deepEqual(hb.rootHash, hs.rootHash);
+      assert.deepEqual(hb.mapRoot, hs.mapRoot);
+      // the worker really ran (a silent fallback to this thread would make the comparison moot)
+      const offload = (big as unknown as { offload: { worker?: unknown; broken: boolean } }).offload;
+      assert.ok(offload.worker !== undefined && !offload.broken);
+    }
+    for (const k of ['w0', 'w1600', 'w2999', 'n999', 'absent']) {
+      const key = Buffer.from(k);
+      const ans = verifyLookup(big.lookup('nix', key), verifier, { protocol: 'nix', key });
+      assert.equal(ans.status, k === 'absent' ? 'absent' : 'present');
+    }
+    const report = await auditStore(big.storage, verifier);
+    assert.ok(report.ok, JSON.stringify(report));
+    await Promise.all([big.close(), small.close()]);
+  });
+
   test('bad input is refused before anything is queued', async () => {
     const log = await Log.create(tempDir(), 'test.example/bad', { batchDelayMs: 1 });
     assert.throws(

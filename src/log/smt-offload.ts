@@ -1,0 +1,199 @@
+/**
+ * The sequencer's side of smt-worker.ts: runs smtApplyBatch for big batches in a worker thread,
+ * so that hashing the sparse index overlaps with the tiles, the event loop and the next batch's
+ * submissions. Any failure of the worker (it cannot start, it dies, it reports an error) is
+ * answered by running the same update on the calling thread, which gives the typed error of a
+ * real problem (for example a damaged row) or the result, so the worker changes no outcome.
+ */
+import { Worker } from 'node:worker_threads';
+import type { SmtBatchResult, SmtUpdate } from '../core/smt.js';
+
+/** Byte strings packed into one buffer: string i is bytes[ends[i-1] .. ends[i]). */
+export interface PackedRows {
+  bytes: Uint8Array;
+  ends: Uint32Array;
+}
+
+export function packRows(items: readonly Uint8Array[]): PackedRows {
+  let total = 0;
+  for (const it of items) total += it.length;
+  // not from the Buffer pool: the buffer is transferred whole
+  const bytes = new Uint8Array(new ArrayBuffer(total));
+  const ends = new Uint32Array(items.length);
+  let at = 0;
+  for (let i = 0; i < items.length; i++) {
+    bytes.set(items[i], at);
+    at += items[i].length;
+    ends[i] = at;
+  }
+  return { bytes, ends };
+}
+
+function unpackRows(p: PackedRows): Buffer[] {
+  const b = Buffer.from(p.bytes.buffer, p.bytes.byteOffset, p.bytes.byteLength);
+  const out = new Array<Buffer>(p.ends.length);
+  let start = 0;
+  for (let i = 0; i < p.ends.length; i++) {
+    out[i] = b.subarray(start, p.ends[i]);
+    start = p.ends[i];
+  }
+  return out;
+}
+
+export interface OffloadRequest {
+  type: 'apply';
+  seq: number;
+  root: Uint8Array;
+  /** n paths of 32 bytes. */
+  paths: Uint8Array;
+  values: Uint8Array;
+  valueEnds: Uint32Array;
+}
+
+export type OffloadResponse =
+  | {
+      type: 'done';
+      seq: number;
+      root: Uint8Array;
+      ids: PackedRows;
+      rows: PackedRows;
+      replacedPaths: PackedRows;
+      replacedValues: PackedRows;
+    }
+  | { type: 'failed'; seq: number; message: string };
+
+/** The result of an offloaded update, with the replaced values it reported. */
+export interface OffloadResult {
+  strata: SmtBatchResult;
+  replaced: Array<{ path: Buffer; value: Buffer }>;
+}
+
+export class SmtOffload {
+  private worker: Worker | undefined;
+  private broken = false;
+  private seq = 0;
+  private waiting: { seq: number; settle: (r: OffloadResponse | undefined) => void } | undefined;
+
+  constructor(private readonly dir: string) {}
+
+  private start(): Worker | undefined {
+    if (this.broken) return undefined;
+    if (this.worker) return this.worker;
+    let w: Worker;
+    try {
+      if (import.meta.url.endsWith('.ts')) {
+        // Running from source (tests, through tsx): a worker does not inherit tsx's loader, so it
+        // registers it before importing the worker's source.
+        const api = import.meta.resolve('tsx/esm/api');
+        const url = new URL('./smt-worker.ts', import.meta.url).href;
+        const boot = `import(${JSON.stringify(api)}).then((m) => { m.register(); return import(${JSON.stringify(url)}); });`;
+        w = new Worker(boot, { eval: true, workerData: { dir: this.dir } });
+      } else {
+        w = new Worker(new URL('./smt-worker.js', import.meta.url), { workerData: { dir: this.dir } });
+      }
+    } catch {
+      this.broken = true;
+      return undefined;
+    }
+    w.unref();
+    w.on('message', (m: OffloadResponse | { type: 'closed' }) => {
+      const waiting = this.waiting;
+      if (m.type === 'closed' || waiting === undefined || m.seq !== waiting.seq) return;
+      this.waiting = undefined;
+      waiting.settle(m);
+    });
+    const fail = () => {
+      this.broken = true;
+      this.worker = undefined;
+      const waiting = this.waiting;
+      this.waiting = undefined;
+      waiting?.settle(undefined);
+    };
+    w.on('error', fail);
+    w.on('exit', fail);
+    this.worker = w;
+    return w;
+  }
+
+  /**
+   * Starts the update of the committed tree `root` by `updates` in the worker. The promise gives
+   * undefined when the worker could not do it; the caller then runs the update itself. At most
+   * one update is in flight (the sequencer awaits each before the next).
+   */
+  apply(root: Buffer, updates: readonly SmtUpdate[]): Promise<OffloadResult | undefined> {
+    const w = this.start();
+    if (w === undefined || this.waiting !== undefined) return Promise.resolve(undefined);
+    const n = updates.length;
+    const paths = new Uint8Array(new ArrayBuffer(n * 32));
+    let total = 0;
+    for (const u of updates) total += u.value.length;
+    const values = new Uint8Array(new ArrayBuffer(total));
+    const valueEnds = new Uint32Array(n);
+    let at = 0;
+    for (let i = 0; i < n; i++) {
+      const u = updates[i];
+      // a bad length is left to the in-thread run, which reports it as the FormatError it is
+      if (u.path.length !== 32) return Promise.resolve(undefined);
+      paths.set(u.path, i * 32);
+      values.set(u.value, at);
+      at += u.value.length;
+      valueEnds[i] = at;
+    }
+    const seq = ++this.seq;
+    const req: OffloadRequest = { type: 'apply', seq, root: Uint8Array.from(root), paths, values, valueEnds };
+    return new Promise<OffloadResult | undefined>((resolve) => {
+      w.ref();
+      this.waiting = {
+        seq,
+        settle: (m) => {
+          this.worker?.unref();
+          if (m === undefined || m.type !== 'done') {
+            resolve(undefined);
+            return;
+          }
+          const ids = unpackRows(m.ids);
+          const rows = unpackRows(m.rows);
+          const writes = new Map<string, { id: Buffer; data: Buffer }>();
+          for (let i = 0; i < ids.length; i++)
+            writes.set(ids[i].toString('hex'), { id: ids[i], data: rows[i] });
+          const paths = unpackRows(m.replacedPaths);
+          const vals = unpackRows(m.replacedValues);
+          const replaced = paths.map((path, i) => ({ path, value: vals[i] }));
+          resolve({
+            strata: {
+              root: Buffer.from(m.root.buffer, m.root.byteOffset, m.root.byteLength),
+              writes,
+              deletes: [],
+            },
+            replaced,
+          });
+        },
+      };
+      w.postMessage(req, [paths.buffer, values.buffer, valueEnds.buffer]);
+    });
+  }
+
+  /** Closes the worker's store and ends the worker. */
+  async close(): Promise<void> {
+    const w = this.worker;
+    this.broken = true;
+    if (w === undefined) return;
+    this.worker = undefined;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, 2000);
+      w.on('message', (m: { type: string }) => {
+        if (m.type === 'closed') {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+      w.on('exit', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      w.ref();
+      w.postMessage({ type: 'close' });
+    });
+    await w.terminate();
+  }
+}

@@ -1,0 +1,77 @@
+/**
+ * Worker thread that runs the sparse index update of a batch (smtApplyBatch) on the second core
+ * while the sequencer builds tiles and serves the event loop. It opens the log's LMDB environment
+ * itself and reads the strata of the last committed state; it never writes. Messages and their
+ * packing are described in smt-offload.ts.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { smtApplyBatch } from '../core/smt.js';
+import { LmdbLogStore } from '../storage/lmdb.js';
+import type { OffloadRequest, OffloadResponse } from './smt-offload.js';
+import { packRows } from './smt-offload.js';
+
+const port = parentPort;
+if (port === null) throw new Error('smt-worker must run in a worker thread');
+const store = LmdbLogStore.open((workerData as { dir: string }).dir);
+
+port.on('message', (msg: OffloadRequest | { type: 'close' }) => {
+  if (msg.type === 'close') {
+    void store.close().finally(() => port.postMessage({ type: 'closed' }));
+    return;
+  }
+  try {
+    // the batch must read what the sequencer committed last, not an older snapshot
+    store.renewSnapshot();
+    const paths = Buffer.from(msg.paths.buffer, msg.paths.byteOffset, msg.paths.byteLength);
+    const values = Buffer.from(msg.values.buffer, msg.values.byteOffset, msg.values.byteLength);
+    const n = msg.valueEnds.length;
+    const updates = new Array<{ path: Buffer; value: Buffer }>(n);
+    let start = 0;
+    for (let i = 0; i < n; i++) {
+      const end = msg.valueEnds[i];
+      updates[i] = { path: paths.subarray(i * 32, i * 32 + 32), value: values.subarray(start, end) };
+      start = end;
+    }
+    const replacedPaths: Buffer[] = [];
+    const replacedValues: Buffer[] = [];
+    const result = store.read((snap) =>
+      smtApplyBatch(
+        Buffer.from(msg.root),
+        updates,
+        (id) => snap.stratum(id),
+        (path, value) => {
+          replacedPaths.push(path);
+          replacedValues.push(value);
+        },
+      ),
+    );
+    const ids: Buffer[] = [];
+    const rows: Buffer[] = [];
+    for (const w of result.writes.values()) {
+      ids.push(w.id);
+      rows.push(w.data);
+    }
+    const packedIds = packRows(ids);
+    const packedRows = packRows(rows);
+    const packedPaths = packRows(replacedPaths);
+    const packedValues = packRows(replacedValues);
+    const reply: OffloadResponse = {
+      type: 'done',
+      seq: msg.seq,
+      root: result.root,
+      ids: packedIds,
+      rows: packedRows,
+      replacedPaths: packedPaths,
+      replacedValues: packedValues,
+    };
+    port.postMessage(reply, [
+      packedIds.bytes.buffer,
+      packedRows.bytes.buffer,
+      packedPaths.bytes.buffer,
+      packedValues.bytes.buffer,
+    ] as ArrayBuffer[]);
+  } catch (err) {
+    const reply: OffloadResponse = { type: 'failed', seq: msg.seq, message: (err as Error).message };
+    port.postMessage(reply);
+  }
+});
