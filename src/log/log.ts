@@ -341,16 +341,34 @@ export class Log {
   submit(entries: readonly Entry[]): Promise<SubmitReceipt[]> {
     if (this.closed) return Promise.reject(new StateError('log is closed'));
     if (!this.signer) return Promise.reject(new StateError('log is open read-only: it takes no submissions'));
-    const prepared = entries.map((e) => {
+    const n = entries.length;
+    const prepared = new Array<Pending>(n);
+    for (let i = 0; i < n; i++) {
+      const e = entries[i];
       validateEntry(e);
-      return { entry: e, encoded: encodeEntry(e), path: indexPath(e.protocol, e.key) };
-    });
-    if (this.pending.length + prepared.length > this.maxPending) {
+      prepared[i] = {
+        entry: e,
+        encoded: encodeEntry(e),
+        path: indexPath(e.protocol, e.key),
+        leaf: undefined,
+        resolve: unsettled,
+        reject: unsettled,
+      };
+    }
+    if (this.pending.length + n > this.maxPending) {
       return Promise.reject(new PoolFullError(1));
     }
-    const promises = prepared.map(
-      (p) => new Promise<SubmitReceipt>((resolve, reject) => this.pending.push({ ...p, resolve, reject })),
-    );
+    // one object per submission, filled in place (spreading a prepared object into a new one cost
+    // several percent of ingest)
+    const promises = new Array<Promise<SubmitReceipt>>(n);
+    for (let i = 0; i < n; i++) {
+      const p = prepared[i];
+      promises[i] = new Promise<SubmitReceipt>((resolve, reject) => {
+        p.resolve = resolve;
+        p.reject = reject;
+      });
+      this.pending.push(p);
+    }
     this.schedule();
     return Promise.all(promises);
   }
@@ -756,6 +774,9 @@ export class Log {
     return { origin: this.origin, vkey: this.vkey, size, checkpoint };
   }
 }
+
+/** Placeholder until a submission's promise exists (set before the submission is queued). */
+function unsettled(): void {}
 
 function readSigningKey(dir: string): string {
   const file = join(dir, SIGNING_KEY_FILE);
