@@ -22,8 +22,8 @@
  * carries the check ('script.timeout', 'script.memory', 'script.load', 'script.error',
  * 'script.result', 'script.crashed').
  */
-import { existsSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
+import { workerEntry } from '../runtime/worker-entry.js';
 import type { Answer, Outcome, Procedure, Query } from './procedures.js';
 import { toNumber } from './rational.js';
 import type { ScriptInput, WorkerBatch, WorkerConfig, WorkerReply } from './script-worker.js';
@@ -43,20 +43,6 @@ export interface ScriptOptions {
 const WATCHDOG_GRACE_MS = 500;
 /** Starting a worker and a Lua state takes well under a second; this is a backstop only. */
 const STARTUP_LIMIT_MS = 15_000;
-
-function workerEntry(): { entry: URL | string; eval: boolean; execArgv: string[] } {
-  const js = new URL('./script-worker.js', import.meta.url);
-  if (!import.meta.url.endsWith('.ts') && existsSync(js)) return { entry: js, eval: false, execArgv: [] };
-  // under tsx (tests, development) this module is the .ts source: Node does not pass a worker's
-  // entry file through loader hooks, but a dynamic import from an eval'd entry goes through them
-  const ts = new URL('./script-worker.ts', import.meta.url).href;
-  const api = import.meta.resolve('tsx/esm/api');
-  return {
-    entry: `import(${JSON.stringify(api)}).then((t) => { t.register(); return import(${JSON.stringify(ts)}); })`,
-    eval: true,
-    execArgv: [],
-  };
-}
 
 type Reply = { ok: true; result: unknown } | { ok: false; check: string; message: string };
 
@@ -102,11 +88,11 @@ export class ScriptProcedure implements Procedure {
 
   private begin(): void {
     const memoryMb = Math.ceil(this.cfg.memoryBytes / (1024 * 1024));
-    const e = workerEntry();
+    const e = workerEntry(import.meta.url, 'script-worker');
     const progress = new SharedArrayBuffer(8);
     const w = new Worker(e.entry, {
       eval: e.eval,
-      execArgv: e.execArgv,
+      execArgv: [],
       workerData: { ...this.cfg, progress } satisfies WorkerConfig,
       resourceLimits: {
         // the JS heap of the worker; wasm memory (the Lua state) is bounded by the Lua allocator

@@ -5,8 +5,10 @@
  * answered by running the same update on the calling thread, which gives the typed error of a
  * real problem (for example a damaged row) or the result, so the worker changes no outcome.
  */
+
 import { Worker } from 'node:worker_threads';
 import type { SmtBatchResult, SmtUpdate } from '../core/smt.js';
+import { workerEntry } from '../runtime/worker-entry.js';
 
 /** Byte strings packed into one buffer: string i is bytes[ends[i-1] .. ends[i]). */
 export interface PackedRows {
@@ -81,16 +83,8 @@ export class SmtOffload {
     if (this.worker) return this.worker;
     let w: Worker;
     try {
-      if (import.meta.url.endsWith('.ts')) {
-        // Running from source (tests, through tsx): a worker does not inherit tsx's loader, so it
-        // registers it before importing the worker's source.
-        const api = import.meta.resolve('tsx/esm/api');
-        const url = new URL('./smt-worker.ts', import.meta.url).href;
-        const boot = `import(${JSON.stringify(api)}).then((m) => { m.register(); return import(${JSON.stringify(url)}); });`;
-        w = new Worker(boot, { eval: true, workerData: { dir: this.dir } });
-      } else {
-        w = new Worker(new URL('./smt-worker.js', import.meta.url), { workerData: { dir: this.dir } });
-      }
+      const e = workerEntry(import.meta.url, 'smt-worker');
+      w = new Worker(e.entry, { eval: e.eval, workerData: { dir: this.dir } });
     } catch {
       this.broken = true;
       return undefined;
