@@ -13,6 +13,7 @@ import { promisify } from 'node:util';
 import { FormatError } from '../../src/core/errors.js';
 import { createDecompressor, type NarCompression, parseCompression } from '../../src/nix/compression.js';
 import { parseNarInfo } from '../../src/nix/narinfo.js';
+import { writeNixConf } from '../fixtures/nix-conf.js';
 
 const run = promisify(execFile);
 const dir = mkdtempSync(join(tmpdir(), 'trustix-compression-'));
@@ -256,20 +257,7 @@ describe('real Nix binary caches', () => {
     XDG_CACHE_HOME: join(dir, 'xdg'),
     HOME: dir,
   };
-  mkdirSync(env.NIX_CONF_DIR, { recursive: true });
-  writeFileSync(
-    join(env.NIX_CONF_DIR, 'nix.conf'),
-    [
-      'build-users-group =',
-      'substituters =',
-      'experimental-features = nix-command',
-      'sandbox = true',
-      'extra-sandbox-paths = /bin /lib /lib64 /usr',
-      'narinfo-cache-positive-ttl = 0',
-      'narinfo-cache-negative-ttl = 0',
-      '',
-    ].join('\n'),
-  );
+  writeNixConf(join(dir, 'conf'));
   const store = join(dir, 'store');
   const src = join(dir, 'tx-payload');
   mkdirSync(join(src, 'sub'), { recursive: true });

@@ -10,6 +10,7 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { encodeNix32 } from '../../src/nix/base32.js';
+import { writeNixConf } from '../fixtures/nix-conf.js';
 import { cleanup, type RunningServer, startServer, tempDir, token } from '../fixtures/server-helpers.js';
 
 const MAIN = new URL('../../src/cli/main.ts', import.meta.url).pathname;
@@ -225,20 +226,7 @@ function writeCacheConfig(file: string, decide: string, ups: string[]): void {
 
 describe('Nix end to end: builders, hook, logs, voting proxy, real client', { timeout: 600_000 }, () => {
   before(async () => {
-    mkdirSync(NIX_CONF, { recursive: true });
-    writeFileSync(
-      join(NIX_CONF, 'nix.conf'),
-      [
-        'build-users-group =',
-        'substituters =',
-        'experimental-features = nix-command',
-        'sandbox = true',
-        'extra-sandbox-paths = /bin /lib /lib64 /usr',
-        'narinfo-cache-positive-ttl = 0',
-        'narinfo-cache-negative-ttl = 0',
-        '',
-      ].join('\n'),
-    );
+    writeNixConf(NIX_CONF);
     writeFileSync(join(T, 'drv.nix'), EXPR);
     const group: Record<Builder, string> = { a: 'one', b: 'one', c: 'two' };
     for (const name of [...BUILDERS, 'client'] as const) {

@@ -34,6 +34,7 @@ import {
 import { narBytes, narHash } from '../../src/nix/nar.js';
 import { formatNarInfo, type NarInfo, narInfoFingerprint, parseNarInfo } from '../../src/nix/narinfo.js';
 import { parseStorePath } from '../../src/nix/store-path.js';
+import { writeNixConf } from '../fixtures/nix-conf.js';
 
 const run = promisify(execFile);
 
@@ -99,20 +100,7 @@ async function setup(): Promise<Setup> {
   } catch (err) {
     throw new Error('the real Nix is required for these tests: apt-get install nix-bin', { cause: err });
   }
-  mkdirSync(env.NIX_CONF_DIR, { recursive: true });
-  writeFileSync(
-    join(env.NIX_CONF_DIR, 'nix.conf'),
-    [
-      'build-users-group =',
-      'substituters =',
-      'experimental-features = nix-command',
-      'sandbox = true',
-      'extra-sandbox-paths = /bin /lib /lib64 /usr',
-      'narinfo-cache-positive-ttl = 0',
-      'narinfo-cache-negative-ttl = 0',
-      '',
-    ].join('\n'),
-  );
+  writeNixConf(env.NIX_CONF_DIR);
   writeFileSync(join(dir, 'd.nix'), DERIVATIONS);
   const out = await nix('nix-build', ['--store', store, join(dir, 'd.nix'), '--no-out-link', '--quiet']);
   const paths: Record<string, string> = {};

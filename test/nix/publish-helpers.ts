@@ -3,6 +3,7 @@
 import { spawn } from 'node:child_process';
 import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { writeNixConf } from '../fixtures/nix-conf.js';
 
 export const REPO = new URL('../../', import.meta.url).pathname;
 export const MAIN = new URL('../../src/cli/main.ts', import.meta.url).pathname;
@@ -44,21 +45,8 @@ export interface NixSetup {
 
 /** A Nix configuration for tests that never touches /etc/nix or the user's cache. */
 export function nixSetup(dir: string): NixSetup {
-  mkdirSync(join(dir, 'conf'), { recursive: true });
   mkdirSync(join(dir, 'xdg'), { recursive: true });
-  writeFileSync(
-    join(dir, 'conf', 'nix.conf'),
-    [
-      'build-users-group =',
-      'substituters =',
-      'experimental-features = nix-command',
-      'sandbox = true',
-      'extra-sandbox-paths = /bin /lib /lib64 /usr',
-      'narinfo-cache-positive-ttl = 0',
-      'narinfo-cache-negative-ttl = 0',
-      '',
-    ].join('\n'),
-  );
+  writeNixConf(join(dir, 'conf'));
   const env: NodeJS.ProcessEnv = {
     ...process.env,
     NIX_CONF_DIR: join(dir, 'conf'),
