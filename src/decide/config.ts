@@ -3,8 +3,8 @@
  * protocol, how answers become a decision.
  */
 import { readFileSync } from 'node:fs';
-import { dirname, isAbsolute, resolve } from 'node:path';
-import { parse as parseToml, TomlError } from 'smol-toml';
+import { isAbsolute, resolve } from 'node:path';
+import { loadTomlFile, nonEmptyString, onlyFields, parseTomlTable, tableAt } from '../config/toml.js';
 import { FormatError } from '../core/errors.js';
 import { verifierFromVkey } from '../core/note.js';
 import { type Base, chain, type Procedure, percentage, trustLog, weighted } from './procedures.js';
@@ -45,23 +45,6 @@ const DEFAULT_PROCEDURE: ProcedureSpec = {
   of: 'configured',
 };
 
-function obj(x: unknown, where: string): Record<string, unknown> {
-  if (typeof x !== 'object' || x === null || Array.isArray(x))
-    throw new FormatError(`${where}: must be a table`);
-  return x as Record<string, unknown>;
-}
-
-function only(o: Record<string, unknown>, allowed: string[], where: string): void {
-  for (const k of Object.keys(o)) {
-    if (!allowed.includes(k)) throw new FormatError(`${where}: unknown field ${JSON.stringify(k)}`);
-  }
-}
-
-function str(x: unknown, where: string): string {
-  if (typeof x !== 'string' || x === '') throw new FormatError(`${where}: must be a non-empty string`);
-  return x;
-}
-
 function positive(x: unknown, where: string, dflt: number): number {
   if (x === undefined) return dflt;
   const n = typeof x === 'bigint' ? Number(x) : x;
@@ -79,13 +62,13 @@ function base(x: unknown, where: string): Base {
 
 function parseProcedure(x: unknown, where: string, dir: string, logs: Set<string>, depth = 0): ProcedureSpec {
   if (depth > 8) throw new FormatError(`${where}: chains nested too deeply`);
-  const o = obj(x, where);
+  const o = tableAt(x, where);
   switch (o.type) {
     case 'percentage':
-      only(o, ['type', 'min', 'of'], where);
+      onlyFields(o, ['type', 'min', 'of'], where);
       return { type: 'percentage', min: parseShare(o.min, `${where}.min`), of: base(o.of, `${where}.of`) };
     case 'weighted': {
-      only(o, ['type', 'min', 'min_weight', 'of'], where);
+      onlyFields(o, ['type', 'min', 'min_weight', 'of'], where);
       if ((o.min === undefined) === (o.min_weight === undefined)) {
         throw new FormatError(`${where}: give either min (a share of the total weight) or min_weight`);
       }
@@ -99,13 +82,13 @@ function parseProcedure(x: unknown, where: string, dir: string, logs: Set<string
       };
     }
     case 'log': {
-      only(o, ['type', 'log'], where);
-      const log = str(o.log, `${where}.log`);
+      onlyFields(o, ['type', 'log'], where);
+      const log = nonEmptyString(o.log, `${where}.log`);
       if (!logs.has(log)) throw new FormatError(`${where}.log: no log named ${JSON.stringify(log)}`);
       return { type: 'log', log };
     }
     case 'chain': {
-      only(o, ['type', 'steps'], where);
+      onlyFields(o, ['type', 'steps'], where);
       if (!Array.isArray(o.steps) || o.steps.length === 0)
         throw new FormatError(`${where}.steps: must be a non-empty array`);
       return {
@@ -115,14 +98,14 @@ function parseProcedure(x: unknown, where: string, dir: string, logs: Set<string
     }
     case 'lua':
     case 'js': {
-      only(o, ['type', 'file', 'source', 'timeout_ms', 'memory_mb'], where);
+      onlyFields(o, ['type', 'file', 'source', 'timeout_ms', 'memory_mb'], where);
       if ((o.file === undefined) === (o.source === undefined)) {
         throw new FormatError(`${where}: give either file or source`);
       }
       let source: string;
       let name: string;
       if (o.file !== undefined) {
-        const f = str(o.file, `${where}.file`);
+        const f = nonEmptyString(o.file, `${where}.file`);
         const path = isAbsolute(f) ? f : resolve(dir, f);
         try {
           source = readFileSync(path, 'utf8');
@@ -131,7 +114,7 @@ function parseProcedure(x: unknown, where: string, dir: string, logs: Set<string
         }
         name = f;
       } else {
-        source = str(o.source, `${where}.source`);
+        source = nonEmptyString(o.source, `${where}.source`);
         name = `${where}.source`;
       }
       return {
@@ -154,30 +137,23 @@ function parseProcedure(x: unknown, where: string, dir: string, logs: Set<string
  * the config file's directory.
  */
 export function parseDecideConfig(text: string, dir = process.cwd()): DecideConfig {
-  let doc: Record<string, unknown>;
-  try {
-    doc = parseToml(text) as Record<string, unknown>;
-  } catch (err) {
-    if (err instanceof TomlError)
-      throw new FormatError(`TOML: ${err.message.split('\n')[0]} (line ${err.line})`);
-    throw err;
-  }
-  only(doc, ['timeout', 'trust_dir', 'protocol', 'log', 'procedure'], 'config');
+  const doc = parseTomlTable(text);
+  onlyFields(doc, ['timeout', 'trust_dir', 'protocol', 'log', 'procedure'], 'config');
   if (!Array.isArray(doc.log) || doc.log.length === 0)
     throw new FormatError('config: needs at least one [[log]]');
   const names = new Set<string>();
   const logs = doc.log.map((l, i): LogConfig => {
     const where = `log[${i}]`;
-    const o = obj(l, where);
-    only(o, ['name', 'url', 'state', 'vkey', 'weight'], where);
-    const vkeyText = str(o.vkey, `${where}.vkey`);
+    const o = tableAt(l, where);
+    onlyFields(o, ['name', 'url', 'state', 'vkey', 'weight'], where);
+    const vkeyText = nonEmptyString(o.vkey, `${where}.vkey`);
     let vkey: string;
     try {
       vkey = verifierFromVkey(vkeyText.trim()).vkey;
     } catch (err) {
       throw new FormatError(`${where}.vkey: ${(err as Error).message}`);
     }
-    const name = o.name === undefined ? vkey.split('+')[0] : str(o.name, `${where}.name`);
+    const name = o.name === undefined ? vkey.split('+')[0] : nonEmptyString(o.name, `${where}.name`);
     if (names.has(name)) throw new FormatError(`${where}.name: duplicate log name ${JSON.stringify(name)}`);
     names.add(name);
     if ((o.url === undefined) === (o.state === undefined))
@@ -185,7 +161,7 @@ export function parseDecideConfig(text: string, dir = process.cwd()): DecideConf
     const weight = parseWeight(o.weight, `${where}.weight`);
     const out: LogConfig = { name, vkey, weight, weightText: String(o.weight ?? 1) };
     if (o.url !== undefined) {
-      const u = str(o.url, `${where}.url`);
+      const u = nonEmptyString(o.url, `${where}.url`);
       try {
         const parsed = new URL(u);
         if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw new Error('not http');
@@ -194,14 +170,14 @@ export function parseDecideConfig(text: string, dir = process.cwd()): DecideConf
       }
       out.url = u;
     } else {
-      const s = str(o.state, `${where}.state`);
+      const s = nonEmptyString(o.state, `${where}.state`);
       out.state = isAbsolute(s) ? s : resolve(dir, s);
     }
     return out;
   });
   const procedures = new Map<string, ProcedureSpec>();
   if (doc.procedure !== undefined) {
-    for (const [proto, spec] of Object.entries(obj(doc.procedure, 'procedure'))) {
+    for (const [proto, spec] of Object.entries(tableAt(doc.procedure, 'procedure'))) {
       procedures.set(proto, parseProcedure(spec, `procedure.${proto}`, dir, names));
     }
   }
@@ -211,24 +187,15 @@ export function parseDecideConfig(text: string, dir = process.cwd()): DecideConf
     logs,
     procedures,
     timeoutMs: timeout * 1000,
-    ...(doc.trust_dir !== undefined ? { trustDir: resolve(dir, str(doc.trust_dir, 'trust_dir')) } : {}),
-    protocol: doc.protocol === undefined ? 'nix' : str(doc.protocol, 'protocol'),
+    ...(doc.trust_dir !== undefined
+      ? { trustDir: resolve(dir, nonEmptyString(doc.trust_dir, 'trust_dir')) }
+      : {}),
+    protocol: doc.protocol === undefined ? 'nix' : nonEmptyString(doc.protocol, 'protocol'),
   };
 }
 
 export function loadDecideConfig(file: string): DecideConfig {
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new FormatError(`cannot read config ${file}: ${(err as Error).message}`);
-  }
-  try {
-    return parseDecideConfig(text, dirname(resolve(file)));
-  } catch (err) {
-    if (err instanceof FormatError) throw new FormatError(`config ${file}: ${err.message}`);
-    throw err;
-  }
+  return loadTomlFile(file, 'config', parseDecideConfig);
 }
 
 /** The procedure objects for a spec (scripts start their worker on first use). */

@@ -3,9 +3,8 @@
  * listens, its own Nix signing key, the trust configuration it decides with, and the upstream caches
  * it fetches narinfos and NARs from.
  */
-import { readFileSync } from 'node:fs';
-import { dirname, isAbsolute, resolve } from 'node:path';
-import { parse as parseToml, TomlError } from 'smol-toml';
+import { isAbsolute, resolve } from 'node:path';
+import { loadTomlFile, nonEmptyString, onlyFields, parseTomlTable, tableAt } from '../config/toml.js';
 import { FormatError } from '../core/errors.js';
 import { parseAddress } from '../server/config.js';
 import { NIX_STORE_DIR } from './store-path.js';
@@ -57,17 +56,6 @@ const TOP = [
   'upstream',
 ];
 
-function only(o: Record<string, unknown>, allowed: string[], where: string): void {
-  for (const k of Object.keys(o)) {
-    if (!allowed.includes(k)) throw new FormatError(`${where}: unknown field ${JSON.stringify(k)}`);
-  }
-}
-
-function str(x: unknown, where: string): string {
-  if (typeof x !== 'string' || x === '') throw new FormatError(`${where}: must be a non-empty string`);
-  return x;
-}
-
 function seconds(x: unknown, where: string, dflt: number, allowZero = false): number {
   if (x === undefined) return dflt * 1000;
   if (typeof x !== 'number' || !Number.isFinite(x) || x < 0 || (x === 0 && !allowZero) || x > 86_400) {
@@ -88,21 +76,13 @@ function integer(x: unknown, where: string, dflt: number, min: number, max: numb
 
 /** `defaults.decideConfig` is used when the file names none (the CLI passes the decide default). */
 export function parseCacheConfig(text: string, dir: string, defaults: { decideConfig: string }): CacheConfig {
-  let doc: Record<string, unknown>;
-  try {
-    doc = parseToml(text) as Record<string, unknown>;
-  } catch (err) {
-    if (err instanceof TomlError) {
-      throw new FormatError(`TOML: ${err.message.split('\n')[0]} (line ${err.line})`);
-    }
-    throw err;
-  }
-  only(doc, TOP, 'config');
+  const doc = parseTomlTable(text);
+  onlyFields(doc, TOP, 'config');
   const path = (x: unknown, where: string) => {
-    const s = str(x, where);
+    const s = nonEmptyString(x, where);
     return isAbsolute(s) ? s : resolve(dir, s);
   };
-  const listenText = doc.listen === undefined ? '127.0.0.1:37515' : str(doc.listen, 'listen');
+  const listenText = doc.listen === undefined ? '127.0.0.1:37515' : nonEmptyString(doc.listen, 'listen');
   const listen = parseAddress(listenText);
   if (!listen)
     throw new FormatError(`listen: must be HOST:PORT or [IPv6]:PORT, got ${JSON.stringify(listenText)}`);
@@ -111,11 +91,9 @@ export function parseCacheConfig(text: string, dir: string, defaults: { decideCo
   }
   const upstreams = doc.upstream.map((u, i): UpstreamConfig => {
     const where = `upstream[${i}]`;
-    if (typeof u !== 'object' || u === null || Array.isArray(u))
-      throw new FormatError(`${where}: must be a table`);
-    const o = u as Record<string, unknown>;
-    only(o, ['url', 'timeout', 'max_connections'], where);
-    const text = str(o.url, `${where}.url`);
+    const o = tableAt(u, where);
+    onlyFields(o, ['url', 'timeout', 'max_connections'], where);
+    const text = nonEmptyString(o.url, `${where}.url`);
     let url: URL;
     try {
       url = new URL(text);
@@ -134,8 +112,8 @@ export function parseCacheConfig(text: string, dir: string, defaults: { decideCo
       maxConnections: integer(o.max_connections, `${where}.max_connections`, 16, 1, 1024),
     };
   });
-  const protocol = doc.protocol === undefined ? 'nix' : str(doc.protocol, 'protocol');
-  const keyName = doc.key_name === undefined ? 'trustix-cache-1' : str(doc.key_name, 'key_name');
+  const protocol = doc.protocol === undefined ? 'nix' : nonEmptyString(doc.protocol, 'protocol');
+  const keyName = doc.key_name === undefined ? 'trustix-cache-1' : nonEmptyString(doc.key_name, 'key_name');
   if (!/^[A-Za-z0-9._-]+$/.test(keyName)) {
     throw new FormatError('key_name: letters, digits, ".", "_" and "-" only');
   }
@@ -162,18 +140,7 @@ function bool(x: unknown, where: string): boolean {
 }
 
 export function loadCacheConfig(file: string, defaults: { decideConfig: string }): CacheConfig {
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new FormatError(`cannot read config ${file}: ${(err as Error).message}`);
-  }
-  try {
-    return parseCacheConfig(text, dirname(resolve(file)), defaults);
-  } catch (err) {
-    if (err instanceof FormatError) throw new FormatError(`config ${file}: ${err.message}`);
-    throw err;
-  }
+  return loadTomlFile(file, 'config', (text, dir) => parseCacheConfig(text, dir, defaults));
 }
 
 /** The `nix-cache-info` file the proxy serves. */

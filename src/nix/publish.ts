@@ -5,9 +5,9 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
-import { dirname, isAbsolute, join, resolve } from 'node:path';
-import { parse as parseToml, TomlError } from 'smol-toml';
+import { isAbsolute, join, resolve } from 'node:path';
 import type { LogClient, SubmitAuth, VerifiedReceipt } from '../client/client.js';
+import { loadTomlFile, nonEmptyString, onlyFields, parseTomlTable } from '../config/toml.js';
 import type { Entry } from '../core/entry.js';
 import { FormatError, TrustixError } from '../core/errors.js';
 import { signerFromSkey, verifierFromVkey } from '../core/note.js';
@@ -61,11 +61,6 @@ export function defaultSpoolDir(env: NodeJS.ProcessEnv = process.env): string {
   return join(base, 'trustix', 'spool');
 }
 
-function str(x: unknown, where: string): string {
-  if (typeof x !== 'string' || x === '') throw new FormatError(`${where}: must be a non-empty string`);
-  return x;
-}
-
 function readSmallFile(file: string, where: string): string {
   try {
     return readFileSync(file, 'utf8').trim();
@@ -76,21 +71,12 @@ function readSmallFile(file: string, where: string): string {
 
 /** Checks the fields of a publish config; file names are relative to `dir`; key files are read. */
 export function parsePublishConfig(text: string, dir: string): PublishSettings {
-  let doc: Record<string, unknown>;
-  try {
-    doc = parseToml(text) as Record<string, unknown>;
-  } catch (err) {
-    if (err instanceof TomlError)
-      throw new FormatError(`TOML: ${err.message.split('\n')[0]} (line ${err.line})`);
-    throw err;
-  }
-  for (const k of Object.keys(doc)) {
-    if (!FIELDS.includes(k)) throw new FormatError(`unknown field ${JSON.stringify(k)}`);
-  }
+  const doc = parseTomlTable(text);
+  onlyFields(doc, FIELDS);
   const at = (p: string) => (isAbsolute(p) ? p : resolve(dir, p));
   const out: PublishSettings = {};
-  if (doc.log !== undefined) out.log = checkLogUrl(str(doc.log, 'log'), 'log').href;
-  if (doc.vkey !== undefined) out.vkey = checkVkey(str(doc.vkey, 'vkey'), 'vkey');
+  if (doc.log !== undefined) out.log = checkLogUrl(nonEmptyString(doc.log, 'log'), 'log').href;
+  if (doc.vkey !== undefined) out.vkey = checkVkey(nonEmptyString(doc.vkey, 'vkey'), 'vkey');
   if (doc.token_file !== undefined && doc.writer_key !== undefined) {
     throw new FormatError('give either token_file or writer_key, not both');
   }
@@ -98,18 +84,18 @@ export function parsePublishConfig(text: string, dir: string): PublishSettings {
     throw new FormatError('writer: only with writer_key');
   }
   if (doc.token_file !== undefined) {
-    const token = readSmallFile(at(str(doc.token_file, 'token_file')), 'token_file');
+    const token = readSmallFile(at(nonEmptyString(doc.token_file, 'token_file')), 'token_file');
     if (token === '') throw new FormatError('token_file: the file is empty');
     out.auth = { token };
   }
   if (doc.writer_key !== undefined) {
     out.auth = checkWriterKey(
-      readSmallFile(at(str(doc.writer_key, 'writer_key')), 'writer_key'),
+      readSmallFile(at(nonEmptyString(doc.writer_key, 'writer_key')), 'writer_key'),
       'writer_key',
     );
-    if (doc.writer !== undefined) out.auth.writer = str(doc.writer, 'writer');
+    if (doc.writer !== undefined) out.auth.writer = nonEmptyString(doc.writer, 'writer');
   }
-  if (doc.spool !== undefined) out.spool = at(str(doc.spool, 'spool'));
+  if (doc.spool !== undefined) out.spool = at(nonEmptyString(doc.spool, 'spool'));
   if (doc.timeout !== undefined) {
     const n = typeof doc.timeout === 'bigint' ? Number(doc.timeout) : doc.timeout;
     if (typeof n !== 'number' || !Number.isFinite(n) || n <= 0 || n > 3600) {
@@ -117,7 +103,7 @@ export function parsePublishConfig(text: string, dir: string): PublishSettings {
     }
     out.timeoutMs = n * 1000;
   }
-  if (doc.trust_dir !== undefined) out.trustDir = at(str(doc.trust_dir, 'trust_dir'));
+  if (doc.trust_dir !== undefined) out.trustDir = at(nonEmptyString(doc.trust_dir, 'trust_dir'));
   return out;
 }
 
@@ -155,18 +141,7 @@ function checkWriterKey(skey: string, where: string): { skey: string; writer?: s
 
 /** Reads and checks a publish config file; errors name the file. */
 export function readPublishConfig(file: string): PublishSettings {
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new FormatError(`cannot read publish config ${file}: ${(err as Error).message}`);
-  }
-  try {
-    return { ...parsePublishConfig(text, dirname(resolve(file))), file };
-  } catch (err) {
-    if (err instanceof FormatError) throw new FormatError(`publish config ${file}: ${err.message}`);
-    throw err;
-  }
+  return { ...loadTomlFile(file, 'publish config', parsePublishConfig), file };
 }
 
 /** Requires the log, its key and a way to write to it; fills in the defaults. */
