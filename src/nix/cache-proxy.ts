@@ -135,7 +135,14 @@ interface Candidate {
 
 /** The outcome for one hash part: a decided NAR hash with the upstreams that have it, or why not. */
 type Resolution =
-  | { ok: true; narHash: Buffer; decision: Decision; candidates: Candidate[] }
+  | {
+      ok: true;
+      narHash: Buffer;
+      decision: Decision;
+      candidates: Candidate[];
+      /** What the proxy serves for it: signed once per resolution, as Nix asks several times. */
+      narinfo: string;
+    }
   | { ok: false; reason: string };
 
 export interface CacheProxyOptions {
@@ -233,27 +240,8 @@ export class CacheProxy {
       this.narinfoCounter.inc({ outcome: 'refused' });
       return send(res, 404, 'text/plain', `${r.reason}\n`, head);
     }
-    const info = r.candidates[0].info;
-    const served = signNarInfo(
-      {
-        storePath: info.storePath,
-        url: narUrl(hashPart, r.narHash),
-        compression: 'none',
-        fileHash: r.narHash,
-        fileSize: info.narSize,
-        narHash: r.narHash,
-        narSize: info.narSize,
-        references: info.references,
-        ...(info.deriver !== undefined ? { deriver: info.deriver } : {}),
-        ...(info.system !== undefined ? { system: info.system } : {}),
-        ...(info.ca !== undefined ? { ca: info.ca } : {}),
-        sigs: [],
-        extra: [],
-      },
-      this.opts.key,
-    );
     this.narinfoCounter.inc({ outcome: 'served' });
-    return send(res, 200, 'text/x-nix-narinfo', formatNarInfo(served), head);
+    return send(res, 200, 'text/x-nix-narinfo', r.narinfo, head);
   }
 
   private async serveNar(
@@ -352,7 +340,36 @@ export class CacheProxy {
     this.log(
       `narinfo ${hashPart}: decided sha256:${encodeNix32(narHash)} (${decision.reason}); from ${candidates[0].upstream.cfg.url}`,
     );
-    return { ok: true, narHash, decision, candidates };
+    return {
+      ok: true,
+      narHash,
+      decision,
+      candidates,
+      narinfo: this.servedNarinfo(hashPart, narHash, candidates[0].info),
+    };
+  }
+
+  /** The upstream narinfo as the proxy serves it: its own uncompressed NAR URL, its own signature only. */
+  private servedNarinfo(hashPart: string, narHash: Buffer, info: NarInfo): string {
+    const served = signNarInfo(
+      {
+        storePath: info.storePath,
+        url: narUrl(hashPart, narHash),
+        compression: 'none',
+        fileHash: narHash,
+        fileSize: info.narSize,
+        narHash,
+        narSize: info.narSize,
+        references: info.references,
+        ...(info.deriver !== undefined ? { deriver: info.deriver } : {}),
+        ...(info.system !== undefined ? { system: info.system } : {}),
+        ...(info.ca !== undefined ? { ca: info.ca } : {}),
+        sigs: [],
+        extra: [],
+      },
+      this.opts.key,
+    );
+    return formatNarInfo(served);
   }
 
   /**
