@@ -141,23 +141,16 @@ function clientEnv(name: string): NodeJS.ProcessEnv {
 }
 
 /** `nix-store -r` through the proxy into a fresh client store, trusting only the proxy's key. */
-function substitute(store: string, path: string) {
-  return run(
-    'nix-store',
-    [
-      '--store',
-      store,
-      '-r',
-      path,
-      '--option',
-      'substituters',
-      proxy!.url,
-      '--option',
-      'trusted-public-keys',
-      proxy!.publicKey,
-    ],
-    { env: clientEnv(store.split('/').pop()!), allowFail: true },
-  );
+/** Nix options that make `via` the only substituter and its key the only trusted one. */
+function onlyProxy(via: NonNullable<typeof proxy>): string[] {
+  return ['--option', 'substituters', via.url, '--option', 'trusted-public-keys', via.publicKey];
+}
+
+function substitute(store: string, path: string, via = proxy!) {
+  return run('nix-store', ['--store', store, '-r', path, ...onlyProxy(via)], {
+    env: clientEnv(store.split('/').pop()!),
+    allowFail: true,
+  });
 }
 
 /** The NAR hash a builder's log holds for a hash part, verified by `trustix lookup`, as `sha256:<nix32>`. */
@@ -352,12 +345,7 @@ describe('Nix end to end: builders, hook, logs, voting proxy, real client', { ti
         '-A',
         'disagree',
         '--no-out-link',
-        '--option',
-        'substituters',
-        proxy!.url,
-        '--option',
-        'trusted-public-keys',
-        proxy!.publicKey,
+        ...onlyProxy(proxy!),
         '--option',
         'extra-sandbox-paths',
         `/bin /lib /lib64 /usr /builder-group=${join(T, 'group-client')} /builder-unique=${join(T, 'unique-client')}`,
@@ -395,22 +383,7 @@ describe('Nix end to end: builders, hook, logs, voting proxy, real client', { ti
       const ni = await fetch(`${evilProxy.url}/${hashPart}.narinfo`);
       assert.equal(ni.status, 200, 'all three logs agree on the real NAR hash');
       const client = join(T, 'client-4');
-      const r = await run(
-        'nix-store',
-        [
-          '--store',
-          client,
-          '-r',
-          path,
-          '--option',
-          'substituters',
-          evilProxy.url,
-          '--option',
-          'trusted-public-keys',
-          evilProxy.publicKey,
-        ],
-        { env: clientEnv('client-4'), allowFail: true },
-      );
+      const r = await substitute(client, path, evilProxy);
       assert.notEqual(r.code, 0, 'the substitution must fail');
       const valid = await run('nix-store', ['--store', client, '--check-validity', path], {
         env: clientEnv('client-4'),
