@@ -36,6 +36,23 @@ function serve(log: Log): Promise<{ server: Server; url: string }> {
   const server = createServer((req, res) => {
     const u = new URL(req.url ?? '/', 'http://x');
     const path = u.pathname.replace(/^\/logs\/default\//, '');
+    if (req.method === 'POST' && path === 'lookup') {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        const { protocol, keys } = JSON.parse(Buffer.concat(chunks).toString('utf8')) as {
+          protocol: string;
+          keys: string[];
+        };
+        const { body } = log.lookupManyJson(
+          protocol,
+          keys.map((k) => Buffer.from(k, 'utf8')),
+        );
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(body);
+      });
+      return;
+    }
     try {
       if (path === 'checkpoint') {
         res.end(log.head().checkpoint);

@@ -6,6 +6,7 @@
  * the CLI). A failed check throws a VerificationError subclass naming the check; a log that
  * cannot be reached throws UnreachableError or RemoteError.
  */
+import { isUtf8 } from 'node:buffer';
 import { createHash, randomBytes } from 'node:crypto';
 import { decodeBase64Strict, equalBytes, toBase64, toHex } from '../core/bytes.js';
 import { type Checkpoint, openCheckpoint } from '../core/checkpoint.js';
@@ -20,6 +21,7 @@ import {
   ForkError,
   InvalidCheckpointError,
   InvalidProofError,
+  RemoteError,
   RollbackError,
   UnreachableError,
 } from './errors.js';
@@ -41,6 +43,19 @@ export interface LogClientOptions {
   concurrency?: number;
   fetch?: FetchFn;
   headers?: Record<string, string>;
+  /**
+   * Most keys per `POST lookup` request. Concurrent lookups of one protocol are sent together
+   * while earlier lookup requests are in flight (a lone lookup is a plain GET). Default 64; 1
+   * sends every lookup as its own GET.
+   */
+  maxLookupBatch?: number;
+}
+
+/** A lookup waiting to be sent in a `POST lookup` request. */
+interface QueuedLookup {
+  key: Buffer;
+  resolve(v: VerifiedLookup): void;
+  reject(err: unknown): void;
 }
 
 /** A checkpoint whose signature verified, with the note it came in. */
@@ -87,6 +102,10 @@ const MAX_SUBMIT_ANSWER_BYTES = 128 * 1024 * 1024;
 const SUBMIT_MAX_ENTRIES = 10_000;
 const SUBMIT_MAX_BODY = 8 * 1024 * 1024;
 const MAX_PROOF_HASHES = 64;
+/** The API's most keys per `POST lookup`. */
+const LOOKUP_MAX_KEYS = 256;
+/** Lookup requests in flight per client; later lookups wait and go out together. */
+const LOOKUP_REQUESTS_IN_FLIGHT = 2;
 
 export class LogClient {
   readonly url: URL;
@@ -102,6 +121,13 @@ export class LogClient {
   /** Trust updates of one client run one at a time; other processes are handled by the store's compare-and-set. */
   private trustChain: Promise<unknown> = Promise.resolve();
   private readonly openedNotes = new Map<string, Checkpoint>();
+  private readonly maxLookupBatch: number;
+  /** Per protocol, lookups waiting for a request. */
+  private readonly lookupQueue = new Map<string, QueuedLookup[]>();
+  private lookupsInFlight = 0;
+  private lookupFlushScheduled = false;
+  /** Set when the server has no `POST lookup` (an older server): every lookup is a GET then. */
+  private lookupBatchUnsupported = false;
 
   constructor(opts: LogClientOptions) {
     const url = new URL(opts.url);
@@ -121,6 +147,11 @@ export class LogClient {
     this.concurrency = Math.max(1, opts.concurrency ?? 4);
     this.fetchFn = opts.fetch;
     this.headers = opts.headers ?? {};
+    const batch = opts.maxLookupBatch ?? 64;
+    if (!Number.isSafeInteger(batch) || batch < 1 || batch > LOOKUP_MAX_KEYS) {
+      throw new FormatError(`maxLookupBatch must be 1..${LOOKUP_MAX_KEYS}`);
+    }
+    this.maxLookupBatch = batch;
   }
 
   get identity(): LogIdentity {
@@ -161,9 +192,113 @@ export class LogClient {
    */
   async lookup(protocol: string, key: string | Uint8Array): Promise<VerifiedLookup> {
     const keyBytes = typeof key === 'string' ? Buffer.from(key, 'utf8') : Buffer.from(key);
+    // the batch API takes keys as UTF-8 text, like the submit API
+    if (this.maxLookupBatch > 1 && !this.lookupBatchUnsupported && isUtf8(keyBytes)) {
+      return new Promise((resolve, reject) => {
+        let q = this.lookupQueue.get(protocol);
+        if (q === undefined) {
+          q = [];
+          this.lookupQueue.set(protocol, q);
+        }
+        q.push({ key: keyBytes, resolve, reject });
+        this.scheduleLookups();
+      });
+    }
+    return this.lookupOne(protocol, keyBytes);
+  }
+
+  /** One lookup as its own GET request. */
+  private async lookupOne(protocol: string, keyBytes: Buffer): Promise<VerifiedLookup> {
     const before = await this.trusted();
     const path = `lookup/${encodePathSegment(Buffer.from(protocol, 'utf8'))}/${encodePathSegment(keyBytes)}`;
     const json = parseJsonBody(await this.get(path, MAX_JSON_BYTES), () => this.where(path));
+    return this.verifyAnswer(json, protocol, keyBytes, before);
+  }
+
+  /**
+   * Sends queued lookups once the current tick has queued what it will, as long as fewer than
+   * LOOKUP_REQUESTS_IN_FLIGHT lookup requests are out: under load, lookups wait for a request
+   * to finish and then share the next one.
+   */
+  private scheduleLookups(): void {
+    if (this.lookupFlushScheduled || this.lookupsInFlight >= LOOKUP_REQUESTS_IN_FLIGHT) return;
+    this.lookupFlushScheduled = true;
+    setImmediate(() => {
+      this.lookupFlushScheduled = false;
+      for (const [protocol, q] of this.lookupQueue) {
+        while (q.length > 0 && this.lookupsInFlight < LOOKUP_REQUESTS_IN_FLIGHT) {
+          const items = q.splice(0, this.maxLookupBatch);
+          this.lookupsInFlight++;
+          void this.sendLookups(protocol, items).finally(() => {
+            this.lookupsInFlight--;
+            this.scheduleLookups();
+          });
+        }
+        if (q.length === 0) this.lookupQueue.delete(protocol);
+      }
+    });
+  }
+
+  /** Sends `items` in one request and settles each with its own verified answer or error. */
+  private async sendLookups(protocol: string, items: QueuedLookup[]): Promise<void> {
+    const settleEach = (p: (it: QueuedLookup) => Promise<VerifiedLookup>) =>
+      Promise.all(items.map((it) => p(it).then(it.resolve, it.reject)));
+    if (items.length === 1 || this.lookupBatchUnsupported) {
+      await settleEach((it) => this.lookupOne(protocol, it.key));
+      return;
+    }
+    let answers: unknown[];
+    let before: TrustedCheckpoint | undefined;
+    const url = new URL('lookup', this.url);
+    const where = `POST ${url.href}`;
+    try {
+      before = await this.trusted();
+      const body = Buffer.from(
+        JSON.stringify({ protocol, keys: items.map((it) => it.key.toString('utf8')) }),
+        'utf8',
+      );
+      const raw = await httpRequest(
+        url,
+        {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body,
+          maxBytes: Math.min(items.length * MAX_JSON_BYTES, MAX_SUBMIT_ANSWER_BYTES),
+        },
+        this.httpOptions(),
+      );
+      const j = parseJsonBody(raw, where) as { answers?: unknown };
+      if (!Array.isArray(j?.answers) || j.answers.length !== items.length) {
+        throw new BadResponseError('response.malformed', `${where}: expected ${items.length} answers`);
+      }
+      answers = j.answers;
+    } catch (err) {
+      if (err instanceof RemoteError && (err.status === 404 || err.status === 405 || err.status === 501)) {
+        // a server without the batch API: ask again key by key (a missing log gives its own 404)
+        this.lookupBatchUnsupported = true;
+        await settleEach((it) => this.lookupOne(protocol, it.key));
+        return;
+      }
+      for (const it of items) it.reject(err);
+      return;
+    }
+    // one at a time, so a changed checkpoint is reconciled once, not once per answer
+    for (let i = 0; i < items.length; i++) {
+      try {
+        items[i].resolve(await this.verifyAnswer(answers[i], protocol, items[i].key, before));
+      } catch (err) {
+        items[i].reject(err);
+      }
+    }
+  }
+
+  /** Verifies one lookup answer end to end and reconciles its checkpoint with the trusted one. */
+  private async verifyAnswer(
+    json: unknown,
+    protocol: string,
+    keyBytes: Buffer,
+    before: TrustedCheckpoint | undefined,
+  ): Promise<VerifiedLookup> {
     const verdict = verifyLookup(json, this.verifier, { protocol, key: keyBytes });
     if (verdict.status === 'invalid') throw classifyCheck(verdict.check, verdict.reason);
     const answer = parseLookupAnswer(json);

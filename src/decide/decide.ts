@@ -64,12 +64,23 @@ function localFetch(dir: string): { fetch: typeof globalThis.fetch; close(): Pro
   let opened: Promise<Log> | undefined;
   const json = (v: unknown) =>
     new Response(JSON.stringify(v), { status: 200, headers: { 'content-type': 'application/json' } });
-  const f = async (input: string | URL | Request): Promise<Response> => {
+  const f = async (input: string | URL | Request, init?: RequestInit): Promise<Response> => {
     opened ??= Log.open(dir, { readOnly: true });
     const log = await opened;
     const u = new URL(input instanceof Request ? input.url : input);
     const path = u.pathname.replace(/^\/+/, '');
     try {
+      if (path === 'lookup' && init?.method === 'POST') {
+        const { protocol, keys } = JSON.parse(Buffer.from(init.body as Uint8Array).toString('utf8')) as {
+          protocol: string;
+          keys: string[];
+        };
+        const body = log.lookupManyJson(
+          protocol,
+          keys.map((k) => Buffer.from(k, 'utf8')),
+        ).body;
+        return new Response(body, { status: 200, headers: { 'content-type': 'application/json' } });
+      }
       if (path === 'checkpoint') return new Response(log.head().checkpoint, { status: 200 });
       if (path.startsWith('lookup/')) {
         const [, p, k] = path.split('/');

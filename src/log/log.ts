@@ -627,20 +627,54 @@ export class Log {
     const path = indexPath(protocol, key);
     return this.read((snap) => {
       const head = this.snapshotHead(snap);
-      const { mapProof, entry } = this.lookupIn(snap, head, path);
-      if (this.checkpointJsonOf !== head.checkpoint) {
-        this.checkpointJson = JSON.stringify(head.checkpoint);
-        this.checkpointJsonOf = head.checkpoint;
-      }
-      let body = `{"checkpoint":${this.checkpointJson},"protocol":${JSON.stringify(protocol)},"key":"${toBase64(key)}","mapProof":"${mapProof}"`;
-      if (entry) {
-        body += `,"entry":{"index":${entry.index},"data":"${entry.data}","proof":[`;
-        const p = entry.proof;
-        for (let i = 0; i < p.length; i++) body += i === 0 ? `"${p[i]}"` : `,"${p[i]}"`;
-        body += ']}';
-      }
-      return { body: `${body}}`, size: head.size, present: entry !== undefined };
+      const { body, present } = this.answerJson(snap, head, protocol, key, path);
+      return { body, size: head.size, present };
     });
+  }
+
+  /**
+   * Answers for several keys of one protocol, all against the same checkpoint (one read
+   * snapshot), as the JSON text `{"answers":[...]}` with each answer exactly as `lookupJson` gives it.
+   */
+  lookupManyJson(
+    protocol: string,
+    keys: readonly Uint8Array[],
+  ): { body: string; size: number; present: number } {
+    const paths = keys.map((k) => indexPath(protocol, k));
+    return this.read((snap) => {
+      const head = this.snapshotHead(snap);
+      let body = '{"answers":[';
+      let present = 0;
+      for (let i = 0; i < keys.length; i++) {
+        const a = this.answerJson(snap, head, protocol, keys[i], paths[i]);
+        if (a.present) present++;
+        body += i === 0 ? a.body : `,${a.body}`;
+      }
+      return { body: `${body}]}`, size: head.size, present };
+    });
+  }
+
+  /** One lookup answer as JSON text, built directly rather than through JSON.stringify. */
+  private answerJson(
+    snap: LogSnapshot,
+    head: LogHead,
+    protocol: string,
+    key: Uint8Array,
+    path: Buffer,
+  ): { body: string; present: boolean } {
+    const { mapProof, entry } = this.lookupIn(snap, head, path);
+    if (this.checkpointJsonOf !== head.checkpoint) {
+      this.checkpointJson = JSON.stringify(head.checkpoint);
+      this.checkpointJsonOf = head.checkpoint;
+    }
+    let body = `{"checkpoint":${this.checkpointJson},"protocol":${JSON.stringify(protocol)},"key":"${toBase64(key)}","mapProof":"${mapProof}"`;
+    if (entry) {
+      body += `,"entry":{"index":${entry.index},"data":"${entry.data}","proof":[`;
+      const p = entry.proof;
+      for (let i = 0; i < p.length; i++) body += i === 0 ? `"${p[i]}"` : `,"${p[i]}"`;
+      body += ']}';
+    }
+    return { body: `${body}}`, present: entry !== undefined };
   }
 
   /** The base64 parts of an answer for `path` against `head`, read from `snap`. */

@@ -186,6 +186,39 @@ function answerLookup(sl: ServedLog, rest: string): string {
   return body;
 }
 
+/** Most keys in one `POST lookup` request. */
+export const MAX_LOOKUP_KEYS = 256;
+
+const lookupManySchema = {
+  type: 'object',
+  required: ['protocol', 'keys'],
+  additionalProperties: false,
+  properties: {
+    protocol: { type: 'string', pattern: '^[\\x21-\\x7e]{1,64}$' },
+    keys: {
+      type: 'array',
+      minItems: 1,
+      maxItems: MAX_LOOKUP_KEYS,
+      items: { type: 'string', minLength: 1, maxLength: 1024 },
+    },
+  },
+} as const;
+
+/** `{"answers":[...]}` for the keys (UTF-8 strings) of a `POST lookup` body, in their order. */
+function answerLookupMany(sl: ServedLog, protocol: string, keyTexts: readonly string[]): string {
+  const keys = keyTexts.map((k, i) => {
+    const key = Buffer.from(k, 'utf8');
+    if (key.length > 1024) throw new HttpError(400, 'BAD_REQUEST', `keys[${i}] must be 1-1024 bytes`);
+    return key;
+  });
+  const t0 = performance.now();
+  const { body, present } = sl.log.lookupManyJson(protocol, keys);
+  sl.metrics.lookupSeconds.observe((performance.now() - t0) / 1000);
+  if (present > 0) sl.metrics.lookupPresent.inc(present);
+  if (keys.length > present) sl.metrics.lookupAbsent.inc(keys.length - present);
+  return body;
+}
+
 interface SubmitEntryJson {
   protocol: string;
   key: string;
@@ -346,12 +379,30 @@ export function buildApp(
     });
   }
 
+  if (listener.api.has('read') || listener.api.has('write')) jsonBodies(app, limits.maxBodyBytes);
   if (listener.api.has('read')) {
     registerReadRoutes(app, ctx, getLog);
     fast = fastReads(ctx, listener.name);
   }
   if (listener.api.has('write')) registerWriteRoutes(app, ctx, getLog);
   return app;
+}
+
+/** Only JSON bodies; everything else is 415. The raw bytes are kept for signed requests. */
+function jsonBodies(app: FastifyInstance, bodyLimit: number): void {
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('application/json', { parseAs: 'buffer', bodyLimit }, (req, body, done) => {
+    const raw = body as Buffer;
+    req.rawBody = raw;
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(raw.toString('utf8'));
+    } catch {
+      done(new HttpError(400, 'BAD_JSON', 'request body is not valid JSON'), undefined);
+      return;
+    }
+    done(null, parsed);
+  });
 }
 
 type FastRead = (req: IncomingMessage, res: ServerResponse) => boolean;
@@ -442,6 +493,29 @@ function registerReadRoutes(app: FastifyInstance, ctx: AppContext, getLog: (id: 
     reply.headers(LOOKUP_HEADERS).send(body);
   });
 
+  app.post<{ Params: { id: string }; Body: { protocol: string; keys: string[] } }>(
+    '/logs/:id/lookup',
+    {
+      schema: { body: lookupManySchema },
+      // counted before the schema check, so a huge list is refused without validating every key
+      preValidation: (req, _reply, done) => {
+        const keys = (req.body as { keys?: unknown } | undefined)?.keys;
+        if (Array.isArray(keys) && keys.length > MAX_LOOKUP_KEYS) {
+          throw new HttpError(
+            413,
+            'TOO_MANY_KEYS',
+            `at most ${MAX_LOOKUP_KEYS} keys per request, got ${keys.length}`,
+          );
+        }
+        done();
+      },
+    },
+    (req, reply) => {
+      const body = answerLookupMany(getLog(req.params.id), req.body.protocol, req.body.keys);
+      reply.headers(LOOKUP_HEADERS).send(body);
+    },
+  );
+
   app.get<{ Params: { id: string }; Querystring: { index?: string; size?: string } }>(
     '/logs/:id/proof/inclusion',
     {
@@ -502,25 +576,6 @@ function registerReadRoutes(app: FastifyInstance, ctx: AppContext, getLog: (id: 
 
 function registerWriteRoutes(app: FastifyInstance, ctx: AppContext, getLog: (id: string) => ServedLog): void {
   const { limits } = ctx;
-  // Only JSON bodies; everything else is 415. The raw bytes are kept for signed requests.
-  app.removeAllContentTypeParsers();
-  app.addContentTypeParser(
-    'application/json',
-    { parseAs: 'buffer', bodyLimit: limits.maxBodyBytes },
-    (req, body, done) => {
-      const raw = body as Buffer;
-      req.rawBody = raw;
-      let parsed: unknown;
-      try {
-        parsed = JSON.parse(raw.toString('utf8'));
-      } catch {
-        done(new HttpError(400, 'BAD_JSON', 'request body is not valid JSON'), undefined);
-        return;
-      }
-      done(null, parsed);
-    },
-  );
-
   app.post<{ Params: { id: string }; Body: { entries: SubmitEntryJson[] } }>(
     '/logs/:id/submit',
     {

@@ -446,6 +446,105 @@ describe('verifying client against a real log over HTTP', () => {
     }
   });
 
+  test('concurrent lookups share POST lookup requests, each answer verified for its own key', async () => {
+    const c = client();
+    server.requests.length = 0;
+    const keys = ['late-key', 'k0-0-5', 'never-1', 'k0-0-7', 'never-2', 'k100-0-3'];
+    const results = await Promise.all(keys.map((k) => c.lookup('nix', k)));
+    assert.deepEqual(
+      results.map((r) => r.status),
+      ['present', 'present', 'absent', 'present', 'absent', 'present'],
+    );
+    for (const [i, r] of results.entries()) {
+      assert.deepEqual(r.key, Buffer.from(keys[i]));
+      if (r.status === 'present') assert.deepEqual(decodeEntry(r.data).key, Buffer.from(keys[i]));
+    }
+    const posts = server.requests.filter((p) => p === 'lookup').length;
+    const gets = server.requests.filter((p) => p.startsWith('lookup/')).length;
+    assert.ok(posts >= 1 && posts <= 2, `${posts} POST lookup requests`);
+    assert.ok(posts + gets < keys.length, `${posts} POSTs and ${gets} GETs for ${keys.length} keys`);
+    // a key that is not UTF-8 text cannot go in the JSON batch: it is asked by GET, and verified
+    server.requests.length = 0;
+    const odd = await Promise.all([c.lookup('nix', Buffer.from([0xff, 0x00])), c.lookup('nix', 'never-3')]);
+    assert.deepEqual(
+      odd.map((r) => r.status),
+      ['absent', 'absent'],
+    );
+    assert.ok(
+      server.requests.some((p) => p === 'lookup/nix/%FF%00'),
+      server.requests.join(' '),
+    );
+  });
+
+  test('a batch answer that swaps or drops answers fails exactly the keys it lies about', async () => {
+    const c = client();
+    await withTamper(
+      (req, a) => {
+        if (req.path !== 'lookup' || a.status !== 200) return undefined;
+        const j = bodyJson<{ answers: unknown[] }>(a);
+        [j.answers[0], j.answers[1]] = [j.answers[1], j.answers[0]];
+        return json(200, j);
+      },
+      async () => {
+        const [a, b, x] = await Promise.allSettled(
+          ['late-key', 'k0-0-5', 'k0-0-6'].map((k) => c.lookup('nix', k)),
+        );
+        for (const r of [a, b]) {
+          assert.equal(r.status, 'rejected');
+          assert.ok(r.status === 'rejected' && r.reason instanceof InvalidProofError);
+          assert.equal((r as PromiseRejectedResult).reason.check, 'lookup.wrong-key');
+        }
+        assert.ok(x.status === 'fulfilled' && x.value.status === 'present');
+      },
+    );
+    await withTamper(
+      (req, a) => {
+        if (req.path !== 'lookup' || a.status !== 200) return undefined;
+        const j = bodyJson<{ answers: unknown[] }>(a);
+        return json(200, { answers: j.answers.slice(1) });
+      },
+      async () => {
+        const all = await Promise.allSettled(['late-key', 'k0-0-5'].map((k) => c.lookup('nix', k)));
+        for (const r of all) {
+          assert.ok(r.status === 'rejected' && r.reason instanceof BadResponseError, String(r));
+          assert.equal((r as PromiseRejectedResult).reason.check, 'response.malformed');
+        }
+      },
+    );
+  });
+
+  test('a server without POST lookup is asked key by key', async () => {
+    server.noLookupBatch = true;
+    try {
+      const c = client();
+      server.requests.length = 0;
+      const keys = ['late-key', 'never-1', 'k0-0-7'];
+      const results = await Promise.all(keys.map((k) => c.lookup('nix', k)));
+      assert.deepEqual(
+        results.map((r) => r.status),
+        ['present', 'absent', 'present'],
+      );
+      assert.equal(server.requests.filter((p) => p.startsWith('lookup/')).length, keys.length);
+      // once known, the batch request is not tried again
+      server.requests.length = 0;
+      await Promise.all(keys.map((k) => c.lookup('nix', k)));
+      assert.deepEqual(
+        server.requests.filter((p) => p === 'lookup'),
+        [],
+      );
+    } finally {
+      server.noLookupBatch = false;
+    }
+    const single = client({ maxLookupBatch: 1 });
+    server.requests.length = 0;
+    await Promise.all(['late-key', 'never-1'].map((k) => single.lookup('nix', k)));
+    assert.deepEqual(
+      server.requests.filter((p) => p === 'lookup'),
+      [],
+    );
+    assert.throws(() => client({ maxLookupBatch: 0 }), /maxLookupBatch/);
+  });
+
   test('the server list and root are found from a log URL', async () => {
     assert.equal(serverRootOf(server.url)?.href, server.root);
     assert.equal(serverRootOf('http://h/x/'), undefined);

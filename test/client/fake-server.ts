@@ -34,6 +34,8 @@ export interface FakeServer {
   token: string;
   /** Paths requested, relative to the log prefix, in order. */
   requests: string[];
+  /** When true, `POST lookup` is unknown (404), as on a server that predates it. */
+  noLookupBatch: boolean;
   close(): Promise<void>;
 }
 
@@ -45,6 +47,7 @@ export async function startFakeServer(log: Log, opts: { token?: string } = {}): 
     tamper: undefined,
     token: opts.token ?? 'secret-token',
     requests: [],
+    noLookupBatch: false,
     close: async () => {},
   };
   const server = createServer((req, res) => {
@@ -132,7 +135,15 @@ async function route(
         })),
       });
     }
-    if (method !== 'GET') return json(405, { error: 'method not allowed', code: 'METHOD' });
+    if (method === 'POST' && path === 'lookup' && !s.noLookupBatch) {
+      const j = JSON.parse(body.toString('utf8')) as { protocol: string; keys: string[] };
+      return json(200, { answers: j.keys.map((k) => log.lookup(j.protocol, Buffer.from(k, 'utf8'))) });
+    }
+    if (method !== 'GET')
+      return json(s.noLookupBatch && path === 'lookup' ? 404 : 405, {
+        error: 'method not allowed',
+        code: 'METHOD',
+      });
     if (path === 'checkpoint') {
       return {
         status: 200,

@@ -84,6 +84,36 @@ const post = (
   headers: Record<string, string> = { 'content-type': 'application/json', ...auth },
 ): RequestInit & { headers: Record<string, string> } => ({ method: 'POST', headers, body: body as BodyInit });
 
+test('malformed batch lookups get their 4xx; the server answers the next one', async () => {
+  const json = { 'content-type': 'application/json' };
+  const cases: Array<[number, string | Buffer, Record<string, string>?]> = [
+    [400, randomBytes(2000), json],
+    [400, '{"protocol":"nix","keys":["a"', json],
+    [400, '', json],
+    [400, 'null', json],
+    [400, '{"protocol":"nix"}', json],
+    [400, '{"protocol":"nix","keys":[]}', json],
+    [400, '{"protocol":"nix","keys":"a"}', json],
+    [400, '{"protocol":"nix","keys":[1]}', json],
+    [400, '{"protocol":"nix","keys":[""]}', json],
+    [400, '{"protocol":"n x","keys":["a"]}', json],
+    [400, `{"protocol":"nix","keys":["${'k'.repeat(1025)}"]}`, json],
+    // 1,024 characters but more than 1,024 bytes of UTF-8
+    [400, `{"protocol":"nix","keys":["${'é'.repeat(600)}"]}`, json],
+    [400, '{"protocol":"nix","keys":["a"],"extra":1}', json],
+    [413, JSON.stringify({ protocol: 'nix', keys: Array.from({ length: 257 }, (_, i) => `k${i}`) }), json],
+    [415, '{"protocol":"nix","keys":["a"]}', { 'content-type': 'text/plain' }],
+    [413, `{"protocol":"nix","keys":["${'k'.repeat(2 << 20)}"]}`, json],
+  ];
+  for (const [i, [status, body, headers]] of cases.entries()) {
+    await expectStatus(status, '/logs/default/lookup', post(body, headers), `case ${i}`);
+  }
+  await expectStatus(404, '/logs/NOPE/lookup', post('{"protocol":"nix","keys":["a"]}', json));
+  const ok = await fetch(`${srv.url}/logs/default/lookup`, post('{"protocol":"nix","keys":["a","b"]}', json));
+  assert.equal(ok.status, 200);
+  assert.equal(((await ok.json()) as { answers: unknown[] }).answers.length, 2);
+});
+
 test('malformed, truncated and invalid submissions are 400', async () => {
   const cases: Array<string | Buffer> = [
     randomBytes(3000),

@@ -253,6 +253,40 @@ test('the fast read path and the Fastify routes answer identically', async () =>
   }
 });
 
+test('POST lookup answers many keys, each exactly as its GET answer, all under one checkpoint', async () => {
+  const dir = tempDir();
+  const srv = await startServer(['--state', dir, '--listen', '127.0.0.1:0']);
+  try {
+    const entries = makeEntries(4);
+    assert.equal((await submit(srv.url, entries, { authorization: `Bearer ${token(dir)}` })).status, 200);
+    const keys = [entries[2].key, 'absent/key', entries[0].key, entries[2].key];
+    const r = await fetch(`${srv.url}/logs/default/lookup`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ protocol: 'nix', keys }),
+    });
+    assert.equal(r.status, 200);
+    assert.match(r.headers.get('content-type') ?? '', /^application\/json/);
+    assert.equal(r.headers.get('cache-control'), 'no-store');
+    const { answers } = (await r.json()) as { answers: Array<{ checkpoint: string }> };
+    assert.equal(answers.length, keys.length);
+    const verifier = verifierFromVkey(srv.vkey);
+    for (const [i, key] of keys.entries()) {
+      const single = await (
+        await fetch(`${srv.url}/logs/default/lookup/nix/${encodeURIComponent(key)}`)
+      ).json();
+      assert.deepEqual(answers[i], single, key);
+      const v = verifyLookup(answers[i], verifier, { protocol: 'nix', key: Buffer.from(key) });
+      assert.equal(v.status, key === 'absent/key' ? 'absent' : 'present', key);
+    }
+    const m = await (await fetch(`${srv.url}/metrics`)).text();
+    assert.match(m, /trustix_lookups_total\{log="default",result="absent"\} [1-9]/);
+  } finally {
+    await srv.stop();
+    cleanup(dir);
+  }
+});
+
 test('cached lookup answers equal fresh ones and follow the head', async () => {
   const dir = tempDir();
   const srv = await startServer(['--state', dir, '--listen', '127.0.0.1:0']);
