@@ -4,12 +4,15 @@
 //      acknowledged with 200 (durable and signed) per second; checks the receipts.
 //   2. lookups (75% present keys, 25% absent) with keep-alive and a few connections; every answer
 //      carries the checkpoint and both proofs; 1,000 answers are verified in full before and after
-//      each run. Cold (answers built from the store) and hot (popular keys, from the answer cache).
+//      each run. Cold (answers built from the store), batched (POST lookup with
+//      TRUSTIX_BENCH_HTTP_LOOKUP_BATCH keys per request, default 16; counts lookups) and hot
+//      (popular keys, from the answer cache).
 // Each figure also gives the server's own CPU time per operation (from its /metrics), which does
 // not depend on how fast the load tool can push, and a plain node:http baseline for calibration.
 // Knobs: TRUSTIX_BENCH_HTTP_N (entries to submit), TRUSTIX_BENCH_HTTP_SECONDS (lookup run),
-// TRUSTIX_BENCH_HTTP_CONNECTIONS (lookup connections), TRUSTIX_BENCH_HTTP_NODE_ARGS (extra node
-// flags for the server process, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof").
+// TRUSTIX_BENCH_HTTP_CONNECTIONS (lookup connections), TRUSTIX_BENCH_HTTP_ONLY (e.g. "submit"),
+// TRUSTIX_BENCH_HTTP_NODE_ARGS (extra node flags for the server process, e.g.
+// "--cpu-prof --cpu-prof-dir=/tmp/prof").
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -50,6 +53,10 @@ const BATCH = 1000;
 const SUBMIT_CONNECTIONS = 10;
 const SECONDS = Number(process.env.TRUSTIX_BENCH_HTTP_SECONDS ?? 10);
 const CONNECTIONS = Number(process.env.TRUSTIX_BENCH_HTTP_CONNECTIONS ?? 8);
+const LOOKUP_BATCH = Number(process.env.TRUSTIX_BENCH_HTTP_LOOKUP_BATCH ?? 16);
+/** Comma-separated figures to run (baseline,submit,lookups); default all. Submissions always run: lookups need the log. */
+const ONLY = process.env.TRUSTIX_BENCH_HTTP_ONLY?.split(',');
+const runs = (what: string) => ONLY === undefined || ONLY.includes(what);
 
 function emit(name: string, value: number, unit: string, extra: Record<string, unknown> = {}): void {
   console.log(JSON.stringify({ name, value: Math.round(value * 100) / 100, unit, ...extra }));
@@ -145,7 +152,7 @@ process.on('SIGTERM', () => {
   console.log('cpu ' + (u.user + u.system) / n);
   process.exit(0);
 });`;
-{
+if (runs('baseline')) {
   const plain = spawn(process.execPath, ['-e', PLAIN_SERVER], { stdio: ['ignore', 'pipe', 'inherit'] });
   const lines: string[] = [];
   const first = new Promise<void>((resolve) =>
@@ -254,7 +261,9 @@ try {
   // Cold: 20,000 keys in a cycle, far more than the server's answer cache (4,096 by default) holds,
   // so with its least-recently-used order every answer is built from the store. Hot: 1,000 keys
   // (popular store paths asked by many clients), answered from the cache for the current checkpoint.
-  const lookupRun = async (name: string, count: number, note: string) => {
+  // batch > 1: POST lookup with that many keys per request (what the verifying client sends for
+  // concurrent lookups); the figure counts lookups, not requests.
+  const lookupRun = async (name: string, count: number, note: string, batch = 1) => {
     const paths: string[] = [];
     const pathKeys: string[] = [];
     for (let i = 0; i < count; i++) {
@@ -262,18 +271,35 @@ try {
       pathKeys.push(key);
       paths.push(`/logs/default/lookup/nix/${key}`);
     }
+    const bodies: string[] = [];
+    for (let i = 0; batch > 1 && i < count; i += batch) {
+      bodies.push(JSON.stringify({ protocol: 'nix', keys: pathKeys.slice(i, i + batch) }));
+    }
+    const answersFor = async (from: number, n: number): Promise<unknown[]> => {
+      if (batch === 1) return [await (await fetch(`${server.url}${paths[from]}`)).json()];
+      const r = await fetch(`${server.url}/logs/default/lookup`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ protocol: 'nix', keys: pathKeys.slice(from, from + n) }),
+      });
+      return ((await r.json()) as { answers: unknown[] }).answers;
+    };
     // 1,000 answers verified in full (signature, map proof, entry, inclusion proof) before the run
     // and again after it (then mostly from the cache). The run itself only counts 200s: the load
     // tool must not spend its core parsing answers, or it measures itself.
+    const sample = Math.min(1000, count);
     const verifySample = async () => {
       let present = 0;
-      for (let i = 0; i < Math.min(1000, count); i++) {
-        const a = await (await fetch(`${server.url}${paths[i]}`)).json();
-        const v = verifyLookup(a, verifier, { protocol: 'nix', key: Buffer.from(pathKeys[i]) });
-        if (v.status === 'invalid') throw new Error(`lookup ${pathKeys[i]} invalid: ${v.check} ${v.reason}`);
-        if ((v.status === 'present') !== (i % 4 !== 3))
-          throw new Error(`lookup ${pathKeys[i]}: unexpected ${v.status}`);
-        if (v.status === 'present') present++;
+      for (let i = 0; i < sample; i += batch) {
+        const answers = await answersFor(i, Math.min(batch, sample - i));
+        for (const [j, a] of answers.entries()) {
+          const key = pathKeys[i + j];
+          const v = verifyLookup(a, verifier, { protocol: 'nix', key: Buffer.from(key) });
+          if (v.status === 'invalid') throw new Error(`lookup ${key} invalid: ${v.check} ${v.reason}`);
+          if ((v.status === 'present') !== ((i + j) % 4 !== 3))
+            throw new Error(`lookup ${key}: unexpected ${v.status}`);
+          if (v.status === 'present') present++;
+        }
       }
       return present;
     };
@@ -285,13 +311,23 @@ try {
       connections: CONNECTIONS,
       duration: SECONDS,
       requests: [
-        {
-          method: 'GET',
-          setupRequest: (req) => {
-            req.path = paths[next++ % paths.length];
-            return req;
-          },
-        },
+        batch === 1
+          ? {
+              method: 'GET',
+              setupRequest: (req) => {
+                req.path = paths[next++ % paths.length];
+                return req;
+              },
+            }
+          : {
+              method: 'POST',
+              path: '/logs/default/lookup',
+              headers: { 'content-type': 'application/json' },
+              setupRequest: (req) => {
+                req.body = bodies[next++ % bodies.length];
+                return req;
+              },
+            },
       ],
     });
     if (result.non2xx > 0 || result.errors > 0) {
@@ -299,13 +335,15 @@ try {
     }
     const cpu = (await serverCpuSeconds(server.url)) - cpu0;
     await verifySample();
-    emit(name, result['2xx'] / result.duration, 'lookups/s', {
+    const lookups = result['2xx'] * batch;
+    emit(name, lookups / result.duration, 'lookups/s', {
       note,
       // what the server spent per lookup: independent of how fast the load tool could push
-      server_cpu_us_per_lookup: Math.round((cpu / result['2xx']) * 1e7) / 10,
+      server_cpu_us_per_lookup: Math.round((cpu / lookups) * 1e7) / 10,
       server_cpu_busy_fraction: Math.round((cpu / result.duration) * 100) / 100,
       distinct_keys: count,
-      lookups: result['2xx'],
+      keys_per_request: batch,
+      lookups,
       seconds: result.duration,
       connections: CONNECTIONS,
       keep_alive: true,
@@ -313,23 +351,31 @@ try {
       log_size: cp.size,
       latency_p50_ms: result.latency.p50,
       latency_p99_ms: result.latency.p99,
-      verified_before_and_after_run: Math.min(1000, count) * 2,
+      verified_before_and_after_run: sample * 2,
       present_in_sample: present,
       non2xx: result.non2xx,
       errors: result.errors,
       target: 20_000,
     });
   };
-  await lookupRun(
-    'http_lookups_per_s',
-    20_000,
-    'every answer built from the store (keys cycle past the cache)',
-  );
-  await lookupRun(
-    'http_lookups_hot_per_s',
-    1000,
-    'popular keys: answers served from the cache for the current checkpoint',
-  );
+  if (runs('lookups')) {
+    await lookupRun(
+      'http_lookups_per_s',
+      20_000,
+      'every answer built from the store (keys cycle past the cache)',
+    );
+    await lookupRun(
+      'http_lookups_batched_per_s',
+      20_000,
+      `POST lookup, ${LOOKUP_BATCH} keys per request, every answer built from the store`,
+      LOOKUP_BATCH,
+    );
+    await lookupRun(
+      'http_lookups_hot_per_s',
+      1000,
+      'popular keys: answers served from the cache for the current checkpoint',
+    );
+  }
 } finally {
   const exited = new Promise((r) => server.proc.on('exit', r));
   server.proc.kill('SIGTERM');
