@@ -7,6 +7,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
 import type { LogClient, SubmitAuth, VerifiedReceipt } from '../client/client.js';
+import { RemoteError } from '../client/errors.js';
 import { loadTomlFile, nonEmptyString, onlyFields, parseTomlTable } from '../config/toml.js';
 import type { Entry } from '../core/entry.js';
 import { FormatError, TrustixError } from '../core/errors.js';
@@ -235,6 +236,8 @@ export interface FlushResult {
   duplicates: number;
   /** Pending files left behind (not attempted, or put back after a failure). */
   remaining: number;
+  /** Files the log refused as malformed (400), set aside as `.refused`. */
+  refused: number;
   /** Why the flush stopped early, if it did. */
   error?: unknown;
   /** It stopped because the deadline passed. */
@@ -247,7 +250,9 @@ const MAX_FILES_PER_BATCH = 1_000;
 /**
  * Delivers pending spool files oldest first, several per request, deleting each only after the
  * receipts of all its entries verified. Stops at the first failure (the claimed files go back to
- * the queue) or when the deadline passes.
+ * the queue) or when the deadline passes, except when the log refuses a request as malformed
+ * (400): then its files are tried one by one, and a file refused on its own is set aside as
+ * `.refused`, so one bad file never holds up the others.
  */
 export async function flushSpool(
   spool: Spool,
@@ -258,19 +263,25 @@ export async function flushSpool(
   await spool.recover();
   const queue = await spool.pending();
   const total = queue.length;
-  const res: FlushResult = { files: 0, entries: 0, appended: 0, duplicates: 0, remaining: 0 };
+  const res: FlushResult = { files: 0, entries: 0, appended: 0, duplicates: 0, remaining: 0, refused: 0 };
   const limit = opts.batchEntries ?? DEFAULT_BATCH_ENTRIES;
   let pos = 0;
   let handled = 0;
+  // files of a refused request, to be tried one per request
+  let alone: string[] = [];
   opts.onProgress?.(0, total);
-  while (pos < queue.length) {
+  while (pos < queue.length || alone.length > 0) {
     if (opts.deadline !== undefined && Date.now() >= opts.deadline) {
       res.timedOut = true;
       break;
     }
     const batch: Claim[] = [];
     let n = 0;
-    while (pos < queue.length && n < limit && batch.length < MAX_FILES_PER_BATCH) {
+    if (alone.length > 0) {
+      const c = await spool.claim(alone.shift()!);
+      if (c) batch.push(c);
+    }
+    while (alone.length === 0 && pos < queue.length && n < limit && batch.length < MAX_FILES_PER_BATCH) {
       const c = await spool.claim(queue[pos++]);
       handled++;
       if (!c) continue;
@@ -291,6 +302,16 @@ export async function flushSpool(
               ...(opts.maxRetries !== undefined ? { maxRetries: opts.maxRetries } : {}),
             });
     } catch (err) {
+      if (err instanceof RemoteError && err.status === 400) {
+        if (batch.length === 1) {
+          await spool.refuse(batch[0], describeFailure(err));
+          res.refused++;
+        } else {
+          for (const c of batch) await spool.release(c);
+          alone = batch.map((c) => c.name);
+        }
+        continue;
+      }
       for (const c of batch) await spool.release(c);
       res.error = err;
       break;

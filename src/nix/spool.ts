@@ -6,6 +6,8 @@
  *   <13-digit ms>-<pid>-<hex>.entries        pending (written to a dot-tmp file, fsync'd, renamed)
  *   <...>.entries.claim-<pid>                taken by the flusher with that pid
  *   <...>.entries.bad                        unreadable, set aside with a warning (never deleted)
+ *   <...>.entries.refused                    refused by the log as malformed (400), set aside with a
+ *                                            warning (never deleted), so it does not block the rest
  * A claim is a rename, which exactly one process can win. A claim is released (renamed back) when
  * delivery fails, and recovered by the next flusher when its owner died or it is older than
  * `STALE_CLAIM_MS`. A file is deleted only after its receipts verified, so an entry may be
@@ -81,12 +83,13 @@ export class Spool {
   }
 
   /** Claimed and pending files, and files set aside as bad. */
-  async status(): Promise<{ pending: number; claimed: number; bad: number }> {
+  async status(): Promise<{ pending: number; claimed: number; bad: number; refused: number }> {
     const names = await this.list();
     return {
       pending: names.filter((n) => PENDING_RE.test(n)).length,
       claimed: names.filter((n) => CLAIM_RE.test(n)).length,
       bad: names.filter((n) => n.endsWith('.entries.bad')).length,
+      refused: names.filter((n) => n.endsWith('.entries.refused')).length,
     };
   }
 
@@ -144,6 +147,17 @@ export class Spool {
       if (err.code !== 'ENOENT') throw err;
     });
     await this.syncDir();
+  }
+
+  /**
+   * The log refused the claim's entries as malformed: set the file aside as `.refused` (kept for
+   * the operator, never deleted) with a warning, so the files behind it can still be delivered.
+   */
+  async refuse(claim: Claim, why: string): Promise<void> {
+    const to = join(this.dir, `${claim.name}.refused`);
+    if (!(await renameIfThere(claim.path, to))) return;
+    await this.syncDir();
+    this.warn(`the log refused spool file ${claim.name} (${why}); set aside as ${to}`);
   }
 
   /** Delivery failed: put the claim back in the queue. */

@@ -19,7 +19,7 @@ import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { LogClient, type VerifiedReceipt } from '../../src/client/client.js';
-import { UnreachableError } from '../../src/client/errors.js';
+import { RemoteError, UnreachableError } from '../../src/client/errors.js';
 import { encodeEntry } from '../../src/core/entry.js';
 import { FormatError } from '../../src/core/errors.js';
 import { leafHash } from '../../src/core/merkle.js';
@@ -261,6 +261,50 @@ describe('spool', () => {
     assert.deepEqual(readdirSync(dir), []);
   });
 
+  test('a file the log refuses as malformed is set aside as .refused and does not hold up the rest', async () => {
+    const dir = join(root, 'spool-refused');
+    const warnings: string[] = [];
+    const spool = new Spool(dir, { warn: (m) => warnings.push(m) });
+    const poison = nixEntry({ ...HELLO_A, storePath: '/nix/store/0000000000000000000000000000000a-poison' });
+    const a = await spool.add([entries[0]], 1_000);
+    const b = await spool.add([poison, entries[1]], 2_000);
+    const c = await spool.add([entries[1]], 3_000);
+    const requests: number[] = [];
+    const picky = (fail?: unknown) =>
+      ({
+        async submit(es: Array<{ key: Buffer }>): Promise<VerifiedReceipt[]> {
+          requests.push(es.length);
+          if (fail) throw fail;
+          if (es.some((e) => e.key.equals(poison.key))) {
+            throw new RemoteError(400, 'BAD_REQUEST', 'POST /submit answered 400: entries[0].value is bad');
+          }
+          return es.map((_, i) => ({
+            index: i,
+            duplicate: false,
+            checkpoint: '',
+            proof: [],
+            verified: true,
+          }));
+        },
+      }) as unknown as LogClient;
+    // credentials refused: not the file's fault, so nothing is set aside and the flush stops
+    const denied = await flushSpool(spool, picky(new RemoteError(401, 'UNAUTHORIZED', 'bad token')), {
+      token: 't',
+    });
+    assert.ok(denied.error instanceof RemoteError);
+    assert.deepEqual(await spool.pending(), [a, b, c]);
+    requests.length = 0;
+    const r = await flushSpool(spool, picky(), { token: 't' });
+    assert.equal(r.error, undefined);
+    // all three in one request (refused), then one by one: a and c delivered, b set aside
+    assert.deepEqual(requests, [4, 1, 2, 1]);
+    assert.deepEqual([r.files, r.entries, r.refused, r.remaining], [2, 2, 1, 0]);
+    assert.deepEqual(readdirSync(dir), [`${b}.refused`]);
+    assert.equal(warnings.length, 1);
+    assert.match(warnings[0], new RegExp(`refused spool file ${b} .*400.*set aside`));
+    assert.deepEqual(await spool.status(), { pending: 0, claimed: 0, bad: 0, refused: 1 });
+  });
+
   test('a corrupt file is set aside as .bad with a warning; claims are exclusive; dead claims recover', async () => {
     const dir = join(root, 'spool2');
     const warnings: string[] = [];
@@ -273,7 +317,7 @@ describe('spool', () => {
     assert.equal(warnings.length, 1);
     assert.match(warnings[0], /deadbeef\.entries is unreadable.*set aside/);
     assert.ok(existsSync(join(dir, `${corrupt}.bad`)));
-    assert.deepEqual(await spool.status(), { pending: 0, claimed: 0, bad: 1 });
+    assert.deepEqual(await spool.status(), { pending: 0, claimed: 0, bad: 1, refused: 0 });
     void good;
 
     const x = await spool.add(entries);

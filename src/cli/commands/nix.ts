@@ -134,7 +134,9 @@ export function registerNixPublishCommands(nix: Command): void {
       });
       bar?.stop();
       const status = await spool.status();
-      const bad = status.bad > 0 ? `; ${status.bad} unreadable file(s) set aside in ${config.spool}` : '';
+      let bad = status.bad > 0 ? `; ${status.bad} unreadable file(s) set aside in ${config.spool}` : '';
+      if (status.refused > 0)
+        bad += `; ${status.refused} file(s) refused by the log set aside in ${config.spool}`;
       if (r.error !== undefined) {
         throw new CliError(
           `delivered ${r.entries} entries (${r.appended} new), then failed: ${describeFailure(r.error)}; ${r.remaining} file(s) wait in ${config.spool}${bad}`,
