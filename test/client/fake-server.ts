@@ -5,7 +5,7 @@
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { decodePathSegment } from '../../src/client/http.js';
+import { decodePathSegment, encodePathSegment } from '../../src/client/http.js';
 import { toBase64 } from '../../src/core/bytes.js';
 import type { Entry } from '../../src/core/entry.js';
 import { FormatError } from '../../src/core/errors.js';
@@ -91,7 +91,28 @@ async function handle(s: FakeServer, req: IncomingMessage, res: ServerResponse):
   } else if (u.pathname.startsWith('/logs/default/')) {
     rel = u.pathname.slice('/logs/default/'.length) + u.search;
     s.requests.push(rel);
-    answer = await route(s, method, u, u.pathname.slice('/logs/default/'.length), req, body);
+    if (method === 'POST' && rel === 'lookup' && !s.noLookupBatch) {
+      // each key is answered as its own GET, through the tamper hook, so every lie told to single
+      // lookups is told in batches too
+      const j = JSON.parse(body.toString('utf8')) as { protocol: string; keys: string[] };
+      const answers: unknown[] = [];
+      for (const k of j.keys) {
+        const path = `lookup/${encodePathSegment(Buffer.from(j.protocol))}/${encodePathSegment(Buffer.from(k))}`;
+        const single = await route(s, 'GET', new URL(path, 'http://x/'), path, req, Buffer.alloc(0));
+        const t = s.tamper ? await s.tamper({ method: 'GET', path }, single) : undefined;
+        if (t === 'hang') return;
+        const a = t ?? single;
+        if (a.status !== 200) {
+          res.writeHead(a.status, a.headers);
+          res.end(a.body);
+          return;
+        }
+        answers.push(JSON.parse(a.body.toString('utf8')));
+      }
+      answer = json(200, { answers });
+    } else {
+      answer = await route(s, method, u, u.pathname.slice('/logs/default/'.length), req, body);
+    }
   } else {
     answer = json(404, { error: 'unknown log', code: 'NOT_FOUND' });
   }
@@ -134,10 +155,6 @@ async function route(
           proof: r.proof.map(toBase64),
         })),
       });
-    }
-    if (method === 'POST' && path === 'lookup' && !s.noLookupBatch) {
-      const j = JSON.parse(body.toString('utf8')) as { protocol: string; keys: string[] };
-      return json(200, { answers: j.keys.map((k) => log.lookup(j.protocol, Buffer.from(k, 'utf8'))) });
     }
     if (method !== 'GET')
       return json(s.noLookupBatch && path === 'lookup' ? 404 : 405, {

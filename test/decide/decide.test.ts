@@ -177,6 +177,45 @@ describe('decide against real and hostile logs', () => {
     }
   });
 
+  test('concurrent decisions share batched lookups and classify every log as lone decisions do', async () => {
+    // the logs whose behaviour does not depend on earlier requests, plus a local state dir
+    const localDir = tempDir();
+    const local = await Log.create(localDir, 'local.test/log', { batchDelayMs: 1 });
+    await local.submit(KEYS.map((k) => entry(k)));
+    await local.close();
+    let t = 'timeout = 5\n';
+    for (const h of honest) t += logBlock(h.name, h.url, h.vkey);
+    for (const name of ['wrongkey', 'otherkey', 'absent'])
+      t += logBlock(name, hostile[name].url, hostile[name].vkey);
+    t += `[[log]]\nname = "local"\nstate = "${localDir}"\nvkey = "${local.vkey}"\n\n`;
+    // 4 of 7 logs hold the keys: the 3 honest ones and the local one
+    const cfg = parseDecideConfig(`${t}[procedure.default]\ntype = "percentage"\nmin = "1/2"\n`);
+    const keys = [...KEYS, 'nobody-1', ...KEYS, 'nobody-2', 'hk-0'];
+    const summary = (d: Awaited<ReturnType<Decider['decide']>>['decision']) => ({
+      decided: d.decided,
+      value: d.value,
+      logs: d.logs.map((l) => `${l.name}:${l.status}:${l.check ?? ''}`),
+    });
+    const alone = new Decider(cfg);
+    const together = new Decider(cfg);
+    try {
+      const expected: unknown[] = [];
+      for (const k of keys) expected.push(summary((await alone.decide(k)).decision));
+      for (const name of ['otherkey', 'absent']) hostile[name].fake.requests.length = 0;
+      const got = await Promise.all(keys.map(async (k) => summary((await together.decide(k)).decision)));
+      assert.deepEqual(got, expected);
+      for (const name of ['otherkey', 'absent']) {
+        const reqs = hostile[name].fake.requests;
+        assert.ok(reqs.includes('lookup'), `${name} was asked in batches: ${reqs.join(' ')}`);
+      }
+      assert.equal((got[0] as { decided: boolean }).decided, true);
+      assert.match((got[0] as { logs: string[] }).logs.join(' '), /otherkey:failed:lookup\.wrong-key/);
+    } finally {
+      await alone.close();
+      await together.close();
+    }
+  });
+
   test('a split view is caught through a shared trust store, and hostile logs cannot swing a 2/3 vote', async () => {
     const trust = join(dir, 'trust-fork');
     const fork = hostile.fork;
