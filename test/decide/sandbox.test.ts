@@ -378,7 +378,7 @@ describe('Lua inputs and memory', () => {
        function decide(a) return a[1].value end`,
       { memoryMb: 16 },
       async (p) => {
-        const huge = await p.run(present, { protocol: 'nix', key: 'k'.repeat(4 * 1024 * 1024) });
+        const huge = await p.run(present, { protocol: 'nix', key: 'k'.repeat(2 * 1024 * 1024) });
         assert.equal(huge.error?.check, 'script.memory', JSON.stringify(huge));
         assert.equal((await p.run(present, q)).value, A);
         assert.equal(p.restarts, 0);
