@@ -9,7 +9,9 @@
 // decision asks all 5 logs. `cpuUsPerDecision` is the deciding process's CPU time (all its
 // threads) per decision; `logsCpuUsPerDecision` the log process's.
 // Knobs: TRUSTIX_BENCH_DECIDE_SECONDS (per figure, default 3), TRUSTIX_BENCH_DECIDE_CALLERS (8),
-// TRUSTIX_BENCH_DECIDE_ONLY (comma-separated figures: percentage,lua,js).
+// TRUSTIX_BENCH_DECIDE_ONLY (comma-separated figures: percentage,lua,js),
+// TRUSTIX_BENCH_DECIDE_ALONE=1 (only the procedure-alone figures, which are steadier on a shared
+// machine), TRUSTIX_BENCH_DECIDE_CALLS (procedure calls per alone figure, default 5000).
 import { type ChildProcess, fork } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
@@ -27,7 +29,8 @@ import { Log } from '../src/log/log.js';
 const SECONDS = Number(process.env.TRUSTIX_BENCH_DECIDE_SECONDS ?? 3);
 const IN_PROCESS = process.env.TRUSTIX_BENCH_DECIDE_INPROCESS === '1';
 const ONLY = process.env.TRUSTIX_BENCH_DECIDE_ONLY;
-const PROCEDURE_CALLS = 5000;
+const ALONE_ONLY = process.env.TRUSTIX_BENCH_DECIDE_ALONE === '1';
+const PROCEDURE_CALLS = Number(process.env.TRUSTIX_BENCH_DECIDE_CALLS ?? 5000);
 const CALLERS = Number(process.env.TRUSTIX_BENCH_DECIDE_CALLERS ?? 8);
 const LOGS = 5;
 const KEYS = 1000;
@@ -142,11 +145,12 @@ async function measure(name: string, decider: Decider, logsCpu: LogsCpu): Promis
  * The procedure alone: runs it over one set of verified answers, CALLERS calls at a time, so a
  * script's cost shows without the noise of the lookups.
  */
-async function measureProcedure(name: string, decider: Decider): Promise<number> {
+async function measureProcedure(name: string, decider: Decider): Promise<{ us: number; cpuUs: number }> {
   const { results } = await decider.decide('key-1');
   const calls = PROCEDURE_CALLS;
   for (let i = 0; i < 200; i++) await decider.decideOn(results, 'nix', 'key-1');
   const elu0 = performance.eventLoopUtilization();
+  const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   let next = 0;
   await Promise.all(
@@ -158,6 +162,8 @@ async function measureProcedure(name: string, decider: Decider): Promise<number>
     }),
   );
   const us = ((performance.now() - t0) * 1000) / calls;
+  const cpu = process.cpuUsage(cpu0);
+  const cpuUs = (cpu.user + cpu.system) / calls;
   const elu = performance.eventLoopUtilization(elu0);
   console.log(
     JSON.stringify({
@@ -166,10 +172,12 @@ async function measureProcedure(name: string, decider: Decider): Promise<number>
       calls,
       usPerCall: Number(us.toFixed(1)),
       mainThreadBusyUsPerCall: Number(((elu.active * 1000) / calls).toFixed(1)),
+      // all threads of the process, the script worker's included
+      cpuUsPerCall: Number(cpuUs.toFixed(1)),
       loadavg: loadavg().map((x) => Number(x.toFixed(2))),
     }),
   );
-  return us;
+  return { us, cpuUs };
 }
 
 /** Creates the logs and serves them; returns their config blocks and a way to stop. */
@@ -259,7 +267,7 @@ async function main(): Promise<void> {
   const served = IN_PROCESS ? { ...(await startLogs()), cpu: async () => 0 } : await logsInChild();
   const config = (procedure: string) => `${served.blocks.join('\n')}\n[procedure.default]\n${procedure}\n`;
   const rates: Record<string, number> = {};
-  const alone: Record<string, number> = {};
+  const alone: Record<string, { us: number; cpuUs: number }> = {};
   const runs: Array<[string, string]> = [
     ['percentage', 'type = "percentage"\nmin = "2/3"'],
     [
@@ -276,19 +284,22 @@ async function main(): Promise<void> {
       if (ONLY && !ONLY.split(',').includes(name)) continue;
       const d = new Decider(parseDecideConfig(config(proc)));
       try {
-        rates[name] = await measure(name, d, served.cpu);
+        if (!ALONE_ONLY) rates[name] = await measure(name, d, served.cpu);
         alone[name] = await measureProcedure(name, d);
       } finally {
         await d.close();
       }
     }
     for (const s of ['lua', 'js']) {
-      if (rates[s] === undefined || rates.percentage === undefined) continue;
+      if (alone[s] === undefined || alone.percentage === undefined) continue;
       console.log(
         JSON.stringify({
           bench: `decide ${s} script overhead`,
-          usPerDecision: Math.round(1e6 / rates[s] - 1e6 / rates.percentage),
-          usPerCallAlone: Number((alone[s] - alone.percentage).toFixed(1)),
+          ...(rates[s] !== undefined && rates.percentage !== undefined
+            ? { usPerDecision: Math.round(1e6 / rates[s] - 1e6 / rates.percentage) }
+            : {}),
+          usPerCallAlone: Number((alone[s].us - alone.percentage.us).toFixed(1)),
+          cpuUsPerCallAlone: Number((alone[s].cpuUs - alone.percentage.cpuUs).toFixed(1)),
         }),
       );
     }

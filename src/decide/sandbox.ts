@@ -71,6 +71,7 @@ export class ScriptProcedure implements Procedure {
   private queue: Queued[] = [];
   private nextId = 0;
   private closed = false;
+  private pumpScheduled = false;
   /** How many times the worker was replaced after dying (memory, watchdog). */
   restarts = 0;
 
@@ -187,6 +188,20 @@ export class ScriptProcedure implements Procedure {
     this.pump();
   }
 
+  /**
+   * New calls wait for the end of this turn of the event loop before they go out: the callers
+   * woken by one reply ask again within the same turn, and then share one message (and one
+   * wake-up of each thread) instead of the first going alone.
+   */
+  private schedulePump(): void {
+    if (this.pumpScheduled) return;
+    this.pumpScheduled = true;
+    setImmediate(() => {
+      this.pumpScheduled = false;
+      this.pump();
+    });
+  }
+
   /** Sends every queued call to the worker if it is free, starting one if needed. */
   private pump(): void {
     if (this.queue.length === 0) return;
@@ -270,7 +285,7 @@ export class ScriptProcedure implements Procedure {
     };
     const reply = await new Promise<Reply>((resolve) => {
       this.queue.push({ id: this.nextId++, input, resolve });
-      this.pump();
+      this.schedulePump();
     });
     if (!reply.ok) return this.fail(reply.check, reply.message);
     return this.interpret(reply.result, answers);

@@ -11,7 +11,8 @@
  */
 import vm from 'node:vm';
 import { parentPort, workerData } from 'node:worker_threads';
-import { LUA_REGISTRYINDEX, LuaFactory, LuaReturn, LuaType } from 'wasmoon';
+import { LUA_REGISTRYINDEX, LuaReturn, LuaType } from 'wasmoon';
+import { createLua, luaAllocator } from './lua-native.js';
 
 export interface WorkerConfig {
   kind: 'lua' | 'js';
@@ -74,15 +75,16 @@ const LUA_HOOK_EVERY = 1000;
 const LUA_TIMEOUT = 'trustix: time limit exceeded';
 
 /**
- * The Lua state is driven through the C API: wasmoon's object layer (a new thread, a new hook
- * function and proxies per call) costs several hundred microseconds a call. Here the hook is
- * installed once and reads a deadline that each call sets, the answers go in as plain strings and
- * numbers and are built into tables by Lua itself, and the entry point is kept in the registry,
- * out of the script's reach.
+ * The Lua state is driven through the raw WebAssembly exports (lua-native.ts): wasmoon's object
+ * layer (a new thread, a new hook function and proxies per call) costs several hundred
+ * microseconds a call, and even its C API bindings cost a few microseconds per crossing. The
+ * hook is installed once and reads a deadline that each call sets; the memory limit is an
+ * allocator inside WebAssembly; a call's input goes in as one string that Lua unpacks itself
+ * (`string.unpack`, captured before the script runs); and the entry point is kept in the
+ * registry, out of the script's reach.
  */
 async function setupLua(): Promise<Call> {
-  const factory = new LuaFactory();
-  const engine = await factory.createEngine({
+  const { engine, raw } = await createLua({
     openStandardLibs: true,
     injectObjects: false,
     enableProxy: false,
@@ -90,6 +92,14 @@ async function setupLua(): Promise<Call> {
   });
   const lua = engine.global.lua;
   const L = engine.global.address;
+  // from here on Lua allocates inside WebAssembly; wasmoon's count of what it holds carries over
+  const allocator = luaAllocator(raw);
+  allocator.used.value = engine.global.getMemoryUsed();
+  raw.lua_setallocf(
+    L,
+    lua.module.addFunction(allocator.alloc as unknown as (...args: number[]) => number, 'iiiii'),
+    0,
+  );
   let deadline = Number.POSITIVE_INFINITY;
   // a count hook set on the main thread is inherited by every coroutine the script creates
   const hook = lua.module.addFunction((state: number) => {
@@ -99,21 +109,26 @@ async function setupLua(): Promise<Call> {
     }
   }, 'vii');
   lua.lua_sethook(L, hook, LUA_HOOK_COUNT, LUA_HOOK_EVERY);
-  // load the script with a chunk loader captured before `load` goes away; answers arrive as
-  // (count, protocol, key, then name, weight, status, value, check per log)
+  // load the script with a chunk loader captured before `load` goes away; each call's input is
+  // one string in the layout of `encodeInput`
   engine.doStringSync(`
-    local load, type, error = load, type, error
+    local load, type, error, unpack, tointeger = load, type, error, string.unpack, math.tointeger
     __trustix_load = function(src, name)
       local f, err = load(src, '=' .. name, 't')
       if not f then error('syntax: ' .. err, 0) end
       f()
       if type(decide) ~= 'function' then error('nodecide', 0) end
       local decide = decide
-      __trustix_call = function(n, protocol, key, ...)
-        local args, answers = { ... }, {}
+      __trustix_call = function(input)
+        local n, protocol, key, pos = unpack('<I4s4s4', input)
+        local answers = {}
         for i = 1, n do
-          local b = (i - 1) * 5
-          answers[i] = { name = args[b + 1], weight = args[b + 2], status = args[b + 3], value = args[b + 4], check = args[b + 5] }
+          local name, status, flags, weight, value, check
+          name, status, flags, weight, value, check, pos = unpack('<s4s4Bds4s4', input, pos)
+          if flags & 4 ~= 0 then weight = tointeger(weight) end
+          if flags & 1 == 0 then value = nil end
+          if flags & 2 == 0 then check = nil end
+          answers[i] = { name = name, weight = weight, status = status, value = value, check = check }
         end
         local v, c = decide(answers, { protocol = protocol, key = key })
         if type(v) == 'table' then return v.value, v.confidence end
@@ -122,85 +137,147 @@ async function setupLua(): Promise<Call> {
     end
   `);
   engine.doStringSync(LUA_REMOVE.map((g) => `${g} = nil`).join('\n'));
-  engine.global.setMemoryMax(cfg.memoryBytes);
+  allocator.max.value = cfg.memoryBytes;
+
+  // one block of WebAssembly memory for what goes in (the input, a length), grown as needed
+  let scratch = { ptr: raw.malloc(1024), size: 1024 };
+  const heap = () => new Uint8Array(raw.memory.buffer);
+  const LEN = 0; // offset of a size_t that lua_tolstring fills
+  const DATA = 8;
+  const text = new TextDecoder();
+  const readString = (idx: number): string => {
+    const p = raw.lua_tolstring(L, idx, scratch.ptr + LEN);
+    const len = new DataView(raw.memory.buffer).getUint32(scratch.ptr + LEN, true);
+    return text.decode(heap().subarray(p, p + len));
+  };
+  const typeName = (t: number): string => {
+    const p = raw.lua_typename(L, t);
+    const h = heap();
+    return text.decode(h.subarray(p, h.indexOf(0, p)));
+  };
 
   /** Calls the function under the arguments on the stack with the time limit; leaves `nresults`. */
   const pcall = (nargs: number, nresults: number, fallback: string): void => {
     deadline = Date.now() + cfg.timeoutMs;
     let status: number;
     try {
-      status = lua.lua_pcallk(L, nargs, nresults, 0, 0, null);
+      status = raw.lua_pcallk(L, nargs, nresults, 0, 0, 0);
     } finally {
       deadline = Number.POSITIVE_INFINITY;
     }
     if (status === LuaReturn.Ok) return;
-    const t = lua.lua_type(L, -1);
+    const t = raw.lua_type(L, -1);
     const msg =
       t === LuaType.String || t === LuaType.Number
-        ? lua.lua_tolstring(L, -1, null)
-        : `(error object is a ${lua.lua_typename(L, t)} value)`;
-    lua.lua_settop(L, 0);
+        ? readString(-1)
+        : `(error object is a ${typeName(t)} value)`;
+    raw.lua_settop(L, 0);
     if (status === LuaReturn.ErrorMem) throw new ScriptError('script.memory', 'memory limit exceeded');
     throw luaError(msg, fallback);
   };
+  /** Pushes a string; the limit is lifted meanwhile, as a refusal outside a protected call would abort. */
+  const pushBytes = (write: (into: Uint8Array) => number, most: number): void => {
+    if (scratch.size < DATA + most) {
+      raw.free(scratch.ptr);
+      const size = 2 * (DATA + most);
+      scratch = { ptr: raw.malloc(size), size };
+      if (scratch.ptr === 0) throw new ScriptError('script.memory', 'out of memory for the input');
+    }
+    const len = write(heap().subarray(scratch.ptr + DATA, scratch.ptr + scratch.size));
+    allocator.max.value = Number.POSITIVE_INFINITY;
+    raw.lua_pushlstring(L, scratch.ptr + DATA, len);
+    allocator.max.value = cfg.memoryBytes;
+  };
+  const pushString = (s: string) => pushBytes((into) => encoder.encodeInto(s, into).written, 3 * s.length);
 
-  lua.lua_settop(L, 0);
+  raw.lua_settop(L, 0);
   lua.lua_getglobal(L, '__trustix_load');
-  lua.lua_pushstring(L, cfg.source);
-  lua.lua_pushstring(L, cfg.name);
+  pushString(cfg.source);
+  pushString(cfg.name);
   pcall(2, 0, 'script.load');
   lua.lua_getglobal(L, '__trustix_call');
-  const entry = lua.luaL_ref(L, LUA_REGISTRYINDEX);
+  const entry = BigInt(lua.luaL_ref(L, LUA_REGISTRYINDEX));
   engine.doStringSync('__trustix_load = nil; __trustix_call = nil');
 
-  const pushString = (s: string | null | undefined) => {
-    if (typeof s === 'string') lua.lua_pushstring(L, s);
-    else lua.lua_pushnil(L);
-  };
   /** A returned Lua value as JSON data; anything else (tables, functions) as an object. */
   const read = (i: number): unknown => {
-    switch (lua.lua_type(L, i)) {
+    const t = raw.lua_type(L, i);
+    switch (t) {
       case LuaType.Nil:
       case LuaType.None:
         return null;
       case LuaType.String:
-        return lua.lua_tolstring(L, i, null);
+        return readString(i);
       case LuaType.Number: {
         // NaN and infinities would turn into null in JSON; as strings they are refused
-        const x = lua.lua_tonumberx(L, i, null);
+        const x = raw.lua_tonumberx(L, i, 0);
         return Number.isFinite(x) ? x : String(x);
       }
       case LuaType.Boolean:
-        return lua.lua_toboolean(L, i) !== 0;
+        return raw.lua_toboolean(L, i) !== 0;
       default:
-        return { type: lua.lua_typename(L, lua.lua_type(L, i)) };
+        return { type: typeName(t) };
     }
   };
 
   return (input) => {
-    const n = input.answers.length;
-    lua.lua_settop(L, 0);
-    if (!lua.lua_checkstack(L, 4 + 5 * n)) throw new ScriptError('script.error', 'too many answers');
-    // registry references are lua_Integer, an i64 across the WebAssembly boundary
-    lua.lua_rawgeti(L, LUA_REGISTRYINDEX, BigInt(entry));
-    lua.lua_pushinteger(L, BigInt(n));
-    lua.lua_pushstring(L, input.query.protocol);
-    lua.lua_pushstring(L, input.query.key);
-    for (const a of input.answers) {
-      lua.lua_pushstring(L, a.name);
-      // integers stay Lua integers (2, not 2.0), as scripts may print or compare them
-      if (Number.isSafeInteger(a.weight)) lua.lua_pushinteger(L, BigInt(a.weight));
-      else lua.lua_pushnumber(L, a.weight);
-      lua.lua_pushstring(L, a.status);
-      pushString(a.value);
-      pushString(a.check);
-    }
-    pcall(3 + 5 * n, 2, 'script.error');
+    raw.lua_settop(L, 0);
+    raw.lua_rawgeti(L, LUA_REGISTRYINDEX, entry);
+    pushBytes((into) => encodeInput(input, into), maxEncoded(input));
+    pcall(1, 2, 'script.error');
     const value = read(1);
     const confidence = read(2);
-    lua.lua_settop(L, 0);
+    raw.lua_settop(L, 0);
     return confidence === null ? { value } : { value, confidence };
   };
+}
+
+const encoder = new TextEncoder();
+
+/** An upper bound of `encodeInput`'s length (UTF-8 takes at most 3 bytes per UTF-16 unit). */
+function maxEncoded(input: ScriptInput): number {
+  let chars = input.query.protocol.length + input.query.key.length;
+  for (const a of input.answers)
+    chars += a.name.length + a.status.length + (a.value?.length ?? 0) + (a.check?.length ?? 0);
+  return 12 + 25 * input.answers.length + 3 * chars;
+}
+
+/**
+ * The input as Lua's `string.unpack` reads it, little-endian: the answer count (u32), protocol
+ * and key (u32 length + bytes each), then per answer: name, status (strings as before), flags
+ * (u8: 1 value present, 2 check present, 4 the weight is an integer), weight (f64), value and
+ * check (strings, empty when absent). Returns the length written.
+ */
+export function encodeInput(input: ScriptInput, into: Uint8Array): number {
+  const view = new DataView(into.buffer, into.byteOffset, into.byteLength);
+  let at = 0;
+  const str = (s: string) => {
+    // the fields are nearly always ASCII, which a loop copies faster than encodeInto starts up
+    let n = 0;
+    while (n < s.length && s.charCodeAt(n) < 0x80) {
+      into[at + 4 + n] = s.charCodeAt(n);
+      n++;
+    }
+    if (n < s.length) n = encoder.encodeInto(s, into.subarray(at + 4)).written;
+    view.setUint32(at, n, true);
+    at += 4 + n;
+  };
+  view.setUint32(at, input.answers.length, true);
+  at += 4;
+  str(input.query.protocol);
+  str(input.query.key);
+  for (const a of input.answers) {
+    str(a.name);
+    str(a.status);
+    // integers stay Lua integers (2, not 2.0), as scripts may print or compare them
+    into[at++] =
+      (a.value !== null ? 1 : 0) | (a.check !== null ? 2 : 0) | (Number.isSafeInteger(a.weight) ? 4 : 0);
+    view.setFloat64(at, a.weight, true);
+    at += 8;
+    str(a.value ?? '');
+    str(a.check ?? '');
+  }
+  return at;
 }
 
 function luaError(err: unknown, fallback: string): ScriptError {

@@ -317,3 +317,72 @@ describe('script calls in batches', () => {
     assert.equal(nan.first.error?.check, 'script.result');
   });
 });
+
+/** Runs `body` against a Lua procedure with generous time (a loaded machine) and closes it. */
+async function withLua(
+  source: string,
+  opts: { memoryMb?: number },
+  body: (p: ScriptProcedure) => Promise<void>,
+): Promise<void> {
+  const p = new ScriptProcedure({ kind: 'lua', name: 'test', timeoutMs: 5000, source, ...opts });
+  try {
+    await body(p);
+  } finally {
+    await p.close();
+  }
+}
+
+describe('Lua inputs and memory', () => {
+  test('strings reach Lua byte for byte (NUL, non-ASCII) and fractional weights stay floats', async () => {
+    await withLua(
+      `function decide(a, q)
+         if q.key ~= 'k\\0é' or #q.key ~= 4 then error('key ' .. #q.key) end
+         if a[1].name ~= 'ünï' or a[2].weight ~= 0.5 or math.type(a[1].weight) ~= 'integer' then error('fields') end
+         if a[3].check ~= 'x\\0y' then error('check') end
+         return a[1].value
+       end`,
+      {},
+      async (p) => {
+        const input: Answer[] = [
+          { name: 'ünï', status: 'present', value: A, weight: ONE },
+          { name: 'b', status: 'present', value: A, weight: parseWeight(0.5, 'w') },
+          { name: 'c', status: 'failed', check: 'x\0y', weight: ONE },
+        ];
+        const o = await p.run(input, { protocol: 'nix', key: 'k\0é' });
+        assert.equal(o.value, A, JSON.stringify(o));
+      },
+    );
+  });
+
+  test('one allocation past the limit is refused in WebAssembly; the state lives on', async () => {
+    await withLua(
+      `function decide(a, q)
+         if q.key == 'big' then local s = string.rep('x', 64 * 1024 * 1024) end
+         return a[1].value
+       end`,
+      { memoryMb: 16 },
+      async (p) => {
+        const big = await p.run(present, { protocol: 'nix', key: 'big' });
+        assert.equal(big.error?.check, 'script.memory', JSON.stringify(big));
+        assert.equal((await p.run(present, q)).value, A);
+        assert.equal(p.restarts, 0);
+      },
+    );
+  });
+
+  test('an input larger than the memory left is refused without crashing the worker', async () => {
+    // holds all but a few hundred KiB from the start
+    await withLua(
+      `hoard = {}
+       pcall(function() while true do hoard[#hoard + 1] = string.rep('y', 65536) .. #hoard end end)
+       function decide(a) return a[1].value end`,
+      { memoryMb: 16 },
+      async (p) => {
+        const huge = await p.run(present, { protocol: 'nix', key: 'k'.repeat(2 * 1024 * 1024) });
+        assert.equal(huge.error?.check, 'script.memory', JSON.stringify(huge));
+        assert.equal((await p.run(present, q)).value, A);
+        assert.equal(p.restarts, 0);
+      },
+    );
+  });
+});
