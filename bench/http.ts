@@ -54,7 +54,7 @@ const SUBMIT_CONNECTIONS = 10;
 const SECONDS = Number(process.env.TRUSTIX_BENCH_HTTP_SECONDS ?? 10);
 const CONNECTIONS = Number(process.env.TRUSTIX_BENCH_HTTP_CONNECTIONS ?? 8);
 const LOOKUP_BATCH = Number(process.env.TRUSTIX_BENCH_HTTP_LOOKUP_BATCH ?? 16);
-/** Comma-separated figures to run (baseline,submit,lookups); default all. Submissions always run: lookups need the log. */
+/** Comma-separated figures to run (baseline,submit,lookups,batched,hot); default all. Submissions always run: lookups need the log. */
 const ONLY = process.env.TRUSTIX_BENCH_HTTP_ONLY?.split(',');
 const runs = (what: string) => ONLY === undefined || ONLY.includes(what);
 
@@ -364,12 +364,16 @@ try {
       20_000,
       'every answer built from the store (keys cycle past the cache)',
     );
+  }
+  if (runs('batched')) {
     await lookupRun(
       'http_lookups_batched_per_s',
       20_000,
       `POST lookup, ${LOOKUP_BATCH} keys per request, every answer built from the store`,
       LOOKUP_BATCH,
     );
+  }
+  if (runs('hot')) {
     await lookupRun(
       'http_lookups_hot_per_s',
       1000,
