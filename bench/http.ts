@@ -6,14 +6,14 @@
 //      carries the checkpoint and both proofs; 1,000 answers are verified in full before and after
 //      each run. Cold (answers built from the store), batched (POST lookup with
 //      TRUSTIX_BENCH_HTTP_LOOKUP_BATCH keys per request, default 16; counts lookups) and hot
-//      (popular keys, from the answer cache).
+//      (popular keys, from the answer cache). Lookup runs use wrk when installed (TRUSTIX_BENCH_HTTP_TOOL).
 // Each figure also gives the server's own CPU time per operation (from its /metrics), which does
 // not depend on how fast the load tool can push, and a plain node:http baseline for calibration.
 // Knobs: TRUSTIX_BENCH_HTTP_N (entries to submit), TRUSTIX_BENCH_HTTP_SECONDS (lookup run),
 // TRUSTIX_BENCH_HTTP_CONNECTIONS (lookup connections), TRUSTIX_BENCH_HTTP_ONLY (e.g. "submit"),
 // TRUSTIX_BENCH_HTTP_NODE_ARGS (extra node flags for the server process, e.g.
 // "--cpu-prof --cpu-prof-dir=/tmp/prof").
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -47,6 +47,79 @@ type Autocannon = (opts: {
   [option: string]: unknown;
 }) => Promise<AutocannonResult>;
 const autocannon = createRequire(import.meta.url)('autocannon') as Autocannon;
+
+/**
+ * The load tool for the lookup runs: wrk (C, far less CPU per request, which matters when it
+ * shares 2 cores with the server) when it is installed, else autocannon. Submissions always use
+ * autocannon, which checks every receipt.
+ */
+const TOOL =
+  process.env.TRUSTIX_BENCH_HTTP_TOOL ?? (spawnSync('wrk', ['--version']).error ? 'autocannon' : 'wrk');
+
+// Cycles through the request lines of the file named by TRUSTIX_WRK_ITEMS (paths for GET, bodies
+// for POST) and prints the totals as one JSON line at the end.
+const WRK_SCRIPT = `
+local items, i = {}, 0
+for line in io.lines(os.getenv("TRUSTIX_WRK_ITEMS")) do items[#items + 1] = line end
+local post = os.getenv("TRUSTIX_WRK_METHOD") == "POST"
+request = function()
+  i = i % #items + 1
+  if post then
+    return wrk.format("POST", "/logs/default/lookup", { ["Content-Type"] = "application/json" }, items[i])
+  end
+  return wrk.format("GET", items[i])
+end
+done = function(s, latency)
+  local e = s.errors
+  io.write(string.format('WRK {"requests":%d,"us":%d,"non2xx":%d,"errors":%d,"p50":%.3f,"p99":%.3f}\\n',
+    s.requests, s.duration, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
+`;
+
+/** A wrk run against `url` shaped like autocannon's result (2xx counted as requests without errors). */
+async function wrk(
+  url: string,
+  load: { method: 'GET' | 'POST'; items: string[] },
+): Promise<AutocannonResult> {
+  const itemsFile = join(dir, 'wrk-items');
+  const scriptFile = join(dir, 'wrk.lua');
+  writeFileSync(itemsFile, `${load.items.join('\n')}\n`);
+  writeFileSync(scriptFile, WRK_SCRIPT);
+  const out = await new Promise<string>((resolve, reject) => {
+    const p = spawn('wrk', ['-t1', `-c${CONNECTIONS}`, `-d${SECONDS}s`, '-s', scriptFile, url], {
+      env: { ...process.env, TRUSTIX_WRK_ITEMS: itemsFile, TRUSTIX_WRK_METHOD: load.method },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    let text = '';
+    p.stdout.on('data', (d: Buffer) => {
+      text += d.toString();
+    });
+    p.on('error', reject);
+    p.on('exit', (code) => (code === 0 ? resolve(text) : reject(new Error(`wrk exited with ${code}`))));
+  });
+  const line = out.split('\n').find((l) => l.startsWith('WRK '));
+  if (!line) throw new Error(`no totals from wrk: ${out}`);
+  const w = JSON.parse(line.slice(4)) as {
+    requests: number;
+    us: number;
+    non2xx: number;
+    errors: number;
+    p50: number;
+    p99: number;
+  };
+  const seconds = w.us / 1e6;
+  return {
+    duration: seconds,
+    requests: { total: w.requests, average: w.requests / seconds },
+    latency: { p50: w.p50, p99: w.p99, average: w.p50 },
+    throughput: { average: 0 },
+    errors: w.errors,
+    timeouts: 0,
+    non2xx: w.non2xx,
+    '2xx': w.requests - w.non2xx - w.errors,
+  };
+}
 
 const N = Number(process.env.TRUSTIX_BENCH_HTTP_N ?? 100_000);
 const BATCH = 1000;
@@ -163,12 +236,10 @@ if (runs('baseline')) {
   );
   await first;
   const url = lines[0].split(' ')[1];
-  const r = await autocannon({
-    url,
-    connections: CONNECTIONS,
-    duration: Math.min(5, SECONDS),
-    requests: [{}],
-  });
+  const r =
+    TOOL === 'wrk'
+      ? await wrk(url, { method: 'GET', items: ['/'] })
+      : await autocannon({ url, connections: CONNECTIONS, duration: Math.min(5, SECONDS), requests: [{}] });
   const exited = new Promise((resolve) => plain.on('exit', resolve));
   plain.kill('SIGTERM');
   await exited;
@@ -177,6 +248,7 @@ if (runs('baseline')) {
     note: 'plain node:http answering a fixed 1.8 KB body: the ceiling for this machine and load tool right now',
     server_cpu_us_per_request: Math.round(cpu * 10) / 10,
     connections: CONNECTIONS,
+    tool: TOOL,
   });
 }
 
@@ -306,30 +378,36 @@ try {
     const present = await verifySample();
     const cpu0 = await serverCpuSeconds(server.url);
     let next = 0;
-    const result = await autocannon({
-      url: server.url,
-      connections: CONNECTIONS,
-      duration: SECONDS,
-      requests: [
-        batch === 1
-          ? {
-              method: 'GET',
-              setupRequest: (req) => {
-                req.path = paths[next++ % paths.length];
-                return req;
-              },
-            }
-          : {
-              method: 'POST',
-              path: '/logs/default/lookup',
-              headers: { 'content-type': 'application/json' },
-              setupRequest: (req) => {
-                req.body = bodies[next++ % bodies.length];
-                return req;
-              },
-            },
-      ],
-    });
+    const result =
+      TOOL === 'wrk'
+        ? await wrk(
+            server.url,
+            batch === 1 ? { method: 'GET', items: paths } : { method: 'POST', items: bodies },
+          )
+        : await autocannon({
+            url: server.url,
+            connections: CONNECTIONS,
+            duration: SECONDS,
+            requests: [
+              batch === 1
+                ? {
+                    method: 'GET',
+                    setupRequest: (req) => {
+                      req.path = paths[next++ % paths.length];
+                      return req;
+                    },
+                  }
+                : {
+                    method: 'POST',
+                    path: '/logs/default/lookup',
+                    headers: { 'content-type': 'application/json' },
+                    setupRequest: (req) => {
+                      req.body = bodies[next++ % bodies.length];
+                      return req;
+                    },
+                  },
+            ],
+          });
     if (result.non2xx > 0 || result.errors > 0) {
       throw new Error(`lookups failed: ${result.non2xx} non-2xx answers, ${result.errors} errors`);
     }
@@ -343,6 +421,7 @@ try {
       server_cpu_busy_fraction: Math.round((cpu / result.duration) * 100) / 100,
       distinct_keys: count,
       keys_per_request: batch,
+      tool: TOOL,
       lookups,
       seconds: result.duration,
       connections: CONNECTIONS,
