@@ -81,8 +81,8 @@ function checkLookup(
  * Node hashes at the top MEMO_DEPTH levels of both trees go through one shared memory (exact: see
  * NodeHashMemo). Every answer against a checkpoint recomputes the same nodes near its two roots, so a
  * client checking many answers hashes each of those once; deeper nodes are nearly always new and are
- * hashed directly. Those levels hold 2 x 32,767 nodes; 2^17 slots (12 MiB, allocated on first use)
- * give them about two slots each. Measured on a 200k-entry log: 14 levels in 2^17 slots took
+ * hashed directly. Those levels hold 2 x 32,767 nodes; 2^17 slots (8.5 MiB of inputs, allocated on first
+ * use, plus the digests they keep) give them about two slots each. Measured on a 200k-entry log: 14 levels in 2^17 slots took
  * about 62 us of CPU per verification, 12 levels in 2^16 slots about 70 us, no memory about 110 us.
  */
 const MEMO_DEPTH = 14;
