@@ -317,16 +317,20 @@ export function consistencyProof(
  * checkpoint); callers ask it only for those and hash deeper nodes directly.
  */
 export class NodeHashMemo {
-  private static readonly SLOT = 97; // used flag + prefix (1), a (32), b (32), output (32)
+  private static readonly SLOT = 65; // used flag + prefix (1), a (32), b (32)
   private readonly slots: Buffer;
+  // Outputs are kept as the digests themselves and handed out again on a hit: callers must not change them.
+  private readonly outs: Buffer[];
   private readonly mask: number;
 
   constructor(bits = 16) {
     if (!Number.isInteger(bits) || bits < 1 || bits > 24) throw new FormatError('memo size out of range');
     this.slots = Buffer.alloc(NodeHashMemo.SLOT << bits);
+    this.outs = new Array<Buffer>(1 << bits);
     this.mask = (1 << bits) - 1;
   }
 
+  /** SHA-256(prefix || a || b). The result is shared with later calls: read it, never write to it. */
   hash(prefix: number, a: Uint8Array, b: Uint8Array): Buffer {
     const s = this.slots;
     const i =
@@ -337,19 +341,15 @@ export class NodeHashMemo {
     if (s[o] === prefix + 1) {
       let j = 0;
       while (j < 32 && s[o + 1 + j] === a[j] && s[o + 33 + j] === b[j]) j++;
-      if (j === 32) {
-        const out = Buffer.allocUnsafe(32);
-        for (let k = 0; k < 32; k++) out[k] = s[o + 65 + k];
-        return out;
-      }
+      if (j === 32) return this.outs[i];
     }
     const h = sha256Pair(prefix, a, b);
     s[o] = prefix + 1;
     for (let j = 0; j < 32; j++) {
       s[o + 1 + j] = a[j];
       s[o + 33 + j] = b[j];
-      s[o + 65 + j] = h[j];
     }
+    this.outs[i] = h;
     return h;
   }
 }
@@ -385,6 +385,20 @@ export function rootFromInclusionProof(
   proof: readonly Uint8Array[],
   memo?: NodeHashMemo,
   memoLevels = 0,
+): Buffer {
+  const r = foldInclusionProof(leaf, index, size, proof, memo, memoLevels);
+  // a digest from the memo is shared with its later hits: the caller gets its own copy
+  return memo !== undefined && proof.length > 0 ? Buffer.from(r) : r;
+}
+
+/** rootFromInclusionProof, whose answer may be a digest the memo still holds. */
+function foldInclusionProof(
+  leaf: Uint8Array,
+  index: number,
+  size: number,
+  proof: readonly Uint8Array[],
+  memo: NodeHashMemo | undefined,
+  memoLevels: number,
 ): Buffer {
   checkCount(index, 'leaf index');
   checkCount(size, 'tree size');
@@ -430,8 +444,7 @@ export function verifyInclusion(
   checkCount(index, 'leaf index');
   checkCount(size, 'tree size');
   checkHash(root, 'inclusion.hash-length', 'root');
-  const computed = rootFromInclusionProof(leaf, index, size, proof, memo, memoLevels);
-  if (!equalBytes(computed, root)) {
+  if (!equalBytes(foldInclusionProof(leaf, index, size, proof, memo, memoLevels), root)) {
     throw new VerificationError(
       'inclusion.root-mismatch',
       `inclusion proof for leaf ${index} does not lead to the root of the tree of size ${size}`,

@@ -89,7 +89,11 @@ export function encodeSmtProof(p: SmtProof): Buffer {
   return out;
 }
 
-/** Parses a proof; rejects unknown version or kind, out-of-range depth, set padding bits, truncation and trailing bytes. */
+/**
+ * Parses a proof; rejects unknown version or kind, out-of-range depth, set padding bits, truncation and trailing bytes.
+ * The proof's byte fields are views of `b` (a copy per sibling cost a verifier more than a hash): `b` must not
+ * change while the proof is in use.
+ */
 export function decodeSmtProof(b: Uint8Array): SmtProof {
   const buf = Buffer.from(b.buffer, b.byteOffset, b.byteLength);
   if (buf.length < 4) throw new FormatError('sparse index proof truncated');
@@ -101,7 +105,7 @@ export function decodeSmtProof(b: Uint8Array): SmtProof {
   const mapLen = (depth + 7) >> 3;
   let o = 4;
   if (buf.length < o + mapLen) throw new FormatError('sparse index proof truncated');
-  const bitmap = Buffer.from(buf.subarray(o, o + mapLen));
+  const bitmap = buf.subarray(o, o + mapLen);
   o += mapLen;
   if (mapLen > 0 && (bitmap[mapLen - 1] & paddingMask(depth)) !== 0) {
     throw new FormatError('sparse index proof bitmap has padding bits set');
@@ -110,17 +114,17 @@ export function decodeSmtProof(b: Uint8Array): SmtProof {
   if (buf.length < o + 32 * count) throw new FormatError('sparse index proof truncated');
   const siblings: Buffer[] = [];
   for (let i = 0; i < count; i++) {
-    siblings.push(Buffer.from(buf.subarray(o, o + 32)));
+    siblings.push(buf.subarray(o, o + 32));
     o += 32;
   }
   const proof: SmtProof = { kind, depth, bitmap, siblings };
   if (kind === 'other') {
     if (buf.length < o + 33) throw new FormatError('sparse index proof truncated');
-    proof.otherPath = Buffer.from(buf.subarray(o, o + 32));
+    proof.otherPath = buf.subarray(o, o + 32);
     const len = buf[o + 32];
     o += 33;
     if (buf.length < o + len) throw new FormatError('sparse index proof truncated');
-    proof.otherValue = Buffer.from(buf.subarray(o, o + len));
+    proof.otherValue = buf.subarray(o, o + len);
     o += len;
   }
   if (o !== buf.length) throw new FormatError('sparse index proof has trailing bytes');
@@ -129,6 +133,12 @@ export function decodeSmtProof(b: Uint8Array): SmtProof {
 
 function fail(check: string, message: string): never {
   throw new VerificationError(`smt.${check}`, `sparse index proof rejected: ${message}`);
+}
+
+/** Whether 32 bytes equal SMT_EMPTY (all zero); a loop here costs less than a native compare per sibling. */
+function isZero32(s: Uint8Array): boolean {
+  for (let i = 0; i < 32; i++) if (s[i] !== 0) return false;
+  return true;
 }
 
 function isBytes(x: unknown): x is Uint8Array {
@@ -171,7 +181,7 @@ export function verifySmtProof(
   }
   for (const s of siblings) {
     if (!isBytes(s) || s.length !== 32) fail('sibling-length', 'sibling is not 32 bytes');
-    if (Buffer.compare(s, SMT_EMPTY) === 0) fail('sibling-empty', 'empty sibling listed explicitly');
+    if (isZero32(s)) fail('sibling-empty', 'empty sibling listed explicitly');
   }
   // The node at depth D-1 holds 2+ leaves; with an empty sibling it would hold at most one (so D is not
   // the shallowest depth).
