@@ -113,6 +113,43 @@ interface BatchBuild {
   tiles: ReturnType<typeof appendToTiles>;
   rootHash: Buffer;
   strata: ReturnType<typeof smtApplyBatch>;
+  /** Set when the worker computed `strata` and holds it (SmtOffload.apply's `keep`). */
+  offloadSeq: number | undefined;
+}
+
+/**
+ * A batch planned and built but not committed yet. The next batch may be built on top of it, so
+ * it answers for its uncommitted entries and tiles.
+ */
+class Prepared {
+  private tiles: Map<string, StoredTile> | undefined;
+
+  constructor(
+    readonly batch: Pending[],
+    readonly firstIndex: number,
+    readonly plan: BatchPlan,
+    /** Undefined when the batch appends nothing. */
+    readonly built: BatchBuild | undefined,
+  ) {}
+
+  get offloadSeq(): number | undefined {
+    return this.built?.offloadSeq;
+  }
+
+  /** The batch's own entry `index`, or undefined for an index outside it. */
+  entry(index: number): Buffer | undefined {
+    const i = index - this.firstIndex;
+    return i >= 0 && i < this.plan.appended.length ? this.plan.appended[i] : undefined;
+  }
+
+  /** The tiles the batch writes, by "level/index". */
+  tileMap(): Map<string, StoredTile> {
+    if (this.tiles === undefined) {
+      this.tiles = new Map();
+      for (const t of this.built?.tiles ?? []) this.tiles.set(`${t.tileLevel}/${t.tileIndex}`, t);
+    }
+    return this.tiles;
+  }
 }
 
 const SIGNING_KEY_FILE = 'signing.key';
@@ -391,18 +428,55 @@ export class Log {
     }
   }
 
+  /**
+   * Sequences batches in a two-stage pipeline: while batch k is signed, committed (fsync) and
+   * acknowledged, batch k+1 is planned and built on top of k's uncommitted result (its entries,
+   * tiles and index rows, see Prepared). Commits and acknowledgements stay in order, one at a
+   * time. If k's commit fails, k+1 is built again from the committed state before it is committed,
+   * so nothing built on a failed batch ever reaches the store or a submitter.
+   */
   private async drain(): Promise<void> {
+    let inFlight: { prepared: Prepared; committed: Promise<boolean> } | undefined;
     try {
-      while (this.pending.length > 0) {
-        const batch = this.pending.splice(0, this.maxBatch);
-        try {
-          await this.sequence(batch);
-        } catch (err) {
-          for (const p of batch) p.reject(err);
+      while (this.pending.length > 0 || inFlight !== undefined) {
+        if (this.pending.length === 0) {
+          await inFlight!.committed;
+          inFlight = undefined;
+          continue;
         }
+        const batch = this.pending.splice(0, this.maxBatch);
+        const started = process.hrtime.bigint();
+        let prepared: Prepared | undefined;
+        let error: unknown;
+        try {
+          prepared = await this.prepare(batch, inFlight?.prepared);
+        } catch (err) {
+          error = err;
+        }
+        // the previous batch is settled before this one commits
+        if (inFlight !== undefined) {
+          const ok = await inFlight.committed;
+          const base = inFlight.prepared;
+          inFlight = undefined;
+          // built on a batch that never reached the store: build it again on what did
+          if (!ok && base.built !== undefined) {
+            prepared = undefined;
+            try {
+              prepared = await this.prepare(batch, undefined);
+            } catch (err) {
+              error = err;
+            }
+          }
+        }
+        if (prepared === undefined) {
+          for (const p of batch) p.reject(error);
+          continue;
+        }
+        inFlight = { prepared, committed: this.finish(prepared, started) };
       }
     } finally {
       this.running = undefined;
+      this.offload?.release();
     }
   }
 
@@ -442,25 +516,42 @@ export class Log {
   }
 
   /**
-   * New tiles, log root and index rows for a plan, on top of the committed state `old`. A big
-   * batch's index update runs in the worker (which reads the same committed state) while this
-   * thread builds the tiles; if the worker cannot do it, it runs here.
+   * New tiles, log root and index rows for a plan, on top of `base` (the state after a batch that
+   * is not committed yet) or of the committed state. A big batch's index update runs in the
+   * worker while this thread builds the tiles; if the worker cannot do it, it runs here.
    */
   private async build(
-    old: LogHead,
+    base: Prepared | undefined,
     plan: BatchPlan,
     onReplace?: (path: Buffer, oldValue: Buffer) => void,
   ): Promise<BatchBuild> {
-    const newSize = old.size + plan.appended.length;
+    const tip = base?.built;
+    const oldSize = tip?.newSize ?? this.sequenced.size;
+    const oldRoot = tip?.strata.root ?? this.sequenced.mapRoot;
+    const newSize = oldSize + plan.appended.length;
+    // the worker can build on an uncommitted result only if it holds that result itself
+    const keep = base?.offloadSeq !== undefined ? [base.offloadSeq] : [];
     const offloaded =
-      this.offload !== undefined && plan.updates.length >= OFFLOAD_MIN_UPDATES
-        ? this.offload.apply(old.mapRoot, plan.updates)
+      this.offload !== undefined &&
+      plan.updates.length >= OFFLOAD_MIN_UPDATES &&
+      (tip === undefined || base?.offloadSeq !== undefined)
+        ? this.offload.apply(oldRoot, plan.updates, keep)
         : undefined;
-    const applyHere = (snap: LogSnapshot) =>
-      smtApplyBatch(old.mapRoot, plan.updates, this.stratumReader(snap, old.mapRoot), onReplace);
+    const applyHere = (snap: LogSnapshot) => {
+      const committed = this.stratumReader(snap, this.sequenced.mapRoot);
+      const rows = tip?.strata.writes;
+      const read: StratumReader =
+        rows === undefined || rows.size === 0
+          ? committed
+          : (id) => rows.get(id.toString('hex'))?.data ?? committed(id);
+      return smtApplyBatch(oldRoot, plan.updates, read, onReplace);
+    };
     const built = this.read((snap) => {
-      const getTile = this.tileGetter(snap);
-      const tiles = appendToTiles(old.size, plan.leafHashes, getTile);
+      const committed = this.tileGetter(snap);
+      const baseTiles = base?.tileMap();
+      const getTile: TileGetter =
+        baseTiles === undefined ? committed : (l, n) => baseTiles.get(`${l}/${n}`) ?? committed(l, n);
+      const tiles = appendToTiles(oldSize, plan.leafHashes, getTile);
       const overlay = new Map<string, StoredTile>();
       for (const t of tiles) overlay.set(`${t.tileLevel}/${t.tileIndex}`, t);
       const rootHash = treeRoot(
@@ -470,37 +561,43 @@ export class Log {
       return { tiles, rootHash, strata: offloaded === undefined ? applyHere(snap) : undefined };
     });
     let strata = built.strata;
+    let offloadSeq: number | undefined;
     if (strata === undefined) {
       const r = await offloaded;
       if (r !== undefined) {
         if (onReplace) for (const x of r.replaced) onReplace(x.path, x.value);
         strata = r.strata;
+        offloadSeq = r.seq;
       } else {
         strata = this.read(applyHere);
       }
     }
-    return { newSize, tiles: built.tiles, rootHash: built.rootHash, strata };
+    return { newSize, tiles: built.tiles, rootHash: built.rootHash, strata, offloadSeq };
   }
 
-  private async sequence(batch: Pending[]): Promise<void> {
-    const started = process.hrtime.bigint();
-    const old = this.sequenced;
-    const firstIndex = old.size;
+  /**
+   * Plans and builds a batch on top of `base` (a batch being committed, or undefined for the
+   * committed state): everything but signing, committing and acknowledging.
+   */
+  private async prepare(batch: Pending[], base: Prepared | undefined): Promise<Prepared> {
+    // a base that appends nothing leaves the committed state as it is
+    if (base?.built === undefined) base = undefined;
+    const firstIndex = base?.built?.newSize ?? this.sequenced.size;
     // First plan as if every key were new, which spares a walk of the index per submission: the
     // index update itself reports the stored value of every key it replaces. Only when one of
-    // those is a resubmission of the same value is the batch planned and built again.
+    // those is a resubmission of the same value is the batch planned and built a second time.
     let plan = this.plan(batch, firstIndex, new Map());
     const replaced = new Map<string, Buffer>();
     let built =
       plan.appended.length > 0
-        ? await this.build(old, plan, (path, v) => replaced.set(path.toString('latin1'), v))
+        ? await this.build(base, plan, (path, v) => replaced.set(path.toString('latin1'), v))
         : undefined;
     if (replaced.size > 0) {
       const stored = new Map<string, StoredValue>();
       this.read((snap) => {
         for (const [pathKey, v] of replaced) {
           const { logIndex } = parseIndexValue(v);
-          const data = snap.entry(logIndex);
+          const data = base?.entry(logIndex) ?? snap.entry(logIndex);
           if (!data) throw new StorageError(`index points at missing entry ${logIndex}`);
           stored.set(pathKey, { index: logIndex, value: decodeEntry(data).value });
         }
@@ -509,45 +606,73 @@ export class Log {
       // knowing more can only turn appends into duplicates, so an equal count means an equal plan
       if (again.appended.length !== plan.appended.length) {
         plan = again;
-        built = plan.appended.length > 0 ? await this.build(old, plan) : undefined;
+        built = plan.appended.length > 0 ? await this.build(base, plan) : undefined;
       }
     }
+    return new Prepared(batch, firstIndex, plan, built);
+  }
+
+  /**
+   * Signs, commits and acknowledges a prepared batch (whose base is committed by now). Resolves
+   * to whether the batch reached the store; never rejects (failures reject the submissions).
+   */
+  private async finish(prepared: Prepared, started: bigint): Promise<boolean> {
+    const { batch, firstIndex, plan, built } = prepared;
     const { indexes, duplicate, appended } = plan;
-
+    const old = this.sequenced;
     let head = old;
-    if (built) {
-      const { newSize, tiles, rootHash, strata } = built;
-      const cp = { origin: this.origin, size: newSize, rootHash, mapRoot: strata.root, extensions: [] };
-      head = { size: newSize, rootHash, mapRoot: strata.root, checkpoint: signCheckpoint(cp, this.signer!) };
-      await this.store.commit({
-        firstIndex,
-        entries: appended,
-        tiles,
-        strataWrites: [...strata.writes.values()],
-        strataDeletes: strata.deletes,
-        head,
-      });
-      this.sequenced = head;
-      this.updateTopStrata(old.mapRoot, strata.root, strata.writes.values(), strata.deletes);
-    }
-
-    this.read((snap) => {
-      const proofs = this.batchProofs(snap, indexes, head.size);
-      for (let i = 0; i < batch.length; i++) {
-        batch[i].resolve({
-          index: indexes[i],
-          duplicate: duplicate[i],
-          checkpoint: head.checkpoint,
-          proof: proofs[i],
+    try {
+      if (built) {
+        if (built.newSize - appended.length !== old.size) {
+          throw new StateError(
+            `batch built at size ${built.newSize - appended.length}, log is at ${old.size}`,
+          );
+        }
+        const { newSize, tiles, rootHash, strata } = built;
+        const cp = { origin: this.origin, size: newSize, rootHash, mapRoot: strata.root, extensions: [] };
+        head = {
+          size: newSize,
+          rootHash,
+          mapRoot: strata.root,
+          checkpoint: signCheckpoint(cp, this.signer!),
+        };
+        await this.store.commit({
+          firstIndex,
+          entries: appended,
+          tiles,
+          strataWrites: [...strata.writes.values()],
+          strataDeletes: strata.deletes,
+          head,
         });
+        this.sequenced = head;
+        this.updateTopStrata(old.mapRoot, strata.root, strata.writes.values(), strata.deletes);
       }
-    });
-    this.onBatch?.({
-      submissions: batch.length,
-      appended: appended.length,
-      size: head.size,
-      seconds: Number(process.hrtime.bigint() - started) / 1e9,
-    });
+    } catch (err) {
+      for (const p of batch) p.reject(err);
+      return false;
+    }
+    try {
+      this.read((snap) => {
+        const proofs = this.batchProofs(snap, indexes, head.size);
+        for (let i = 0; i < batch.length; i++) {
+          batch[i].resolve({
+            index: indexes[i],
+            duplicate: duplicate[i],
+            checkpoint: head.checkpoint,
+            proof: proofs[i],
+          });
+        }
+      });
+      this.onBatch?.({
+        submissions: batch.length,
+        appended: appended.length,
+        size: head.size,
+        seconds: Number(process.hrtime.bigint() - started) / 1e9,
+      });
+    } catch (err) {
+      for (const p of batch) p.reject(err);
+    }
+    return true;
   }
 
   /**
