@@ -9,9 +9,9 @@ import {
   indexPath,
   indexValue,
   parseIndexValue,
-  validateEntry,
 } from '../core/entry.js';
 import { FormatError, StateError, StorageError, TrustixError } from '../core/errors.js';
+import { sha256 } from '../core/hash.js';
 import type { LookupAnswer } from '../core/lookup.js';
 import {
   consistencyProof,
@@ -19,7 +19,7 @@ import {
   inclusionProof,
   inclusionProofAbove,
   inclusionProofBelow,
-  leafHash,
+  LEAF_HASH_PREFIX,
   newRangeRootCache,
   treeRoot,
 } from '../core/merkle.js';
@@ -84,14 +84,43 @@ export class PoolFullError extends TrustixError {
   }
 }
 
-interface Pending {
-  entry: Entry;
-  encoded: Buffer;
-  path: Buffer;
-  /** RFC 6962 leaf hash of `encoded`, computed once when first needed. */
-  leaf?: Buffer;
-  resolve: (r: SubmitReceipt) => void;
+/**
+ * One call to `submit`: a single promise for all its entries (a promise, its two functions and
+ * Promise.all's bookkeeping per entry were several objects that each lived as long as the entry
+ * was queued, and made up much of the garbage collector's work during ingest).
+ */
+interface SubmitCall {
+  receipts: SubmitReceipt[];
+  /** Entries not acknowledged yet. */
+  left: number;
+  failed: boolean;
+  resolve: (r: SubmitReceipt[]) => void;
   reject: (e: unknown) => void;
+}
+
+interface Pending {
+  value: Buffer;
+  /** 0x00 || the encoded entry: the input of its RFC 6962 leaf hash, the entry from byte 1. */
+  framed: Buffer;
+  path: Buffer;
+  /** RFC 6962 leaf hash of the entry, computed once when first needed. */
+  leaf: Buffer | undefined;
+  call: SubmitCall;
+  /** Position in the call's entries. */
+  slot: number;
+}
+
+function acknowledge(p: Pending, receipt: SubmitReceipt): void {
+  const call = p.call;
+  call.receipts[p.slot] = receipt;
+  if (--call.left === 0 && !call.failed) call.resolve(call.receipts);
+}
+
+function refuse(p: Pending, err: unknown): void {
+  const call = p.call;
+  if (call.failed) return;
+  call.failed = true;
+  call.reject(err);
 }
 
 interface StoredValue {
@@ -379,35 +408,39 @@ export class Log {
     if (this.closed) return Promise.reject(new StateError('log is closed'));
     if (!this.signer) return Promise.reject(new StateError('log is open read-only: it takes no submissions'));
     const n = entries.length;
+    if (n === 0) return Promise.resolve([]);
+    const call: SubmitCall = {
+      receipts: new Array<SubmitReceipt>(n),
+      left: n,
+      failed: false,
+      resolve: unsettled,
+      reject: unsettled,
+    };
     const prepared = new Array<Pending>(n);
     for (let i = 0; i < n; i++) {
       const e = entries[i];
-      validateEntry(e);
+      // encodeEntry validates
+      const framed = encodeEntry(e, 1);
+      framed[0] = LEAF_HASH_PREFIX;
       prepared[i] = {
-        entry: e,
-        encoded: encodeEntry(e),
+        value: e.value,
+        framed,
         path: indexPath(e.protocol, e.key),
         leaf: undefined,
-        resolve: unsettled,
-        reject: unsettled,
+        call,
+        slot: i,
       };
     }
     if (this.pending.length + n > this.maxPending) {
       return Promise.reject(new PoolFullError(1));
     }
-    // one object per submission, filled in place (spreading a prepared object into a new one cost
-    // several percent of ingest)
-    const promises = new Array<Promise<SubmitReceipt>>(n);
-    for (let i = 0; i < n; i++) {
-      const p = prepared[i];
-      promises[i] = new Promise<SubmitReceipt>((resolve, reject) => {
-        p.resolve = resolve;
-        p.reject = reject;
-      });
-      this.pending.push(p);
-    }
+    const promise = new Promise<SubmitReceipt[]>((resolve, reject) => {
+      call.resolve = resolve;
+      call.reject = reject;
+    });
+    for (let i = 0; i < n; i++) this.pending.push(prepared[i]);
     this.schedule();
-    return Promise.all(promises);
+    return promise;
   }
 
   get pendingCount(): number {
@@ -469,7 +502,7 @@ export class Log {
           }
         }
         if (prepared === undefined) {
-          for (const p of batch) p.reject(error);
+          for (const p of batch) refuse(p, error);
           continue;
         }
         inFlight = { prepared, committed: this.finish(prepared, started) };
@@ -499,17 +532,17 @@ export class Log {
       const p = batch[i];
       const pathKey = p.path.toString('latin1');
       const prev = inBatch.get(pathKey) ?? stored.get(pathKey);
-      if (prev && equalBytes(prev.value, p.entry.value)) {
+      if (prev && equalBytes(prev.value, p.value)) {
         plan.indexes[i] = prev.index;
         plan.duplicate[i] = true;
         continue;
       }
       const index = firstIndex + plan.appended.length;
-      p.leaf ??= leafHash(p.encoded);
-      plan.appended.push(p.encoded);
+      p.leaf ??= sha256(p.framed);
+      plan.appended.push(p.framed.subarray(1));
       plan.leafHashes.push(p.leaf);
       plan.updates.push({ path: p.path, value: indexValue(index, p.leaf) });
-      inBatch.set(pathKey, { index, value: p.entry.value });
+      inBatch.set(pathKey, { index, value: p.value });
       plan.indexes[i] = index;
     }
     return plan;
@@ -648,14 +681,14 @@ export class Log {
         this.updateTopStrata(old.mapRoot, strata.root, strata.writes.values(), strata.deletes);
       }
     } catch (err) {
-      for (const p of batch) p.reject(err);
+      for (const p of batch) refuse(p, err);
       return false;
     }
     try {
       this.read((snap) => {
         const proofs = this.batchProofs(snap, indexes, head.size);
         for (let i = 0; i < batch.length; i++) {
-          batch[i].resolve({
+          acknowledge(batch[i], {
             index: indexes[i],
             duplicate: duplicate[i],
             checkpoint: head.checkpoint,
@@ -670,7 +703,7 @@ export class Log {
         seconds: Number(process.hrtime.bigint() - started) / 1e9,
       });
     } catch (err) {
-      for (const p of batch) p.reject(err);
+      for (const p of batch) refuse(p, err);
     }
     return true;
   }
