@@ -123,6 +123,50 @@ function refuse(p: Pending, err: unknown): void {
   call.reject(err);
 }
 
+/**
+ * A map keyed by 32-byte index paths. Paths are SHA-256 outputs, so 30 bits of one make a small
+ * integer key that rarely collides (collisions chain): cheaper than a 32-character string per path.
+ */
+class PathMap<V> {
+  private readonly slots = new Map<number, { path: Buffer; value: V; next: unknown }>();
+  private count = 0;
+
+  private static key(path: Buffer): number {
+    return path[0] | (path[1] << 8) | (path[2] << 16) | ((path[3] & 0x3f) << 24);
+  }
+
+  get(path: Buffer): V | undefined {
+    for (let s = this.slots.get(PathMap.key(path)); s !== undefined; s = s.next as typeof s) {
+      if (equalBytes(s.path, path)) return s.value;
+    }
+    return undefined;
+  }
+
+  set(path: Buffer, value: V): void {
+    const k = PathMap.key(path);
+    const first = this.slots.get(k);
+    for (let s = first; s !== undefined; s = s.next as typeof s) {
+      if (equalBytes(s.path, path)) {
+        s.value = value;
+        return;
+      }
+    }
+    this.slots.set(k, { path, value, next: first });
+    this.count++;
+  }
+
+  get size(): number {
+    return this.count;
+  }
+
+  *entries(): Generator<[Buffer, V]> {
+    for (const first of this.slots.values()) {
+      for (let s: typeof first | undefined = first; s !== undefined; s = s.next as typeof s)
+        yield [s.path, s.value];
+    }
+  }
+}
+
 interface StoredValue {
   index: number;
   value: Buffer;
@@ -518,7 +562,7 @@ export class Log {
    * indexes. `stored` holds what the index says for keys of this batch that it already has; keys
    * missing from it are taken to be new.
    */
-  private plan(batch: Pending[], firstIndex: number, stored: ReadonlyMap<string, StoredValue>): BatchPlan {
+  private plan(batch: Pending[], firstIndex: number, stored: PathMap<StoredValue>): BatchPlan {
     const plan: BatchPlan = {
       appended: [],
       leafHashes: [],
@@ -527,11 +571,10 @@ export class Log {
       duplicate: new Array<boolean>(batch.length).fill(false),
     };
     // latest (index, value) per path within this batch, so resubmissions inside a batch are idempotent too
-    const inBatch = new Map<string, StoredValue>();
+    const inBatch = new PathMap<StoredValue>();
     for (let i = 0; i < batch.length; i++) {
       const p = batch[i];
-      const pathKey = p.path.toString('latin1');
-      const prev = inBatch.get(pathKey) ?? stored.get(pathKey);
+      const prev = inBatch.get(p.path) ?? (stored.size > 0 ? stored.get(p.path) : undefined);
       if (prev && equalBytes(prev.value, p.value)) {
         plan.indexes[i] = prev.index;
         plan.duplicate[i] = true;
@@ -542,7 +585,7 @@ export class Log {
       plan.appended.push(p.framed.subarray(1));
       plan.leafHashes.push(p.leaf);
       plan.updates.push({ path: p.path, value: indexValue(index, p.leaf) });
-      inBatch.set(pathKey, { index, value: p.value });
+      inBatch.set(p.path, { index, value: p.value });
       plan.indexes[i] = index;
     }
     return plan;
@@ -619,20 +662,18 @@ export class Log {
     // First plan as if every key were new, which spares a walk of the index per submission: the
     // index update itself reports the stored value of every key it replaces. Only when one of
     // those is a resubmission of the same value is the batch planned and built a second time.
-    let plan = this.plan(batch, firstIndex, new Map());
-    const replaced = new Map<string, Buffer>();
+    let plan = this.plan(batch, firstIndex, new PathMap());
+    const replaced = new PathMap<Buffer>();
     let built =
-      plan.appended.length > 0
-        ? await this.build(base, plan, (path, v) => replaced.set(path.toString('latin1'), v))
-        : undefined;
+      plan.appended.length > 0 ? await this.build(base, plan, (path, v) => replaced.set(path, v)) : undefined;
     if (replaced.size > 0) {
-      const stored = new Map<string, StoredValue>();
+      const stored = new PathMap<StoredValue>();
       this.read((snap) => {
-        for (const [pathKey, v] of replaced) {
+        for (const [path, v] of replaced.entries()) {
           const { logIndex } = parseIndexValue(v);
           const data = base?.entry(logIndex) ?? snap.entry(logIndex);
           if (!data) throw new StorageError(`index points at missing entry ${logIndex}`);
-          stored.set(pathKey, { index: logIndex, value: decodeEntry(data).value });
+          stored.set(path, { index: logIndex, value: decodeEntry(data).value });
         }
       });
       const again = this.plan(batch, firstIndex, stored);
@@ -717,7 +758,12 @@ export class Log {
   private batchProofs(snap: LogSnapshot, indexes: readonly number[], size: number): Buffer[][] {
     const getTile = this.tileGetter(snap);
     const reader = hashReaderFromTiles(getTile);
-    const tops = new Map<number, { hashes: Buffer[]; start: number; n: number; tile?: Buffer }>();
+    // `views`: one view per hash of a full tile, shared by the proofs of its leaves (a node's
+    // sibling at row r is in the proofs of 2^r leaves), indexed by the hash's position in the tile
+    const tops = new Map<
+      number,
+      { hashes: Buffer[]; start: number; n: number; tile?: Buffer; views?: Array<Buffer | undefined> }
+    >();
     const out = new Array<Buffer[]>(indexes.length);
     for (let i = 0; i < indexes.length; i++) {
       const index = indexes[i];
@@ -736,17 +782,24 @@ export class Log {
             top.tile = Buffer.isBuffer(t.expanded)
               ? t.expanded
               : Buffer.from(t.expanded.buffer, t.expanded.byteOffset, t.expanded.byteLength);
+            top.views = new Array<Buffer | undefined>(top.tile.length / 32);
           }
         }
         tops.set(tileIndex, top);
       }
       const ex = top.tile;
-      if (ex !== undefined) {
+      const views = top.views;
+      if (ex !== undefined && views !== undefined) {
         const proof = new Array<Buffer>(TILE_HEIGHT + top.hashes.length);
         const local = index - top.start;
         for (let r = 0; r < TILE_HEIGHT; r++) {
           const off = expandedHashOffset(TILE_WIDTH, r, (local >> r) ^ 1);
-          proof[r] = ex.subarray(off, off + 32);
+          let v = views[off >> 5];
+          if (v === undefined) {
+            v = ex.subarray(off, off + 32);
+            views[off >> 5] = v;
+          }
+          proof[r] = v;
         }
         for (let j = 0; j < top.hashes.length; j++) proof[TILE_HEIGHT + j] = top.hashes[j];
         out[i] = proof;
