@@ -127,8 +127,14 @@ function refuse(p: Pending, err: unknown): void {
  * A map keyed by 32-byte index paths. Paths are SHA-256 outputs, so 30 bits of one make a small
  * integer key that rarely collides (collisions chain): cheaper than a 32-character string per path.
  */
+interface PathSlot<V> {
+  path: Buffer;
+  value: V;
+  next: PathSlot<V> | undefined;
+}
+
 class PathMap<V> {
-  private readonly slots = new Map<number, { path: Buffer; value: V; next: unknown }>();
+  private readonly slots = new Map<number, PathSlot<V>>();
   private count = 0;
 
   private static key(path: Buffer): number {
@@ -136,7 +142,7 @@ class PathMap<V> {
   }
 
   get(path: Buffer): V | undefined {
-    for (let s = this.slots.get(PathMap.key(path)); s !== undefined; s = s.next as typeof s) {
+    for (let s = this.slots.get(PathMap.key(path)); s !== undefined; s = s.next) {
       if (equalBytes(s.path, path)) return s.value;
     }
     return undefined;
@@ -145,7 +151,7 @@ class PathMap<V> {
   set(path: Buffer, value: V): void {
     const k = PathMap.key(path);
     const first = this.slots.get(k);
-    for (let s = first; s !== undefined; s = s.next as typeof s) {
+    for (let s = first; s !== undefined; s = s.next) {
       if (equalBytes(s.path, path)) {
         s.value = value;
         return;
@@ -161,8 +167,7 @@ class PathMap<V> {
 
   *entries(): Generator<[Buffer, V]> {
     for (const first of this.slots.values()) {
-      for (let s: typeof first | undefined = first; s !== undefined; s = s.next as typeof s)
-        yield [s.path, s.value];
+      for (let s: PathSlot<V> | undefined = first; s !== undefined; s = s.next) yield [s.path, s.value];
     }
   }
 }
@@ -246,7 +251,8 @@ function topSlot(id: Uint8Array): number {
  * append to the tree, update the index, sign one checkpoint, commit durably, then acknowledge.
  * The checkpoint is signed before the commit but published (served or acknowledged) only after
  * it, and it is stored in the same transaction as the tree it describes, so a crash can never
- * leave a published checkpoint that the store does not back.
+ * leave a published checkpoint that the store does not back. The next batch is appended and
+ * indexed while one is being committed (see drain), never committed or acknowledged before it.
  */
 export class Log {
   readonly origin: string;
