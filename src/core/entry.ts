@@ -49,11 +49,17 @@ export function validateEntry(e: Entry): void {
   }
 }
 
-export function encodeEntry(e: Entry): Buffer {
+/**
+ * The canonical bytes of `e`. With `headroom`, the encoding starts that many (unset) bytes into the
+ * buffer, so a caller can put a prefix in front of it without copying (the leaf hash's 0x00).
+ */
+export function encodeEntry(e: Entry, headroom = 0): Buffer {
   validateEntry(e);
   const p = e.protocol.length;
-  const out = Buffer.allocUnsafe(FIXED_OVERHEAD + p + e.key.length + e.value.length + e.metadata.length);
-  let o = 0;
+  const out = Buffer.allocUnsafe(
+    headroom + FIXED_OVERHEAD + p + e.key.length + e.value.length + e.metadata.length,
+  );
+  let o = headroom;
   out[o++] = ENTRY_VERSION;
   out[o++] = p;
   o += out.write(e.protocol, o, 'latin1');
@@ -116,7 +122,9 @@ export function indexPath(protocol: string, key: Uint8Array): Buffer {
 /** The sparse index value for an entry: u64 BE log index || RFC 6962 leaf hash of the entry. */
 export function indexValue(logIndex: number, entryLeafHash: Uint8Array): Buffer {
   const v = Buffer.allocUnsafe(40);
-  v.writeBigUInt64BE(BigInt(logIndex), 0);
+  // two 32-bit halves: no BigInt per entry (indexes stay below 2^53)
+  v.writeUInt32BE(Math.floor(logIndex / 2 ** 32), 0);
+  v.writeUInt32BE(logIndex >>> 0, 4);
   v.set(entryLeafHash, 8);
   return v;
 }

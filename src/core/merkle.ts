@@ -14,13 +14,14 @@ import { equalBytes } from './bytes.js';
 import { FormatError, VerificationError } from './errors.js';
 import { HASH_SIZE, sha256, sha256Pair, sha256Prefixed } from './hash.js';
 
-const LEAF_PREFIX = 0x00;
+/** The byte in front of an entry in its leaf hash. */
+export const LEAF_HASH_PREFIX = 0x00;
 const NODE_PREFIX = 0x01;
 const TWO_32 = 2 ** 32;
 
 /** SHA-256(0x00 || entry). */
 export function leafHash(entry: Uint8Array): Buffer {
-  return sha256Prefixed(LEAF_PREFIX, entry);
+  return sha256Prefixed(LEAF_HASH_PREFIX, entry);
 }
 
 /** SHA-256(0x01 || left || right); both sides must be 32 bytes. */

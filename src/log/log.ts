@@ -9,9 +9,9 @@ import {
   indexPath,
   indexValue,
   parseIndexValue,
-  validateEntry,
 } from '../core/entry.js';
 import { FormatError, StateError, StorageError, TrustixError } from '../core/errors.js';
+import { sha256 } from '../core/hash.js';
 import type { LookupAnswer } from '../core/lookup.js';
 import {
   consistencyProof,
@@ -19,7 +19,7 @@ import {
   inclusionProof,
   inclusionProofAbove,
   inclusionProofBelow,
-  leafHash,
+  LEAF_HASH_PREFIX,
   newRangeRootCache,
   treeRoot,
 } from '../core/merkle.js';
@@ -84,14 +84,92 @@ export class PoolFullError extends TrustixError {
   }
 }
 
-interface Pending {
-  entry: Entry;
-  encoded: Buffer;
-  path: Buffer;
-  /** RFC 6962 leaf hash of `encoded`, computed once when first needed. */
-  leaf?: Buffer;
-  resolve: (r: SubmitReceipt) => void;
+/**
+ * One call to `submit`: a single promise for all its entries (a promise, its two functions and
+ * Promise.all's bookkeeping per entry were several objects that each lived as long as the entry
+ * was queued, and made up much of the garbage collector's work during ingest).
+ */
+interface SubmitCall {
+  receipts: SubmitReceipt[];
+  /** Entries not acknowledged yet. */
+  left: number;
+  failed: boolean;
+  resolve: (r: SubmitReceipt[]) => void;
   reject: (e: unknown) => void;
+}
+
+interface Pending {
+  value: Buffer;
+  /** 0x00 || the encoded entry: the input of its RFC 6962 leaf hash, the entry from byte 1. */
+  framed: Buffer;
+  path: Buffer;
+  /** RFC 6962 leaf hash of the entry, computed once when first needed. */
+  leaf: Buffer | undefined;
+  call: SubmitCall;
+  /** Position in the call's entries. */
+  slot: number;
+}
+
+function acknowledge(p: Pending, receipt: SubmitReceipt): void {
+  const call = p.call;
+  call.receipts[p.slot] = receipt;
+  if (--call.left === 0 && !call.failed) call.resolve(call.receipts);
+}
+
+function refuse(p: Pending, err: unknown): void {
+  const call = p.call;
+  if (call.failed) return;
+  call.failed = true;
+  call.reject(err);
+}
+
+/**
+ * A map keyed by 32-byte index paths. Paths are SHA-256 outputs, so 30 bits of one make a small
+ * integer key that rarely collides (collisions chain): cheaper than a 32-character string per path.
+ */
+interface PathSlot<V> {
+  path: Buffer;
+  value: V;
+  next: PathSlot<V> | undefined;
+}
+
+class PathMap<V> {
+  private readonly slots = new Map<number, PathSlot<V>>();
+  private count = 0;
+
+  private static key(path: Buffer): number {
+    return path[0] | (path[1] << 8) | (path[2] << 16) | ((path[3] & 0x3f) << 24);
+  }
+
+  get(path: Buffer): V | undefined {
+    for (let s = this.slots.get(PathMap.key(path)); s !== undefined; s = s.next) {
+      if (equalBytes(s.path, path)) return s.value;
+    }
+    return undefined;
+  }
+
+  set(path: Buffer, value: V): void {
+    const k = PathMap.key(path);
+    const first = this.slots.get(k);
+    for (let s = first; s !== undefined; s = s.next) {
+      if (equalBytes(s.path, path)) {
+        s.value = value;
+        return;
+      }
+    }
+    this.slots.set(k, { path, value, next: first });
+    this.count++;
+  }
+
+  get size(): number {
+    return this.count;
+  }
+
+  *entries(): Generator<[Buffer, V]> {
+    for (const first of this.slots.values()) {
+      for (let s: PathSlot<V> | undefined = first; s !== undefined; s = s.next) yield [s.path, s.value];
+    }
+  }
 }
 
 interface StoredValue {
@@ -113,6 +191,43 @@ interface BatchBuild {
   tiles: ReturnType<typeof appendToTiles>;
   rootHash: Buffer;
   strata: ReturnType<typeof smtApplyBatch>;
+  /** Set when the worker computed `strata` and holds it (SmtOffload.apply's `keep`). */
+  offloadSeq: number | undefined;
+}
+
+/**
+ * A batch planned and built but not committed yet. The next batch may be built on top of it, so
+ * it answers for its uncommitted entries and tiles.
+ */
+class Prepared {
+  private tiles: Map<string, StoredTile> | undefined;
+
+  constructor(
+    readonly batch: Pending[],
+    readonly firstIndex: number,
+    readonly plan: BatchPlan,
+    /** Undefined when the batch appends nothing. */
+    readonly built: BatchBuild | undefined,
+  ) {}
+
+  get offloadSeq(): number | undefined {
+    return this.built?.offloadSeq;
+  }
+
+  /** The batch's own entry `index`, or undefined for an index outside it. */
+  entry(index: number): Buffer | undefined {
+    const i = index - this.firstIndex;
+    return i >= 0 && i < this.plan.appended.length ? this.plan.appended[i] : undefined;
+  }
+
+  /** The tiles the batch writes, by "level/index". */
+  tileMap(): Map<string, StoredTile> {
+    if (this.tiles === undefined) {
+      this.tiles = new Map();
+      for (const t of this.built?.tiles ?? []) this.tiles.set(`${t.tileLevel}/${t.tileIndex}`, t);
+    }
+    return this.tiles;
+  }
 }
 
 const SIGNING_KEY_FILE = 'signing.key';
@@ -136,7 +251,8 @@ function topSlot(id: Uint8Array): number {
  * append to the tree, update the index, sign one checkpoint, commit durably, then acknowledge.
  * The checkpoint is signed before the commit but published (served or acknowledged) only after
  * it, and it is stored in the same transaction as the tree it describes, so a crash can never
- * leave a published checkpoint that the store does not back.
+ * leave a published checkpoint that the store does not back. The next batch is appended and
+ * indexed while one is being committed (see drain), never committed or acknowledged before it.
  */
 export class Log {
   readonly origin: string;
@@ -342,35 +458,39 @@ export class Log {
     if (this.closed) return Promise.reject(new StateError('log is closed'));
     if (!this.signer) return Promise.reject(new StateError('log is open read-only: it takes no submissions'));
     const n = entries.length;
+    if (n === 0) return Promise.resolve([]);
+    const call: SubmitCall = {
+      receipts: new Array<SubmitReceipt>(n),
+      left: n,
+      failed: false,
+      resolve: unsettled,
+      reject: unsettled,
+    };
     const prepared = new Array<Pending>(n);
     for (let i = 0; i < n; i++) {
       const e = entries[i];
-      validateEntry(e);
+      // encodeEntry validates
+      const framed = encodeEntry(e, 1);
+      framed[0] = LEAF_HASH_PREFIX;
       prepared[i] = {
-        entry: e,
-        encoded: encodeEntry(e),
+        value: e.value,
+        framed,
         path: indexPath(e.protocol, e.key),
         leaf: undefined,
-        resolve: unsettled,
-        reject: unsettled,
+        call,
+        slot: i,
       };
     }
     if (this.pending.length + n > this.maxPending) {
       return Promise.reject(new PoolFullError(1));
     }
-    // one object per submission, filled in place (spreading a prepared object into a new one cost
-    // several percent of ingest)
-    const promises = new Array<Promise<SubmitReceipt>>(n);
-    for (let i = 0; i < n; i++) {
-      const p = prepared[i];
-      promises[i] = new Promise<SubmitReceipt>((resolve, reject) => {
-        p.resolve = resolve;
-        p.reject = reject;
-      });
-      this.pending.push(p);
-    }
+    const promise = new Promise<SubmitReceipt[]>((resolve, reject) => {
+      call.resolve = resolve;
+      call.reject = reject;
+    });
+    for (let i = 0; i < n; i++) this.pending.push(prepared[i]);
     this.schedule();
-    return Promise.all(promises);
+    return promise;
   }
 
   get pendingCount(): number {
@@ -391,18 +511,55 @@ export class Log {
     }
   }
 
+  /**
+   * Sequences batches in a two-stage pipeline: while batch k is signed, committed (fsync) and
+   * acknowledged, batch k+1 is planned and built on top of k's uncommitted result (its entries,
+   * tiles and index rows, see Prepared). Commits and acknowledgements stay in order, one at a
+   * time. If k's commit fails, k+1 is built again from the committed state before it is committed,
+   * so nothing built on a failed batch ever reaches the store or a submitter.
+   */
   private async drain(): Promise<void> {
+    let inFlight: { prepared: Prepared; committed: Promise<boolean> } | undefined;
     try {
-      while (this.pending.length > 0) {
-        const batch = this.pending.splice(0, this.maxBatch);
-        try {
-          await this.sequence(batch);
-        } catch (err) {
-          for (const p of batch) p.reject(err);
+      while (this.pending.length > 0 || inFlight !== undefined) {
+        if (this.pending.length === 0) {
+          await inFlight!.committed;
+          inFlight = undefined;
+          continue;
         }
+        const batch = this.pending.splice(0, this.maxBatch);
+        const started = process.hrtime.bigint();
+        let prepared: Prepared | undefined;
+        let error: unknown;
+        try {
+          prepared = await this.prepare(batch, inFlight?.prepared);
+        } catch (err) {
+          error = err;
+        }
+        // the previous batch is settled before this one commits
+        if (inFlight !== undefined) {
+          const ok = await inFlight.committed;
+          const base = inFlight.prepared;
+          inFlight = undefined;
+          // built on a batch that never reached the store: build it again on what did
+          if (!ok && base.built !== undefined) {
+            prepared = undefined;
+            try {
+              prepared = await this.prepare(batch, undefined);
+            } catch (err) {
+              error = err;
+            }
+          }
+        }
+        if (prepared === undefined) {
+          for (const p of batch) refuse(p, error);
+          continue;
+        }
+        inFlight = { prepared, committed: this.finish(prepared, started) };
       }
     } finally {
       this.running = undefined;
+      this.offload?.release();
     }
   }
 
@@ -411,7 +568,7 @@ export class Log {
    * indexes. `stored` holds what the index says for keys of this batch that it already has; keys
    * missing from it are taken to be new.
    */
-  private plan(batch: Pending[], firstIndex: number, stored: ReadonlyMap<string, StoredValue>): BatchPlan {
+  private plan(batch: Pending[], firstIndex: number, stored: PathMap<StoredValue>): BatchPlan {
     const plan: BatchPlan = {
       appended: [],
       leafHashes: [],
@@ -420,47 +577,63 @@ export class Log {
       duplicate: new Array<boolean>(batch.length).fill(false),
     };
     // latest (index, value) per path within this batch, so resubmissions inside a batch are idempotent too
-    const inBatch = new Map<string, StoredValue>();
+    const inBatch = new PathMap<StoredValue>();
     for (let i = 0; i < batch.length; i++) {
       const p = batch[i];
-      const pathKey = p.path.toString('latin1');
-      const prev = inBatch.get(pathKey) ?? stored.get(pathKey);
-      if (prev && equalBytes(prev.value, p.entry.value)) {
+      const prev = inBatch.get(p.path) ?? (stored.size > 0 ? stored.get(p.path) : undefined);
+      if (prev && equalBytes(prev.value, p.value)) {
         plan.indexes[i] = prev.index;
         plan.duplicate[i] = true;
         continue;
       }
       const index = firstIndex + plan.appended.length;
-      p.leaf ??= leafHash(p.encoded);
-      plan.appended.push(p.encoded);
+      p.leaf ??= sha256(p.framed);
+      plan.appended.push(p.framed.subarray(1));
       plan.leafHashes.push(p.leaf);
       plan.updates.push({ path: p.path, value: indexValue(index, p.leaf) });
-      inBatch.set(pathKey, { index, value: p.entry.value });
+      inBatch.set(p.path, { index, value: p.value });
       plan.indexes[i] = index;
     }
     return plan;
   }
 
   /**
-   * New tiles, log root and index rows for a plan, on top of the committed state `old`. A big
-   * batch's index update runs in the worker (which reads the same committed state) while this
-   * thread builds the tiles; if the worker cannot do it, it runs here.
+   * New tiles, log root and index rows for a plan, on top of `base` (the state after a batch that
+   * is not committed yet) or of the committed state. A big batch's index update runs in the
+   * worker while this thread builds the tiles; if the worker cannot do it, it runs here.
    */
   private async build(
-    old: LogHead,
+    base: Prepared | undefined,
     plan: BatchPlan,
     onReplace?: (path: Buffer, oldValue: Buffer) => void,
   ): Promise<BatchBuild> {
-    const newSize = old.size + plan.appended.length;
+    const tip = base?.built;
+    const oldSize = tip?.newSize ?? this.sequenced.size;
+    const oldRoot = tip?.strata.root ?? this.sequenced.mapRoot;
+    const newSize = oldSize + plan.appended.length;
+    // the worker can build on an uncommitted result only if it holds that result itself
+    const keep = base?.offloadSeq !== undefined ? [base.offloadSeq] : [];
     const offloaded =
-      this.offload !== undefined && plan.updates.length >= OFFLOAD_MIN_UPDATES
-        ? this.offload.apply(old.mapRoot, plan.updates)
+      this.offload !== undefined &&
+      plan.updates.length >= OFFLOAD_MIN_UPDATES &&
+      (tip === undefined || base?.offloadSeq !== undefined)
+        ? this.offload.apply(oldRoot, plan.updates, keep)
         : undefined;
-    const applyHere = (snap: LogSnapshot) =>
-      smtApplyBatch(old.mapRoot, plan.updates, this.stratumReader(snap, old.mapRoot), onReplace);
+    const applyHere = (snap: LogSnapshot) => {
+      const committed = this.stratumReader(snap, this.sequenced.mapRoot);
+      const rows = tip?.strata.writes;
+      const read: StratumReader =
+        rows === undefined || rows.size === 0
+          ? committed
+          : (id) => rows.get(id.toString('hex'))?.data ?? committed(id);
+      return smtApplyBatch(oldRoot, plan.updates, read, onReplace);
+    };
     const built = this.read((snap) => {
-      const getTile = this.tileGetter(snap);
-      const tiles = appendToTiles(old.size, plan.leafHashes, getTile);
+      const committed = this.tileGetter(snap);
+      const baseTiles = base?.tileMap();
+      const getTile: TileGetter =
+        baseTiles === undefined ? committed : (l, n) => baseTiles.get(`${l}/${n}`) ?? committed(l, n);
+      const tiles = appendToTiles(oldSize, plan.leafHashes, getTile);
       const overlay = new Map<string, StoredTile>();
       for (const t of tiles) overlay.set(`${t.tileLevel}/${t.tileIndex}`, t);
       const rootHash = treeRoot(
@@ -470,84 +643,116 @@ export class Log {
       return { tiles, rootHash, strata: offloaded === undefined ? applyHere(snap) : undefined };
     });
     let strata = built.strata;
+    let offloadSeq: number | undefined;
     if (strata === undefined) {
       const r = await offloaded;
       if (r !== undefined) {
         if (onReplace) for (const x of r.replaced) onReplace(x.path, x.value);
         strata = r.strata;
+        offloadSeq = r.seq;
       } else {
         strata = this.read(applyHere);
       }
     }
-    return { newSize, tiles: built.tiles, rootHash: built.rootHash, strata };
+    return { newSize, tiles: built.tiles, rootHash: built.rootHash, strata, offloadSeq };
   }
 
-  private async sequence(batch: Pending[]): Promise<void> {
-    const started = process.hrtime.bigint();
-    const old = this.sequenced;
-    const firstIndex = old.size;
+  /**
+   * Plans and builds a batch on top of `base` (a batch being committed, or undefined for the
+   * committed state): everything but signing, committing and acknowledging.
+   */
+  private async prepare(batch: Pending[], base: Prepared | undefined): Promise<Prepared> {
+    // a base that appends nothing leaves the committed state as it is
+    if (base?.built === undefined) base = undefined;
+    const firstIndex = base?.built?.newSize ?? this.sequenced.size;
     // First plan as if every key were new, which spares a walk of the index per submission: the
     // index update itself reports the stored value of every key it replaces. Only when one of
-    // those is a resubmission of the same value is the batch planned and built again.
-    let plan = this.plan(batch, firstIndex, new Map());
-    const replaced = new Map<string, Buffer>();
+    // those is a resubmission of the same value is the batch planned and built a second time.
+    let plan = this.plan(batch, firstIndex, new PathMap());
+    const replaced = new PathMap<Buffer>();
     let built =
-      plan.appended.length > 0
-        ? await this.build(old, plan, (path, v) => replaced.set(path.toString('latin1'), v))
-        : undefined;
+      plan.appended.length > 0 ? await this.build(base, plan, (path, v) => replaced.set(path, v)) : undefined;
     if (replaced.size > 0) {
-      const stored = new Map<string, StoredValue>();
+      const stored = new PathMap<StoredValue>();
       this.read((snap) => {
-        for (const [pathKey, v] of replaced) {
+        for (const [path, v] of replaced.entries()) {
           const { logIndex } = parseIndexValue(v);
-          const data = snap.entry(logIndex);
+          const data = base?.entry(logIndex) ?? snap.entry(logIndex);
           if (!data) throw new StorageError(`index points at missing entry ${logIndex}`);
-          stored.set(pathKey, { index: logIndex, value: decodeEntry(data).value });
+          stored.set(path, { index: logIndex, value: decodeEntry(data).value });
         }
       });
       const again = this.plan(batch, firstIndex, stored);
       // knowing more can only turn appends into duplicates, so an equal count means an equal plan
       if (again.appended.length !== plan.appended.length) {
         plan = again;
-        built = plan.appended.length > 0 ? await this.build(old, plan) : undefined;
+        built = plan.appended.length > 0 ? await this.build(base, plan) : undefined;
       }
     }
+    return new Prepared(batch, firstIndex, plan, built);
+  }
+
+  /**
+   * Signs, commits and acknowledges a prepared batch (whose base is committed by now). Resolves
+   * to whether the batch reached the store; never rejects (failures reject the submissions).
+   */
+  private async finish(prepared: Prepared, started: bigint): Promise<boolean> {
+    const { batch, firstIndex, plan, built } = prepared;
     const { indexes, duplicate, appended } = plan;
-
+    const old = this.sequenced;
     let head = old;
-    if (built) {
-      const { newSize, tiles, rootHash, strata } = built;
-      const cp = { origin: this.origin, size: newSize, rootHash, mapRoot: strata.root, extensions: [] };
-      head = { size: newSize, rootHash, mapRoot: strata.root, checkpoint: signCheckpoint(cp, this.signer!) };
-      await this.store.commit({
-        firstIndex,
-        entries: appended,
-        tiles,
-        strataWrites: [...strata.writes.values()],
-        strataDeletes: strata.deletes,
-        head,
-      });
-      this.sequenced = head;
-      this.updateTopStrata(old.mapRoot, strata.root, strata.writes.values(), strata.deletes);
-    }
-
-    this.read((snap) => {
-      const proofs = this.batchProofs(snap, indexes, head.size);
-      for (let i = 0; i < batch.length; i++) {
-        batch[i].resolve({
-          index: indexes[i],
-          duplicate: duplicate[i],
-          checkpoint: head.checkpoint,
-          proof: proofs[i],
+    try {
+      if (built) {
+        if (built.newSize - appended.length !== old.size) {
+          throw new StateError(
+            `batch built at size ${built.newSize - appended.length}, log is at ${old.size}`,
+          );
+        }
+        const { newSize, tiles, rootHash, strata } = built;
+        const cp = { origin: this.origin, size: newSize, rootHash, mapRoot: strata.root, extensions: [] };
+        head = {
+          size: newSize,
+          rootHash,
+          mapRoot: strata.root,
+          checkpoint: signCheckpoint(cp, this.signer!),
+        };
+        await this.store.commit({
+          firstIndex,
+          entries: appended,
+          tiles,
+          strataWrites: [...strata.writes.values()],
+          strataDeletes: strata.deletes,
+          head,
         });
+        this.sequenced = head;
+        this.updateTopStrata(old.mapRoot, strata.root, strata.writes.values(), strata.deletes);
       }
-    });
-    this.onBatch?.({
-      submissions: batch.length,
-      appended: appended.length,
-      size: head.size,
-      seconds: Number(process.hrtime.bigint() - started) / 1e9,
-    });
+    } catch (err) {
+      for (const p of batch) refuse(p, err);
+      return false;
+    }
+    try {
+      this.read((snap) => {
+        const proofs = this.batchProofs(snap, indexes, head.size);
+        for (let i = 0; i < batch.length; i++) {
+          acknowledge(batch[i], {
+            index: indexes[i],
+            duplicate: duplicate[i],
+            checkpoint: head.checkpoint,
+            proof: proofs[i],
+          });
+        }
+      });
+      this.onBatch?.({
+        submissions: batch.length,
+        appended: appended.length,
+        size: head.size,
+        seconds: Number(process.hrtime.bigint() - started) / 1e9,
+      });
+    } catch (err) {
+      for (const p of batch) refuse(p, err);
+    }
+    return true;
   }
 
   /**
@@ -559,7 +764,12 @@ export class Log {
   private batchProofs(snap: LogSnapshot, indexes: readonly number[], size: number): Buffer[][] {
     const getTile = this.tileGetter(snap);
     const reader = hashReaderFromTiles(getTile);
-    const tops = new Map<number, { hashes: Buffer[]; start: number; n: number; tile?: Buffer }>();
+    // `views`: one view per hash of a full tile, shared by the proofs of its leaves (a node's
+    // sibling at row r is in the proofs of 2^r leaves), indexed by the hash's position in the tile
+    const tops = new Map<
+      number,
+      { hashes: Buffer[]; start: number; n: number; tile?: Buffer; views?: Array<Buffer | undefined> }
+    >();
     const out = new Array<Buffer[]>(indexes.length);
     for (let i = 0; i < indexes.length; i++) {
       const index = indexes[i];
@@ -578,17 +788,24 @@ export class Log {
             top.tile = Buffer.isBuffer(t.expanded)
               ? t.expanded
               : Buffer.from(t.expanded.buffer, t.expanded.byteOffset, t.expanded.byteLength);
+            top.views = new Array<Buffer | undefined>(top.tile.length / 32);
           }
         }
         tops.set(tileIndex, top);
       }
       const ex = top.tile;
-      if (ex !== undefined) {
+      const views = top.views;
+      if (ex !== undefined && views !== undefined) {
         const proof = new Array<Buffer>(TILE_HEIGHT + top.hashes.length);
         const local = index - top.start;
         for (let r = 0; r < TILE_HEIGHT; r++) {
           const off = expandedHashOffset(TILE_WIDTH, r, (local >> r) ^ 1);
-          proof[r] = ex.subarray(off, off + 32);
+          let v = views[off >> 5];
+          if (v === undefined) {
+            v = ex.subarray(off, off + 32);
+            views[off >> 5] = v;
+          }
+          proof[r] = v;
         }
         for (let j = 0; j < top.hashes.length; j++) proof[TILE_HEIGHT + j] = top.hashes[j];
         out[i] = proof;

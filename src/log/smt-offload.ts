@@ -45,6 +45,11 @@ function unpackRows(p: PackedRows): Buffer[] {
 export interface OffloadRequest {
   type: 'apply';
   seq: number;
+  /**
+   * Earlier results (by seq) that lie, in this order, between the committed state and `root`: the
+   * worker reads their rows before the store's, and forgets every other result it still holds.
+   */
+  keep: number[];
   root: Uint8Array;
   /** n paths of 32 bytes. */
   paths: Uint8Array;
@@ -66,6 +71,8 @@ export type OffloadResponse =
 
 /** The result of an offloaded update, with the replaced values it reported. */
 export interface OffloadResult {
+  /** Names this result for a later update built on top of it before it is committed (`keep`). */
+  seq: number;
   strata: SmtBatchResult;
   replaced: Array<{ path: Buffer; value: Buffer }>;
 }
@@ -110,11 +117,17 @@ export class SmtOffload {
   }
 
   /**
-   * Starts the update of the committed tree `root` by `updates` in the worker. The promise gives
-   * undefined when the worker could not do it; the caller then runs the update itself. At most
-   * one update is in flight (the sequencer awaits each before the next).
+   * Starts the update of the tree `root` by `updates` in the worker. `root` is the committed tree,
+   * or the result of the worker's updates `keep` (seqs of earlier results, oldest first) on top of
+   * it, which the caller has not committed yet. The worker keeps each result until an update
+   * that does not list it in `keep` (or `release`). The promise gives undefined when the worker
+   * could not do it; the caller then runs the update itself. At most one update is in flight.
    */
-  apply(root: Buffer, updates: readonly SmtUpdate[]): Promise<OffloadResult | undefined> {
+  apply(
+    root: Buffer,
+    updates: readonly SmtUpdate[],
+    keep: readonly number[] = [],
+  ): Promise<OffloadResult | undefined> {
     const w = this.start();
     if (w === undefined || this.waiting !== undefined) return Promise.resolve(undefined);
     const n = updates.length;
@@ -134,7 +147,15 @@ export class SmtOffload {
       valueEnds[i] = at;
     }
     const seq = ++this.seq;
-    const req: OffloadRequest = { type: 'apply', seq, root: Uint8Array.from(root), paths, values, valueEnds };
+    const req: OffloadRequest = {
+      type: 'apply',
+      seq,
+      keep: [...keep],
+      root: Uint8Array.from(root),
+      paths,
+      values,
+      valueEnds,
+    };
     return new Promise<OffloadResult | undefined>((resolve) => {
       w.ref();
       this.waiting = {
@@ -154,6 +175,7 @@ export class SmtOffload {
           const vals = unpackRows(m.replacedValues);
           const replaced = paths.map((path, i) => ({ path, value: vals[i] }));
           resolve({
+            seq,
             strata: {
               root: Buffer.from(m.root.buffer, m.root.byteOffset, m.root.byteLength),
               writes,
@@ -165,6 +187,11 @@ export class SmtOffload {
       };
       w.postMessage(req, [paths.buffer, values.buffer, valueEnds.buffer]);
     });
+  }
+
+  /** Lets the worker forget every result it holds (they are committed or abandoned). */
+  release(): void {
+    if (this.worker !== undefined && this.waiting === undefined) this.worker.postMessage({ type: 'release' });
   }
 
   /** Closes the worker's store and ends the worker. */

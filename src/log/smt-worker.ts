@@ -13,13 +13,32 @@ import { packRows } from './smt-offload.js';
 const port = parentPort;
 if (port === null) throw new Error('smt-worker must run in a worker thread');
 const store = LmdbLogStore.open((workerData as { dir: string }).dir);
+/**
+ * Rows of results the sequencer has not committed yet, by request seq, so that the next batch can
+ * be computed on top of them while they are being committed. Forgotten when a request stops
+ * listing them in `keep`: by then they are in the store, or their batch failed and was dropped.
+ */
+const held = new Map<number, Map<string, { id: Buffer; data: Buffer }>>();
 
-port.on('message', (msg: OffloadRequest | { type: 'close' }) => {
+port.on('message', (msg: OffloadRequest | { type: 'close' } | { type: 'release' }) => {
   if (msg.type === 'close') {
+    held.clear();
     void store.close().finally(() => port.postMessage({ type: 'closed' }));
     return;
   }
+  if (msg.type === 'release') {
+    held.clear();
+    return;
+  }
   try {
+    for (const seq of held.keys()) if (!msg.keep.includes(seq)) held.delete(seq);
+    // newest first: a row rewritten by several uncommitted batches is read as the last one left it
+    const layers: Array<Map<string, { id: Buffer; data: Buffer }>> = [];
+    for (let i = msg.keep.length - 1; i >= 0; i--) {
+      const rows = held.get(msg.keep[i]);
+      if (rows === undefined) throw new Error(`result ${msg.keep[i]} is no longer held`);
+      layers.push(rows);
+    }
     // the batch must read what the sequencer committed last, not an older snapshot
     store.renewSnapshot();
     const paths = Buffer.from(msg.paths.buffer, msg.paths.byteOffset, msg.paths.byteLength);
@@ -38,13 +57,23 @@ port.on('message', (msg: OffloadRequest | { type: 'close' }) => {
       smtApplyBatch(
         Buffer.from(msg.root),
         updates,
-        (id) => snap.stratum(id),
+        layers.length === 0
+          ? (id) => snap.stratum(id)
+          : (id) => {
+              const hex = id.toString('hex');
+              for (const rows of layers) {
+                const row = rows.get(hex);
+                if (row !== undefined) return row.data;
+              }
+              return snap.stratum(id);
+            },
         (path, value) => {
           replacedPaths.push(path);
           replacedValues.push(value);
         },
       ),
     );
+    held.set(msg.seq, result.writes);
     const ids: Buffer[] = [];
     const rows: Buffer[] = [];
     for (const w of result.writes.values()) {

@@ -10,7 +10,8 @@ import {
   parseIndexValue,
 } from '../../src/core/entry.js';
 import { FormatError } from '../../src/core/errors.js';
-import { leafHash } from '../../src/core/merkle.js';
+import { sha256 } from '../../src/core/hash.js';
+import { LEAF_HASH_PREFIX, leafHash } from '../../src/core/merkle.js';
 
 // Vectors computed independently (Python hashlib/struct), also listed in docs/entry-format.md.
 const NAR = Buffer.from('c1a3d0ab649821db54ec4dc668c63489ea17738ca1727ed2638a230ede605e3f', 'hex');
@@ -34,6 +35,11 @@ describe('entry encoding', () => {
       const enc = encodeEntry(v.entry);
       assert.equal(enc.toString('hex'), v.hex);
       assert.equal(leafHash(enc).toString('hex'), v.leaf);
+      // with headroom: the same bytes after it, so 0x00 in front hashes to the leaf hash
+      const framed = encodeEntry(v.entry, 1);
+      assert.equal(framed.subarray(1).toString('hex'), v.hex);
+      framed[0] = LEAF_HASH_PREFIX;
+      assert.equal(sha256(framed).toString('hex'), v.leaf);
       const back = decodeEntry(enc);
       assert.equal(back.protocol, v.entry.protocol);
       assert.deepEqual(Buffer.from(back.key), v.entry.key);
@@ -56,6 +62,10 @@ describe('entry encoding', () => {
     const v = indexValue(123456789012, leaf);
     assert.equal(v.length, 40);
     assert.deepEqual(parseIndexValue(v), { logIndex: 123456789012, leafHash: leaf });
+    assert.equal(v.subarray(0, 8).toString('hex'), '0000001cbe991a14');
+    for (const i of [0, 1, 2 ** 32 - 1, 2 ** 32, Number.MAX_SAFE_INTEGER]) {
+      assert.equal(parseIndexValue(indexValue(i, leaf)).logIndex, i);
+    }
     assert.throws(() => parseIndexValue(v.subarray(1)), FormatError);
   });
 

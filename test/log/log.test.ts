@@ -320,6 +320,43 @@ describe('log', () => {
     await Promise.all([big.close(), small.close()]);
   });
 
+  test('keys whose paths share their first 30 bits are told apart when planning a batch', async () => {
+    // the sequencer keys its per-batch maps by 30 bits of the path; find two keys that collide there
+    const seen = new Map<number, string>();
+    let pair: [string, string] | undefined;
+    for (let i = 0; pair === undefined; i++) {
+      const p = indexPath('nix', Buffer.from(`c${i}`));
+      const k = p[0] | (p[1] << 8) | (p[2] << 16) | ((p[3] & 0x3f) << 24);
+      const other = seen.get(k);
+      if (other !== undefined) pair = [other, `c${i}`];
+      else seen.set(k, `c${i}`);
+    }
+    const [a, b] = pair;
+    const log = await Log.create(tempDir(), 'test.example/collide', { batchDelayMs: 1 });
+    const first = await log.submit([entry(a, 1), entry(b, 2), entry(a, 1), entry(b, 3), entry(b, 3)]);
+    assert.deepEqual(
+      first.map((r) => [r.index, r.duplicate]),
+      [
+        [0, false],
+        [1, false],
+        [0, true],
+        [2, false],
+        [2, true],
+      ],
+    );
+    // against the stored index: the replan path, whose map is keyed the same way
+    const second = await log.submit([entry(b, 3), entry(a, 1), entry(a, 4)]);
+    assert.deepEqual(
+      second.map((r) => [r.index, r.duplicate]),
+      [
+        [2, true],
+        [0, true],
+        [3, false],
+      ],
+    );
+    await log.close();
+  });
+
   test('bad input is refused before anything is queued', async () => {
     const log = await Log.create(tempDir(), 'test.example/bad', { batchDelayMs: 1 });
     assert.throws(
