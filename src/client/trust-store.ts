@@ -70,12 +70,19 @@ export function defaultTrustDir(env: NodeJS.ProcessEnv = process.env): string {
 
 /** File name stem for a log: readable origin plus a hash that makes it unique per (origin, vkey). */
 export function logFileStem(log: LogIdentity): string {
-  const readable = log.origin.replace(/[^A-Za-z0-9._-]+/g, '_').slice(0, 64);
-  const h = sha256(Buffer.from(`${log.origin}\n${log.vkey}`, 'utf8'))
-    .toString('hex')
-    .slice(0, 16);
-  return `${readable}-${h}`;
+  // asked on every lookup; a process follows few logs
+  const id = `${log.origin}\n${log.vkey}`;
+  let stem = stems.get(id);
+  if (stem === undefined) {
+    const readable = log.origin.replace(/[^A-Za-z0-9._-]+/g, '_').slice(0, 64);
+    stem = `${readable}-${sha256(Buffer.from(id, 'utf8')).toString('hex').slice(0, 16)}`;
+    if (stems.size >= 1024) stems.clear();
+    stems.set(id, stem);
+  }
+  return stem;
 }
+
+const stems = new Map<string, string>();
 
 interface TrustRecord {
   version: 1;
