@@ -10,6 +10,13 @@ const program = new Command('trustix')
 
 registerCommands(program);
 
+// A reader that stops early (`trustix lookup --help | head -3`) closes the pipe: that is the end of
+// the output, not an error worth a stack trace.
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code !== 'EPIPE') throw err;
+  process.exit(process.exitCode ?? 0);
+});
+
 async function main(): Promise<void> {
   try {
     await program.parseAsync(process.argv);

@@ -252,6 +252,24 @@ describe('trustix CLI on remote logs', { concurrency: 4 }, () => {
   });
 });
 
+test('a reader that closes the pipe early ends the output quietly', async () => {
+  // `trustix lookup --help | head -0`: the reader is gone before the first write
+  const r = await new Promise<{ code: number | null; stderr: string }>((resolve, reject) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', MAIN, 'lookup', '--help'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.on('data', (d) => {
+      stderr += d;
+    });
+    child.stdout.destroy();
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stderr }));
+  });
+  assert.equal(r.stderr, '');
+  assert.equal(r.code, 0);
+});
+
 describe('trustix CLI on local logs', () => {
   test('proof and verify with --state; lookup exit codes unchanged', async () => {
     const state = join(tempDir(), 'log');
