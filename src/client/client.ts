@@ -12,7 +12,7 @@ import { decodeBase64Strict, equalBytes, toBase64, toHex } from '../core/bytes.j
 import { type Checkpoint, openCheckpoint } from '../core/checkpoint.js';
 import { type Entry, encodeEntry } from '../core/entry.js';
 import { FormatError, StorageError, TrustixError, VerificationError } from '../core/errors.js';
-import { type LookupAnswer, parseLookupAnswer, verifyLookup } from '../core/lookup.js';
+import { type LookupAnswer, MAX_LOOKUP_KEYS, parseLookupAnswer, verifyLookup } from '../core/lookup.js';
 import { leafHash, verifyConsistency, verifyInclusion } from '../core/merkle.js';
 import { type NoteVerifier, signerFromSkey, verifierFromVkey } from '../core/note.js';
 import { decodeEntryBundle, entriesPath, TILE_WIDTH, tilePath } from '../core/tiles.js';
@@ -102,8 +102,6 @@ const MAX_SUBMIT_ANSWER_BYTES = 128 * 1024 * 1024;
 const SUBMIT_MAX_ENTRIES = 10_000;
 const SUBMIT_MAX_BODY = 8 * 1024 * 1024;
 const MAX_PROOF_HASHES = 64;
-/** The API's most keys per `POST lookup`. */
-const LOOKUP_MAX_KEYS = 256;
 /** Lookup requests in flight per client; later lookups wait and go out together. */
 const LOOKUP_REQUESTS_IN_FLIGHT = 2;
 
@@ -148,8 +146,8 @@ export class LogClient {
     this.fetchFn = opts.fetch;
     this.headers = opts.headers ?? {};
     const batch = opts.maxLookupBatch ?? 64;
-    if (!Number.isSafeInteger(batch) || batch < 1 || batch > LOOKUP_MAX_KEYS) {
-      throw new FormatError(`maxLookupBatch must be 1..${LOOKUP_MAX_KEYS}`);
+    if (!Number.isSafeInteger(batch) || batch < 1 || batch > MAX_LOOKUP_KEYS) {
+      throw new FormatError(`maxLookupBatch must be 1..${MAX_LOOKUP_KEYS}`);
     }
     this.maxLookupBatch = batch;
   }

@@ -29,7 +29,9 @@ export const MAX_ENTRY_SIZE = 65535;
 const FIXED_OVERHEAD = 1 + 1 + 2 + 1 + 2;
 export const MAX_METADATA_LENGTH = MAX_ENTRY_SIZE - FIXED_OVERHEAD - 1 - 1 - 1;
 
-const PROTOCOL_RE = /^[\x21-\x7e]{1,64}$/;
+/** A protocol name: 1-64 printable ASCII characters (as a pattern for JSON schemas too). */
+export const PROTOCOL_PATTERN = '^[\\x21-\\x7e]{1,64}$';
+export const PROTOCOL_RE = new RegExp(PROTOCOL_PATTERN);
 
 export function validateEntry(e: Entry): void {
   if (typeof e.protocol !== 'string' || !PROTOCOL_RE.test(e.protocol)) {

@@ -6,6 +6,9 @@ import { leafHash, NodeHashMemo, verifyInclusion } from './merkle.js';
 import type { NoteVerifier } from './note.js';
 import { decodeSmtProof, verifySmtProof } from './smt.js';
 
+/** Most keys in one batched lookup request (`POST lookup`). */
+export const MAX_LOOKUP_KEYS = 256;
+
 /**
  * Everything a client needs to check one key against one signed checkpoint: the checkpoint,
  * the sparse index proof for the key against the checkpoint's map root, and (when present)

@@ -7,8 +7,9 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import type { Counter } from 'prom-client';
 import { decodeBase64Strict, toBase64 } from '../core/bytes.js';
-import { type Entry, validateEntry } from '../core/entry.js';
+import { type Entry, MAX_KEY_LENGTH, PROTOCOL_PATTERN, PROTOCOL_RE, validateEntry } from '../core/entry.js';
 import { StateError, TrustixError } from '../core/errors.js';
+import { MAX_LOOKUP_KEYS } from '../core/lookup.js';
 import { parseTilePath } from '../core/tiles.js';
 import { type Log, PoolFullError, type SubmitReceipt } from '../log/log.js';
 import { readEntryBundle, readHashTile } from '../log/serving.js';
@@ -119,8 +120,6 @@ function parseCount(v: unknown, name: string): number | undefined {
   return n;
 }
 
-const PROTOCOL_RE = /^[\x21-\x7e]{1,64}$/;
-
 function decodeSegment(s: string, what: string): string {
   try {
     return decodeURIComponent(s);
@@ -171,8 +170,8 @@ function answerLookup(sl: ServedLog, rest: string): string {
     throw new HttpError(400, 'BAD_REQUEST', 'protocol must be 1-64 printable ASCII characters');
   }
   const key = Buffer.from(decodeSegment(rest.slice(slash + 1), 'key'), 'utf8');
-  if (key.length < 1 || key.length > 1024)
-    throw new HttpError(400, 'BAD_REQUEST', 'key must be 1-1024 bytes');
+  if (key.length < 1 || key.length > MAX_KEY_LENGTH)
+    throw new HttpError(400, 'BAD_REQUEST', `key must be 1-${MAX_KEY_LENGTH} bytes`);
   const cached = sl.lookupCache.get(rest, sl.log.head().size);
   if (cached !== undefined) {
     sl.metrics.lookupCached.inc();
@@ -186,20 +185,17 @@ function answerLookup(sl: ServedLog, rest: string): string {
   return body;
 }
 
-/** Most keys in one `POST lookup` request. */
-export const MAX_LOOKUP_KEYS = 256;
-
 const lookupManySchema = {
   type: 'object',
   required: ['protocol', 'keys'],
   additionalProperties: false,
   properties: {
-    protocol: { type: 'string', pattern: '^[\\x21-\\x7e]{1,64}$' },
+    protocol: { type: 'string', pattern: PROTOCOL_PATTERN },
     keys: {
       type: 'array',
       minItems: 1,
       maxItems: MAX_LOOKUP_KEYS,
-      items: { type: 'string', minLength: 1, maxLength: 1024 },
+      items: { type: 'string', minLength: 1, maxLength: MAX_KEY_LENGTH },
     },
   },
 } as const;
@@ -208,7 +204,9 @@ const lookupManySchema = {
 function answerLookupMany(sl: ServedLog, protocol: string, keyTexts: readonly string[]): string {
   const keys = keyTexts.map((k, i) => {
     const key = Buffer.from(k, 'utf8');
-    if (key.length > 1024) throw new HttpError(400, 'BAD_REQUEST', `keys[${i}] must be 1-1024 bytes`);
+    if (key.length > MAX_KEY_LENGTH) {
+      throw new HttpError(400, 'BAD_REQUEST', `keys[${i}] must be 1-${MAX_KEY_LENGTH} bytes`);
+    }
     return key;
   });
   const t0 = performance.now();
@@ -239,8 +237,8 @@ const submitBodySchema = {
         required: ['protocol', 'key', 'value'],
         additionalProperties: false,
         properties: {
-          protocol: { type: 'string', pattern: '^[\\x21-\\x7e]{1,64}$' },
-          key: { type: 'string', minLength: 1, maxLength: 1024 },
+          protocol: { type: 'string', pattern: PROTOCOL_PATTERN },
+          key: { type: 'string', minLength: 1, maxLength: MAX_KEY_LENGTH },
           value: { type: 'string', minLength: 2, maxLength: 128, pattern: '^(?:[0-9a-fA-F]{2})+$' },
           metadata: { type: 'string', maxLength: 90_000 },
         },
