@@ -10,6 +10,7 @@ import { decodeBase64Strict, toBase64 } from '../core/bytes.js';
 import { type Entry, MAX_KEY_LENGTH, PROTOCOL_PATTERN, PROTOCOL_RE, validateEntry } from '../core/entry.js';
 import { StateError, TrustixError } from '../core/errors.js';
 import { MAX_LOOKUP_KEYS } from '../core/lookup.js';
+import { receiptsJson } from '../core/receipts.js';
 import { parseTilePath } from '../core/tiles.js';
 import { type Log, PoolFullError, type SubmitReceipt } from '../log/log.js';
 import { readEntryBundle, readHashTile } from '../log/serving.js';
@@ -274,26 +275,6 @@ function entriesFromJson(items: readonly SubmitEntryJson[]): Entry[] {
     out[i] = e;
   }
   return out;
-}
-
-/** Receipts as JSON, written by hand: a batch shares one checkpoint, which is escaped once. */
-function receiptsJson(receipts: readonly SubmitReceipt[]): string {
-  const parts = new Array<string>(receipts.length);
-  let lastCp = '';
-  let lastCpJson = '""';
-  for (let i = 0; i < receipts.length; i++) {
-    const r = receipts[i];
-    if (r.checkpoint !== lastCp) {
-      lastCp = r.checkpoint;
-      lastCpJson = JSON.stringify(r.checkpoint);
-    }
-    let proof = '';
-    for (let j = 0; j < r.proof.length; j++)
-      proof += `${j === 0 ? '"' : ',"'}${r.proof[j].toString('base64')}"`;
-    parts[i] =
-      `{"index":${r.index},"duplicate":${r.duplicate},"checkpoint":${lastCpJson},"proof":[${proof}]}`;
-  }
-  return `{"receipts":[${parts.join(',')}]}`;
 }
 
 declare module 'fastify' {

@@ -401,7 +401,7 @@ describe('verifying client against a real log over HTTP', () => {
     await withTamper(
       (req, a) => {
         if (req.path !== 'submit') return undefined;
-        const j = bodyJson<{ receipts: Array<{ proof: string[] }> }>(a);
+        const j = bodyJson<{ receipts: Array<{ proof: number[] }> }>(a);
         j.receipts[0].proof.reverse();
         return json(200, j);
       },
@@ -410,6 +410,38 @@ describe('verifying client against a real log over HTTP', () => {
           c.submit([entry('sub-4'), entry('sub-5')], { token: server.token }),
           InvalidProofError,
           /^inclusion\./,
+        );
+      },
+    );
+    // a hash of the shared table changed: every receipt that names it fails
+    await withTamper(
+      (req, a) => {
+        if (req.path !== 'submit') return undefined;
+        const j = bodyJson<{ hashes: string[] }>(a);
+        j.hashes[0] = toBase64(Buffer.alloc(32, 7));
+        return json(200, j);
+      },
+      async () => {
+        await rejectsWith(
+          c.submit([entry('sub-6'), entry('sub-7')], { token: server.token }),
+          InvalidProofError,
+          /^inclusion\./,
+        );
+      },
+    );
+    // a receipt that names a hash the answer does not have
+    await withTamper(
+      (req, a) => {
+        if (req.path !== 'submit') return undefined;
+        const j = bodyJson<{ hashes: string[]; receipts: Array<{ proof: number[] }> }>(a);
+        j.receipts[1].proof.push(j.hashes.length);
+        return json(200, j);
+      },
+      async () => {
+        await rejectsWith(
+          c.submit([entry('sub-8'), entry('sub-9')], { token: server.token }),
+          BadResponseError,
+          'response.malformed',
         );
       },
     );
