@@ -15,6 +15,7 @@ import { FormatError, StorageError, TrustixError, VerificationError } from '../c
 import { type LookupAnswer, MAX_LOOKUP_KEYS, parseLookupAnswer, verifyLookup } from '../core/lookup.js';
 import { leafHash, verifyConsistency, verifyInclusion } from '../core/merkle.js';
 import { type NoteVerifier, signerFromSkey, verifierFromVkey } from '../core/note.js';
+import { type ParsedReceipt, parseReceipts } from '../core/receipts.js';
 import { decodeEntryBundle, entriesPath, TILE_WIDTH, tilePath } from '../core/tiles.js';
 import {
   BadResponseError,
@@ -564,45 +565,43 @@ export class LogClient {
         await new Promise((r) => setTimeout(r, wait));
       }
     }
-    const j = parseJsonBody(answer, where) as { receipts?: unknown };
-    const list = j?.receipts;
-    if (!Array.isArray(list) || list.length !== end - start) {
-      throw new BadResponseError('response.malformed', `${where}: expected ${end - start} receipts`);
+    let list: ParsedReceipt[];
+    try {
+      list = parseReceipts(parseJsonBody(answer, where), end - start);
+    } catch (err) {
+      if (!(err instanceof FormatError)) throw err;
+      throw new BadResponseError('response.malformed', `${where}: ${err.message}`);
     }
     const checkpoints = new Map<string, TrustedCheckpoint>();
     const out: VerifiedReceipt[] = [];
     for (let i = 0; i < list.length; i++) {
-      const r = list[i] as Record<string, unknown>;
-      if (
-        typeof r !== 'object' ||
-        r === null ||
-        !isCount(r.index) ||
-        typeof r.duplicate !== 'boolean' ||
-        typeof r.checkpoint !== 'string'
-      ) {
-        throw new BadResponseError('response.malformed', `${where}: receipt ${i} is malformed`);
-      }
+      const r = list[i];
       let t = checkpoints.get(r.checkpoint);
       if (!t) {
         t = { note: r.checkpoint, checkpoint: this.open(r.checkpoint) };
         await this.accept(t, before);
         checkpoints.set(r.checkpoint, t);
       }
-      const proof = decodeProof(r.proof, `${where}: receipt ${i} proof`);
       let verified = true;
       try {
         verifyInclusion(
           leafHash(encoded[start + i]),
           r.index,
           t.checkpoint.size,
-          proof,
+          r.proof,
           t.checkpoint.rootHash,
         );
       } catch (err) {
         if (!r.duplicate) throw asProofError(err);
         verified = false;
       }
-      out.push({ index: r.index, duplicate: r.duplicate, checkpoint: r.checkpoint, proof, verified });
+      out.push({
+        index: r.index,
+        duplicate: r.duplicate,
+        checkpoint: r.checkpoint,
+        proof: r.proof,
+        verified,
+      });
     }
     return out;
   }

@@ -4,12 +4,13 @@
  * listener, each with only the routes of the APIs that listener serves.
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Counter } from 'prom-client';
 import { decodeBase64Strict, toBase64 } from '../core/bytes.js';
 import { type Entry, MAX_KEY_LENGTH, PROTOCOL_PATTERN, PROTOCOL_RE, validateEntry } from '../core/entry.js';
 import { StateError, TrustixError } from '../core/errors.js';
 import { MAX_LOOKUP_KEYS } from '../core/lookup.js';
+import { receiptsJson } from '../core/receipts.js';
 import { parseTilePath } from '../core/tiles.js';
 import { type Log, PoolFullError, type SubmitReceipt } from '../log/log.js';
 import { readEntryBundle, readHashTile } from '../log/serving.js';
@@ -274,26 +275,6 @@ function entriesFromJson(items: readonly SubmitEntryJson[]): Entry[] {
     out[i] = e;
   }
   return out;
-}
-
-/** Receipts as JSON, written by hand: a batch shares one checkpoint, which is escaped once. */
-function receiptsJson(receipts: readonly SubmitReceipt[]): string {
-  const parts = new Array<string>(receipts.length);
-  let lastCp = '';
-  let lastCpJson = '""';
-  for (let i = 0; i < receipts.length; i++) {
-    const r = receipts[i];
-    if (r.checkpoint !== lastCp) {
-      lastCp = r.checkpoint;
-      lastCpJson = JSON.stringify(r.checkpoint);
-    }
-    let proof = '';
-    for (let j = 0; j < r.proof.length; j++)
-      proof += `${j === 0 ? '"' : ',"'}${r.proof[j].toString('base64')}"`;
-    parts[i] =
-      `{"index":${r.index},"duplicate":${r.duplicate},"checkpoint":${lastCpJson},"proof":[${proof}]}`;
-  }
-  return `{"receipts":[${parts.join(',')}]}`;
 }
 
 declare module 'fastify' {
@@ -627,18 +608,17 @@ function registerWriteRoutes(app: FastifyInstance, ctx: AppContext, getLog: (id:
     },
     async (req, reply) => {
       const sl = getLog(req.params.id);
-      const entries = entriesFromJson(req.body.entries);
-      if (ctx.draining()) throw unavailable('server is shutting down');
       const t0 = performance.now();
+      const queued = queueSubmission(ctx, sl, req);
       let receipts: SubmitReceipt[];
       try {
-        receipts = await ctx.trackSubmit(sl.log.submit(entries));
+        receipts = await queued.receipts;
       } catch (err) {
         ctx.metrics.submitRequests.labels(sl.id, String(toHttpErrorStatus(err))).inc();
         throw err;
       }
       sl.metrics.submitSeconds.observe((performance.now() - t0) / 1000);
-      sl.metrics.requestEntries.observe(entries.length);
+      sl.metrics.requestEntries.observe(queued.count);
       let dup = 0;
       for (const r of receipts) if (r.duplicate) dup++;
       sl.metrics.appended.inc(receipts.length - dup);
@@ -647,6 +627,23 @@ function registerWriteRoutes(app: FastifyInstance, ctx: AppContext, getLog: (id:
       reply.header('content-type', JSON_TYPE).header('cache-control', NO_STORE).send(receiptsJson(receipts));
     },
   );
+}
+
+/**
+ * Queues a submit request's entries. Nothing of the request body outlives this call (a request
+ * waits hundreds of milliseconds for its commit; its parsed JSON, raw bytes and intermediate
+ * entries would otherwise survive young-generation collections and be copied into the old one).
+ */
+function queueSubmission(
+  ctx: AppContext,
+  sl: ServedLog,
+  req: FastifyRequest<{ Body: { entries: SubmitEntryJson[] } }>,
+): { count: number; receipts: Promise<SubmitReceipt[]> } {
+  const entries = entriesFromJson(req.body.entries);
+  req.body = undefined as never;
+  req.rawBody = undefined;
+  if (ctx.draining()) throw unavailable('server is shutting down');
+  return { count: entries.length, receipts: ctx.trackSubmit(sl.log.submit(entries)) };
 }
 
 function toHttpErrorStatus(err: unknown): number {

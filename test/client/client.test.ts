@@ -398,21 +398,35 @@ describe('verifying client against a real log over HTTP', () => {
       'http.status',
     )) as RemoteError;
     assert.equal(err.status, 401);
-    await withTamper(
-      (req, a) => {
-        if (req.path !== 'submit') return undefined;
-        const j = bodyJson<{ receipts: Array<{ proof: string[] }> }>(a);
-        j.receipts[0].proof.reverse();
-        return json(200, j);
+    // the answer edited on its way: the submission is refused with `error` and `check`
+    type Answer = { hashes: string[]; receipts: Array<{ proof: number[] }> };
+    let n = 0;
+    const tampered = (edit: (j: Answer) => void, error: typeof VerificationError, check: string | RegExp) =>
+      withTamper(
+        (req, a) => {
+          if (req.path !== 'submit') return undefined;
+          const j = bodyJson<Answer>(a);
+          edit(j);
+          return json(200, j);
+        },
+        async () => {
+          // new keys each time: a duplicate's proof may fail without failing the submission
+          const keys = [entry(`tampered-${++n}`), entry(`tampered-${++n}`)];
+          await rejectsWith(c.submit(keys, auth), error, check);
+        },
+      );
+    const auth = { token: server.token };
+    await tampered((j) => j.receipts[0].proof.reverse(), InvalidProofError, /^inclusion\./);
+    // a hash of the shared table changed: the receipts that name it fail
+    await tampered(
+      (j) => {
+        j.hashes[0] = toBase64(Buffer.alloc(32, 7));
       },
-      async () => {
-        await rejectsWith(
-          c.submit([entry('sub-4'), entry('sub-5')], { token: server.token }),
-          InvalidProofError,
-          /^inclusion\./,
-        );
-      },
+      InvalidProofError,
+      /^inclusion\./,
     );
+    // a receipt that names a hash the answer does not have
+    await tampered((j) => j.receipts[1].proof.push(j.hashes.length), BadResponseError, 'response.malformed');
   });
 
   test('an answer that is only older than a checkpoint trusted meanwhile is accepted after a consistency proof', async () => {

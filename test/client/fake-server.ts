@@ -9,6 +9,7 @@ import { decodePathSegment, encodePathSegment } from '../../src/client/http.js';
 import { toBase64 } from '../../src/core/bytes.js';
 import type { Entry } from '../../src/core/entry.js';
 import { FormatError } from '../../src/core/errors.js';
+import { receiptsJson } from '../../src/core/receipts.js';
 import { encodeEntryBundle, parseTilePath, TILE_WIDTH } from '../../src/core/tiles.js';
 import type { Log } from '../../src/log/log.js';
 
@@ -147,14 +148,11 @@ async function route(
         metadata: Buffer.from(e.metadata ?? '', 'base64'),
       }));
       const receipts = await log.submit(entries);
-      return json(200, {
-        receipts: receipts.map((r) => ({
-          index: r.index,
-          duplicate: r.duplicate,
-          checkpoint: r.checkpoint,
-          proof: r.proof.map(toBase64),
-        })),
-      });
+      return {
+        status: 200,
+        headers: { 'content-type': 'application/json' },
+        body: receiptsJson(receipts),
+      };
     }
     if (method !== 'GET')
       return json(s.noLookupBatch && path === 'lookup' ? 404 : 405, {

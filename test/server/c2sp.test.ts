@@ -15,6 +15,7 @@ import {
   verifyInclusion,
 } from '../../src/core/merkle.js';
 import { openNote, verifierFromVkey } from '../../src/core/note.js';
+import { parseReceipts } from '../../src/core/receipts.js';
 import {
   cleanup,
   makeEntries,
@@ -137,8 +138,7 @@ test('a C2SP-only client verifies checkpoints, tiles, entry bundles, inclusion a
   // an old checkpoint with a partial tile at level 0 and none at level 1
   const first = await submit(srv.url, makeEntries(200), auth);
   assert.equal(first.status, 200, srv.stderr());
-  const oldNote = ((await first.json()) as { receipts: Array<{ checkpoint: string }> }).receipts[0]
-    .checkpoint;
+  const oldNote = parseReceipts(await first.json(), 200)[0].checkpoint;
   for (let i = 0; i < 3; i++) {
     const r = await submit(srv.url, makeEntries(200), auth);
     assert.equal(r.status, 200, `${await r.text()}\n${srv.stderr()}`);

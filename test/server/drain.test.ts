@@ -6,6 +6,7 @@ import { createHash } from 'node:crypto';
 import { connect } from 'node:net';
 import { test } from 'node:test';
 import { decodeEntry } from '../../src/core/entry.js';
+import { parseReceipts } from '../../src/core/receipts.js';
 import {
   cleanup,
   type EntryJson,
@@ -62,9 +63,7 @@ max_batch = 400
           const body = await r.text();
           const o: Outcome = { entries, status: r.status, sentAfterTerm, doneAfterTerm: termAt > 0 };
           if (r.status === 200) {
-            o.indexes = (JSON.parse(body) as { receipts: Array<{ index: number }> }).receipts.map(
-              (x) => x.index,
-            );
+            o.indexes = parseReceipts(JSON.parse(body), entries.length).map((x) => x.index);
           } else {
             assert.equal(r.status, 503, body);
             assert.ok(Number(r.headers.get('retry-after')) >= 1);

@@ -7,6 +7,7 @@ import { createHash, generateKeyPairSync, randomBytes, sign } from 'node:crypto'
 import { after, before, test } from 'node:test';
 import { verifyLookup } from '../../src/core/lookup.js';
 import { verifierFromVkey } from '../../src/core/note.js';
+import { parseReceipts } from '../../src/core/receipts.js';
 import {
   cleanup,
   type EntryJson,
@@ -51,7 +52,7 @@ batch_delay_ms = 5
   const entries = makeEntries(50, 'keep');
   const r = await submit(srv.url, entries, auth);
   assert.equal(r.status, 200);
-  const receipts = ((await r.json()) as { receipts: Array<{ index: number }> }).receipts;
+  const receipts = parseReceipts(await r.json(), entries.length);
   acked = entries.map((entry, i) => ({ entry, index: receipts[i].index }));
 });
 

@@ -6,9 +6,11 @@ import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { openCheckpoint } from '../../src/core/checkpoint.js';
+import { encodeEntry } from '../../src/core/entry.js';
 import { verifyLookup } from '../../src/core/lookup.js';
 import { leafHash, verifyConsistency, verifyInclusion } from '../../src/core/merkle.js';
 import { verifierFromVkey } from '../../src/core/note.js';
+import { parseReceipts } from '../../src/core/receipts.js';
 import {
   cleanup,
   makeEntries,
@@ -24,11 +26,9 @@ import {
 
 const b64 = (s: string) => Buffer.from(s, 'base64');
 
-interface Receipt {
-  index: number;
-  duplicate: boolean;
-  checkpoint: string;
-  proof: string[];
+/** Receipts of a submit answer, read as the client reads them. */
+async function receiptsOf(r: Response | string, count: number) {
+  return parseReceipts(typeof r === 'string' ? JSON.parse(r) : await r.json(), count);
 }
 
 describe('first start and the read/write API', () => {
@@ -96,19 +96,26 @@ describe('first start and the read/write API', () => {
     entries[0].metadata = Buffer.from('{"name":"hello-2.12"}').toString('base64');
     const r = await submit(srv.url, entries, auth);
     assert.equal(r.status, 200, await r.clone().text());
-    const { receipts } = (await r.json()) as { receipts: Receipt[] };
-    assert.equal(receipts.length, 300);
+    const receipts = await receiptsOf(r, 300);
     const indexes = new Set(receipts.map((x) => x.index));
     assert.equal(indexes.size, 300);
-    for (const rc of receipts.slice(0, 20)) {
+    // every receipt: its checkpoint is signed and its proof includes this very entry
+    for (const [i, rc] of receipts.entries()) {
       assert.equal(rc.duplicate, false);
       const { checkpoint } = openCheckpoint(rc.checkpoint, verifier);
-      assert.ok(checkpoint.size > rc.index);
+      const e = entries[i];
+      const data = encodeEntry({
+        protocol: e.protocol,
+        key: Buffer.from(e.key),
+        value: Buffer.from(e.value, 'hex'),
+        metadata: Buffer.from(e.metadata ?? '', 'base64'),
+      });
+      verifyInclusion(leafHash(data), rc.index, checkpoint.size, rc.proof, checkpoint.rootHash);
     }
 
     // resubmitting the same values is idempotent
     const again = await submit(srv.url, entries.slice(0, 5), auth);
-    const rr = ((await again.json()) as { receipts: Receipt[] }).receipts;
+    const rr = await receiptsOf(again, 5);
     assert.deepEqual(
       rr.map((x) => [x.index, x.duplicate]),
       receipts.slice(0, 5).map((x) => [x.index, true]),
@@ -394,7 +401,7 @@ batch_delay_ms = 300
       authorization: `Bearer ${tokA}`,
     });
     assert.equal(ok.status, 200, ok.body);
-    assert.equal((JSON.parse(ok.body) as { receipts: Receipt[] }).receipts.length, 2);
+    assert.equal((await receiptsOf(ok.body, 2)).length, 2);
     const forbidden = await unixRequest(sock, 'POST', '/logs/beta/submit', body, {
       ...json,
       authorization: `Bearer ${tokA}`,
