@@ -241,6 +241,14 @@ const MAX_PROOF_TOPS = 65_536;
  */
 const OFFLOAD_MIN_UPDATES = 2048;
 
+/**
+ * Key of a tile in Log.fullTiles: a number, not a "level/index" string that every lookup would build
+ * and hash (a level-0 tile's key is its index). Exact while index < 2^40 and level < 2^12.
+ */
+function tileKey(level: number, index: number): number {
+  return level * 2 ** 40 + index;
+}
+
 /** Slot of a root or depth-8 stratum id in Log.topStrata. */
 function topSlot(id: Uint8Array): number {
   return id[0] === 0 ? 0 : 1 + id[1];
@@ -269,7 +277,7 @@ export class Log {
   private readonly maxPending: number;
   private readonly onBatch: ((b: BatchInfo) => void) | undefined;
   /** Full tiles never change, so they are cached across snapshots (bounded, oldest dropped first). */
-  private readonly fullTiles = new Map<string, StoredTile>();
+  private readonly fullTiles = new Map<number, StoredTile>();
   /**
    * The top two strata levels (at most 257 rows: slot 0 is the root stratum, slot 1 + b the
    * depth-8 stratum under first byte b) are read by every lookup and every batch. They are
@@ -388,9 +396,9 @@ export class Log {
 
   /** A tile getter over a snapshot, memoising within one operation and caching full tiles. */
   private tileGetter(snap: LogSnapshot): TileGetter {
-    const memo = new Map<string, StoredTile | undefined>();
+    const memo = new Map<number, StoredTile | undefined>();
     return (level, index) => {
-      const k = `${level}/${index}`;
+      const k = tileKey(level, index);
       let t = this.fullTiles.get(k);
       if (t) return t;
       if (memo.has(k)) return memo.get(k);
@@ -977,7 +985,7 @@ export class Log {
     // Inside a full tile the audit path is one stored hash per row, encoded straight from the tile
     // (usually from the cache of full tiles, without a getter for this one lookup).
     if (top.n === TILE_WIDTH) {
-      let t = this.fullTiles.get(`0/${tile}`);
+      let t = this.fullTiles.get(tileKey(0, tile));
       if (t === undefined) {
         getTile ??= this.tileGetter(snap);
         t = getTile(0, tile);

@@ -123,6 +123,8 @@ function parseCount(v: unknown, name: string): number | undefined {
 }
 
 function decodeSegment(s: string, what: string): string {
+  // decodeURIComponent returns a string without '%' unchanged (store paths never have one)
+  if (!s.includes('%')) return s;
   try {
     return decodeURIComponent(s);
   } catch {
