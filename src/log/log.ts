@@ -241,6 +241,14 @@ const MAX_PROOF_TOPS = 65_536;
  */
 const OFFLOAD_MIN_UPDATES = 2048;
 
+/**
+ * Key of a tile in Log.fullTiles: a number, not a "level/index" string that every lookup would build
+ * and hash (a level-0 tile's key is its index). Exact while index < 2^40 and level < 2^12.
+ */
+function tileKey(level: number, index: number): number {
+  return level * 2 ** 40 + index;
+}
+
 /** Slot of a root or depth-8 stratum id in Log.topStrata. */
 function topSlot(id: Uint8Array): number {
   return id[0] === 0 ? 0 : 1 + id[1];
@@ -269,7 +277,7 @@ export class Log {
   private readonly maxPending: number;
   private readonly onBatch: ((b: BatchInfo) => void) | undefined;
   /** Full tiles never change, so they are cached across snapshots (bounded, oldest dropped first). */
-  private readonly fullTiles = new Map<string, StoredTile>();
+  private readonly fullTiles = new Map<number, StoredTile>();
   /**
    * The top two strata levels (at most 257 rows: slot 0 is the root stratum, slot 1 + b the
    * depth-8 stratum under first byte b) are read by every lookup and every batch. They are
@@ -290,9 +298,8 @@ export class Log {
    */
   private readonly proofTops = new Map<number, { hashes: string[]; start: number; n: number }>();
   private proofTopsSize = -1;
-  /** The head's checkpoint as a JSON string literal, for answers built as text. */
-  private checkpointJsonOf = '';
-  private checkpointJson = '""';
+  /** The start of answers for the last checkpoint and protocol (see answerPrefix). */
+  private prefixCache: { checkpoint: string; protocol: string; text: string; bytes: Buffer } | undefined;
   /** Runs big batches' sparse index updates on another core (undefined for a read-only log). */
   private readonly offload: SmtOffload | undefined;
 
@@ -389,9 +396,9 @@ export class Log {
 
   /** A tile getter over a snapshot, memoising within one operation and caching full tiles. */
   private tileGetter(snap: LogSnapshot): TileGetter {
-    const memo = new Map<string, StoredTile | undefined>();
+    const memo = new Map<number, StoredTile | undefined>();
     return (level, index) => {
-      const k = `${level}/${index}`;
+      const k = tileKey(level, index);
       let t = this.fullTiles.get(k);
       if (t) return t;
       if (memo.has(k)) return memo.get(k);
@@ -844,7 +851,32 @@ export class Log {
     const path = indexPath(protocol, key);
     return this.read((snap) => {
       const head = this.snapshotHead(snap);
-      const { body, present } = this.answerJson(snap, head, protocol, key, path);
+      const { rest, present } = this.answerRest(snap, head, key, path);
+      return { body: this.answerPrefix(head, protocol).text + rest, size: head.size, present };
+    });
+  }
+
+  /**
+   * `lookupJson`'s body as UTF-8 bytes, what a server writes. The checkpoint note's signature lines
+   * start with an em dash, so the text form is a two-byte string that every write would have to
+   * measure and encode again; here only the part after the key's opening quote, which is ASCII
+   * (base64 and digits), is copied after the cached bytes of the part before it. `cached` is asked
+   * for an answer it already holds for the tree size of this read's snapshot before one is built.
+   */
+  lookupJsonBytes(
+    protocol: string,
+    key: Uint8Array,
+    cached?: (size: number) => Buffer | undefined,
+  ): { body: Buffer; size: number; present: boolean | undefined } {
+    return this.read((snap) => {
+      const head = this.snapshotHead(snap);
+      const hit = cached?.(head.size);
+      if (hit !== undefined) return { body: hit, size: head.size, present: undefined };
+      const { rest, present } = this.answerRest(snap, head, key, indexPath(protocol, key));
+      const prefix = this.answerPrefix(head, protocol).bytes;
+      const body = Buffer.allocUnsafe(prefix.length + rest.length);
+      prefix.copy(body, 0);
+      body.write(rest, prefix.length, 'latin1');
       return { body, size: head.size, present };
     });
   }
@@ -860,38 +892,46 @@ export class Log {
     const paths = keys.map((k) => indexPath(protocol, k));
     return this.read((snap) => {
       const head = this.snapshotHead(snap);
+      const prefix = this.answerPrefix(head, protocol).text;
       let body = '{"answers":[';
       let present = 0;
       for (let i = 0; i < keys.length; i++) {
-        const a = this.answerJson(snap, head, protocol, keys[i], paths[i]);
+        const a = this.answerRest(snap, head, keys[i], paths[i]);
         if (a.present) present++;
-        body += i === 0 ? a.body : `,${a.body}`;
+        body += i === 0 ? prefix + a.rest : `,${prefix}${a.rest}`;
       }
       return { body: `${body}]}`, size: head.size, present };
     });
   }
 
-  /** One lookup answer as JSON text, built directly rather than through JSON.stringify. */
-  private answerJson(
+  /**
+   * The start of every answer for `protocol` against `head`, up to the key's opening quote, as text
+   * and as UTF-8 bytes; remembered for the last checkpoint and protocol asked for.
+   */
+  private answerPrefix(head: LogHead, protocol: string): { text: string; bytes: Buffer } {
+    const p = this.prefixCache;
+    if (p !== undefined && p.checkpoint === head.checkpoint && p.protocol === protocol) return p;
+    const text = `{"checkpoint":${JSON.stringify(head.checkpoint)},"protocol":${JSON.stringify(protocol)},"key":"`;
+    this.prefixCache = { checkpoint: head.checkpoint, protocol, text, bytes: Buffer.from(text, 'utf8') };
+    return this.prefixCache;
+  }
+
+  /** One lookup answer's JSON text after the key's opening quote (see answerPrefix): ASCII only. */
+  private answerRest(
     snap: LogSnapshot,
     head: LogHead,
-    protocol: string,
     key: Uint8Array,
     path: Buffer,
-  ): { body: string; present: boolean } {
+  ): { rest: string; present: boolean } {
     const { mapProof, entry } = this.lookupIn(snap, head, path);
-    if (this.checkpointJsonOf !== head.checkpoint) {
-      this.checkpointJson = JSON.stringify(head.checkpoint);
-      this.checkpointJsonOf = head.checkpoint;
-    }
-    let body = `{"checkpoint":${this.checkpointJson},"protocol":${JSON.stringify(protocol)},"key":"${toBase64(key)}","mapProof":"${mapProof}"`;
+    let rest = `${toBase64(key)}","mapProof":"${mapProof}"`;
     if (entry) {
-      body += `,"entry":{"index":${entry.index},"data":"${entry.data}","proof":[`;
+      rest += `,"entry":{"index":${entry.index},"data":"${entry.data}","proof":[`;
       const p = entry.proof;
-      for (let i = 0; i < p.length; i++) body += i === 0 ? `"${p[i]}"` : `,"${p[i]}"`;
-      body += ']}';
+      for (let i = 0; i < p.length; i++) rest += i === 0 ? `"${p[i]}"` : `,"${p[i]}"`;
+      rest += ']}';
     }
-    return { body: `${body}}`, present: entry !== undefined };
+    return { rest: `${rest}}`, present: entry !== undefined };
   }
 
   /** The base64 parts of an answer for `path` against `head`, read from `snap`. */
@@ -906,10 +946,13 @@ export class Log {
       this.stratumReader(snap, head.mapRoot, true),
       this.heapOf,
     );
-    const mapProof = toBase64(proof);
+    const mapProof = proof.toString('base64');
     if (!value) return { mapProof };
-    const { logIndex } = parseIndexValue(value);
-    const data = snap.entry(logIndex);
+    // parseIndexValue's checks without its BigInt: it throws for exactly these values
+    if (value.length !== 40 || value[0] !== 0 || value[1] >= 0x20) parseIndexValue(value);
+    const logIndex = value.readUInt32BE(0) * 2 ** 32 + value.readUInt32BE(4);
+    // encoded before anything else is read: `peekEntry` may hand out a buffer the next read reuses
+    const data = snap.peekEntry ? snap.peekEntry(logIndex) : snap.entry(logIndex);
     if (!data) throw new StorageError(`index points at missing entry ${logIndex}`);
     return {
       mapProof,
@@ -927,10 +970,11 @@ export class Log {
       this.proofTops.clear();
       this.proofTopsSize = size;
     }
-    const getTile = this.tileGetter(snap);
     const tile = Math.floor(index / TILE_WIDTH);
     let top = this.proofTops.get(tile);
+    let getTile: TileGetter | undefined;
     if (top === undefined) {
+      getTile = this.tileGetter(snap);
       const reader = hashReaderFromTiles(getTile);
       const above = inclusionProofAbove(index, size, TILE_WIDTH, reader, this.rangeCache);
       const hashes = new Array<string>(above.hashes.length);
@@ -938,9 +982,14 @@ export class Log {
       top = { hashes, start: above.start, n: above.n };
       this.proofTops.set(tile, top);
     }
-    // Inside a full tile the audit path is one stored hash per row, encoded straight from the tile.
+    // Inside a full tile the audit path is one stored hash per row, encoded straight from the tile
+    // (usually from the cache of full tiles, without a getter for this one lookup).
     if (top.n === TILE_WIDTH) {
-      const t = getTile(0, tile);
+      let t = this.fullTiles.get(tileKey(0, tile));
+      if (t === undefined) {
+        getTile ??= this.tileGetter(snap);
+        t = getTile(0, tile);
+      }
       if (t !== undefined && t.width === TILE_WIDTH && t.expanded.length === expandedTileSize(TILE_WIDTH)) {
         const ex = Buffer.isBuffer(t.expanded)
           ? t.expanded
@@ -955,6 +1004,7 @@ export class Log {
         return out;
       }
     }
+    getTile ??= this.tileGetter(snap);
     const below = inclusionProofBelow(index, top.start, top.n, hashReaderFromTiles(getTile), this.rangeCache);
     const out = new Array<string>(below.length + top.hashes.length);
     for (let i = 0; i < below.length; i++) out[i] = toBase64(below[i]);

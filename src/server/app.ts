@@ -36,7 +36,8 @@ export interface ServedLog {
   metrics: LogMetrics;
   /** Set once the log is closing: reads and writes get 503 from then on. */
   closed: boolean;
-  lookupCache: LookupCache;
+  /** Answer bodies (UTF-8 JSON) by the raw path of their GET. */
+  lookupCache: LookupCache<Buffer>;
 }
 
 export interface AppContext {
@@ -122,6 +123,8 @@ function parseCount(v: unknown, name: string): number | undefined {
 }
 
 function decodeSegment(s: string, what: string): string {
+  // decodeURIComponent returns a string without '%' unchanged (store paths never have one)
+  if (!s.includes('%')) return s;
   try {
     return decodeURIComponent(s);
   } catch {
@@ -159,8 +162,8 @@ function answerTile(sl: ServedLog, rest: string): Buffer {
   return body;
 }
 
-/** The lookup answer (JSON text) for `rest` = `lookup/<protocol>/<key>`, percent-encoded. */
-function answerLookup(sl: ServedLog, rest: string): string {
+/** The lookup answer (UTF-8 JSON) for `rest` = `lookup/<protocol>/<key>`, percent-encoded. */
+function answerLookup(sl: ServedLog, rest: string): Buffer {
   const start = 'lookup/'.length;
   const slash = rest.indexOf('/', start);
   if (slash <= start || slash === rest.length - 1) {
@@ -173,13 +176,13 @@ function answerLookup(sl: ServedLog, rest: string): string {
   const key = Buffer.from(decodeSegment(rest.slice(slash + 1), 'key'), 'utf8');
   if (key.length < 1 || key.length > MAX_KEY_LENGTH)
     throw new HttpError(400, 'BAD_REQUEST', `key must be 1-${MAX_KEY_LENGTH} bytes`);
-  const cached = sl.lookupCache.get(rest, sl.log.head().size);
-  if (cached !== undefined) {
-    sl.metrics.lookupCached.inc();
-    return cached;
-  }
+  // the cache is asked inside the lookup's read, for the size of the head that read sees
   const t0 = performance.now();
-  const { body, size, present } = sl.log.lookupJson(protocol, key);
+  const { body, size, present } = sl.log.lookupJsonBytes(protocol, key, (at) => sl.lookupCache.get(rest, at));
+  if (present === undefined) {
+    sl.metrics.lookupCached.inc();
+    return body;
+  }
   sl.metrics.lookupSeconds.observe((performance.now() - t0) / 1000);
   (present ? sl.metrics.lookupPresent : sl.metrics.lookupAbsent).inc();
   sl.lookupCache.set(rest, size, body);

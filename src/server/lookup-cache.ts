@@ -3,12 +3,12 @@
  * is served from here only while the log's head is still the checkpoint it carries, so a cached
  * answer is byte for byte what a fresh lookup would give, and never older than the head.
  */
-export class LookupCache {
-  private readonly map = new Map<string, { size: number; body: string }>();
+export class LookupCache<Body = string> {
+  private readonly map = new Map<string, { size: number; body: Body }>();
 
   constructor(readonly capacity: number) {}
 
-  get(key: string, headSize: number): string | undefined {
+  get(key: string, headSize: number): Body | undefined {
     const e = this.map.get(key);
     if (e === undefined) return undefined;
     this.map.delete(key);
@@ -18,7 +18,7 @@ export class LookupCache {
     return e.body;
   }
 
-  set(key: string, size: number, body: string): void {
+  set(key: string, size: number, body: Body): void {
     if (this.capacity === 0) return;
     if (this.map.size >= this.capacity) this.map.delete(this.map.keys().next().value!);
     this.map.set(key, { size, body });

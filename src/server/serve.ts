@@ -78,7 +78,7 @@ export class TrustixServer {
           log,
           metrics: undefined!,
           closed: false,
-          lookupCache: new LookupCache(config.limits.lookupCacheEntries),
+          lookupCache: new LookupCache<Buffer>(config.limits.lookupCacheEntries),
         });
         say(`log ${lc.id}: origin ${log.origin}`);
         say(`log ${lc.id}: vkey ${log.vkey}`);

@@ -92,25 +92,39 @@ export class LmdbLogStore implements LogStore {
       );
       return b === undefined ? undefined : b.subarray(0, b.length);
     },
+    peekEntry: (i) => {
+      const b = this.entriesDb.getBinaryFast(i);
+      return b === undefined ? undefined : b.subarray(0, b.length);
+    },
   };
 
-  private lastHeadText: string | undefined;
+  private lastHeadBytes: Buffer | undefined;
   private lastHead: LogHead | undefined;
 
   private readHead(): LogHead | undefined {
-    const text = this.metaDb.get('head');
-    if (text === undefined) return undefined;
-    // the head is read by every lookup; parse it only when it changed
-    if (text === this.lastHeadText) return this.lastHead;
+    // The head is read by every lookup (twice per request by a server). Its bytes are compared in
+    // lmdb's reused buffer and decoded and parsed only when they changed: the checkpoint's em dash
+    // made each decoding a two-byte string of the whole record.
+    const raw = this.metaDb.getBinaryFast('head');
+    if (raw === undefined) return undefined;
+    const bytes = raw.subarray(0, raw.length);
+    if (this.lastHeadBytes !== undefined && Buffer.compare(bytes, this.lastHeadBytes) === 0)
+      return this.lastHead;
+    const copy = Buffer.from(bytes);
     try {
-      const j = JSON.parse(text) as { size: number; rootHash: string; mapRoot: string; checkpoint: string };
+      const j = JSON.parse(copy.toString('utf8')) as {
+        size: number;
+        rootHash: string;
+        mapRoot: string;
+        checkpoint: string;
+      };
       const head = {
         size: j.size,
         rootHash: Buffer.from(j.rootHash, 'base64'),
         mapRoot: Buffer.from(j.mapRoot, 'base64'),
         checkpoint: j.checkpoint,
       };
-      this.lastHeadText = text;
+      this.lastHeadBytes = copy;
       this.lastHead = head;
       return head;
     } catch (err) {

@@ -35,6 +35,8 @@ export interface LogSnapshot {
    * copy): for a caller that is done with a row before it reads anything else. Optional.
    */
   peekStratum?(id: Uint8Array): Uint8Array | undefined;
+  /** `entry` in a buffer that the next read of this store may reuse, like `peekStratum`. Optional. */
+  peekEntry?(index: number): Uint8Array | undefined;
 }
 
 export interface CommitBatch {

@@ -196,6 +196,22 @@ describe('log', () => {
         assert.equal(json.body, JSON.stringify(answer));
         assert.equal(json.present, answer.entry !== undefined);
         assert.equal(json.size, openCheckpoint(answer.checkpoint, verifier).checkpoint.size);
+        // the bytes a server sends: the same text in UTF-8 (the checkpoint's em dash included)
+        const bytes = log.lookupJsonBytes('nix', key);
+        assert.deepEqual(bytes.body, Buffer.from(json.body, 'utf8'));
+        assert.equal(bytes.size, json.size);
+        assert.equal(bytes.present, json.present);
+        // a cache is asked for the size the read sees, and what it holds is answered as is
+        const sizes: number[] = [];
+        const hit = log.lookupJsonBytes('nix', key, (size) => {
+          sizes.push(size);
+          return Buffer.from('cached');
+        });
+        assert.deepEqual(sizes, [json.size]);
+        assert.equal(hit.body.toString(), 'cached');
+        assert.equal(hit.present, undefined);
+        const miss = log.lookupJsonBytes('nix', key, () => undefined);
+        assert.deepEqual(miss.body, bytes.body);
         assert.notEqual(verifyLookup(answer, verifier, { protocol: 'nix', key }).status, 'invalid');
       }
     };
@@ -211,6 +227,12 @@ describe('log', () => {
         ]) {
           const copy = snap.stratum(id);
           const peeked = snap.peekStratum!(id);
+          assert.deepEqual(peeked === undefined ? undefined : Buffer.from(peeked), copy);
+        }
+        const size = snap.head()!.size;
+        for (const i of [0, size - 1, size]) {
+          const copy = snap.entry(i);
+          const peeked = snap.peekEntry!(i);
           assert.deepEqual(peeked === undefined ? undefined : Buffer.from(peeked), copy);
         }
       });
@@ -232,6 +254,12 @@ describe('log', () => {
     await log.submit([{ ...entry('q', 1), protocol: 'a"b\\c' }]);
     const odd = log.lookupJson('a"b\\c', Buffer.from('q'));
     assert.equal(odd.body, JSON.stringify(log.lookup('a"b\\c', Buffer.from('q'))));
+    assert.deepEqual(log.lookupJsonBytes('a"b\\c', Buffer.from('q')).body, Buffer.from(odd.body));
+    // answers for two protocols in a row each carry their own protocol
+    assert.equal(
+      log.lookupJson('nix', Buffer.from('q')).body,
+      JSON.stringify(log.lookup('nix', Buffer.from('q'))),
+    );
     await log.close();
     // a read-only log adopts the snapshot's root for its caches and gives the same answers
     const ro = await Log.open(dir, { readOnly: true });
