@@ -42,6 +42,13 @@ function unpackRows(p: PackedRows): Buffer[] {
   return out;
 }
 
+/**
+ * The worker's young generation. V8 gives a worker the same as the main thread (32 MB, almost all
+ * of it resident during ingest), but what the worker allocates per update dies young or lives for a
+ * whole batch, so a smaller nursery costs it little CPU and saves about 24 MB of resident memory.
+ */
+const WORKER_YOUNG_GENERATION_MB = 8;
+
 export interface OffloadRequest {
   type: 'apply';
   seq: number;
@@ -91,7 +98,11 @@ export class SmtOffload {
     let w: Worker;
     try {
       const e = workerEntry(import.meta.url, 'smt-worker');
-      w = new Worker(e.entry, { eval: e.eval, workerData: { dir: this.dir } });
+      w = new Worker(e.entry, {
+        eval: e.eval,
+        workerData: { dir: this.dir },
+        resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB },
+      });
     } catch {
       this.broken = true;
       return undefined;

@@ -47,6 +47,14 @@ export class LmdbLogStore implements LogStore {
         noSync: false,
         compression: false,
         readOnly: opts.readOnly ?? false,
+        // A writer changes pages in the map itself instead of in a private copy of each page it
+        // touches: without it, every commit's dirty pages (about 45 MB per 10k-entry batch at a
+        // million entries, most of them strata rows) were allocated on lmdb-js's write thread and
+        // kept by LMDB and the allocator afterwards, 60-100 MB of anonymous memory. The file pages
+        // it writes are the ones later reads map anyway (docs/performance.md, "Memory"). Commits
+        // stay as durable: LMDB msyncs the pages before it writes the meta page. The file is sized
+        // to the map (sparse). Never for a read-only open, which cannot resize the file.
+        useWritemap: !(opts.readOnly ?? false),
         // Default is a 1 MiB initial map that grows by remapping; start bigger to remap rarely.
         mapSize: 1 << 30,
       });
