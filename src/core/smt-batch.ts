@@ -13,11 +13,11 @@
  * by hand (Buffer#copy allocates a temporary view per call).
  */
 import { FormatError } from './errors.js';
-import { sha256 } from './hash.js';
+import { sha256Into } from './hash.js';
 import {
   asBuffer,
   corrupt,
-  leafHashAt,
+  leafHashInto,
   nodeHashAt,
   ROOT_STRATUM_ID,
   SMT_EMPTY,
@@ -111,7 +111,7 @@ class BatchWriter {
   private readonly frames: Frame[];
   private readonly pairs: Buffer[];
   readonly writes = new Map<string, { id: Buffer; data: Buffer }>();
-  private leafHash: Buffer = SMT_EMPTY;
+  private readonly leafHash = Buffer.alloc(32);
 
   constructor(
     private readonly paths: Buffer[],
@@ -153,7 +153,7 @@ class BatchWriter {
   /** Copies hash `h` of the current row of `f` to dst[d..d+32). */
   private put(f: Frame, h: number, dst: Buffer, d: number): void {
     if (h >= 0) copy32(f.out, f.base + h, dst, d);
-    else if (h === H_LEAF) dst.set(this.leafHash, d);
+    else if (h === H_LEAF) copy32(this.leafHash, 0, dst, d);
     else dst.fill(0, d, d + 32);
   }
 
@@ -239,8 +239,7 @@ class BatchWriter {
   private closeNode(f: Frame, depth: number, slot: number, right: number): number {
     const scratch = this.pairs[depth];
     this.put(f, right, scratch, 33);
-    const h = sha256(scratch);
-    f.out.set(h, f.base + slot);
+    sha256Into(scratch, f.out, f.base + slot);
     return slot;
   }
 
@@ -272,7 +271,7 @@ class BatchWriter {
       f.pos = end;
       if (tag === TAG_EMPTY) return H_EMPTY;
       if (tag === TAG_LEAF) {
-        this.leafHash = leafHashAt(f.out, at);
+        leafHashInto(f.out, at, this.leafHash, 0);
         return H_LEAF;
       }
       return at + 1 - f.base;
@@ -354,7 +353,7 @@ class BatchWriter {
         copyBytes(value, 0, value.length, out, at + 34);
         f.len += n;
       }
-      this.leafHash = leafHashAt(f.out, at);
+      leafHashInto(f.out, at, this.leafHash, 0);
       return H_LEAF;
     }
     if (depth === f.top + STRATUM_LEVELS) {
@@ -376,10 +375,14 @@ class BatchWriter {
   }
 }
 
+/** Submission positions below this fit beside 32 bits of path in one exact double (see sortBatch). */
+const POS_LIMIT = 2 ** 21;
+
 /** Validates, sorts by path and drops all but the last update of each path. */
 function sortBatch(updates: readonly SmtUpdate[]): { paths: Buffer[]; values: Buffer[] } {
   const n = updates.length;
-  // Sorting on the first 48 bits as a number avoids a Buffer.compare per comparison in almost all cases.
+  // Each key is the path's first 32 bits followed by the submission position, so a plain numeric
+  // sort of the keys (native, no comparison callback) orders by those bits and then by position.
   const keys = new Float64Array(n);
   for (let i = 0; i < n; i++) {
     const u = updates[i];
@@ -388,21 +391,32 @@ function sortBatch(updates: readonly SmtUpdate[]): { paths: Buffer[]; values: Bu
     if (u.value.length > SMT_MAX_VALUE_LENGTH) {
       throw new FormatError(`sparse index value must be at most 255 bytes, got ${u.value.length}`);
     }
-    keys[i] =
-      p[0] * 0x10000000000 + p[1] * 0x100000000 + (((p[2] << 24) | (p[3] << 16) | (p[4] << 8) | p[5]) >>> 0);
+    // a batch too big for the position field gets keys without it, all in one run (sorted below)
+    keys[i] = n < POS_LIMIT ? (((p[0] << 24) | (p[1] << 16) | (p[2] << 8) | p[3]) >>> 0) * POS_LIMIT + i : 0;
   }
+  keys.sort();
   const order = new Uint32Array(n);
-  for (let i = 0; i < n; i++) order[i] = i;
-  order.sort((a, b) => keys[a] - keys[b] || Buffer.compare(updates[a].path, updates[b].path) || a - b);
+  for (let j = 0; j < n; j++) order[j] = n < POS_LIMIT ? keys[j] % POS_LIMIT : j;
+  // Paths that share their first 32 bits (rare) are ordered by the rest, then by position.
+  const byPath = (a: number, b: number) => Buffer.compare(updates[a].path, updates[b].path) || a - b;
+  for (let j = 0; j < n; ) {
+    const high = Math.floor(keys[j] / POS_LIMIT);
+    let e = j + 1;
+    while (e < n && Math.floor(keys[e] / POS_LIMIT) === high) e++;
+    if (e - j > 1) order.subarray(j, e).sort(byPath);
+    j = e;
+  }
   const paths: Buffer[] = [];
   const values: Buffer[] = [];
   for (let j = 0; j < n; j++) {
     const i = order[j];
-    if (j + 1 < n) {
-      const k = order[j + 1];
-      // Equal paths are adjacent and in submission order: keep the last.
-      if (keys[i] === keys[k] && Buffer.compare(updates[i].path, updates[k].path) === 0) continue;
-    }
+    // Equal paths are adjacent and in submission order: keep the last.
+    if (
+      j + 1 < n &&
+      Math.floor(keys[j] / POS_LIMIT) === Math.floor(keys[j + 1] / POS_LIMIT) &&
+      Buffer.compare(updates[i].path, updates[order[j + 1]].path) === 0
+    )
+      continue;
     paths.push(asBuffer(updates[i].path));
     values.push(asBuffer(updates[i].value));
   }
@@ -418,6 +432,10 @@ function sortBatch(updates: readonly SmtUpdate[]): { paths: Buffer[]; values: Bu
 export function smtApplyBatch(
   root: Buffer,
   updates: readonly SmtUpdate[],
+  /**
+   * Rows are read depth-first: a row of level L (id[0] = L) is no longer used once the next row of
+   * level L is read, so a reader may hand out one reused buffer per level.
+   */
   read: StratumReader,
   /** Told the old value of every path that the batch replaces (paths it inserts are not reported). */
   onReplace?: (path: Buffer, oldValue: Buffer) => void,

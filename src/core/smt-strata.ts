@@ -4,7 +4,7 @@
  *   0x02 hash(32) left right NODE | 0x03 hash(32) REF.
  */
 import { FormatError, StorageError } from './errors.js';
-import { sha256 } from './hash.js';
+import { sha256, sha256Into } from './hash.js';
 
 /** Hash of an empty subtree and root of the empty tree. */
 export const SMT_EMPTY: Buffer = Buffer.alloc(32);
@@ -58,6 +58,13 @@ export function leafHashAt(buf: Buffer, off: number): Buffer {
   const len = buf[off + 1];
   buf.copy(leafScratch, 1, off + 2, off + 34 + len);
   return sha256(leafView(len));
+}
+
+/** leafHashAt written to out[at..at+32) instead of a new buffer. */
+export function leafHashInto(buf: Buffer, off: number, out: Uint8Array, at: number): void {
+  const len = buf[off + 1];
+  buf.copy(leafScratch, 1, off + 2, off + 34 + len);
+  sha256Into(leafView(len), out, at);
 }
 
 /** Bit `i` (0 = most significant bit of byte 0) of a path. */

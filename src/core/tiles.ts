@@ -12,7 +12,7 @@
  * roots are plain reads, and an append hashes each new node exactly once.
  */
 import { FormatError, StorageError } from './errors.js';
-import { HASH_SIZE, sha256 } from './hash.js';
+import { HASH_SIZE, sha256Into } from './hash.js';
 import type { HashReader } from './merkle.js';
 
 export const TILE_HEIGHT = 8;
@@ -223,7 +223,7 @@ const scratch65 = Buffer.alloc(65);
 function hashAdjacentInto(src: Buffer, off: number, dst: Buffer, dstOff: number): void {
   scratch65[0] = NODE_PREFIX;
   src.copy(scratch65, 1, off, off + 2 * HASH_SIZE);
-  sha256(scratch65).copy(dst, dstOff);
+  sha256Into(scratch65, dst, dstOff);
 }
 
 /** Fills rows 1..7 of `tile`, hashing only the nodes that a tile of `oldWidth` did not have yet. */

@@ -126,49 +126,49 @@ function refuse(p: Pending, err: unknown): void {
 /**
  * A map keyed by 32-byte index paths. Paths are SHA-256 outputs, so 30 bits of one make a small
  * integer key that rarely collides (collisions chain): cheaper than a 32-character string per path.
+ * Slots live in parallel arrays, so an entry is no object of its own (a batch plans 10k of them).
  */
-interface PathSlot<V> {
-  path: Buffer;
-  value: V;
-  next: PathSlot<V> | undefined;
-}
-
 class PathMap<V> {
-  private readonly slots = new Map<number, PathSlot<V>>();
-  private count = 0;
+  /** 30 bits of a path -> its first slot; slots of the same bits chain through `next` (-1 ends). */
+  private readonly first = new Map<number, number>();
+  private readonly paths: Buffer[] = [];
+  private readonly values: V[] = [];
+  private readonly next: number[] = [];
 
   private static key(path: Buffer): number {
     return path[0] | (path[1] << 8) | (path[2] << 16) | ((path[3] & 0x3f) << 24);
   }
 
+  private slot(path: Buffer, from: number | undefined): number {
+    for (let s = from ?? -1; s >= 0; s = this.next[s]) if (equalBytes(this.paths[s], path)) return s;
+    return -1;
+  }
+
   get(path: Buffer): V | undefined {
-    for (let s = this.slots.get(PathMap.key(path)); s !== undefined; s = s.next) {
-      if (equalBytes(s.path, path)) return s.value;
-    }
-    return undefined;
+    const s = this.slot(path, this.first.get(PathMap.key(path)));
+    return s < 0 ? undefined : this.values[s];
   }
 
   set(path: Buffer, value: V): void {
     const k = PathMap.key(path);
-    const first = this.slots.get(k);
-    for (let s = first; s !== undefined; s = s.next) {
-      if (equalBytes(s.path, path)) {
-        s.value = value;
-        return;
-      }
+    const first = this.first.get(k);
+    const s = this.slot(path, first);
+    if (s >= 0) {
+      this.values[s] = value;
+      return;
     }
-    this.slots.set(k, { path, value, next: first });
-    this.count++;
+    this.first.set(k, this.paths.length);
+    this.paths.push(path);
+    this.values.push(value);
+    this.next.push(first ?? -1);
   }
 
   get size(): number {
-    return this.count;
+    return this.paths.length;
   }
 
   *entries(): Generator<[Buffer, V]> {
-    for (const first of this.slots.values()) {
-      for (let s: PathSlot<V> | undefined = first; s !== undefined; s = s.next) yield [s.path, s.value];
-    }
+    for (let s = 0; s < this.paths.length; s++) yield [this.paths[s], this.values[s]];
   }
 }
 
@@ -588,22 +588,32 @@ export class Log {
       indexes: new Array<number>(batch.length),
       duplicate: new Array<boolean>(batch.length).fill(false),
     };
-    // latest (index, value) per path within this batch, so resubmissions inside a batch are idempotent too
-    const inBatch = new PathMap<StoredValue>();
+    // the latest submission appended per path within this batch (its position), so resubmissions
+    // inside a batch are idempotent too
+    const inBatch = new PathMap<number>();
     for (let i = 0; i < batch.length; i++) {
       const p = batch[i];
-      const prev = inBatch.get(p.path) ?? (stored.size > 0 ? stored.get(p.path) : undefined);
-      if (prev && equalBytes(prev.value, p.value)) {
-        plan.indexes[i] = prev.index;
-        plan.duplicate[i] = true;
-        continue;
+      const j = inBatch.get(p.path);
+      if (j !== undefined) {
+        if (equalBytes(batch[j].value, p.value)) {
+          plan.indexes[i] = plan.indexes[j];
+          plan.duplicate[i] = true;
+          continue;
+        }
+      } else if (stored.size > 0) {
+        const prev = stored.get(p.path);
+        if (prev && equalBytes(prev.value, p.value)) {
+          plan.indexes[i] = prev.index;
+          plan.duplicate[i] = true;
+          continue;
+        }
       }
       const index = firstIndex + plan.appended.length;
       p.leaf ??= sha256(p.framed);
       plan.appended.push(p.framed.subarray(1));
       plan.leafHashes.push(p.leaf);
       plan.updates.push({ path: p.path, value: indexValue(index, p.leaf) });
-      inBatch.set(p.path, { index, value: p.value });
+      inBatch.set(p.path, i);
       plan.indexes[i] = index;
     }
     return plan;
