@@ -31,6 +31,20 @@ export function sha256Pair(prefix: number, a: Uint8Array, b: Uint8Array): Buffer
   return sha256(scratch65);
 }
 
+/** Writes SHA-256(prefix || a || b) of two 32-byte values to out[at..at+32), allocating nothing. */
+export function sha256PairInto(
+  prefix: number,
+  a: Uint8Array,
+  b: Uint8Array,
+  out: Uint8Array,
+  at: number,
+): void {
+  scratch65[0] = prefix;
+  scratch65.set(a, 1);
+  scratch65.set(b, 33);
+  sha256Into(scratch65, out, at);
+}
+
 /** SHA-256(prefix || data). */
 export function sha256Prefixed(prefix: number, data: Uint8Array): Buffer {
   const buf = Buffer.allocUnsafe(1 + data.length);

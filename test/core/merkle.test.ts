@@ -519,6 +519,20 @@ describe('merkle: properties', () => {
     assert.throws(() => new NodeHashMemo(0), FormatError);
   });
 
+  test("NodeHashMemo keeps its digests in slabs of its own, not in Node's shared buffer pool", () => {
+    // a pooled digest would pin its whole pool block for as long as the memo holds it
+    const memo = new NodeHashMemo(4);
+    const pool = leaves(40, 5);
+    const held: Buffer[] = [];
+    for (let i = 0; i + 1 < pool.length; i++) held.push(memo.hash(0x01, pool[i], pool[i + 1]));
+    for (const h of held) assert.notEqual(h.buffer.byteLength, Buffer.poolSize);
+    assert.equal(new Set(held.map((h) => h.buffer)).size, 1, 'one slab for 39 digests');
+    // digests handed out earlier never change, however many calls follow
+    for (let i = 0; i + 1 < pool.length; i++) {
+      assert.deepEqual(held[i], sha256(Buffer.concat([Buffer.from([0x01]), pool[i], pool[i + 1]])));
+    }
+  });
+
   test('inclusion verification through a memo gives the same verdicts as without', () => {
     const h = leaves(70, 11);
     const memo = new NodeHashMemo(3);
