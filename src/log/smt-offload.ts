@@ -24,8 +24,10 @@ export function packRows(items: readonly Uint8Array[], spare: ArrayBuffer[] = []
   let total = 0;
   for (const it of items) total += it.length;
   const k = spare.findIndex((b) => b.byteLength >= total);
-  // not from the Buffer pool: the buffer is transferred whole; a new one with room to grow, as
-  // a batch's rows grow slowly with the log and a spare should fit the next batches
+  // spares too small now stay too small (a batch's rows grow with the log): not kept idle
+  if (k < 0) spare.length = 0;
+  // not from the Buffer pool: the buffer is transferred whole; a new one with room to grow, so
+  // that it fits the next batches when it comes back
   const buffer = k >= 0 ? spare.splice(k, 1)[0] : new ArrayBuffer(total + (total >> 3));
   const bytes = new Uint8Array(buffer, 0, total);
   const ends = new Uint32Array(items.length);
