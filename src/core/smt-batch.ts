@@ -54,7 +54,21 @@ export interface SmtBatchResult {
   deletes: Buffer[];
 }
 
-const SLAB_SIZE = 1 << 16;
+/** Size of the slabs that rows are written into (a bigger one is taken only for a bigger row). */
+export const SLAB_SIZE = 1 << 16;
+
+/**
+ * Where a batch takes its slabs from, for a caller that recycles them (the index worker): `take`
+ * gives a slab of at least `bytes` bytes, `retire` is told when a frame stops writing into one.
+ * A retired slab may still hold rows of results the caller keeps; it is the caller's to reuse once
+ * none of them refers to it.
+ */
+export interface SlabSource {
+  take(bytes: number): Buffer;
+  retire(slab: Buffer): void;
+}
+
+const heapSlabs: SlabSource = { take: (bytes) => Buffer.allocUnsafe(bytes), retire: () => {} };
 
 /** Rewriting state of one stratum level; levels nest depth-first, so one frame per level is enough. */
 interface Frame {
@@ -119,6 +133,7 @@ class BatchWriter {
     private readonly read: StratumReader,
     ws: Workspace,
     private readonly onReplace: ((path: Buffer, oldValue: Buffer) => void) | undefined,
+    private readonly slabs: SlabSource,
   ) {
     this.frames = ws.frames;
     this.pairs = ws.pairs;
@@ -128,23 +143,24 @@ class BatchWriter {
   private begin(level: number, old: Buffer | undefined): Frame {
     let f = this.frames[level];
     if (f === undefined) {
-      const out = Buffer.allocUnsafe(SLAB_SIZE);
+      const out = this.slabs.take(SLAB_SIZE);
       f = { level, top: level * STRATUM_LEVELS, old: undefined, pos: 0, out, base: 0, len: 0 };
       this.frames[level] = f;
     }
     f.old = old;
     f.pos = 1;
     f.base = f.len;
-    BatchWriter.reserve(f, 1);
+    this.reserve(f, 1);
     f.out[f.len++] = STRATUM_VERSION;
     return f;
   }
 
-  private static reserve(f: Frame, n: number): void {
+  private reserve(f: Frame, n: number): void {
     if (f.len + n <= f.out.length) return;
     const used = f.len - f.base;
-    const slab = Buffer.allocUnsafe(Math.max(SLAB_SIZE, 2 * (used + n)));
+    const slab = this.slabs.take(Math.max(SLAB_SIZE, 2 * (used + n)));
     f.out.copy(slab, 0, f.base, f.len);
+    this.slabs.retire(f.out);
     f.out = slab;
     f.base = 0;
     f.len = used;
@@ -227,8 +243,8 @@ class BatchWriter {
   }
 
   /** Reserves a NODE in the row; returns the offset (relative to base) of its hash slot. */
-  private static openNode(f: Frame): number {
-    BatchWriter.reserve(f, 33);
+  private openNode(f: Frame): number {
+    this.reserve(f, 33);
     f.out[f.len] = TAG_NODE;
     const slot = f.len + 1 - f.base;
     f.len += 33;
@@ -244,7 +260,7 @@ class BatchWriter {
   }
 
   private writeRef(f: Frame, h: Buffer): number {
-    BatchWriter.reserve(f, 33);
+    this.reserve(f, 33);
     f.out[f.len] = TAG_REF;
     f.out.set(h, f.len + 1);
     const slot = f.len + 1 - f.base;
@@ -264,7 +280,7 @@ class BatchWriter {
       if (tag === TAG_NODE ? depth >= bottom : tag === TAG_REF && depth !== bottom) {
         throw corrupt('node at the wrong depth');
       }
-      BatchWriter.reserve(f, end - pos);
+      this.reserve(f, end - pos);
       const at = f.len;
       copyBytes(old, pos, end, f.out, at);
       f.len += end - pos;
@@ -297,7 +313,7 @@ class BatchWriter {
       case TAG_NODE: {
         if (depth >= f.top + STRATUM_LEVELS || pos + 33 > old.length) throw corrupt('bad node');
         f.pos = pos + 33;
-        const slot = BatchWriter.openNode(f);
+        const slot = this.openNode(f);
         const mid = this.split(lo, hi, depth);
         this.put(f, this.node(f, depth + 1, lo, mid), this.pairs[depth], 1);
         return this.closeNode(f, depth, slot, this.node(f, depth + 1, mid, hi));
@@ -328,7 +344,7 @@ class BatchWriter {
   ): number {
     const count = hi - lo + (exBuf === undefined ? 0 : 1);
     if (count === 0) {
-      BatchWriter.reserve(f, 1);
+      this.reserve(f, 1);
       f.out[f.len++] = TAG_EMPTY;
       return H_EMPTY;
     }
@@ -336,7 +352,7 @@ class BatchWriter {
       let at: number;
       if (exBuf !== undefined) {
         const n = 34 + exBuf[exOff + 1];
-        BatchWriter.reserve(f, n);
+        this.reserve(f, n);
         at = f.len;
         copyBytes(exBuf, exOff, exOff + n, f.out, at);
         f.len += n;
@@ -344,7 +360,7 @@ class BatchWriter {
         const path = this.paths[lo];
         const value = this.values[lo];
         const n = 34 + value.length;
-        BatchWriter.reserve(f, n);
+        this.reserve(f, n);
         at = f.len;
         const out = f.out;
         out[at] = TAG_LEAF;
@@ -361,7 +377,7 @@ class BatchWriter {
       const h = this.fresh(f.level + 1, stratumId(depth, this.paths[lo]), lo, hi, exBuf, exOff);
       return this.writeRef(f, h);
     }
-    const slot = BatchWriter.openNode(f);
+    const slot = this.openNode(f);
     const mid = this.split(lo, hi, depth);
     const exLeft = exBuf !== undefined && (exBuf[exOff + 2 + (depth >> 3)] & (0x80 >> (depth & 7))) === 0;
     const exRight = exBuf !== undefined && !exLeft;
@@ -439,13 +455,15 @@ export function smtApplyBatch(
   read: StratumReader,
   /** Told the old value of every path that the batch replaces (paths it inserts are not reported). */
   onReplace?: (path: Buffer, oldValue: Buffer) => void,
+  /** Slabs for the new rows; by default fresh ones, left to the garbage collector. */
+  slabs: SlabSource = heapSlabs,
 ): SmtBatchResult {
   if (root.length !== 32) throw new FormatError(`sparse index root must be 32 bytes, got ${root.length}`);
   if (updates.length === 0) return { root: Buffer.from(root), writes: new Map(), deletes: [] };
   const { paths, values } = sortBatch(updates);
   const ws = idle ?? newWorkspace();
   idle = undefined;
-  const w = new BatchWriter(paths, values, read, ws, onReplace);
+  const w = new BatchWriter(paths, values, read, ws, onReplace, slabs);
   try {
     const rootId = Buffer.from(ROOT_STRATUM_ID);
     const r = asBuffer(root);

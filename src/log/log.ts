@@ -193,6 +193,8 @@ interface BatchBuild {
   strata: ReturnType<typeof smtApplyBatch>;
   /** Set when the worker computed `strata` and holds it (SmtOffload.apply's `keep`). */
   offloadSeq: number | undefined;
+  /** Frees the memory of `strata.writes` (emptied) once they are committed; see OffloadResult. */
+  release: (() => void) | undefined;
 }
 
 /**
@@ -666,17 +668,19 @@ export class Log {
     });
     let strata = built.strata;
     let offloadSeq: number | undefined;
+    let release: (() => void) | undefined;
     if (strata === undefined) {
       const r = await offloaded;
       if (r !== undefined) {
         if (onReplace) for (const x of r.replaced) onReplace(x.path, x.value);
         strata = r.strata;
         offloadSeq = r.seq;
+        release = r.release;
       } else {
         strata = this.read(applyHere);
       }
     }
-    return { newSize, tiles: built.tiles, rootHash: built.rootHash, strata, offloadSeq };
+    return { newSize, tiles: built.tiles, rootHash: built.rootHash, strata, offloadSeq, release };
   }
 
   /**
@@ -748,6 +752,8 @@ export class Log {
         });
         this.sequenced = head;
         this.updateTopStrata(old.mapRoot, strata.root, strata.writes.values(), strata.deletes);
+        // committed: a batch built on this one reads these rows from the store from now on
+        built.release?.();
       }
     } catch (err) {
       for (const p of batch) refuse(p, err);

@@ -16,11 +16,20 @@ export interface PackedRows {
   ends: Uint32Array;
 }
 
-export function packRows(items: readonly Uint8Array[]): PackedRows {
+/**
+ * `spare` buffers (given back by the sequencer, see OffloadResult.release) are packed into when one
+ * is big enough; the one taken is removed from the list.
+ */
+export function packRows(items: readonly Uint8Array[], spare: ArrayBuffer[] = []): PackedRows {
   let total = 0;
   for (const it of items) total += it.length;
-  // not from the Buffer pool: the buffer is transferred whole
-  const bytes = new Uint8Array(new ArrayBuffer(total));
+  const k = spare.findIndex((b) => b.byteLength >= total);
+  // spares too small now stay too small (a batch's rows grow with the log): not kept idle
+  if (k < 0) spare.length = 0;
+  // not from the Buffer pool: the buffer is transferred whole; a new one with room to grow, so
+  // that it fits the next batches when it comes back
+  const buffer = k >= 0 ? spare.splice(k, 1)[0] : new ArrayBuffer(total + (total >> 3));
+  const bytes = new Uint8Array(buffer, 0, total);
   const ends = new Uint32Array(items.length);
   let at = 0;
   for (let i = 0; i < items.length; i++) {
@@ -64,6 +73,12 @@ export interface OffloadRequest {
   valueEnds: Uint32Array;
 }
 
+/** Buffers of committed results for the worker to pack later results into. */
+export interface OffloadReuse {
+  type: 'reuse';
+  buffers: ArrayBuffer[];
+}
+
 export type OffloadResponse =
   | {
       type: 'done';
@@ -82,6 +97,13 @@ export interface OffloadResult {
   seq: number;
   strata: SmtBatchResult;
   replaced: Array<{ path: Buffer; value: Buffer }>;
+  /**
+   * Gives the rows' memory back to the worker once they are in the store and nothing reads them
+   * any more: `strata.writes` is emptied. A transferred buffer is freed only by a full collection
+   * of this thread, which does not count it as its own memory, so at a million entries 60-80 MB of
+   * them used to wait for one (docs/performance.md, "Memory").
+   */
+  release(): void;
 }
 
 export class SmtOffload {
@@ -185,7 +207,16 @@ export class SmtOffload {
           const paths = unpackRows(m.replacedPaths);
           const vals = unpackRows(m.replacedValues);
           const replaced = paths.map((path, i) => ({ path, value: vals[i] }));
+          const buffer = m.rows.bytes.buffer as ArrayBuffer;
           resolve({
+            release: () => {
+              writes.clear();
+              const to = this.worker;
+              if (to !== undefined && buffer.byteLength > 0) {
+                const reuse: OffloadReuse = { type: 'reuse', buffers: [buffer] };
+                to.postMessage(reuse, [buffer]);
+              }
+            },
             seq,
             strata: {
               root: Buffer.from(m.root.buffer, m.root.byteOffset, m.root.byteLength),

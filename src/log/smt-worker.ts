@@ -5,9 +5,9 @@
  * packing are described in smt-offload.ts.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { smtApplyBatch } from '../core/smt.js';
+import { SLAB_SIZE, type SlabSource, smtApplyBatch } from '../core/smt-batch.js';
 import { LmdbLogStore } from '../storage/lmdb.js';
-import type { OffloadRequest, OffloadResponse } from './smt-offload.js';
+import type { OffloadRequest, OffloadResponse, OffloadReuse } from './smt-offload.js';
 import { packRows } from './smt-offload.js';
 
 const port = parentPort;
@@ -19,6 +19,56 @@ const store = LmdbLogStore.open((workerData as { dir: string }).dir);
  * listing them in `keep`: by then they are in the store, or their batch failed and was dropped.
  */
 const held = new Map<number, Map<string, { id: Buffer; data: Buffer }>>();
+
+/**
+ * Slabs the rows are written into (smtApplyBatch's SlabSource), recycled instead of left to the
+ * collector: a 10k batch at a million entries fills about 350 of 64 KB, and this thread's
+ * collector, started mostly by growth of its heap, let 60-110 MB of them wait (docs/performance.md,
+ * "Memory"). A slab is reused once its frame has moved on (retired) and no held result has a row
+ * in it.
+ */
+const freeSlabs: Buffer[] = [];
+const retired = new Map<ArrayBufferLike, Buffer>();
+/** Held results with a row in a slab, by slab; and each held result's slabs. */
+const slabUsers = new Map<ArrayBufferLike, number>();
+const heldSlabs = new Map<number, ArrayBufferLike[]>();
+const slabs: SlabSource = {
+  take(bytes) {
+    return (bytes <= SLAB_SIZE ? freeSlabs.pop() : undefined) ?? Buffer.allocUnsafeSlow(bytes);
+  },
+  retire(slab) {
+    if (slab.length === SLAB_SIZE && slab.byteOffset === 0 && slab.buffer.byteLength === SLAB_SIZE)
+      retired.set(slab.buffer, slab);
+  },
+};
+
+function recycleUnused(): void {
+  for (const [ab, slab] of retired) {
+    if (slabUsers.has(ab)) continue;
+    retired.delete(ab);
+    freeSlabs.push(slab);
+  }
+}
+
+function hold(seq: number, rows: Map<string, { id: Buffer; data: Buffer }>): void {
+  const used = new Set<ArrayBufferLike>();
+  for (const w of rows.values()) used.add(w.data.buffer);
+  for (const ab of used) slabUsers.set(ab, (slabUsers.get(ab) ?? 0) + 1);
+  heldSlabs.set(seq, [...used]);
+  held.set(seq, rows);
+  recycleUnused();
+}
+
+function forget(seq: number): void {
+  held.delete(seq);
+  for (const ab of heldSlabs.get(seq) ?? []) {
+    const n = (slabUsers.get(ab) ?? 1) - 1;
+    if (n > 0) slabUsers.set(ab, n);
+    else slabUsers.delete(ab);
+  }
+  heldSlabs.delete(seq);
+  recycleUnused();
+}
 
 /**
  * One reused buffer per stratum level for rows read from the store: smtApplyBatch is done with a
@@ -37,18 +87,26 @@ function copyToLevel(level: number, row: Uint8Array | undefined): Buffer | undef
   return b.subarray(0, row.length);
 }
 
-port.on('message', (msg: OffloadRequest | { type: 'close' } | { type: 'release' }) => {
+/** Rows buffers the sequencer gave back (OffloadReuse), for packRows; two are enough in turn. */
+const spareRows: ArrayBuffer[] = [];
+const MAX_SPARE = 2;
+
+port.on('message', (msg: OffloadRequest | OffloadReuse | { type: 'close' } | { type: 'release' }) => {
+  if (msg.type === 'reuse') {
+    for (const b of msg.buffers) if (spareRows.length < MAX_SPARE) spareRows.push(b);
+    return;
+  }
   if (msg.type === 'close') {
-    held.clear();
+    for (const seq of [...held.keys()]) forget(seq);
     void store.close().finally(() => port.postMessage({ type: 'closed' }));
     return;
   }
   if (msg.type === 'release') {
-    held.clear();
+    for (const seq of [...held.keys()]) forget(seq);
     return;
   }
   try {
-    for (const seq of held.keys()) if (!msg.keep.includes(seq)) held.delete(seq);
+    for (const seq of [...held.keys()]) if (!msg.keep.includes(seq)) forget(seq);
     // newest first: a row rewritten by several uncommitted batches is read as the last one left it
     const layers: Array<Map<string, { id: Buffer; data: Buffer }>> = [];
     for (let i = msg.keep.length - 1; i >= 0; i--) {
@@ -90,9 +148,10 @@ port.on('message', (msg: OffloadRequest | { type: 'close' } | { type: 'release' 
           replacedPaths.push(path);
           replacedValues.push(value);
         },
+        slabs,
       );
     });
-    held.set(msg.seq, result.writes);
+    hold(msg.seq, result.writes);
     const ids: Buffer[] = [];
     const rows: Buffer[] = [];
     for (const w of result.writes.values()) {
@@ -100,7 +159,7 @@ port.on('message', (msg: OffloadRequest | { type: 'close' } | { type: 'release' 
       rows.push(w.data);
     }
     const packedIds = packRows(ids);
-    const packedRows = packRows(rows);
+    const packedRows = packRows(rows, spareRows);
     const packedPaths = packRows(replacedPaths);
     const packedValues = packRows(replacedValues);
     const reply: OffloadResponse = {
