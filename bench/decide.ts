@@ -9,11 +9,11 @@
 // decision asks all 5 logs. `cpuUsPerDecision` is the deciding process's CPU time (all its
 // threads) per decision; `logsCpuUsPerDecision` the log process's.
 // Knobs: TRUSTIX_BENCH_DECIDE_SECONDS (per figure, default 3), TRUSTIX_BENCH_DECIDE_CALLERS (8),
-// TRUSTIX_BENCH_DECIDE_ONLY (comma-separated figures: percentage,lua,js),
+// TRUSTIX_BENCH_DECIDE_ONLY (comma-separated figures, run in that order: percentage,lua,js),
 // TRUSTIX_BENCH_DECIDE_ALONE=1 (only the procedure-alone figures, which are steadier on a shared
 // machine), TRUSTIX_BENCH_DECIDE_CALLS (procedure calls per alone figure, default 5000).
 import { type ChildProcess, fork } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { loadavg, tmpdir } from 'node:os';
@@ -24,6 +24,7 @@ import { toBase64 } from '../src/core/bytes.js';
 import { sha256 } from '../src/core/hash.js';
 import { parseDecideConfig } from '../src/decide/config.js';
 import { Decider } from '../src/decide/decide.js';
+import type { ScriptProcedure } from '../src/decide/sandbox.js';
 import { Log } from '../src/log/log.js';
 
 const SECONDS = Number(process.env.TRUSTIX_BENCH_DECIDE_SECONDS ?? 3);
@@ -89,6 +90,43 @@ function serve(log: Log): Promise<{ server: Server; url: string }> {
   );
 }
 
+/**
+ * CPU time of each thread of this process so far, in microseconds, from the scheduler's
+ * nanosecond counters (Linux; empty elsewhere): which thread a procedure's cost lands on.
+ */
+function threadsCpu(): Map<string, number> {
+  const out = new Map<string, number>();
+  try {
+    for (const t of readdirSync('/proc/self/task')) {
+      try {
+        out.set(t, Number(readFileSync(`/proc/self/task/${t}/schedstat`, 'utf8').split(' ')[0]) / 1000);
+      } catch {
+        // the thread ended meanwhile
+      }
+    }
+  } catch {
+    // no procfs
+  }
+  return out;
+}
+
+/** Per decision: the main thread, the busiest other thread (the script worker when there is one), the rest. */
+function threadsSplit(before: Map<string, number>, done: number): Record<string, number> | undefined {
+  const after = threadsCpu();
+  if (after.size === 0) return undefined;
+  let main = 0;
+  const others: number[] = [];
+  for (const [t, us] of after) {
+    const d = us - (before.get(t) ?? 0);
+    if (t === String(process.pid)) main = d;
+    else others.push(d);
+  }
+  others.sort((a, b) => b - a);
+  const rest = others.slice(1).reduce((a, b) => a + b, 0);
+  const per = (us: number) => Math.round(us / done);
+  return { main: per(main), busiestOther: per(others[0] ?? 0), rest: per(rest) };
+}
+
 /** CPU time of the log servers so far, in microseconds. */
 type LogsCpu = () => Promise<number>;
 
@@ -104,6 +142,9 @@ async function measure(name: string, decider: Decider, logsCpu: LogsCpu): Promis
   let done = 0;
   let undecided = 0;
   const logs0 = await logsCpu();
+  const threads0 = threadsCpu();
+  const script = decider.procedure('nix') as Partial<ScriptProcedure>;
+  const batches0 = [script.batches ?? 0, script.batchedCalls ?? 0];
   const cpu0 = process.cpuUsage();
   const elu0 = performance.eventLoopUtilization();
   const end = performance.now() + SECONDS * 1000;
@@ -124,6 +165,9 @@ async function measure(name: string, decider: Decider, logsCpu: LogsCpu): Promis
   );
   const secs = (performance.now() - t0) / 1000;
   const cpu = process.cpuUsage(cpu0);
+  const threads = threadsSplit(threads0, done);
+  const batches = (script.batches ?? 0) - batches0[0];
+  const callsPerMessage = batches > 0 ? ((script.batchedCalls ?? 0) - batches0[1]) / batches : undefined;
   const elu = performance.eventLoopUtilization(elu0);
   const logs = (await logsCpu()) - logs0;
   const rate = done / secs;
@@ -138,6 +182,8 @@ async function measure(name: string, decider: Decider, logsCpu: LogsCpu): Promis
       usPerDecision: Math.round(1e6 / rate),
       cpuUsPerDecision: Math.round((cpu.user + cpu.system) / done),
       mainThreadBusyUsPerDecision: Math.round((elu.active * 1000) / done),
+      ...(threads ? { threadsCpuUsPerDecision: threads } : {}),
+      ...(callsPerMessage !== undefined ? { scriptCallsPerMessage: Number(callsPerMessage.toFixed(2)) } : {}),
       ...(IN_PROCESS ? {} : { logsCpuUsPerDecision: Math.round(logs / done) }),
       loadavg: loadavg().map((x) => Number(x.toFixed(2))),
       undecided,
@@ -286,8 +332,10 @@ async function main(): Promise<void> {
     ],
   ];
   try {
-    for (const [name, proc] of runs) {
-      if (ONLY && !ONLY.split(',').includes(name)) continue;
+    // in the order ONLY gives, so that the figure that runs first (and pays for what warming up
+    // missed) can be any of them
+    const order = ONLY ? ONLY.split(',').flatMap((n) => runs.filter(([r]) => r === n)) : runs;
+    for (const [name, proc] of order) {
       const d = new Decider(parseDecideConfig(config(proc)));
       try {
         if (!ALONE_ONLY) rates[name] = await measure(name, d, served.cpu);
