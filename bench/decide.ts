@@ -11,7 +11,9 @@
 // Knobs: TRUSTIX_BENCH_DECIDE_SECONDS (per figure, default 3), TRUSTIX_BENCH_DECIDE_CALLERS (8),
 // TRUSTIX_BENCH_DECIDE_ONLY (comma-separated figures, run in that order: percentage,lua,js),
 // TRUSTIX_BENCH_DECIDE_ALONE=1 (only the procedure-alone figures, which are steadier on a shared
-// machine), TRUSTIX_BENCH_DECIDE_CALLS (procedure calls per alone figure, default 5000).
+// machine), TRUSTIX_BENCH_DECIDE_CALLS (procedure calls per alone figure, default 5000),
+// TRUSTIX_BENCH_DECIDE_ROUNDS (the full-run figures take turns this many times, default 3; what a
+// script adds is the median over the rounds of its figure minus the built-in one of the same round).
 import { type ChildProcess, fork } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
@@ -33,6 +35,7 @@ const ONLY = process.env.TRUSTIX_BENCH_DECIDE_ONLY;
 const ALONE_ONLY = process.env.TRUSTIX_BENCH_DECIDE_ALONE === '1';
 const PROCEDURE_CALLS = Number(process.env.TRUSTIX_BENCH_DECIDE_CALLS ?? 5000);
 const CALLERS = Number(process.env.TRUSTIX_BENCH_DECIDE_CALLERS ?? 8);
+const ROUNDS = Number(process.env.TRUSTIX_BENCH_DECIDE_ROUNDS ?? 3);
 const LOGS = 5;
 const KEYS = 1000;
 
@@ -127,13 +130,35 @@ function threadsSplit(before: Map<string, number>, done: number): Record<string,
   return { main: per(main), busiestOther: per(others[0] ?? 0), rest: per(rest) };
 }
 
+/** From now on: how many script calls shared one message to the worker, on average (none for built-ins). */
+function scriptBatching(decider: Decider): () => { scriptCallsPerMessage?: number } {
+  const script = decider.procedure('nix') as Partial<ScriptProcedure>;
+  const [batches0, calls0] = [script.batches ?? 0, script.batchedCalls ?? 0];
+  return () => {
+    const batches = (script.batches ?? 0) - batches0;
+    if (batches === 0) return {};
+    return { scriptCallsPerMessage: Number((((script.batchedCalls ?? 0) - calls0) / batches).toFixed(2)) };
+  };
+}
+
 /** CPU time of the log servers so far, in microseconds. */
 type LogsCpu = () => Promise<number>;
 
-async function measure(name: string, decider: Decider, logsCpu: LogsCpu): Promise<number> {
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 === 1 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+async function measure(
+  name: string,
+  decider: Decider,
+  logsCpu: LogsCpu,
+  warmMs: number,
+  round: number,
+): Promise<number> {
   // warm up (workers, checkpoint caches, connections, and the JIT: the first figure would otherwise
   // pay for compiling the client and verifier, and scripts would look cheaper than built-ins)
-  const warm = performance.now() + 1500;
+  const warm = performance.now() + warmMs;
   await Promise.all(
     Array.from({ length: CALLERS }, async (_, c) => {
       for (let i = c; performance.now() < warm; i += CALLERS) await decider.decide(`key-${i % KEYS}`);
@@ -143,8 +168,7 @@ async function measure(name: string, decider: Decider, logsCpu: LogsCpu): Promis
   let undecided = 0;
   const logs0 = await logsCpu();
   const threads0 = threadsCpu();
-  const script = decider.procedure('nix') as Partial<ScriptProcedure>;
-  const batches0 = [script.batches ?? 0, script.batchedCalls ?? 0];
+  const callsPerMessage = scriptBatching(decider);
   const cpu0 = process.cpuUsage();
   const elu0 = performance.eventLoopUtilization();
   const end = performance.now() + SECONDS * 1000;
@@ -166,14 +190,13 @@ async function measure(name: string, decider: Decider, logsCpu: LogsCpu): Promis
   const secs = (performance.now() - t0) / 1000;
   const cpu = process.cpuUsage(cpu0);
   const threads = threadsSplit(threads0, done);
-  const batches = (script.batches ?? 0) - batches0[0];
-  const callsPerMessage = batches > 0 ? ((script.batchedCalls ?? 0) - batches0[1]) / batches : undefined;
   const elu = performance.eventLoopUtilization(elu0);
   const logs = (await logsCpu()) - logs0;
   const rate = done / secs;
   console.log(
     JSON.stringify({
       bench: `decide ${name}`,
+      round,
       logs: LOGS,
       callers: CALLERS,
       decisions: done,
@@ -183,7 +206,7 @@ async function measure(name: string, decider: Decider, logsCpu: LogsCpu): Promis
       cpuUsPerDecision: Math.round((cpu.user + cpu.system) / done),
       mainThreadBusyUsPerDecision: Math.round((elu.active * 1000) / done),
       ...(threads ? { threadsCpuUsPerDecision: threads } : {}),
-      ...(callsPerMessage !== undefined ? { scriptCallsPerMessage: Number(callsPerMessage.toFixed(2)) } : {}),
+      ...callsPerMessage(),
       ...(IN_PROCESS ? {} : { logsCpuUsPerDecision: Math.round(logs / done) }),
       loadavg: loadavg().map((x) => Number(x.toFixed(2))),
       undecided,
@@ -201,6 +224,7 @@ async function measureProcedure(name: string, decider: Decider): Promise<{ us: n
   const { results } = await decider.decide('key-1');
   const calls = PROCEDURE_CALLS;
   for (let i = 0; i < 200; i++) await decider.decideOn(results, 'nix', 'key-1');
+  const callsPerMessage = scriptBatching(decider);
   const elu0 = performance.eventLoopUtilization();
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
@@ -226,6 +250,7 @@ async function measureProcedure(name: string, decider: Decider): Promise<{ us: n
       mainThreadBusyUsPerCall: Number(((elu.active * 1000) / calls).toFixed(1)),
       // all threads of the process, the script worker's included
       cpuUsPerCall: Number(cpuUs.toFixed(1)),
+      ...callsPerMessage(),
       loadavg: loadavg().map((x) => Number(x.toFixed(2))),
     }),
   );
@@ -318,7 +343,6 @@ async function logsInChild(): Promise<{ blocks: string[]; cpu: LogsCpu; stop(): 
 async function main(): Promise<void> {
   const served = IN_PROCESS ? { ...(await startLogs()), cpu: async () => 0 } : await logsInChild();
   const config = (procedure: string) => `${served.blocks.join('\n')}\n[procedure.default]\n${procedure}\n`;
-  const rates: Record<string, number> = {};
   const alone: Record<string, { us: number; cpuUs: number }> = {};
   const runs: Array<[string, string]> = [
     ['percentage', 'type = "percentage"\nmin = "2/3"'],
@@ -335,22 +359,31 @@ async function main(): Promise<void> {
     // in the order ONLY gives, so that the figure that runs first (and pays for what warming up
     // missed) can be any of them
     const order = ONLY ? ONLY.split(',').flatMap((n) => runs.filter(([r]) => r === n)) : runs;
-    for (const [name, proc] of order) {
-      const d = new Decider(parseDecideConfig(config(proc)));
-      try {
-        if (!ALONE_ONLY) rates[name] = await measure(name, d, served.cpu);
-        alone[name] = await measureProcedure(name, d);
-      } finally {
-        await d.close();
+    const deciders = order.map(
+      ([name, proc]) => [name, new Decider(parseDecideConfig(config(proc)))] as const,
+    );
+    // us per decision of each figure in each round; the figures take turns, so that a drift of the
+    // machine (other load, the JIT still warming) lands on all of them alike
+    const rounds: Record<string, number[]> = {};
+    try {
+      if (!ALONE_ONLY) {
+        for (let r = 0; r < ROUNDS; r++) {
+          for (const [name, d] of deciders)
+            (rounds[name] ??= []).push(1e6 / (await measure(name, d, served.cpu, r === 0 ? 1500 : 300, r)));
+        }
       }
+      for (const [name, d] of deciders) alone[name] = await measureProcedure(name, d);
+    } finally {
+      for (const [, d] of deciders) await d.close();
     }
     for (const s of ['lua', 'js']) {
       if (alone[s] === undefined || alone.percentage === undefined) continue;
+      const added = (rounds[s] ?? []).map((us, r) => us - (rounds.percentage?.[r] ?? Number.NaN));
       console.log(
         JSON.stringify({
           bench: `decide ${s} script overhead`,
-          ...(rates[s] !== undefined && rates.percentage !== undefined
-            ? { usPerDecision: Math.round(1e6 / rates[s] - 1e6 / rates.percentage) }
+          ...(added.length > 0 && added.every(Number.isFinite)
+            ? { usPerDecision: Math.round(median(added)), usPerDecisionByRound: added.map(Math.round) }
             : {}),
           usPerCallAlone: Number((alone[s].us - alone.percentage.us).toFixed(1)),
           cpuUsPerCallAlone: Number((alone[s].cpuUs - alone.percentage.cpuUs).toFixed(1)),
