@@ -368,8 +368,10 @@ async function main(): Promise<void> {
     try {
       if (!ALONE_ONLY) {
         for (let r = 0; r < ROUNDS; r++) {
-          for (const [name, d] of deciders)
-            (rounds[name] ??= []).push(1e6 / (await measure(name, d, served.cpu, r === 0 ? 1500 : 300, r)));
+          for (const [name, d] of deciders) {
+            const rate = await measure(name, d, served.cpu, r === 0 ? 1500 : 300, r);
+            rounds[name] = [...(rounds[name] ?? []), 1e6 / rate];
+          }
         }
       }
       for (const [name, d] of deciders) alone[name] = await measureProcedure(name, d);
