@@ -9,11 +9,13 @@
 // decision asks all 5 logs. `cpuUsPerDecision` is the deciding process's CPU time (all its
 // threads) per decision; `logsCpuUsPerDecision` the log process's.
 // Knobs: TRUSTIX_BENCH_DECIDE_SECONDS (per figure, default 3), TRUSTIX_BENCH_DECIDE_CALLERS (8),
-// TRUSTIX_BENCH_DECIDE_ONLY (comma-separated figures: percentage,lua,js),
+// TRUSTIX_BENCH_DECIDE_ONLY (comma-separated figures, run in that order: percentage,lua,js),
 // TRUSTIX_BENCH_DECIDE_ALONE=1 (only the procedure-alone figures, which are steadier on a shared
-// machine), TRUSTIX_BENCH_DECIDE_CALLS (procedure calls per alone figure, default 5000).
+// machine), TRUSTIX_BENCH_DECIDE_CALLS (procedure calls per alone figure, default 5000),
+// TRUSTIX_BENCH_DECIDE_ROUNDS (the full-run figures take turns this many times, default 3; what a
+// script adds is the median over the rounds of its figure minus the built-in one of the same round).
 import { type ChildProcess, fork } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { loadavg, tmpdir } from 'node:os';
@@ -24,6 +26,7 @@ import { toBase64 } from '../src/core/bytes.js';
 import { sha256 } from '../src/core/hash.js';
 import { parseDecideConfig } from '../src/decide/config.js';
 import { Decider } from '../src/decide/decide.js';
+import type { ScriptProcedure } from '../src/decide/sandbox.js';
 import { Log } from '../src/log/log.js';
 
 const SECONDS = Number(process.env.TRUSTIX_BENCH_DECIDE_SECONDS ?? 3);
@@ -32,6 +35,7 @@ const ONLY = process.env.TRUSTIX_BENCH_DECIDE_ONLY;
 const ALONE_ONLY = process.env.TRUSTIX_BENCH_DECIDE_ALONE === '1';
 const PROCEDURE_CALLS = Number(process.env.TRUSTIX_BENCH_DECIDE_CALLS ?? 5000);
 const CALLERS = Number(process.env.TRUSTIX_BENCH_DECIDE_CALLERS ?? 8);
+const ROUNDS = Number(process.env.TRUSTIX_BENCH_DECIDE_ROUNDS ?? 3);
 const LOGS = 5;
 const KEYS = 1000;
 
@@ -89,13 +93,72 @@ function serve(log: Log): Promise<{ server: Server; url: string }> {
   );
 }
 
+/**
+ * CPU time of each thread of this process so far, in microseconds, from the scheduler's
+ * nanosecond counters (Linux; empty elsewhere): which thread a procedure's cost lands on.
+ */
+function threadsCpu(): Map<string, number> {
+  const out = new Map<string, number>();
+  try {
+    for (const t of readdirSync('/proc/self/task')) {
+      try {
+        out.set(t, Number(readFileSync(`/proc/self/task/${t}/schedstat`, 'utf8').split(' ')[0]) / 1000);
+      } catch {
+        // the thread ended meanwhile
+      }
+    }
+  } catch {
+    // no procfs
+  }
+  return out;
+}
+
+/** Per decision: the main thread, the busiest other thread (the script worker when there is one), the rest. */
+function threadsSplit(before: Map<string, number>, done: number): Record<string, number> | undefined {
+  const after = threadsCpu();
+  if (after.size === 0) return undefined;
+  let main = 0;
+  const others: number[] = [];
+  for (const [t, us] of after) {
+    const d = us - (before.get(t) ?? 0);
+    if (t === String(process.pid)) main = d;
+    else others.push(d);
+  }
+  others.sort((a, b) => b - a);
+  const rest = others.slice(1).reduce((a, b) => a + b, 0);
+  const per = (us: number) => Math.round(us / done);
+  return { main: per(main), busiestOther: per(others[0] ?? 0), rest: per(rest) };
+}
+
+/** From now on: how many script calls shared one message to the worker, on average (none for built-ins). */
+function scriptBatching(decider: Decider): () => { scriptCallsPerMessage?: number } {
+  const script = decider.procedure('nix') as Partial<ScriptProcedure>;
+  const [batches0, calls0] = [script.batches ?? 0, script.batchedCalls ?? 0];
+  return () => {
+    const batches = (script.batches ?? 0) - batches0;
+    if (batches === 0) return {};
+    return { scriptCallsPerMessage: Number((((script.batchedCalls ?? 0) - calls0) / batches).toFixed(2)) };
+  };
+}
+
 /** CPU time of the log servers so far, in microseconds. */
 type LogsCpu = () => Promise<number>;
 
-async function measure(name: string, decider: Decider, logsCpu: LogsCpu): Promise<number> {
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 === 1 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+async function measure(
+  name: string,
+  decider: Decider,
+  logsCpu: LogsCpu,
+  warmMs: number,
+  round: number,
+): Promise<number> {
   // warm up (workers, checkpoint caches, connections, and the JIT: the first figure would otherwise
   // pay for compiling the client and verifier, and scripts would look cheaper than built-ins)
-  const warm = performance.now() + 1500;
+  const warm = performance.now() + warmMs;
   await Promise.all(
     Array.from({ length: CALLERS }, async (_, c) => {
       for (let i = c; performance.now() < warm; i += CALLERS) await decider.decide(`key-${i % KEYS}`);
@@ -104,6 +167,8 @@ async function measure(name: string, decider: Decider, logsCpu: LogsCpu): Promis
   let done = 0;
   let undecided = 0;
   const logs0 = await logsCpu();
+  const threads0 = threadsCpu();
+  const callsPerMessage = scriptBatching(decider);
   const cpu0 = process.cpuUsage();
   const elu0 = performance.eventLoopUtilization();
   const end = performance.now() + SECONDS * 1000;
@@ -124,12 +189,14 @@ async function measure(name: string, decider: Decider, logsCpu: LogsCpu): Promis
   );
   const secs = (performance.now() - t0) / 1000;
   const cpu = process.cpuUsage(cpu0);
+  const threads = threadsSplit(threads0, done);
   const elu = performance.eventLoopUtilization(elu0);
   const logs = (await logsCpu()) - logs0;
   const rate = done / secs;
   console.log(
     JSON.stringify({
       bench: `decide ${name}`,
+      round,
       logs: LOGS,
       callers: CALLERS,
       decisions: done,
@@ -138,6 +205,8 @@ async function measure(name: string, decider: Decider, logsCpu: LogsCpu): Promis
       usPerDecision: Math.round(1e6 / rate),
       cpuUsPerDecision: Math.round((cpu.user + cpu.system) / done),
       mainThreadBusyUsPerDecision: Math.round((elu.active * 1000) / done),
+      ...(threads ? { threadsCpuUsPerDecision: threads } : {}),
+      ...callsPerMessage(),
       ...(IN_PROCESS ? {} : { logsCpuUsPerDecision: Math.round(logs / done) }),
       loadavg: loadavg().map((x) => Number(x.toFixed(2))),
       undecided,
@@ -155,6 +224,7 @@ async function measureProcedure(name: string, decider: Decider): Promise<{ us: n
   const { results } = await decider.decide('key-1');
   const calls = PROCEDURE_CALLS;
   for (let i = 0; i < 200; i++) await decider.decideOn(results, 'nix', 'key-1');
+  const callsPerMessage = scriptBatching(decider);
   const elu0 = performance.eventLoopUtilization();
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
@@ -180,6 +250,7 @@ async function measureProcedure(name: string, decider: Decider): Promise<{ us: n
       mainThreadBusyUsPerCall: Number(((elu.active * 1000) / calls).toFixed(1)),
       // all threads of the process, the script worker's included
       cpuUsPerCall: Number(cpuUs.toFixed(1)),
+      ...callsPerMessage(),
       loadavg: loadavg().map((x) => Number(x.toFixed(2))),
     }),
   );
@@ -272,7 +343,6 @@ async function logsInChild(): Promise<{ blocks: string[]; cpu: LogsCpu; stop(): 
 async function main(): Promise<void> {
   const served = IN_PROCESS ? { ...(await startLogs()), cpu: async () => 0 } : await logsInChild();
   const config = (procedure: string) => `${served.blocks.join('\n')}\n[procedure.default]\n${procedure}\n`;
-  const rates: Record<string, number> = {};
   const alone: Record<string, { us: number; cpuUs: number }> = {};
   const runs: Array<[string, string]> = [
     ['percentage', 'type = "percentage"\nmin = "2/3"'],
@@ -286,23 +356,36 @@ async function main(): Promise<void> {
     ],
   ];
   try {
-    for (const [name, proc] of runs) {
-      if (ONLY && !ONLY.split(',').includes(name)) continue;
-      const d = new Decider(parseDecideConfig(config(proc)));
-      try {
-        if (!ALONE_ONLY) rates[name] = await measure(name, d, served.cpu);
-        alone[name] = await measureProcedure(name, d);
-      } finally {
-        await d.close();
+    // in the order ONLY gives, so that the figure that runs first (and pays for what warming up
+    // missed) can be any of them
+    const order = ONLY ? ONLY.split(',').flatMap((n) => runs.filter(([r]) => r === n)) : runs;
+    const deciders = order.map(
+      ([name, proc]) => [name, new Decider(parseDecideConfig(config(proc)))] as const,
+    );
+    // us per decision of each figure in each round; the figures take turns, so that a drift of the
+    // machine (other load, the JIT still warming) lands on all of them alike
+    const rounds: Record<string, number[]> = {};
+    try {
+      if (!ALONE_ONLY) {
+        for (let r = 0; r < ROUNDS; r++) {
+          for (const [name, d] of deciders) {
+            const rate = await measure(name, d, served.cpu, r === 0 ? 1500 : 300, r);
+            rounds[name] = [...(rounds[name] ?? []), 1e6 / rate];
+          }
+        }
       }
+      for (const [name, d] of deciders) alone[name] = await measureProcedure(name, d);
+    } finally {
+      for (const [, d] of deciders) await d.close();
     }
     for (const s of ['lua', 'js']) {
       if (alone[s] === undefined || alone.percentage === undefined) continue;
+      const added = (rounds[s] ?? []).map((us, r) => us - (rounds.percentage?.[r] ?? Number.NaN));
       console.log(
         JSON.stringify({
           bench: `decide ${s} script overhead`,
-          ...(rates[s] !== undefined && rates.percentage !== undefined
-            ? { usPerDecision: Math.round(1e6 / rates[s] - 1e6 / rates.percentage) }
+          ...(added.length > 0 && added.every(Number.isFinite)
+            ? { usPerDecision: Math.round(median(added)), usPerDecisionByRound: added.map(Math.round) }
             : {}),
           usPerCallAlone: Number((alone[s].us - alone.percentage.us).toFixed(1)),
           cpuUsPerCallAlone: Number((alone[s].cpuUs - alone.percentage.cpuUs).toFixed(1)),

@@ -74,6 +74,9 @@ export class ScriptProcedure implements Procedure {
   private pumpScheduled = false;
   /** How many times the worker was replaced after dying (memory, watchdog). */
   restarts = 0;
+  /** Messages (batches) sent to a worker, and the calls they carried: how well calls share a wake-up. */
+  batches = 0;
+  batchedCalls = 0;
 
   constructor(opts: ScriptOptions) {
     this.name = `${opts.kind}(${opts.name})`;
@@ -218,6 +221,8 @@ export class ScriptProcedure implements Procedure {
     const batch = this.queue;
     this.queue = [];
     s.inflight = batch;
+    this.batches++;
+    this.batchedCalls += batch.length;
     s.base = Atomics.load(s.progress, 0);
     s.worker.ref();
     s.worker.postMessage(JSON.stringify(batch.map((c) => [c.id, c.input]) satisfies WorkerBatch));
