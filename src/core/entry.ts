@@ -132,9 +132,15 @@ export function indexValue(logIndex: number, entryLeafHash: Uint8Array): Buffer 
 }
 
 export function parseIndexValue(v: Uint8Array): { logIndex: number; leafHash: Buffer } {
-  if (v.length !== 40) throw new FormatError(`index value must be 40 bytes, got ${v.length}`);
   const b = Buffer.from(v.buffer, v.byteOffset, v.byteLength);
-  const n = b.readBigUInt64BE(0);
-  if (n > BigInt(Number.MAX_SAFE_INTEGER)) throw new FormatError('log index out of range');
-  return { logIndex: Number(n), leafHash: b.subarray(8, 40) };
+  return { logIndex: indexValueLogIndex(v), leafHash: b.subarray(8, 40) };
+}
+
+/** The log index of an index value, with parseIndexValue's checks (read per lookup: no BigInt). */
+export function indexValueLogIndex(v: Uint8Array): number {
+  if (v.length !== 40) throw new FormatError(`index value must be 40 bytes, got ${v.length}`);
+  const high = ((v[0] << 24) | (v[1] << 16) | (v[2] << 8) | v[3]) >>> 0;
+  // above 2^53 - 1 exactly when the high 32 bits reach 2^21
+  if (high >= 2 ** 21) throw new FormatError('log index out of range');
+  return high * 2 ** 32 + (((v[4] << 24) | (v[5] << 16) | (v[6] << 8) | v[7]) >>> 0);
 }

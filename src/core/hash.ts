@@ -23,12 +23,17 @@ export const sha256Into: (data: Uint8Array, out: Uint8Array, at: number) => void
 
 const scratch65 = Buffer.alloc(65);
 
-/** SHA-256(prefix || a || b) for two 32-byte values, without allocating a concatenation. */
-export function sha256Pair(prefix: number, a: Uint8Array, b: Uint8Array): Buffer {
+/** prefix || a || b in a shared scratch buffer, valid until the next call. */
+function pairInput(prefix: number, a: Uint8Array, b: Uint8Array): Buffer {
   scratch65[0] = prefix;
   scratch65.set(a, 1);
   scratch65.set(b, 33);
-  return sha256(scratch65);
+  return scratch65;
+}
+
+/** SHA-256(prefix || a || b) for two 32-byte values, without allocating a concatenation. */
+export function sha256Pair(prefix: number, a: Uint8Array, b: Uint8Array): Buffer {
+  return sha256(pairInput(prefix, a, b));
 }
 
 /** Writes SHA-256(prefix || a || b) of two 32-byte values to out[at..at+32), allocating nothing. */
@@ -39,10 +44,7 @@ export function sha256PairInto(
   out: Uint8Array,
   at: number,
 ): void {
-  scratch65[0] = prefix;
-  scratch65.set(a, 1);
-  scratch65.set(b, 33);
-  sha256Into(scratch65, out, at);
+  sha256Into(pairInput(prefix, a, b), out, at);
 }
 
 /** SHA-256(prefix || data). */

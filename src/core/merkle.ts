@@ -309,6 +309,9 @@ export function consistencyProof(
 // ---------------------------------------------------------------------------------------------
 // A memory of node hashes, for verifiers.
 
+/** Digests per slab of a NodeHashMemo: a slab is freed once none of its digests is held. */
+const MEMO_SLAB_DIGESTS = 512;
+
 /**
  * A bounded memory of node hashes SHA-256(prefix || a || b) (a and b 32 bytes), direct-mapped: each input
  * has one slot, chosen by a few of its bytes (hash outputs, so uniform), and a newer input evicts an older
@@ -317,9 +320,6 @@ export function consistencyProof(
  * root, which every proof against that root recomputes (a client checking many lookup answers against one
  * checkpoint); callers ask it only for those and hash deeper nodes directly.
  */
-/** Digests per slab of a NodeHashMemo: a slab is freed once none of its digests is held. */
-const MEMO_SLAB_DIGESTS = 512;
-
 export class NodeHashMemo {
   private static readonly SLOT = 65; // used flag + prefix (1), a (32), b (32)
   private readonly slots: Buffer;

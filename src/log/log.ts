@@ -8,6 +8,7 @@ import {
   encodeEntry,
   indexPath,
   indexValue,
+  indexValueLogIndex,
   parseIndexValue,
 } from '../core/entry.js';
 import { FormatError, StateError, StorageError, TrustixError } from '../core/errors.js';
@@ -969,9 +970,7 @@ export class Log {
     );
     const mapProof = proof.toString('base64');
     if (!value) return { mapProof };
-    // parseIndexValue's checks without its BigInt: it throws for exactly these values
-    if (value.length !== 40 || value[0] !== 0 || value[1] >= 0x20) parseIndexValue(value);
-    const logIndex = value.readUInt32BE(0) * 2 ** 32 + value.readUInt32BE(4);
+    const logIndex = indexValueLogIndex(value);
     // encoded before anything else is read: `peekEntry` may hand out a buffer the next read reuses
     const data = snap.peekEntry ? snap.peekEntry(logIndex) : snap.entry(logIndex);
     if (!data) throw new StorageError(`index points at missing entry ${logIndex}`);

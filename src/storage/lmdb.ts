@@ -110,7 +110,7 @@ export class LmdbLogStore implements LogStore {
   private lastHead: LogHead | undefined;
 
   private readHead(): LogHead | undefined {
-    // The head is read by every lookup (twice per request by a server). Its bytes are compared in
+    // The head is read by every lookup (once per request by a server). Its bytes are compared in
     // lmdb's reused buffer and decoded and parsed only when they changed: the checkpoint's em dash
     // made each decoding a two-byte string of the whole record.
     const raw = this.metaDb.getBinaryFast('head');
