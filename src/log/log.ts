@@ -883,7 +883,8 @@ export class Log {
    * start with an em dash, so the text form is a two-byte string that every write would have to
    * measure and encode again; here only the part after the key's opening quote, which is ASCII
    * (base64 and digits), is copied after the cached bytes of the part before it. `cached` is asked
-   * for an answer it already holds for the tree size of this read's snapshot before one is built.
+   * for an answer it already holds for the tree size of this read's snapshot before one is built;
+   * an answer it gives comes back with `present` undefined.
    */
   lookupJsonBytes(
     protocol: string,
