@@ -8,10 +8,11 @@ import {
   encodeSmtProof,
   SMT_EMPTY,
   type SmtUpdate,
+  type StratumTable,
   smtApplyBatch,
   smtLookup,
   smtLookupEncoded,
-  stratumHeap,
+  stratumTable,
   verifySmtProof,
 } from '../../src/core/smt.js';
 
@@ -29,10 +30,10 @@ class MemStore {
   }
 }
 
-/** Every row's heap table, as a cache that keeps rows would hold them. */
-function heapsOf(store: MemStore): (row: Buffer) => Int32Array | undefined {
-  const heaps = new Map<Buffer, Int32Array>();
-  for (const row of store.rows.values()) heaps.set(row, stratumHeap(row));
+/** Every row's table, as a cache that keeps rows would hold them. */
+function heapsOf(store: MemStore): (row: Buffer) => StratumTable | undefined {
+  const heaps = new Map<Buffer, StratumTable>();
+  for (const row of store.rows.values()) heaps.set(row, stratumTable(row));
   return (row) => heaps.get(row);
 }
 
@@ -49,7 +50,7 @@ const pathArb = (bases: Buffer[]) =>
 
 const memo = new NodeHashMemo(2);
 
-describe('sparse index walk with heap tables', () => {
+describe('sparse index walk with row tables', () => {
   test('lookups with heap tables, without them, and encoded all give the same answer', () => {
     fc.assert(
       fc.property(
@@ -123,21 +124,24 @@ describe('sparse index walk with heap tables', () => {
     }
   });
 
-  test('stratumHeap maps heap positions to node offsets and refuses malformed rows', () => {
+  test('stratumTable maps heap positions to node offsets, tags and hashes and refuses malformed rows', () => {
     const store = new MemStore();
     store.apply([
       { path: Buffer.alloc(32, 0x00), value: Buffer.from('a') },
       { path: Buffer.alloc(32, 0xff), value: Buffer.from('b') },
     ]);
     const row = store.rows.get('00')!;
-    const heap = stratumHeap(row);
+    const { offsets, tags, hashes } = stratumTable(row);
     // NODE(top) then LEAF(left) then LEAF(right)
-    assert.equal(heap[1], 1);
-    assert.equal(heap[2], 34);
-    assert.equal(heap[3], 34 + 34 + 1);
-    assert.equal(heap[4], -1);
-    assert.throws(() => stratumHeap(row.subarray(0, row.length - 1)), StorageError);
-    assert.throws(() => stratumHeap(Buffer.concat([row, Buffer.from([0])])), StorageError);
-    assert.throws(() => stratumHeap(Buffer.from([0x02, 0x02])), StorageError);
+    assert.deepEqual([...offsets.subarray(1, 5)], [1, 34, 34 + 34 + 1, -1]);
+    assert.deepEqual([...tags.subarray(1, 5)], [0x02, 0x01, 0x01, 0xff]);
+    const hashBytes = Buffer.from(hashes.buffer, hashes.byteOffset, hashes.byteLength);
+    assert.deepEqual(hashBytes.subarray(32, 64), row.subarray(2, 34));
+    assert.ok(hashBytes.subarray(64).every((b) => b === 0));
+    assert.throws(() => stratumTable(row.subarray(0, row.length - 1)), StorageError);
+    assert.throws(() => stratumTable(Buffer.concat([row, Buffer.from([0])])), StorageError);
+    assert.throws(() => stratumTable(Buffer.from([0x02, 0x02])), StorageError);
+    // a NODE cut short inside its hash
+    assert.throws(() => stratumTable(row.subarray(0, 20)), StorageError);
   });
 });
