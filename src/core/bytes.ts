@@ -17,8 +17,9 @@ export function decodeBase64Strict(text: string): Buffer | undefined {
   return out;
 }
 
+/** A Buffer is encoded as it is: a view made for it would be one more object per key, entry or hash. */
 export function toBase64(b: Uint8Array): string {
-  return Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('base64');
+  return (Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength)).toString('base64');
 }
 
 export function toHex(b: Uint8Array): string {

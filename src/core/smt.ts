@@ -65,7 +65,8 @@
  * batch's writes to it after the commit succeeded. For rows kept that long, stratumTable lists every node by
  * heap position with its tag and hash, so a lookup walks a full band in 8 steps instead of skipping left
  * subtrees, and without touching the row (smtLookup's optional tableOf). Lookups copy what they keep before
- * reading the next row, so the reader they are given may hand out a reused buffer (the log's lower strata come from lmdb without a copy).
+ * reading the next row, so the reader they are given may hand out a reused buffer (the log's lower strata
+ * come from lmdb without a copy).
  *
  * COST
  * With a batch of B random updates on a tree of N leaves the top log2(B) levels are shared, so each update
@@ -84,6 +85,7 @@ import {
   nodeHashAt,
   ROOT_STRATUM_ID,
   SMT_EMPTY,
+  SMT_MAX_VALUE_LENGTH,
   SMT_NODE_PREFIX,
   STRATUM_LEVELS,
   STRATUM_VERSION,
@@ -118,6 +120,12 @@ export {
   stratumId,
 } from './smt-strata.js';
 
+/** Whether buf[at..at+32) equals the 32 bytes of `h` (a loop: no view, no native call, for one hash). */
+function sameHashAt(buf: Uint8Array, at: number, h: Uint8Array): boolean {
+  for (let i = 0; i < 32; i++) if (buf[at + i] !== h[i]) return false;
+  return true;
+}
+
 /** Reads a stratum and checks that its top node has hash `expected`. */
 function readStratum(read: StratumReader, id: Buffer, expected: Uint8Array): Buffer {
   const raw = read(id);
@@ -125,9 +133,11 @@ function readStratum(read: StratumReader, id: Buffer, expected: Uint8Array): Buf
   const buf = asBuffer(raw);
   if (buf.length < 2 || buf[0] !== STRATUM_VERSION) throw corrupt('bad version or empty row', id);
   const tag = buf[1];
-  if (!(tag === TAG_NODE || (tag === TAG_LEAF && id[0] === 0)) || !nodeHashAt(buf, 1).equals(expected)) {
-    throw corrupt('top node does not match its parent (stale or damaged row)', id);
-  }
+  const matches =
+    tag === TAG_NODE
+      ? buf.length >= 34 && sameHashAt(buf, 2, expected)
+      : tag === TAG_LEAF && id[0] === 0 && nodeHashAt(buf, 1).equals(expected);
+  if (!matches) throw corrupt('top node does not match its parent (stale or damaged row)', id);
   return buf;
 }
 
@@ -195,6 +205,18 @@ let walkCount = 0;
 // Where the descent stores what it touched (see walk), so that the loads are not optimised away.
 const walkTouched = { bits: 0 };
 
+// A view of the whole memory of the last row read without a table: rows read in place from lmdb all live
+// in the one buffer it reuses, so one view serves every lookup instead of a new DataView per row.
+let rowMemory: ArrayBufferLike | undefined;
+let rowView: DataView | undefined;
+function viewOf(buf: Buffer): DataView {
+  if (rowView === undefined || rowMemory !== buf.buffer) {
+    rowMemory = buf.buffer;
+    rowView = new DataView(rowMemory);
+  }
+  return rowView;
+}
+
 interface Walked {
   kind: SmtProof['kind'];
   depth: number;
@@ -209,7 +231,6 @@ function walk(root: Buffer, path: Uint8Array, read: StratumReader, tableOf?: Str
   walkCount = 0;
   if (asBuffer(root).equals(SMT_EMPTY)) return { kind: 'empty', depth: 0 };
   let buf = readStratum(read, Buffer.from(ROOT_STRATUM_ID), root);
-  let view: DataView | undefined;
   let table = tableOf?.(buf);
   let top = 0;
   let pos = 1;
@@ -248,8 +269,9 @@ function walk(root: Buffer, path: Uint8Array, read: StratumReader, tableOf?: Str
       const len = buf[pos + 1];
       const end = pos + 34 + len;
       if (end > buf.length) throw corrupt('truncated leaf');
-      const value = Buffer.from(buf.subarray(pos + 34, end));
-      if (buf.compare(path, 0, 32, pos + 2, pos + 34) === 0) return { kind: 'included', depth, value };
+      const value = Buffer.allocUnsafe(len);
+      for (let i = 0; i < len; i++) value[i] = buf[pos + 34 + i];
+      if (sameHashAt(buf, pos + 2, path)) return { kind: 'included', depth, value };
       return { kind: 'other', depth, value, otherPath: Buffer.from(buf.subarray(pos + 2, pos + 34)) };
     }
     if (tag === TAG_REF) {
@@ -258,7 +280,6 @@ function walk(root: Buffer, path: Uint8Array, read: StratumReader, tableOf?: Str
       if (table !== undefined) for (let i = 0; i < 8; i++) walkRefWords[i] = table.hashes[8 * h + i];
       else for (let i = 0; i < 32; i++) walkRef[i] = buf[pos + 1 + i];
       buf = readStratum(read, stratumId(depth, path), walkRef);
-      view = undefined;
       table = tableOf?.(buf);
       top = depth;
       pos = 1;
@@ -280,8 +301,9 @@ function walk(root: Buffer, path: Uint8Array, read: StratumReader, tableOf?: Str
         leafHashInto(buf, sib, walkSiblings, o);
       } else {
         if (sib + 33 > buf.length) throw corrupt('truncated node');
-        view ??= new DataView(buf.buffer, buf.byteOffset, buf.length);
-        for (let i = 0; i < 32; i += 4) walkSiblingsView.setUint32(o + i, view.getUint32(sib + 1 + i));
+        const view = viewOf(buf);
+        const from = buf.byteOffset + sib + 1;
+        for (let i = 0; i < 32; i += 4) walkSiblingsView.setUint32(o + i, view.getUint32(from + i));
       }
     }
   }
@@ -314,34 +336,37 @@ export function smtLookup(
   return { value: w.kind === 'included' ? w.value : undefined, proof };
 }
 
+// The longest encoded proof: header, full bitmap, 256 siblings, another leaf with the longest value.
+const encoded = Buffer.allocUnsafe(4 + 32 + 32 * 256 + 33 + SMT_MAX_VALUE_LENGTH);
+
 /**
- * smtLookup with the proof already encoded (exactly encodeSmtProof of smtLookup's proof), written once
- * without the intermediate objects: the form a lookup answer carries. `read` may reuse its buffer, as
- * for smtLookup.
+ * smtLookup with the proof encoded (exactly encodeSmtProof of smtLookup's proof) and as base64, the form a
+ * lookup answer carries. It is written once in a reused buffer, without the intermediate objects, so the
+ * only new memory is the text (a fresh buffer of about 700 bytes per lookup used up Node's buffer pool
+ * every dozen lookups). `read` may reuse its buffer, as for smtLookup.
  */
-export function smtLookupEncoded(
+export function smtLookupBase64(
   root: Buffer,
   path: Uint8Array,
   read: StratumReader,
   tableOf?: StratumTableOf,
-): { value: Buffer | undefined; proof: Buffer } {
+): { value: Buffer | undefined; proof: string } {
   const w = walk(root, path, read, tableOf);
   const mapLen = (w.depth + 7) >> 3;
-  const other = w.kind === 'other' ? 33 + w.value!.length : 0;
-  const out = Buffer.allocUnsafe(4 + mapLen + 32 * walkCount + other);
-  out[0] = SMT_PROOF_VERSION;
-  out[1] = w.kind === 'included' ? 0 : w.kind === 'empty' ? 1 : 2;
-  out.writeUInt16BE(w.depth, 2);
-  walkBitmap.copy(out, 4, 0, mapLen);
+  encoded[0] = SMT_PROOF_VERSION;
+  encoded[1] = w.kind === 'included' ? 0 : w.kind === 'empty' ? 1 : 2;
+  encoded.writeUInt16BE(w.depth, 2);
+  walkBitmap.copy(encoded, 4, 0, mapLen);
   let o = 4 + mapLen;
-  walkSiblings.copy(out, o, 0, 32 * walkCount);
+  walkSiblings.copy(encoded, o, 0, 32 * walkCount);
   o += 32 * walkCount;
   if (w.kind === 'other') {
-    w.otherPath!.copy(out, o);
-    out[o + 32] = w.value!.length;
-    w.value!.copy(out, o + 33);
+    w.otherPath!.copy(encoded, o);
+    encoded[o + 32] = w.value!.length;
+    w.value!.copy(encoded, o + 33);
+    o += 33 + w.value!.length;
   }
-  return { value: w.kind === 'included' ? w.value : undefined, proof: out };
+  return { value: w.kind === 'included' ? w.value : undefined, proof: encoded.toString('base64', 0, o) };
 }
 
 /** Every (path, value) in the tree in path order, read through the strata. */

@@ -31,7 +31,7 @@ import {
   type StratumTable,
   type StratumTableOf,
   smtApplyBatch,
-  smtLookupEncoded,
+  smtLookupBase64,
   stratumTable,
 } from '../core/smt.js';
 import {
@@ -438,7 +438,7 @@ export class Log {
       this.topStrata.fill(undefined);
       this.topStrataRoot = Buffer.from(mapRoot);
     }
-    // a lookup's walk is done with each row before it reads the next (see smtLookupEncoded)
+    // a lookup's walk is done with each row before it reads the next (see smtLookupBase64)
     const below = adopt && snap.peekStratum ? snap.peekStratum : snap.stratum;
     return (id) => {
       if (id[0] > 1) return below(id);
@@ -968,13 +968,12 @@ export class Log {
     head: LogHead,
     path: Buffer,
   ): { mapProof: string; entry?: { index: number; data: string; proof: string[] } } {
-    const { value, proof } = smtLookupEncoded(
+    const { value, proof: mapProof } = smtLookupBase64(
       head.mapRoot,
       path,
       this.stratumReader(snap, head.mapRoot, true),
       this.tableOf,
     );
-    const mapProof = proof.toString('base64');
     if (!value) return { mapProof };
     const logIndex = indexValueLogIndex(value);
     // encoded before anything else is read: `peekEntry` may hand out a buffer the next read reuses
