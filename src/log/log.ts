@@ -294,9 +294,20 @@ export class Log {
    */
   private readonly topStrata: Array<Buffer | undefined> = new Array(257);
   private topStrataRoot: Buffer | undefined;
-  /** Tables (stratumTable) of cached top rows, built on a lookup's first use of a row. */
-  private readonly topTables = new WeakMap<Buffer, StratumTable>();
-  private readonly tableOf: StratumTableOf = (row) => this.topTables.get(row);
+  /**
+   * Tables (stratumTable) of cached top rows by slot, each with the row it was built from (a slot's
+   * row is replaced by commits; a table is used only with its own row), built on a lookup's first
+   * use of a row.
+   */
+  private readonly topTables: Array<{ row: Buffer; table: StratumTable } | undefined> = new Array(257);
+  /**
+   * The top row a lookup's reader returned last, with its table: the walk asks for the table of the
+   * row it was just given, so this answers without a search.
+   */
+  private lastTopRow: Buffer | undefined;
+  private lastTopTable: StratumTable | undefined;
+  private readonly tableOf: StratumTableOf = (row) =>
+    row === this.lastTopRow ? this.lastTopTable : undefined;
   /** Ragged range roots of committed leaves (immutable), shared by all proofs. */
   private readonly rangeCache = newRangeRootCache();
   /**
@@ -449,7 +460,15 @@ export class Log {
         if (!row) return undefined;
         this.topStrata[slot] = row;
       }
-      if (adopt && !this.topTables.has(row)) this.topTables.set(row, stratumTable(row));
+      if (adopt) {
+        let t = this.topTables[slot];
+        if (t === undefined || t.row !== row) {
+          t = { row, table: stratumTable(row) };
+          this.topTables[slot] = t;
+        }
+        this.lastTopRow = row;
+        this.lastTopTable = t.table;
+      }
       return row;
     };
   }
