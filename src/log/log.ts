@@ -257,6 +257,20 @@ function tileKey(level: number, index: number): number {
 const proofOffsets = new Int32Array(TILE_HEIGHT);
 const proofTouched = { bits: 0 };
 
+/** Lower part of an inclusion proof as base64 (Log.proofBelowB64: at most one tile's height). */
+const proofBelowScratch = new Array<string>(TILE_HEIGHT).fill('');
+
+/** The upper part of an audit path shared by the leaves of one tile (see Log.proofTops). */
+interface ProofTop {
+  /** Base64, leaf side first. */
+  hashes: string[];
+  /** The tile's first leaf and its number of leaves in the tree. */
+  start: number;
+  n: number;
+  /** `hashes` as JSON array items, built when first asked for. */
+  text: string | undefined;
+}
+
 /** Slot of a root or depth-8 stratum id in Log.topStrata. */
 function topSlot(id: Uint8Array): number {
   return id[0] === 0 ? 0 : 1 + id[1];
@@ -315,7 +329,7 @@ export class Log {
    * base64, leaf side first) shared by all leaves of one 256-leaf tile, by tile index. Those
    * nodes are complete, so the part equals a fresh computation for as long as the size holds.
    */
-  private readonly proofTops = new Map<number, { hashes: string[]; start: number; n: number }>();
+  private readonly proofTops = new Map<number, ProofTop>();
   private proofTopsSize = -1;
   /** The start of answers for the last checkpoint and protocol (see answerPrefix). */
   private prefixCache: { checkpoint: string; protocol: string; text: string; bytes: Buffer } | undefined;
@@ -883,7 +897,13 @@ export class Log {
         key: toBase64(key),
         mapProof: found.mapProof,
       };
-      if (found.entry) answer.entry = found.entry;
+      if (found.data !== undefined) {
+        answer.entry = {
+          index: found.index,
+          data: found.data,
+          proof: this.inclusionProofB64(snap, found.index, head.size),
+        };
+      }
       return answer;
     });
   }
@@ -970,75 +990,71 @@ export class Log {
     key: Uint8Array,
     path: Buffer,
   ): { rest: string; present: boolean } {
-    const { mapProof, entry } = this.lookupIn(snap, head, path);
-    let rest = `${toBase64(key)}","mapProof":"${mapProof}"`;
-    if (entry) {
-      rest += `,"entry":{"index":${entry.index},"data":"${entry.data}","proof":[`;
-      const p = entry.proof;
-      for (let i = 0; i < p.length; i++) rest += i === 0 ? `"${p[i]}"` : `,"${p[i]}"`;
-      rest += ']}';
+    const found = this.lookupIn(snap, head, path);
+    let rest = `${toBase64(key)}","mapProof":"${found.mapProof}"`;
+    if (found.data !== undefined) {
+      rest += `,"entry":{"index":${found.index},"data":"${found.data}","proof":[`;
+      rest += `${this.inclusionProofText(snap, found.index, head.size)}]}`;
     }
-    return { rest: `${rest}}`, present: entry !== undefined };
+    return { rest: `${rest}}`, present: found.data !== undefined };
   }
 
-  /** The base64 parts of an answer for `path` against `head`, read from `snap`. */
+  /**
+   * The sparse proof for `path` against `head` in base64, and for a present key the entry's index and
+   * its data in base64 (data undefined for an absent key), read from `snap`.
+   */
   private lookupIn(
     snap: LogSnapshot,
     head: LogHead,
     path: Buffer,
-  ): { mapProof: string; entry?: { index: number; data: string; proof: string[] } } {
+  ): { mapProof: string; index: number; data: string | undefined } {
     const { value, proof: mapProof } = smtLookupBase64(
       head.mapRoot,
       path,
       this.stratumReader(snap, head.mapRoot, true),
       this.tableOf,
     );
-    if (!value) return { mapProof };
-    const logIndex = indexValueLogIndex(value);
+    if (!value) return { mapProof, index: -1, data: undefined };
+    const index = indexValueLogIndex(value);
     // encoded before anything else is read: `peekEntry` may hand out a buffer the next read reuses
-    const data = snap.peekEntry ? snap.peekEntry(logIndex) : snap.entry(logIndex);
-    if (!data) throw new StorageError(`index points at missing entry ${logIndex}`);
-    return {
-      mapProof,
-      entry: {
-        index: logIndex,
-        data: toBase64(data),
-        proof: this.inclusionProofB64(snap, logIndex, head.size),
-      },
-    };
+    const data = snap.peekEntry ? snap.peekEntry(index) : snap.entry(index);
+    if (!data) throw new StorageError(`index points at missing entry ${index}`);
+    return { mapProof, index, data: toBase64(data) };
   }
 
-  /** inclusionProof(index, size) in base64, its part above the leaf's tile remembered (proofTops). */
-  private inclusionProofB64(snap: LogSnapshot, index: number, size: number): string[] {
+  /** The part of index's audit path above its 256-leaf tile for `size`, remembered (proofTops). */
+  private proofTop(snap: LogSnapshot, index: number, size: number): ProofTop {
     if (this.proofTopsSize !== size || this.proofTops.size >= MAX_PROOF_TOPS) {
       this.proofTops.clear();
       this.proofTopsSize = size;
     }
     const tile = Math.floor(index / TILE_WIDTH);
     let top = this.proofTops.get(tile);
-    let getTile: TileGetter | undefined;
     if (top === undefined) {
-      getTile = this.tileGetter(snap);
-      const reader = hashReaderFromTiles(getTile);
+      const reader = hashReaderFromTiles(this.tileGetter(snap));
       const above = inclusionProofAbove(index, size, TILE_WIDTH, reader, this.rangeCache);
       const hashes = new Array<string>(above.hashes.length);
       for (let i = 0; i < hashes.length; i++) hashes[i] = toBase64(above.hashes[hashes.length - 1 - i]);
-      top = { hashes, start: above.start, n: above.n };
+      top = { hashes, start: above.start, n: above.n, text: undefined };
       this.proofTops.set(tile, top);
     }
+    return top;
+  }
+
+  /**
+   * The part of index's audit path inside its tile (below `top`), in base64, written to `out` from
+   * its start; returns how many hashes.
+   */
+  private proofBelowB64(snap: LogSnapshot, index: number, top: ProofTop, out: string[]): number {
+    const tile = Math.floor(index / TILE_WIDTH);
     // Inside a full tile the audit path is one stored hash per row, encoded straight from the tile
     // (usually from the cache of full tiles, without a getter for this one lookup).
     if (top.n === TILE_WIDTH) {
-      let t = this.fullTiles.get(tileKey(0, tile));
-      if (t === undefined) {
-        getTile ??= this.tileGetter(snap);
-        t = getTile(0, tile);
-      }
+      const t = this.fullTiles.get(tileKey(0, tile)) ?? this.tileGetter(snap)(0, tile);
       if (t !== undefined && t.width === TILE_WIDTH && t.expanded.length === expandedTileSize(TILE_WIDTH)) {
         const ex = Buffer.isBuffer(t.expanded)
           ? t.expanded
           : Buffer.from(t.expanded.buffer, t.expanded.byteOffset, t.expanded.byteLength);
-        const out = new Array<string>(TILE_HEIGHT + top.hashes.length);
         const local = index - top.start;
         // The 8 hashes lie in 8 different places of a 16 KB tile, seldom in the CPU's caches (the
         // cached tiles are 64 MB at a million leaves). Touching them all first lets their cache
@@ -1054,16 +1070,37 @@ export class Log {
           const off = proofOffsets[r];
           out[r] = ex.toString('base64', off, off + 32);
         }
-        for (let i = 0; i < top.hashes.length; i++) out[TILE_HEIGHT + i] = top.hashes[i];
-        return out;
+        return TILE_HEIGHT;
       }
     }
-    getTile ??= this.tileGetter(snap);
-    const below = inclusionProofBelow(index, top.start, top.n, hashReaderFromTiles(getTile), this.rangeCache);
-    const out = new Array<string>(below.length + top.hashes.length);
+    const reader = hashReaderFromTiles(this.tileGetter(snap));
+    const below = inclusionProofBelow(index, top.start, top.n, reader, this.rangeCache);
     for (let i = 0; i < below.length; i++) out[i] = toBase64(below[i]);
-    for (let i = 0; i < top.hashes.length; i++) out[below.length + i] = top.hashes[i];
+    return below.length;
+  }
+
+  /** inclusionProof(index, size) in base64. */
+  private inclusionProofB64(snap: LogSnapshot, index: number, size: number): string[] {
+    const top = this.proofTop(snap, index, size);
+    const n = this.proofBelowB64(snap, index, top, proofBelowScratch);
+    const out = new Array<string>(n + top.hashes.length);
+    for (let i = 0; i < n; i++) out[i] = proofBelowScratch[i];
+    for (let i = 0; i < top.hashes.length; i++) out[n + i] = top.hashes[i];
     return out;
+  }
+
+  /**
+   * inclusionProof(index, size) in base64 as the items of a JSON array (`"h0","h1",...`), the upper
+   * part's text remembered with it (one string instead of a dozen joined per answer).
+   */
+  private inclusionProofText(snap: LogSnapshot, index: number, size: number): string {
+    const top = this.proofTop(snap, index, size);
+    top.text ??= top.hashes.length === 0 ? '' : `"${top.hashes.join('","')}"`;
+    const n = this.proofBelowB64(snap, index, top, proofBelowScratch);
+    let text = '';
+    for (let i = 0; i < n; i++) text += i === 0 ? `"${proofBelowScratch[i]}"` : `,"${proofBelowScratch[i]}"`;
+    if (top.text === '') return text;
+    return n === 0 ? top.text : `${text},${top.text}`;
   }
 
   /** Inclusion proof of entry `index` in the tree of `size` (default: the latest). */
