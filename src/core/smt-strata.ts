@@ -24,7 +24,8 @@ export const TAG_REF = 0x03;
 /**
  * Reads one stratum row by id, or undefined if there is none. The returned bytes must stay unchanged until
  * the call that asked for them returns (so no buffer that the store reuses for its next read, such as
- * lmdb's getBinaryFast; plain `get` is fine).
+ * lmdb's getBinaryFast; plain `get` is fine). The id is the caller's for the call only: a lookup passes
+ * the same buffer, rewritten, for every read of one level.
  */
 export type StratumReader = (id: Buffer) => Uint8Array | undefined;
 

@@ -217,6 +217,21 @@ function viewOf(buf: Buffer): DataView {
   return rowView;
 }
 
+// One reused id per stratum level for the walk's reads (a reader may not keep the id it is given).
+const walkIds: Buffer[] = Array.from({ length: 1 + 256 / STRATUM_LEVELS }, (_, level) => {
+  const id = Buffer.alloc(level + 1);
+  id[0] = level;
+  return id;
+});
+
+/** stratumId(depth, path) in the walk's reused buffer for that level. */
+function walkId(depth: number, path: Uint8Array): Buffer {
+  const level = depth >> 3;
+  const id = walkIds[level];
+  for (let i = 0; i < level; i++) id[i + 1] = path[i];
+  return id;
+}
+
 interface Walked {
   kind: SmtProof['kind'];
   depth: number;
@@ -230,7 +245,7 @@ function walk(root: Buffer, path: Uint8Array, read: StratumReader, tableOf?: Str
   walkBitmap.fill(0);
   walkCount = 0;
   if (asBuffer(root).equals(SMT_EMPTY)) return { kind: 'empty', depth: 0 };
-  let buf = readStratum(read, Buffer.from(ROOT_STRATUM_ID), root);
+  let buf = readStratum(read, walkId(0, path), root);
   let table = tableOf?.(buf);
   let top = 0;
   let pos = 1;
@@ -279,7 +294,7 @@ function walk(root: Buffer, path: Uint8Array, read: StratumReader, tableOf?: Str
       // copied first: the next read may reuse the memory the current row lives in
       if (table !== undefined) for (let i = 0; i < 8; i++) walkRefWords[i] = table.hashes[8 * h + i];
       else for (let i = 0; i < 32; i++) walkRef[i] = buf[pos + 1 + i];
-      buf = readStratum(read, stratumId(depth, path), walkRef);
+      buf = readStratum(read, walkId(depth, path), walkRef);
       table = tableOf?.(buf);
       top = depth;
       pos = 1;
