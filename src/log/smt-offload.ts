@@ -161,8 +161,6 @@ export class SmtOffload {
     updates: readonly SmtUpdate[],
     keep: readonly number[] = [],
   ): Promise<OffloadResult | undefined> {
-    const w = this.start();
-    if (w === undefined || this.waiting !== undefined) return Promise.resolve(undefined);
     const n = updates.length;
     const paths = new Uint8Array(new ArrayBuffer(n * 32));
     let total = 0;
@@ -179,6 +177,35 @@ export class SmtOffload {
       at += u.value.length;
       valueEnds[i] = at;
     }
+    return this.send(root, paths, values, valueEnds, keep);
+  }
+
+  /**
+   * `apply` for updates already packed as the worker takes them: n 32-byte paths back to back,
+   * the values back to back, value i ending at valueEnds[i]. The arrays are copied (the copies are
+   * transferred), so the caller keeps them for an update in its own thread.
+   */
+  applyPacked(
+    root: Buffer,
+    paths: Uint8Array,
+    values: Uint8Array,
+    valueEnds: Uint32Array,
+    keep: readonly number[] = [],
+  ): Promise<OffloadResult | undefined> {
+    // copies (a Buffer's slice would be a view)
+    return this.send(root, new Uint8Array(paths), new Uint8Array(values), new Uint32Array(valueEnds), keep);
+  }
+
+  /** Sends an update whose arrays are this call's own (they are transferred). */
+  private send(
+    root: Buffer,
+    paths: Uint8Array<ArrayBuffer>,
+    values: Uint8Array<ArrayBuffer>,
+    valueEnds: Uint32Array<ArrayBuffer>,
+    keep: readonly number[],
+  ): Promise<OffloadResult | undefined> {
+    const w = this.start();
+    if (w === undefined || this.waiting !== undefined) return Promise.resolve(undefined);
     const seq = ++this.seq;
     const req: OffloadRequest = {
       type: 'apply',
