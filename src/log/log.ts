@@ -237,6 +237,8 @@ interface BatchBuild {
   strata: ReturnType<typeof smtApplyBatch>;
   /** Set when the worker computed `strata` and holds it (SmtOffload.apply's `keep`). */
   offloadSeq: number | undefined;
+  /** The rows to commit, when they came from the worker (see OffloadResult.rows); else strata.writes. */
+  rows: (() => Array<{ id: Buffer; data: Buffer }>) | undefined;
   /** Frees the memory of `strata.writes` (emptied) once they are committed; see OffloadResult. */
   release: (() => void) | undefined;
 }
@@ -772,6 +774,7 @@ export class Log {
     let strata = built.strata;
     let offloadSeq: number | undefined;
     let release: (() => void) | undefined;
+    let rows: (() => Array<{ id: Buffer; data: Buffer }>) | undefined;
     if (strata === undefined) {
       const r = await offloaded;
       if (r !== undefined) {
@@ -779,11 +782,12 @@ export class Log {
         strata = r.strata;
         offloadSeq = r.seq;
         release = r.release;
+        rows = r.rows;
       } else {
         strata = this.read(applyHere);
       }
     }
-    return { newSize, tiles: built.tiles, rootHash: built.rootHash, strata, offloadSeq, release };
+    return { newSize, tiles: built.tiles, rootHash: built.rootHash, strata, offloadSeq, rows, release };
   }
 
   /**
@@ -835,6 +839,7 @@ export class Log {
           throw new StateError(`batch built at size ${built.newSize - count}, log is at ${old.size}`);
         }
         const { newSize, tiles, rootHash, strata } = built;
+        const rows = built.rows?.() ?? [...strata.writes.values()];
         const cp = { origin: this.origin, size: newSize, rootHash, mapRoot: strata.root, extensions: [] };
         head = {
           size: newSize,
@@ -846,12 +851,12 @@ export class Log {
           firstIndex,
           entries: appendedEntries(batch, plan),
           tiles,
-          strataWrites: [...strata.writes.values()],
+          strataWrites: rows,
           strataDeletes: strata.deletes,
           head,
         });
         this.sequenced = head;
-        this.updateTopStrata(old.mapRoot, strata.root, strata.writes.values(), strata.deletes);
+        this.updateTopStrata(old.mapRoot, strata.root, rows, strata.deletes);
         // committed: a batch built on this one reads these rows from the store from now on
         built.release?.();
       }

@@ -91,11 +91,34 @@ export type OffloadResponse =
     }
   | { type: 'failed'; seq: number; message: string };
 
+/** Rows given as ids and data packed apart (row i is ids' string i and rows' string i), as views. */
+function rowList(ids: PackedRows, rows: PackedRows): Array<{ id: Buffer; data: Buffer }> {
+  const ib = Buffer.from(ids.bytes.buffer, ids.bytes.byteOffset, ids.bytes.byteLength);
+  const rb = Buffer.from(rows.bytes.buffer, rows.bytes.byteOffset, rows.bytes.byteLength);
+  const out = new Array<{ id: Buffer; data: Buffer }>(ids.ends.length);
+  let id = 0;
+  let row = 0;
+  for (let i = 0; i < out.length; i++) {
+    out[i] = { id: ib.subarray(id, ids.ends[i]), data: rb.subarray(row, rows.ends[i]) };
+    id = ids.ends[i];
+    row = rows.ends[i];
+  }
+  return out;
+}
+
 /** The result of an offloaded update, with the replaced values it reported. */
 export interface OffloadResult {
   /** Names this result for a later update built on top of it before it is committed (`keep`). */
   seq: number;
+  /**
+   * `strata.writes` is made on first use: the sequencer needs it only to build a batch on top of this
+   * one in its own thread, and a map keyed by hex of about one row per update (each row an object,
+   * two views and a string) lived from the result to the end of its commit, long enough to be
+   * promoted to old space.
+   */
   strata: SmtBatchResult;
+  /** The rows to store, made afresh at each call as views (none once released). */
+  rows(): Array<{ id: Buffer; data: Buffer }>;
   replaced: Array<{ path: Buffer; value: Buffer }>;
   /**
    * Gives the rows' memory back to the worker once they are in the store and nothing reads them
@@ -226,18 +249,17 @@ export class SmtOffload {
             resolve(undefined);
             return;
           }
-          const ids = unpackRows(m.ids);
-          const rows = unpackRows(m.rows);
-          const writes = new Map<string, { id: Buffer; data: Buffer }>();
-          for (let i = 0; i < ids.length; i++)
-            writes.set(ids[i].toString('hex'), { id: ids[i], data: rows[i] });
+          let writes: Map<string, { id: Buffer; data: Buffer }> | undefined;
+          let released = false;
+          const rows = () => (released ? [] : rowList(m.ids, m.rows));
           const paths = unpackRows(m.replacedPaths);
           const vals = unpackRows(m.replacedValues);
           const replaced = paths.map((path, i) => ({ path, value: vals[i] }));
           const buffer = m.rows.bytes.buffer as ArrayBuffer;
           resolve({
             release: () => {
-              writes.clear();
+              released = true;
+              writes?.clear();
               const to = this.worker;
               if (to !== undefined && buffer.byteLength > 0) {
                 const reuse: OffloadReuse = { type: 'reuse', buffers: [buffer] };
@@ -245,9 +267,16 @@ export class SmtOffload {
               }
             },
             seq,
+            rows,
             strata: {
               root: Buffer.from(m.root.buffer, m.root.byteOffset, m.root.byteLength),
-              writes,
+              get writes() {
+                if (writes === undefined) {
+                  writes = new Map();
+                  for (const w of rows()) writes.set(w.id.toString('hex'), w);
+                }
+                return writes;
+              },
               deletes: [],
             },
             replaced,
