@@ -222,7 +222,8 @@ const scratch65 = Buffer.alloc(65);
 /** Node hash of the two adjacent hashes at src[off .. off + 64), written to dst at dstOff. */
 function hashAdjacentInto(src: Buffer, off: number, dst: Buffer, dstOff: number): void {
   scratch65[0] = NODE_PREFIX;
-  src.copy(scratch65, 1, off, off + 2 * HASH_SIZE);
+  // byte by byte: Buffer#copy of part of a buffer makes a view of that part (one per node hashed)
+  for (let i = 0; i < 2 * HASH_SIZE; i++) scratch65[1 + i] = src[off + i];
   sha256Into(scratch65, dst, dstOff);
 }
 

@@ -107,9 +107,10 @@ interface SubmitCall {
    * i is framed[starts[i] + 1 .. starts[i + 1]).
    */
   framed: Buffer;
-  starts: Float64Array;
+  /** Offsets below 2^32 (a Buffer's limit in Node 20), read as small integers, not doubles. */
+  starts: Uint32Array;
   /** Where entry i's value starts in `framed` (the byte before it is its length). */
-  valueAt: Float64Array;
+  valueAt: Uint32Array;
   /** Index path of entry i at paths[32 i .. 32 i + 32). */
   paths: Buffer;
 }
@@ -225,7 +226,7 @@ interface BatchPlan {
   paths: Buffer;
   values: Buffer;
   /** Index each submission resolves to. */
-  indexes: Float64Array;
+  indexes: number[];
   /** 1 for a submission answered by an existing entry. */
   duplicate: Uint8Array;
 }
@@ -355,6 +356,8 @@ export class Log {
   private proofTopsSize = -1;
   /** The start of answers for the last checkpoint and protocol (see answerPrefix). */
   private prefixCache: { checkpoint: string; protocol: string; text: string; bytes: Buffer } | undefined;
+  /** plan's hash table of positions, kept for the next batch. */
+  private planTable = new Int32Array(0);
   /** Runs big batches' sparse index updates on another core (undefined for a read-only log). */
   private readonly offload: SmtOffload | undefined;
 
@@ -526,14 +529,19 @@ export class Log {
     if (!this.signer) return Promise.reject(new StateError('log is open read-only: it takes no submissions'));
     const n = entries.length;
     if (n === 0) return Promise.resolve([]);
-    const starts = new Float64Array(n + 1);
-    // encodedEntrySize validates
-    for (let i = 0; i < n; i++) starts[i + 1] = starts[i] + 1 + encodedEntrySize(entries[i]);
+    const starts = new Uint32Array(n + 1);
+    let total = 0;
+    for (let i = 0; i < n; i++) {
+      // encodedEntrySize validates
+      total += 1 + encodedEntrySize(entries[i]);
+      if (total > 0xffffffff) throw new FormatError('the entries of one call must total less than 4 GiB');
+      starts[i + 1] = total;
+    }
     if (this.pending + n > this.maxPending) {
       return Promise.reject(new PoolFullError(1));
     }
-    const framed = Buffer.allocUnsafe(starts[n]);
-    const valueAt = new Float64Array(n);
+    const framed = Buffer.allocUnsafe(total);
+    const valueAt = new Uint32Array(n);
     const paths = Buffer.allocUnsafe(32 * n);
     for (let i = 0; i < n; i++) {
       const e = entries[i];
@@ -674,19 +682,25 @@ export class Log {
     const leaves = Buffer.allocUnsafe(32 * n);
     const paths = Buffer.allocUnsafe(32 * n);
     const values = Buffer.allocUnsafe(40 * n);
-    const indexes = new Float64Array(n);
+    const indexes = new Array<number>(n);
     const duplicate = new Uint8Array(n);
     // The latest submission appended per path within this batch, so resubmissions inside a batch
-    // are idempotent too: by 30 bits of the path (see PathMap) the last position appended, and
-    // through `earlier` the positions appended before it with the same bits, newest first.
-    const latest = new Map<number, number>();
+    // are idempotent too: a hash table of positions (bucket: low bits of the path, see PathMap)
+    // holds the last position appended per bucket, and `earlier` chains the positions appended
+    // before it in the same bucket, newest first. No object per entry, and the table is reused.
+    let buckets = 1024;
+    while (buckets < 2 * n) buckets *= 2;
+    if (this.planTable.length < buckets) this.planTable = new Int32Array(buckets);
+    const latest = this.planTable;
+    latest.fill(-1, 0, buckets);
+    const mask = buckets - 1;
     const earlier = new Int32Array(n);
     let count = 0;
     for (let i = 0; i < n; i++) {
       const call = calls[i];
       const s = slots[i];
-      const bits = pathBits(call.paths, 32 * s);
-      const head = latest.get(bits) ?? -1;
+      const bucket = pathBits(call.paths, 32 * s) & mask;
+      const head = latest[bucket];
       let j = head;
       while (j >= 0 && !samePath(calls[j], slots[j], call, s)) j = earlier[j];
       if (j >= 0) {
@@ -704,14 +718,18 @@ export class Log {
         }
       }
       const index = firstIndex + count;
-      // the leaf hash goes straight into the index value, which carries it after the log index
+      // The leaf hash goes straight into the index value, which carries it after the log index.
+      // Hashes are copied byte by byte: Buffer#copy of part of a buffer makes a view of that part.
       writeIndexValueIndex(index, values, 40 * count);
       sha256Into(call.framed.subarray(call.starts[s], call.starts[s + 1]), values, 40 * count + 8);
-      values.copy(leaves, 32 * count, 40 * count + 8, 40 * count + 40);
-      call.paths.copy(paths, 32 * count, 32 * s, 32 * s + 32);
+      const paths32 = call.paths;
+      for (let b = 0, v = 40 * count + 8, l = 32 * count, q = 32 * s; b < 32; b++) {
+        leaves[l + b] = values[v + b];
+        paths[l + b] = paths32[q + b];
+      }
       appended[count] = i;
       earlier[i] = head;
-      latest.set(bits, i);
+      latest[bucket] = i;
       indexes[i] = index;
       count++;
     }
