@@ -21,6 +21,32 @@ export const sha256Into: (data: Uint8Array, out: Uint8Array, at: number) => void
       }
     : (data, out, at) => out.set(createHash('sha256').update(data).digest(), at);
 
+/**
+ * Writes SHA-256(data) to out[at..at+32) and to out2[at2..at2+32): a tree node's hash goes into its row
+ * and into its parent's hashing input, and one pass over the digest is cheaper than copying it after.
+ */
+export const sha256IntoTwo: (
+  data: Uint8Array,
+  out: Uint8Array,
+  at: number,
+  out2: Uint8Array,
+  at2: number,
+) => void =
+  typeof oneShotHash === 'function'
+    ? (data, out, at, out2, at2) => {
+        const s = oneShotHash('sha256', data, 'binary');
+        for (let i = 0; i < 32; i++) {
+          const c = s.charCodeAt(i);
+          out[at + i] = c;
+          out2[at2 + i] = c;
+        }
+      }
+    : (data, out, at, out2, at2) => {
+        const d = createHash('sha256').update(data).digest();
+        out.set(d, at);
+        out2.set(d, at2);
+      };
+
 const scratch65 = Buffer.alloc(65);
 
 /** prefix || a || b in a shared scratch buffer, valid until the next call. */
