@@ -141,12 +141,14 @@ export interface SmtBatchRows {
 class BatchWriter {
   private readonly frames: Frame[];
   private readonly pairs: Buffer[];
+  /** The batch's paths and, in path order, the update each sorted position stands for. */
+  private readonly pb: Buffer;
+  private readonly order: Uint32Array;
   readonly ids: Buffer[] = [];
   readonly rows: Buffer[] = [];
 
   constructor(
-    private readonly paths: Buffer[],
-    private readonly values: Buffer[],
+    private readonly batch: PackedBatch,
     private readonly read: StratumReader,
     ws: Workspace,
     private readonly onReplace: ((path: Buffer, oldValue: Buffer) => void) | undefined,
@@ -154,6 +156,8 @@ class BatchWriter {
   ) {
     this.frames = ws.frames;
     this.pairs = ws.pairs;
+    this.pb = batch.paths;
+    this.order = batch.order;
   }
 
   /** Starts a new row at `level`. */
@@ -226,12 +230,13 @@ class BatchWriter {
 
   /** First index in [lo, hi) whose path has bit `depth` set (the slice is sorted and shares `depth` bits). */
   private split(lo: number, hi: number, depth: number): number {
-    const paths = this.paths;
+    const pb = this.pb;
+    const order = this.order;
     const b = depth >> 3;
     const m = 0x80 >> (depth & 7);
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
-      if (paths[mid][b] & m) hi = mid;
+      if (pb[order[mid] * 32 + b] & m) hi = mid;
       else lo = mid + 1;
     }
     return lo;
@@ -242,12 +247,13 @@ class BatchWriter {
    * `from` on (all of them share the bytes before it): Buffer#compare with offsets costs a native call.
    */
   private contains(lo: number, hi: number, buf: Buffer, off: number, from: number): boolean {
-    const paths = this.paths;
+    const pb = this.pb;
+    const order = this.order;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
-      const p = paths[mid];
+      const p = order[mid] * 32;
       let c = 0;
-      for (let i = from; i < 32 && c === 0; i++) c = p[i] - buf[off + i];
+      for (let i = from; i < 32 && c === 0; i++) c = pb[p + i] - buf[off + i];
       if (c === 0) return true;
       if (c < 0) lo = mid + 1;
       else hi = mid;
@@ -338,7 +344,13 @@ class BatchWriter {
         if (depth !== f.top + STRATUM_LEVELS || pos + 33 > old.length) throw corrupt('bad reference');
         f.pos = pos + 33;
         const expected = old.subarray(pos + 1, pos + 33);
-        const h = this.existing(f.level + 1, stratumId(depth, this.paths[lo]), expected, lo, hi);
+        const h = this.existing(
+          f.level + 1,
+          stratumId(depth, this.pb, this.order[lo] * 32),
+          expected,
+          lo,
+          hi,
+        );
         this.writeRef(f, h, dst, d);
         return;
       }
@@ -378,16 +390,18 @@ class BatchWriter {
         copyBytes(exBuf, exOff, exOff + n, f.out, at);
         f.len += n;
       } else {
-        const path = this.paths[lo];
-        const value = this.values[lo];
-        const n = 34 + value.length;
+        const { values, valueEnds } = this.batch;
+        const u = this.order[lo];
+        const vs = u === 0 ? 0 : valueEnds[u - 1];
+        const vlen = valueEnds[u] - vs;
+        const n = 34 + vlen;
         this.reserve(f, n);
         at = f.len;
         const out = f.out;
         out[at] = TAG_LEAF;
-        out[at + 1] = value.length;
-        copy32(path, 0, out, at + 2);
-        copyBytes(value, 0, value.length, out, at + 34);
+        out[at + 1] = vlen;
+        copy32(this.pb, u * 32, out, at + 2);
+        copyBytes(values, vs, vs + vlen, out, at + 34);
         f.len += n;
       }
       leafHashInto(f.out, at, dst, d);
@@ -395,7 +409,7 @@ class BatchWriter {
     }
     if (depth === f.top + STRATUM_LEVELS) {
       // Internal node on the band's bottom edge: its content goes to a new child stratum.
-      const h = this.fresh(f.level + 1, stratumId(depth, this.paths[lo]), lo, hi, exBuf, exOff);
+      const h = this.fresh(f.level + 1, stratumId(depth, this.pb, this.order[lo] * 32), lo, hi, exBuf, exOff);
       this.writeRef(f, h, dst, d);
       return;
     }
@@ -413,27 +427,82 @@ class BatchWriter {
 /** Submission positions below this fit beside 32 bits of path in one exact double (see sortBatch). */
 const POS_LIMIT = 2 ** 21;
 
-/** Validates, sorts by path and drops all but the last update of each path. */
-function sortBatch(updates: readonly SmtUpdate[]): { paths: Buffer[]; values: Buffer[] } {
+/**
+ * Updates packed in three arrays (the index worker gets them so from the sequencer): update i has the
+ * path paths[32i..32i+32) and the value values[valueEnds[i-1]..valueEnds[i]) (from 0 for i = 0).
+ */
+export interface SmtPackedUpdates {
+  paths: Uint8Array;
+  values: Uint8Array;
+  valueEnds: Uint32Array;
+}
+
+/** A validated packed batch and the order of its updates by path, without repeated paths. */
+interface PackedBatch {
+  paths: Buffer;
+  values: Buffer;
+  valueEnds: Uint32Array;
+  order: Uint32Array;
+}
+
+/** Packs an array of updates (checking their lengths) into one buffer of paths and one of values. */
+function packUpdates(updates: readonly SmtUpdate[]): SmtPackedUpdates {
   const n = updates.length;
+  const paths = Buffer.allocUnsafe(32 * n);
+  const valueEnds = new Uint32Array(n);
+  let total = 0;
+  for (let i = 0; i < n; i++) {
+    const u = updates[i];
+    if (u.path.length !== 32)
+      throw new FormatError(`sparse index path must be 32 bytes, got ${u.path.length}`);
+    if (u.value.length > SMT_MAX_VALUE_LENGTH) {
+      throw new FormatError(`sparse index value must be at most 255 bytes, got ${u.value.length}`);
+    }
+    paths.set(u.path, 32 * i);
+    total += u.value.length;
+    valueEnds[i] = total;
+  }
+  const values = Buffer.allocUnsafe(total);
+  for (let i = 0; i < n; i++) values.set(updates[i].value, i === 0 ? 0 : valueEnds[i - 1]);
+  return { paths, values, valueEnds };
+}
+
+/**
+ * Validates a packed batch, sorts it by path and drops all but the last update of each path. The
+ * packed form has no object per update: the worker's batch used to be 30k objects that lived through
+ * the whole batch, copied by every young-generation collection until they were promoted.
+ */
+function sortBatch(u: SmtPackedUpdates): PackedBatch {
+  const n = u.valueEnds.length;
+  const p = asBuffer(u.paths);
+  const ends = u.valueEnds;
+  if (p.length !== 32 * n)
+    throw new FormatError(`sparse index paths must be 32 bytes each, got ${p.length} for ${n}`);
+  for (let i = 0, start = 0; i < n; start = ends[i++]) {
+    const len = ends[i] - start;
+    if (len < 0 || len > SMT_MAX_VALUE_LENGTH) {
+      throw new FormatError(`sparse index value must be at most 255 bytes, got ${len}`);
+    }
+  }
+  if (n > 0 && ends[n - 1] > u.values.length)
+    throw new FormatError('sparse index values end past their buffer');
   // Each key is the path's first 32 bits followed by the submission position, so a plain numeric
   // sort of the keys (native, no comparison callback) orders by those bits and then by position.
   const keys = new Float64Array(n);
   for (let i = 0; i < n; i++) {
-    const u = updates[i];
-    const p = u.path;
-    if (p.length !== 32) throw new FormatError(`sparse index path must be 32 bytes, got ${p.length}`);
-    if (u.value.length > SMT_MAX_VALUE_LENGTH) {
-      throw new FormatError(`sparse index value must be at most 255 bytes, got ${u.value.length}`);
-    }
+    const o = 32 * i;
     // a batch too big for the position field gets keys without it, all in one run (sorted below)
-    keys[i] = n < POS_LIMIT ? (((p[0] << 24) | (p[1] << 16) | (p[2] << 8) | p[3]) >>> 0) * POS_LIMIT + i : 0;
+    keys[i] =
+      n < POS_LIMIT
+        ? (((p[o] << 24) | (p[o + 1] << 16) | (p[o + 2] << 8) | p[o + 3]) >>> 0) * POS_LIMIT + i
+        : 0;
   }
   keys.sort();
   const order = new Uint32Array(n);
   for (let j = 0; j < n; j++) order[j] = n < POS_LIMIT ? keys[j] % POS_LIMIT : j;
+  const cmp = (a: number, b: number) => p.compare(p, 32 * b, 32 * b + 32, 32 * a, 32 * a + 32);
   // Paths that share their first 32 bits (rare) are ordered by the rest, then by position.
-  const byPath = (a: number, b: number) => Buffer.compare(updates[a].path, updates[b].path) || a - b;
+  const byPath = (a: number, b: number) => cmp(a, b) || a - b;
   for (let j = 0; j < n; ) {
     const high = Math.floor(keys[j] / POS_LIMIT);
     let e = j + 1;
@@ -441,21 +510,18 @@ function sortBatch(updates: readonly SmtUpdate[]): { paths: Buffer[]; values: Bu
     if (e - j > 1) order.subarray(j, e).sort(byPath);
     j = e;
   }
-  const paths: Buffer[] = [];
-  const values: Buffer[] = [];
+  let m = 0;
   for (let j = 0; j < n; j++) {
-    const i = order[j];
     // Equal paths are adjacent and in submission order: keep the last.
     if (
       j + 1 < n &&
       Math.floor(keys[j] / POS_LIMIT) === Math.floor(keys[j + 1] / POS_LIMIT) &&
-      Buffer.compare(updates[i].path, updates[order[j + 1]].path) === 0
+      cmp(order[j], order[j + 1]) === 0
     )
       continue;
-    paths.push(asBuffer(updates[i].path));
-    values.push(asBuffer(updates[i].value));
+    order[m++] = order[j];
   }
-  return { paths, values };
+  return { paths: p, values: asBuffer(u.values), valueEnds: ends, order: order.subarray(0, m) };
 }
 
 /**
@@ -479,7 +545,7 @@ export function smtApplyBatch(...args: Parameters<typeof smtApplyBatchRows>): Sm
  */
 export function smtApplyBatchRows(
   root: Buffer,
-  updates: readonly SmtUpdate[],
+  updates: readonly SmtUpdate[] | SmtPackedUpdates,
   /**
    * Rows are read depth-first: a row of level L (id[0] = L) is no longer used once the next row of
    * level L is read, so a reader may hand out one reused buffer per level.
@@ -491,17 +557,18 @@ export function smtApplyBatchRows(
   slabs: SlabSource = heapSlabs,
 ): SmtBatchRows {
   if (root.length !== 32) throw new FormatError(`sparse index root must be 32 bytes, got ${root.length}`);
-  if (updates.length === 0) return { root: Buffer.from(root), ids: [], rows: [] };
-  const { paths, values } = sortBatch(updates);
+  const batch = sortBatch('valueEnds' in updates ? updates : packUpdates(updates));
+  const count = batch.order.length;
+  if (count === 0) return { root: Buffer.from(root), ids: [], rows: [] };
   const ws = idle ?? newWorkspace();
   idle = undefined;
-  const w = new BatchWriter(paths, values, read, ws, onReplace, slabs);
+  const w = new BatchWriter(batch, read, ws, onReplace, slabs);
   try {
     const rootId = Buffer.from(ROOT_STRATUM_ID);
     const r = asBuffer(root);
     const h = r.equals(SMT_EMPTY)
-      ? w.fresh(0, rootId, 0, paths.length, undefined, 0)
-      : w.existing(0, rootId, r, 0, paths.length);
+      ? w.fresh(0, rootId, 0, count, undefined, 0)
+      : w.existing(0, rootId, r, 0, count);
     return { root: h, ids: w.ids, rows: w.rows };
   } finally {
     // After a failure a frame may hold a half-written row; its slab space is simply not reused.

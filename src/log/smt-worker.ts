@@ -134,16 +134,6 @@ port.on('message', (msg: OffloadRequest | OffloadReuse | { type: 'close' } | { t
     }
     // the batch must read what the sequencer committed last, not an older snapshot
     store.renewSnapshot();
-    const paths = Buffer.from(msg.paths.buffer, msg.paths.byteOffset, msg.paths.byteLength);
-    const values = Buffer.from(msg.values.buffer, msg.values.byteOffset, msg.values.byteLength);
-    const n = msg.valueEnds.length;
-    const updates = new Array<{ path: Buffer; value: Buffer }>(n);
-    let start = 0;
-    for (let i = 0; i < n; i++) {
-      const end = msg.valueEnds[i];
-      updates[i] = { path: paths.subarray(i * 32, i * 32 + 32), value: values.subarray(start, end) };
-      start = end;
-    }
     const replacedPaths: Buffer[] = [];
     const replacedValues: Buffer[] = [];
     const result = store.read((snap) => {
@@ -151,7 +141,7 @@ port.on('message', (msg: OffloadRequest | OffloadReuse | { type: 'close' } | { t
         copyToLevel(id[0], snap.peekStratum ? snap.peekStratum(id) : snap.stratum(id));
       return smtApplyBatchRows(
         Buffer.from(msg.root),
-        updates,
+        { paths: msg.paths, values: msg.values, valueEnds: msg.valueEnds },
         layers.length === 0
           ? stored
           : (id) => {
