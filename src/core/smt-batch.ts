@@ -198,8 +198,20 @@ class BatchWriter {
     f.old = undefined;
   }
 
-  /** Rewrites an existing stratum whose top node must have hash `expected`; returns its new top hash. */
-  existing(level: number, id: Buffer, expected: Buffer, lo: number, hi: number): Buffer {
+  /**
+   * Rewrites an existing stratum whose top node must have the hash at expected[e..e+32); writes its new
+   * top hash to dst[d..d+32) (the REF slot in the parent's row, which no child writes move).
+   */
+  existing(
+    level: number,
+    id: Buffer,
+    expected: Buffer,
+    e: number,
+    lo: number,
+    hi: number,
+    dst: Buffer,
+    d: number,
+  ): void {
     const raw = this.read(id);
     if (raw === undefined) throw corrupt('missing stratum', id);
     const old = asBuffer(raw);
@@ -207,25 +219,33 @@ class BatchWriter {
     const tag = old[1];
     const topOk =
       tag === TAG_NODE
-        ? old.length >= 34 && equal32(old, 2, expected, 0)
-        : tag === TAG_LEAF && level === 0 && nodeHashAt(old, 1).equals(expected);
+        ? old.length >= 34 && equal32(old, 2, expected, e)
+        : tag === TAG_LEAF && level === 0 && equal32(nodeHashAt(old, 1), 0, expected, e);
     if (!topOk) throw corrupt('top node does not match its parent (stale or damaged row)', id);
     const f = this.begin(level, old);
-    const top = Buffer.allocUnsafe(32);
-    this.node(f, f.top, lo, hi, top, 0);
+    this.node(f, f.top, lo, hi, dst, d);
     if (f.pos !== old.length) throw corrupt('trailing bytes', id);
     // Same hash means same leaves, and the encoding is canonical: the row is unchanged.
-    this.end(f, id, !equal32(top, 0, expected, 0));
-    return top;
+    this.end(f, id, !equal32(dst, d, expected, e));
   }
 
-  /** Writes a new stratum holding updates [lo, hi) and the extra leaf, if any (2+ leaves unless root). */
-  fresh(level: number, id: Buffer, lo: number, hi: number, exBuf: Buffer | undefined, exOff: number): Buffer {
+  /**
+   * Writes a new stratum holding updates [lo, hi) and the extra leaf, if any (2+ leaves unless root);
+   * its top hash goes to dst[d..d+32) as in `existing`.
+   */
+  fresh(
+    level: number,
+    id: Buffer,
+    lo: number,
+    hi: number,
+    exBuf: Buffer | undefined,
+    exOff: number,
+    dst: Buffer,
+    d: number,
+  ): void {
     const f = this.begin(level, undefined);
-    const top = Buffer.allocUnsafe(32);
-    this.build(f, f.top, lo, hi, exBuf, exOff, top, 0);
+    this.build(f, f.top, lo, hi, exBuf, exOff, dst, d);
     this.end(f, id, true);
-    return top;
   }
 
   /** First index in [lo, hi) whose path has bit `depth` set (the slice is sorted and shares `depth` bits). */
@@ -261,10 +281,10 @@ class BatchWriter {
     return false;
   }
 
-  /** Reserves a NODE in the row; returns the offset (relative to base) of its hash slot. */
-  private openNode(f: Frame): number {
+  /** Reserves a NODE or REF in the row; returns the offset (relative to base) of its hash slot. */
+  private open(f: Frame, tag: number): number {
     this.reserve(f, 33);
-    f.out[f.len] = TAG_NODE;
+    f.out[f.len] = tag;
     const slot = f.len + 1 - f.base;
     f.len += 33;
     return slot;
@@ -273,15 +293,6 @@ class BatchWriter {
   /** Hashes the node whose children wrote their hashes to pairs[depth] into its slot and dst[d..). */
   private closeNode(f: Frame, depth: number, slot: number, dst: Buffer, d: number): void {
     sha256IntoTwo(this.pairs[depth], f.out, f.base + slot, dst, d);
-  }
-
-  private writeRef(f: Frame, h: Buffer, dst: Buffer, d: number): void {
-    this.reserve(f, 33);
-    const out = f.out;
-    out[f.len] = TAG_REF;
-    copy32(h, 0, out, f.len + 1);
-    f.len += 33;
-    copy32(h, 0, dst, d);
   }
 
   /**
@@ -332,7 +343,7 @@ class BatchWriter {
       case TAG_NODE: {
         if (depth >= f.top + STRATUM_LEVELS || pos + 33 > old.length) throw corrupt('bad node');
         f.pos = pos + 33;
-        const slot = this.openNode(f);
+        const slot = this.open(f, TAG_NODE);
         const mid = this.split(lo, hi, depth);
         const pair = this.pairs[depth];
         this.node(f, depth + 1, lo, mid, pair, 1);
@@ -343,15 +354,10 @@ class BatchWriter {
       case TAG_REF: {
         if (depth !== f.top + STRATUM_LEVELS || pos + 33 > old.length) throw corrupt('bad reference');
         f.pos = pos + 33;
-        const expected = old.subarray(pos + 1, pos + 33);
-        const h = this.existing(
-          f.level + 1,
-          stratumId(depth, this.pb, this.order[lo] * 32),
-          expected,
-          lo,
-          hi,
-        );
-        this.writeRef(f, h, dst, d);
+        const slot = this.open(f, TAG_REF);
+        const id = stratumId(depth, this.pb, this.order[lo] * 32);
+        this.existing(f.level + 1, id, old, pos + 1, lo, hi, f.out, f.base + slot);
+        copy32(f.out, f.base + slot, dst, d);
         return;
       }
       default:
@@ -409,11 +415,13 @@ class BatchWriter {
     }
     if (depth === f.top + STRATUM_LEVELS) {
       // Internal node on the band's bottom edge: its content goes to a new child stratum.
-      const h = this.fresh(f.level + 1, stratumId(depth, this.pb, this.order[lo] * 32), lo, hi, exBuf, exOff);
-      this.writeRef(f, h, dst, d);
+      const slot = this.open(f, TAG_REF);
+      const id = stratumId(depth, this.pb, this.order[lo] * 32);
+      this.fresh(f.level + 1, id, lo, hi, exBuf, exOff, f.out, f.base + slot);
+      copy32(f.out, f.base + slot, dst, d);
       return;
     }
-    const slot = this.openNode(f);
+    const slot = this.open(f, TAG_NODE);
     const mid = this.split(lo, hi, depth);
     const exLeft = exBuf !== undefined && (exBuf[exOff + 2 + (depth >> 3)] & (0x80 >> (depth & 7))) === 0;
     const exRight = exBuf !== undefined && !exLeft;
@@ -566,9 +574,9 @@ export function smtApplyBatchRows(
   try {
     const rootId = Buffer.from(ROOT_STRATUM_ID);
     const r = asBuffer(root);
-    const h = r.equals(SMT_EMPTY)
-      ? w.fresh(0, rootId, 0, count, undefined, 0)
-      : w.existing(0, rootId, r, 0, count);
+    const h = Buffer.allocUnsafe(32);
+    if (r.equals(SMT_EMPTY)) w.fresh(0, rootId, 0, count, undefined, 0, h, 0);
+    else w.existing(0, rootId, r, 0, 0, count, h, 0);
     return { root: h, ids: w.ids, rows: w.rows };
   } finally {
     // After a failure a frame may hold a half-written row; its slab space is simply not reused.
