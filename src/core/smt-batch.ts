@@ -125,12 +125,61 @@ function copyBytes(src: Buffer, s: number, e: number, dst: Buffer, d: number): v
   for (let i = s; i < e; i++) dst[d++] = src[i];
 }
 
-/** Rows a batch writes, in the order they were finished (children before parents). */
-export interface SmtBatchRows {
-  root: Buffer;
-  /** ids[i] is the id of rows[i]; each row appears once. Row buffers are slab views as in SmtBatchResult. */
-  ids: Buffer[];
-  rows: Buffer[];
+/** Longest stratum id: a level byte and up to 31 path bytes. */
+const MAX_ID = 32;
+
+/**
+ * Rows a batch writes, in the order they were finished (children before parents), each once. They are
+ * kept as offsets into their slabs and ids as bytes at a fixed stride, not as a Buffer per row and per
+ * id: those objects lived through the whole batch and the next one (the worker holds a result until
+ * it is committed), so the young-generation collector copied them and the old one had to mark them.
+ * `row(i)` and `id(i)` make views on demand.
+ */
+export class SmtBatchRows {
+  root: Buffer = SMT_EMPTY;
+  count = 0;
+  private ids = Buffer.allocUnsafe(MAX_ID * 1024);
+  private readonly slabs: Buffer[] = [];
+  private readonly starts: number[] = [];
+  private readonly ends: number[] = [];
+
+  add(id: Uint8Array, slab: Buffer, start: number, end: number): void {
+    const i = this.count++;
+    if (MAX_ID * this.count > this.ids.length) {
+      const grown = Buffer.allocUnsafe(2 * this.ids.length);
+      this.ids.copy(grown);
+      this.ids = grown;
+    }
+    const at = MAX_ID * i;
+    for (let j = 0; j < id.length; j++) this.ids[at + j] = id[j];
+    this.slabs.push(slab);
+    this.starts.push(start);
+    this.ends.push(end);
+  }
+
+  /** Id of row i, as a view into this list's id bytes. */
+  id(i: number): Buffer {
+    const at = MAX_ID * i;
+    return this.ids.subarray(at, at + 1 + this.ids[at]);
+  }
+
+  /** Length of the id of row i. */
+  idLength(i: number): number {
+    return 1 + this.ids[MAX_ID * i];
+  }
+
+  /** Row i, as a view into its slab (see SmtBatchResult.writes). */
+  row(i: number): Buffer {
+    return this.slabs[i].subarray(this.starts[i], this.ends[i]);
+  }
+
+  /** The slab that row i is in, and its length. */
+  slab(i: number): Buffer {
+    return this.slabs[i];
+  }
+  rowLength(i: number): number {
+    return this.ends[i] - this.starts[i];
+  }
 }
 
 /**
@@ -144,8 +193,7 @@ class BatchWriter {
   /** The batch's paths and, in path order, the update each sorted position stands for. */
   private readonly pb: Buffer;
   private readonly order: Uint32Array;
-  readonly ids: Buffer[] = [];
-  readonly rows: Buffer[] = [];
+  readonly rows = new SmtBatchRows();
 
   constructor(
     private readonly batch: PackedBatch,
@@ -190,8 +238,7 @@ class BatchWriter {
   /** Ends the row of `f`: keeps it if `changed`, else drops it. */
   private end(f: Frame, id: Buffer, changed: boolean): void {
     if (changed) {
-      this.ids.push(id);
-      this.rows.push(f.out.subarray(f.base, f.len));
+      this.rows.add(id, f.out, f.base, f.len);
     } else {
       f.len = f.base;
     }
@@ -542,13 +589,15 @@ function sortBatch(u: SmtPackedUpdates): PackedBatch {
 export function smtApplyBatch(...args: Parameters<typeof smtApplyBatchRows>): SmtBatchResult {
   const r = smtApplyBatchRows(...args);
   const writes = new Map<string, { id: Buffer; data: Buffer }>();
-  for (let i = 0; i < r.ids.length; i++)
-    writes.set(r.ids[i].toString('hex'), { id: r.ids[i], data: r.rows[i] });
+  for (let i = 0; i < r.count; i++) {
+    const id = r.id(i);
+    writes.set(id.toString('hex'), { id, data: r.row(i) });
+  }
   return { root: r.root, writes, deletes: [] };
 }
 
 /**
- * smtApplyBatch with the rows as two lists instead of a map by id hex, for a caller that keys them
+ * smtApplyBatch with the rows as an SmtBatchRows instead of a map by id hex, for a caller that keys them
  * its own way (the index worker: a hex string per row read and written was a tenth of its time).
  */
 export function smtApplyBatchRows(
@@ -567,7 +616,11 @@ export function smtApplyBatchRows(
   if (root.length !== 32) throw new FormatError(`sparse index root must be 32 bytes, got ${root.length}`);
   const batch = sortBatch('valueEnds' in updates ? updates : packUpdates(updates));
   const count = batch.order.length;
-  if (count === 0) return { root: Buffer.from(root), ids: [], rows: [] };
+  if (count === 0) {
+    const none = new SmtBatchRows();
+    none.root = Buffer.from(root);
+    return none;
+  }
   const ws = idle ?? newWorkspace();
   idle = undefined;
   const w = new BatchWriter(batch, read, ws, onReplace, slabs);
@@ -577,7 +630,8 @@ export function smtApplyBatchRows(
     const h = Buffer.allocUnsafe(32);
     if (r.equals(SMT_EMPTY)) w.fresh(0, rootId, 0, count, undefined, 0, h, 0);
     else w.existing(0, rootId, r, 0, 0, count, h, 0);
-    return { root: h, ids: w.ids, rows: w.rows };
+    w.rows.root = h;
+    return w.rows;
   } finally {
     // After a failure a frame may hold a half-written row; its slab space is simply not reused.
     for (const f of ws.frames) if (f !== undefined) f.old = undefined;

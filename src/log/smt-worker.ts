@@ -5,10 +5,10 @@
  * packing are described in smt-offload.ts.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { SLAB_SIZE, type SlabSource, smtApplyBatchRows } from '../core/smt-batch.js';
+import { SLAB_SIZE, type SlabSource, type SmtBatchRows, smtApplyBatchRows } from '../core/smt-batch.js';
 import { LmdbLogStore } from '../storage/lmdb.js';
 import type { OffloadRequest, OffloadResponse, OffloadReuse } from './smt-offload.js';
-import { packRows } from './smt-offload.js';
+import { packItems, packRows } from './smt-offload.js';
 
 const port = parentPort;
 if (port === null) throw new Error('smt-worker must run in a worker thread');
@@ -18,7 +18,13 @@ const store = LmdbLogStore.open((workerData as { dir: string }).dir);
  * be computed on top of them while they are being committed. Forgotten when a request stops
  * listing them in `keep`: by then they are in the store, or their batch failed and was dropped.
  */
-const held = new Map<number, Map<number | string, Buffer>>();
+const held = new Map<number, HeldRows>();
+
+/** A result's rows, with the index of each row by rowKey of its id. */
+interface HeldRows {
+  rows: SmtBatchRows;
+  byKey: Map<number | string, number>;
+}
 
 /**
  * Map key of a stratum id (a level byte, then that many path bytes). Ids of the top four levels
@@ -64,16 +70,20 @@ function recycleUnused(): void {
   }
 }
 
-function hold(seq: number, ids: Buffer[], rows: Buffer[]): void {
+function hold(seq: number, rows: SmtBatchRows): void {
   const used = new Set<ArrayBufferLike>();
-  const byKey = new Map<number | string, Buffer>();
-  for (let i = 0; i < rows.length; i++) {
-    used.add(rows[i].buffer);
-    byKey.set(rowKey(ids[i]), rows[i]);
+  const byKey = new Map<number | string, number>();
+  let last: ArrayBufferLike | undefined;
+  for (let i = 0; i < rows.count; i++) {
+    const ab = rows.slab(i).buffer;
+    // rows finished one after another are mostly in the same slab
+    if (ab !== last) used.add(ab);
+    last = ab;
+    byKey.set(rowKey(rows.id(i)), i);
   }
   for (const ab of used) slabUsers.set(ab, (slabUsers.get(ab) ?? 0) + 1);
   heldSlabs.set(seq, [...used]);
-  held.set(seq, byKey);
+  held.set(seq, { rows, byKey });
   recycleUnused();
 }
 
@@ -126,7 +136,7 @@ port.on('message', (msg: OffloadRequest | OffloadReuse | { type: 'close' } | { t
   try {
     for (const seq of [...held.keys()]) if (!msg.keep.includes(seq)) forget(seq);
     // newest first: a row rewritten by several uncommitted batches is read as the last one left it
-    const layers: Array<Map<number | string, Buffer>> = [];
+    const layers: HeldRows[] = [];
     for (let i = msg.keep.length - 1; i >= 0; i--) {
       const rows = held.get(msg.keep[i]);
       if (rows === undefined) throw new Error(`result ${msg.keep[i]} is no longer held`);
@@ -146,9 +156,9 @@ port.on('message', (msg: OffloadRequest | OffloadReuse | { type: 'close' } | { t
           ? stored
           : (id) => {
               const key = rowKey(id);
-              for (const rows of layers) {
-                const row = rows.get(key);
-                if (row !== undefined) return row;
+              for (const layer of layers) {
+                const i = layer.byKey.get(key);
+                if (i !== undefined) return layer.rows.row(i);
               }
               return stored(id);
             },
@@ -159,9 +169,18 @@ port.on('message', (msg: OffloadRequest | OffloadReuse | { type: 'close' } | { t
         slabs,
       );
     });
-    hold(msg.seq, result.ids, result.rows);
-    const packedIds = packRows(result.ids);
-    const packedRows = packRows(result.rows, spareRows);
+    hold(msg.seq, result);
+    const packedIds = packItems(
+      result.count,
+      (i) => result.idLength(i),
+      (i) => result.id(i),
+    );
+    const packedRows = packItems(
+      result.count,
+      (i) => result.rowLength(i),
+      (i) => result.row(i),
+      spareRows,
+    );
     const packedPaths = packRows(replacedPaths);
     const packedValues = packRows(replacedValues);
     const reply: OffloadResponse = {
