@@ -10,15 +10,18 @@
  * Hashing is about half the cost, so the rest avoids per-node garbage: rows are written directly into
  * per-level slabs (rows of one level are finished one at a time, children before parents), a child's hash
  * is written straight into its parent's hashing input (and its own slot in the row) rather than returned
- * as a Buffer, and short copies and comparisons are done by hand (Buffer#copy and Buffer#compare with
- * offsets cost a temporary view or a native call each).
+ * as a Buffer, and short copies and comparisons are done by hand, four bytes at a time through DataViews
+ * (Buffer#copy and Buffer#compare with offsets cost a temporary view or a native call each).
  */
 import { FormatError } from './errors.js';
-import { sha256IntoTwo } from './hash.js';
+import { sha256IntoViews } from './hash.js';
 import {
   asBuffer,
+  copy32,
+  copyBytes,
   corrupt,
-  leafHashInto,
+  dataView,
+  leafInputAt,
   nodeHashAt,
   ROOT_STRATUM_ID,
   SMT_EMPTY,
@@ -76,11 +79,13 @@ interface Frame {
   level: number;
   /** Depth of the stratum's top node. */
   top: number;
-  /** The old row (undefined for a new stratum) and the read cursor in it. */
+  /** The old row (undefined for a new stratum), a DataView of it, and the read cursor in it. */
   old: Buffer | undefined;
+  oldView: DataView | undefined;
   pos: number;
-  /** Slab holding the row being written at out[base..len). */
+  /** Slab holding the row being written at out[base..len), and a DataView of the slab. */
   out: Buffer;
+  view: DataView;
   base: number;
   len: number;
 }
@@ -88,41 +93,32 @@ interface Frame {
 /** Reused between calls (a nested call, from inside a reader, gets its own). */
 interface Workspace {
   frames: Frame[];
-  /** One 65-byte hashing input per depth: a node's children write their hashes there. */
+  /** One 65-byte hashing input per depth (a node's children write their hashes there), and DataViews. */
   pairs: Buffer[];
+  pairViews: DataView[];
 }
 
 function newWorkspace(): Workspace {
   const pairs: Buffer[] = [];
+  const pairViews: DataView[] = [];
   for (let d = 0; d < SMT_PATH_BITS; d++) {
     const b = Buffer.alloc(65);
     b[0] = SMT_NODE_PREFIX;
     pairs.push(b);
+    pairViews.push(dataView(b));
   }
-  return { frames: [], pairs };
+  return { frames: [], pairs, pairViews };
 }
 
 let idle: Workspace | undefined;
 
-function copy32(src: Uint8Array, s: number, dst: Uint8Array, d: number): void {
-  for (let i = 0; i < 32; i++) dst[d + i] = src[s + i];
+function zero32(dst: DataView, d: number): void {
+  for (let i = 0; i < 32; i += 4) dst.setInt32(d + i, 0);
 }
 
-function zero32(dst: Uint8Array, d: number): void {
-  for (let i = 0; i < 32; i++) dst[d + i] = 0;
-}
-
-function equal32(a: Uint8Array, s: number, b: Uint8Array, d: number): boolean {
-  for (let i = 0; i < 32; i++) if (a[s + i] !== b[d + i]) return false;
+function equal32(a: DataView, s: number, b: DataView, d: number): boolean {
+  for (let i = 0; i < 32; i += 4) if (a.getInt32(s + i) !== b.getInt32(d + i)) return false;
   return true;
-}
-
-function copyBytes(src: Buffer, s: number, e: number, dst: Buffer, d: number): void {
-  if (e - s > 96) {
-    dst.set(src.subarray(s, e), d);
-    return;
-  }
-  for (let i = s; i < e; i++) dst[d++] = src[i];
 }
 
 /** Longest stratum id: a level byte and up to 31 path bytes. */
@@ -190,8 +186,11 @@ export class SmtBatchRows {
 class BatchWriter {
   private readonly frames: Frame[];
   private readonly pairs: Buffer[];
+  private readonly pairViews: DataView[];
   /** The batch's paths and, in path order, the update each sorted position stands for. */
   private readonly pb: Buffer;
+  private readonly pbView: DataView;
+  private readonly valuesView: DataView;
   private readonly order: Uint32Array;
   readonly rows = new SmtBatchRows();
 
@@ -204,7 +203,10 @@ class BatchWriter {
   ) {
     this.frames = ws.frames;
     this.pairs = ws.pairs;
+    this.pairViews = ws.pairViews;
     this.pb = batch.paths;
+    this.pbView = dataView(batch.paths);
+    this.valuesView = dataView(batch.values);
     this.order = batch.order;
   }
 
@@ -213,10 +215,22 @@ class BatchWriter {
     let f = this.frames[level];
     if (f === undefined) {
       const out = this.slabs.take(SLAB_SIZE);
-      f = { level, top: level * STRATUM_LEVELS, old: undefined, pos: 0, out, base: 0, len: 0 };
+      const view = dataView(out);
+      f = {
+        level,
+        top: level * STRATUM_LEVELS,
+        old: undefined,
+        oldView: undefined,
+        pos: 0,
+        out,
+        view,
+        base: 0,
+        len: 0,
+      };
       this.frames[level] = f;
     }
     f.old = old;
+    f.oldView = old === undefined ? undefined : dataView(old);
     f.pos = 1;
     f.base = f.len;
     this.reserve(f, 1);
@@ -231,6 +245,7 @@ class BatchWriter {
     f.out.copy(slab, 0, f.base, f.len);
     this.slabs.retire(f.out);
     f.out = slab;
+    f.view = dataView(slab);
     f.base = 0;
     f.len = used;
   }
@@ -243,6 +258,7 @@ class BatchWriter {
       f.len = f.base;
     }
     f.old = undefined;
+    f.oldView = undefined;
   }
 
   /**
@@ -252,11 +268,11 @@ class BatchWriter {
   existing(
     level: number,
     id: Buffer,
-    expected: Buffer,
+    expected: DataView,
     e: number,
     lo: number,
     hi: number,
-    dst: Buffer,
+    dst: DataView,
     d: number,
   ): void {
     const raw = this.read(id);
@@ -266,8 +282,8 @@ class BatchWriter {
     const tag = old[1];
     const topOk =
       tag === TAG_NODE
-        ? old.length >= 34 && equal32(old, 2, expected, e)
-        : tag === TAG_LEAF && level === 0 && equal32(nodeHashAt(old, 1), 0, expected, e);
+        ? old.length >= 34 && equal32(dataView(old), 2, expected, e)
+        : tag === TAG_LEAF && level === 0 && equal32(dataView(nodeHashAt(old, 1)), 0, expected, e);
     if (!topOk) throw corrupt('top node does not match its parent (stale or damaged row)', id);
     const f = this.begin(level, old);
     this.node(f, f.top, lo, hi, dst, d);
@@ -285,13 +301,13 @@ class BatchWriter {
     id: Buffer,
     lo: number,
     hi: number,
-    exBuf: Buffer | undefined,
+    ex: DataView | undefined,
     exOff: number,
-    dst: Buffer,
+    dst: DataView,
     d: number,
   ): void {
     const f = this.begin(level, undefined);
-    this.build(f, f.top, lo, hi, exBuf, exOff, dst, d);
+    this.build(f, f.top, lo, hi, ex, exOff, dst, d);
     this.end(f, id, true);
   }
 
@@ -338,16 +354,17 @@ class BatchWriter {
   }
 
   /** Hashes the node whose children wrote their hashes to pairs[depth] into its slot and dst[d..). */
-  private closeNode(f: Frame, depth: number, slot: number, dst: Buffer, d: number): void {
-    sha256IntoTwo(this.pairs[depth], f.out, f.base + slot, dst, d);
+  private closeNode(f: Frame, depth: number, slot: number, dst: DataView, d: number): void {
+    sha256IntoViews(this.pairs[depth], f.view, f.base + slot, dst, d);
   }
 
   /**
    * Rewrites the old subtree at f.pos (depth `depth`) with updates [lo, hi); advances f.pos past it.
    * Its hash goes to dst[d..d+32).
    */
-  private node(f: Frame, depth: number, lo: number, hi: number, dst: Buffer, d: number): void {
+  private node(f: Frame, depth: number, lo: number, hi: number, dst: DataView, d: number): void {
     const old = f.old!;
+    const oldView = f.oldView!;
     const pos = f.pos;
     const tag = old[pos];
     if (lo === hi) {
@@ -358,12 +375,12 @@ class BatchWriter {
         throw corrupt('node at the wrong depth');
       }
       this.reserve(f, end - pos);
-      copyBytes(old, pos, end, f.out, f.len);
+      copyBytes(oldView, pos, end, f.view, f.len);
       f.len += end - pos;
       f.pos = end;
       if (tag === TAG_EMPTY) zero32(dst, d);
-      else if (tag === TAG_LEAF) leafHashInto(old, pos, dst, d);
-      else copy32(old, pos + 1, dst, d);
+      else if (tag === TAG_LEAF) sha256IntoViews(leafInputAt(oldView, pos), dst, d);
+      else copy32(oldView, pos + 1, dst, d);
       return;
     }
     switch (tag) {
@@ -383,7 +400,7 @@ class BatchWriter {
           );
           this.build(f, depth, lo, hi, undefined, 0, dst, d);
         } else {
-          this.build(f, depth, lo, hi, old, pos, dst, d);
+          this.build(f, depth, lo, hi, oldView, pos, dst, d);
         }
         return;
       }
@@ -392,7 +409,7 @@ class BatchWriter {
         f.pos = pos + 33;
         const slot = this.open(f, TAG_NODE);
         const mid = this.split(lo, hi, depth);
-        const pair = this.pairs[depth];
+        const pair = this.pairViews[depth];
         this.node(f, depth + 1, lo, mid, pair, 1);
         this.node(f, depth + 1, mid, hi, pair, 33);
         this.closeNode(f, depth, slot, dst, d);
@@ -403,8 +420,8 @@ class BatchWriter {
         f.pos = pos + 33;
         const slot = this.open(f, TAG_REF);
         const id = stratumId(depth, this.pb, this.order[lo] * 32);
-        this.existing(f.level + 1, id, old, pos + 1, lo, hi, f.out, f.base + slot);
-        copy32(f.out, f.base + slot, dst, d);
+        this.existing(f.level + 1, id, oldView, pos + 1, lo, hi, f.view, f.base + slot);
+        copy32(f.view, f.base + slot, dst, d);
         return;
       }
       default:
@@ -422,12 +439,12 @@ class BatchWriter {
     depth: number,
     lo: number,
     hi: number,
-    exBuf: Buffer | undefined,
+    ex: DataView | undefined,
     exOff: number,
-    dst: Buffer,
+    dst: DataView,
     d: number,
   ): void {
-    const count = hi - lo + (exBuf === undefined ? 0 : 1);
+    const count = hi - lo + (ex === undefined ? 0 : 1);
     if (count === 0) {
       this.reserve(f, 1);
       f.out[f.len++] = TAG_EMPTY;
@@ -436,14 +453,14 @@ class BatchWriter {
     }
     if (count === 1) {
       let at: number;
-      if (exBuf !== undefined) {
-        const n = 34 + exBuf[exOff + 1];
+      if (ex !== undefined) {
+        const n = 34 + ex.getUint8(exOff + 1);
         this.reserve(f, n);
         at = f.len;
-        copyBytes(exBuf, exOff, exOff + n, f.out, at);
+        copyBytes(ex, exOff, exOff + n, f.view, at);
         f.len += n;
       } else {
-        const { values, valueEnds } = this.batch;
+        const valueEnds = this.batch.valueEnds;
         const u = this.order[lo];
         const vs = u === 0 ? 0 : valueEnds[u - 1];
         const vlen = valueEnds[u] - vs;
@@ -453,28 +470,28 @@ class BatchWriter {
         const out = f.out;
         out[at] = TAG_LEAF;
         out[at + 1] = vlen;
-        copy32(this.pb, u * 32, out, at + 2);
-        copyBytes(values, vs, vs + vlen, out, at + 34);
+        copy32(this.pbView, u * 32, f.view, at + 2);
+        copyBytes(this.valuesView, vs, vs + vlen, f.view, at + 34);
         f.len += n;
       }
-      leafHashInto(f.out, at, dst, d);
+      sha256IntoViews(leafInputAt(f.view, at), dst, d);
       return;
     }
     if (depth === f.top + STRATUM_LEVELS) {
       // Internal node on the band's bottom edge: its content goes to a new child stratum.
       const slot = this.open(f, TAG_REF);
       const id = stratumId(depth, this.pb, this.order[lo] * 32);
-      this.fresh(f.level + 1, id, lo, hi, exBuf, exOff, f.out, f.base + slot);
-      copy32(f.out, f.base + slot, dst, d);
+      this.fresh(f.level + 1, id, lo, hi, ex, exOff, f.view, f.base + slot);
+      copy32(f.view, f.base + slot, dst, d);
       return;
     }
     const slot = this.open(f, TAG_NODE);
     const mid = this.split(lo, hi, depth);
-    const exLeft = exBuf !== undefined && (exBuf[exOff + 2 + (depth >> 3)] & (0x80 >> (depth & 7))) === 0;
-    const exRight = exBuf !== undefined && !exLeft;
-    const pair = this.pairs[depth];
-    this.build(f, depth + 1, lo, mid, exLeft ? exBuf : undefined, exOff, pair, 1);
-    this.build(f, depth + 1, mid, hi, exRight ? exBuf : undefined, exOff, pair, 33);
+    const exLeft = ex !== undefined && (ex.getUint8(exOff + 2 + (depth >> 3)) & (0x80 >> (depth & 7))) === 0;
+    const exRight = ex !== undefined && !exLeft;
+    const pair = this.pairViews[depth];
+    this.build(f, depth + 1, lo, mid, exLeft ? ex : undefined, exOff, pair, 1);
+    this.build(f, depth + 1, mid, hi, exRight ? ex : undefined, exOff, pair, 33);
     this.closeNode(f, depth, slot, dst, d);
   }
 }
@@ -628,8 +645,8 @@ export function smtApplyBatchRows(
     const rootId = Buffer.from(ROOT_STRATUM_ID);
     const r = asBuffer(root);
     const h = Buffer.allocUnsafe(32);
-    if (r.equals(SMT_EMPTY)) w.fresh(0, rootId, 0, count, undefined, 0, h, 0);
-    else w.existing(0, rootId, r, 0, 0, count, h, 0);
+    if (r.equals(SMT_EMPTY)) w.fresh(0, rootId, 0, count, undefined, 0, dataView(h), 0);
+    else w.existing(0, rootId, dataView(r), 0, 0, count, dataView(h), 0);
     w.rows.root = h;
     return w.rows;
   } finally {

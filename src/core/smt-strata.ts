@@ -4,7 +4,7 @@
  *   0x02 hash(32) left right NODE | 0x03 hash(32) REF.
  */
 import { FormatError, StorageError } from './errors.js';
-import { sha256, sha256Into } from './hash.js';
+import { sha256 } from './hash.js';
 
 /** Hash of an empty subtree and root of the empty tree. */
 export const SMT_EMPTY: Buffer = Buffer.alloc(32);
@@ -65,14 +65,44 @@ function leafInput(buf: Uint8Array, off: number): Buffer {
   return leafView(len);
 }
 
+/** A DataView of exactly the bytes of `b`. */
+export function dataView(b: Uint8Array): DataView {
+  return new DataView(b.buffer, b.byteOffset, b.byteLength);
+}
+
+/**
+ * Copies src[s..s+32) to dst[d..), four bytes at a time: through DataViews (whose unaligned 32-bit
+ * reads and writes the optimizing compiler inlines) a copy or a hash written into place takes about
+ * half the time of a byte loop, and no temporary view as Buffer#copy or TypedArray#set of a subarray.
+ */
+export function copy32(src: DataView, s: number, dst: DataView, d: number): void {
+  for (let i = 0; i < 32; i += 4) dst.setInt32(d + i, src.getInt32(s + i));
+}
+
+/** Copies src[s..e) to dst[d..) (as copy32; long runs through TypedArray#set). */
+export function copyBytes(src: DataView, s: number, e: number, dst: DataView, d: number): void {
+  const n = e - s;
+  if (n > 256) {
+    new Uint8Array(dst.buffer, dst.byteOffset + d, n).set(new Uint8Array(src.buffer, src.byteOffset + s, n));
+    return;
+  }
+  let i = 0;
+  for (; i + 4 <= n; i += 4) dst.setInt32(d + i, src.getInt32(s + i));
+  for (; i < n; i++) dst.setUint8(d + i, src.getUint8(s + i));
+}
+
+const leafScratchView = dataView(leafScratch);
+
+/** The leaf hash input of the encoded LEAF at `off` of a DataView, in a scratch valid until the next call. */
+export function leafInputAt(src: DataView, off: number): Buffer {
+  const len = src.getUint8(off + 1);
+  copyBytes(src, off + 2, off + 34 + len, leafScratchView, 1);
+  return leafView(len);
+}
+
 /** Leaf hash of the encoded LEAF at `off` (bounds are the caller's business). */
 export function leafHashAt(buf: Buffer, off: number): Buffer {
   return sha256(leafInput(buf, off));
-}
-
-/** leafHashAt written to out[at..at+32) instead of a new buffer. */
-export function leafHashInto(buf: Uint8Array, off: number, out: Uint8Array, at: number): void {
-  sha256Into(leafInput(buf, off), out, at);
 }
 
 /** Bit `i` (0 = most significant bit of byte 0) of a path. */
