@@ -211,7 +211,7 @@ class BatchWriter {
   }
 
   /** Starts a new row at `level`. */
-  private begin(level: number, old: Buffer | undefined): Frame {
+  private begin(level: number, old: Buffer | undefined, oldView: DataView | undefined): Frame {
     let f = this.frames[level];
     if (f === undefined) {
       const out = this.slabs.take(SLAB_SIZE);
@@ -230,7 +230,7 @@ class BatchWriter {
       this.frames[level] = f;
     }
     f.old = old;
-    f.oldView = old === undefined ? undefined : dataView(old);
+    f.oldView = oldView;
     f.pos = 1;
     f.base = f.len;
     this.reserve(f, 1);
@@ -280,12 +280,13 @@ class BatchWriter {
     const old = asBuffer(raw);
     if (old.length < 2 || old[0] !== STRATUM_VERSION) throw corrupt('bad version or empty row', id);
     const tag = old[1];
+    const oldView = dataView(old);
     const topOk =
       tag === TAG_NODE
-        ? old.length >= 34 && equal32(dataView(old), 2, expected, e)
+        ? old.length >= 34 && equal32(oldView, 2, expected, e)
         : tag === TAG_LEAF && level === 0 && equal32(dataView(nodeHashAt(old, 1)), 0, expected, e);
     if (!topOk) throw corrupt('top node does not match its parent (stale or damaged row)', id);
-    const f = this.begin(level, old);
+    const f = this.begin(level, old, oldView);
     this.node(f, f.top, lo, hi, dst, d);
     if (f.pos !== old.length) throw corrupt('trailing bytes', id);
     // Same hash means same leaves, and the encoding is canonical: the row is unchanged.
@@ -306,7 +307,7 @@ class BatchWriter {
     dst: DataView,
     d: number,
   ): void {
-    const f = this.begin(level, undefined);
+    const f = this.begin(level, undefined, undefined);
     this.build(f, f.top, lo, hi, ex, exOff, dst, d);
     this.end(f, id, true);
   }
