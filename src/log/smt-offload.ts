@@ -17,12 +17,18 @@ export interface PackedRows {
 }
 
 /**
- * `spare` buffers (given back by the sequencer, see OffloadResult.release) are packed into when one
- * is big enough; the one taken is removed from the list.
+ * Packs `count` byte strings, string i being `item(i)` of length `length(i)`. `spare` buffers (given
+ * back by the sequencer, see OffloadResult.release) are packed into when one is big enough; the one
+ * taken is removed from the list.
  */
-export function packRows(items: readonly Uint8Array[], spare: ArrayBuffer[] = []): PackedRows {
+export function packItems(
+  count: number,
+  length: (i: number) => number,
+  item: (i: number) => Uint8Array,
+  spare: ArrayBuffer[] = [],
+): PackedRows {
   let total = 0;
-  for (const it of items) total += it.length;
+  for (let i = 0; i < count; i++) total += length(i);
   const k = spare.findIndex((b) => b.byteLength >= total);
   // spares too small now stay too small (a batch's rows grow with the log): not kept idle
   if (k < 0) spare.length = 0;
@@ -30,14 +36,24 @@ export function packRows(items: readonly Uint8Array[], spare: ArrayBuffer[] = []
   // that it fits the next batches when it comes back
   const buffer = k >= 0 ? spare.splice(k, 1)[0] : new ArrayBuffer(total + (total >> 3));
   const bytes = new Uint8Array(buffer, 0, total);
-  const ends = new Uint32Array(items.length);
+  const ends = new Uint32Array(count);
   let at = 0;
-  for (let i = 0; i < items.length; i++) {
-    bytes.set(items[i], at);
-    at += items[i].length;
+  for (let i = 0; i < count; i++) {
+    bytes.set(item(i), at);
+    at += length(i);
     ends[i] = at;
   }
   return { bytes, ends };
+}
+
+/** packItems of an array. */
+export function packRows(items: readonly Uint8Array[], spare: ArrayBuffer[] = []): PackedRows {
+  return packItems(
+    items.length,
+    (i) => items[i].length,
+    (i) => items[i],
+    spare,
+  );
 }
 
 function unpackRows(p: PackedRows): Buffer[] {
