@@ -48,6 +48,7 @@ interface StrataDb {
   getStats(): { overflowPages: number };
   getRange(): Iterable<{ key: Buffer; value: Buffer }>;
   remove(key: Buffer): Promise<boolean>;
+  put(key: Buffer, value: Buffer): Promise<boolean>;
 }
 const strataDb = (store: LmdbLogStore) => (store as unknown as { strataDb: StrataDb }).strataDb;
 
@@ -133,6 +134,21 @@ describe('lmdb store: long strata rows', () => {
       assert.throws(
         () => store.read((snap) => snap[read]?.(id)),
         (err: unknown) => err instanceof StorageError && /part 1 of 3 is missing/.test(err.message),
+        read,
+      );
+    }
+    await store.close();
+  });
+
+  test('a part longer than any part the store writes is a StorageError', async () => {
+    const { store } = newStore();
+    const id = Buffer.from([2, 8, 8]);
+    await commitStrata(store, [{ id, data: row(3000) }]);
+    await strataDb(store).put(Buffer.from([2, 8, 8, 1]), Buffer.alloc(2500, 1));
+    for (const read of ['stratum', 'peekStratum'] as const) {
+      assert.throws(
+        () => store.read((snap) => snap[read]?.(id)),
+        (err: unknown) => err instanceof StorageError && /part 1 of 2 is too long/.test(err.message),
         read,
       );
     }
