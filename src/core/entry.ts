@@ -1,5 +1,5 @@
 import { FormatError } from './errors.js';
-import { sha256 } from './hash.js';
+import { sha256, sha256Into } from './hash.js';
 
 /**
  * One log entry: "under `protocol`, `key` built to `value`", plus metadata that the leaf hash
@@ -56,12 +56,24 @@ export function validateEntry(e: Entry): void {
  * buffer, so a caller can put a prefix in front of it without copying (the leaf hash's 0x00).
  */
 export function encodeEntry(e: Entry, headroom = 0): Buffer {
+  const out = Buffer.allocUnsafe(headroom + encodedEntrySize(e));
+  encodeEntryInto(e, out, headroom);
+  return out;
+}
+
+/** The length of `e`'s canonical bytes; validates `e`. */
+export function encodedEntrySize(e: Entry): number {
   validateEntry(e);
+  return FIXED_OVERHEAD + e.protocol.length + e.key.length + e.value.length + e.metadata.length;
+}
+
+/**
+ * Writes the canonical bytes of a valid `e` (see encodedEntrySize) to out[at..], and returns the
+ * offset of its value in `out`.
+ */
+export function encodeEntryInto(e: Entry, out: Buffer, at: number): number {
   const p = e.protocol.length;
-  const out = Buffer.allocUnsafe(
-    headroom + FIXED_OVERHEAD + p + e.key.length + e.value.length + e.metadata.length,
-  );
-  let o = headroom;
+  let o = at;
   out[o++] = ENTRY_VERSION;
   out[o++] = p;
   o += out.write(e.protocol, o, 'latin1');
@@ -69,11 +81,12 @@ export function encodeEntry(e: Entry, headroom = 0): Buffer {
   o += 2;
   o += e.key.copy(out, o);
   out[o++] = e.value.length;
+  const valueAt = o;
   o += e.value.copy(out, o);
   out.writeUInt16BE(e.metadata.length, o);
   o += 2;
   e.metadata.copy(out, o);
-  return out;
+  return valueAt;
 }
 
 export function decodeEntry(data: Uint8Array): Entry {
@@ -114,21 +127,44 @@ export function decodeEntry(data: Uint8Array): Entry {
 
 /** The sparse index path of (protocol, key): SHA-256(u8 len(protocol) || protocol || key). */
 export function indexPath(protocol: string, key: Uint8Array): Buffer {
-  const buf = Buffer.allocUnsafe(1 + protocol.length + key.length);
-  buf[0] = protocol.length;
-  buf.write(protocol, 1, 'latin1');
-  buf.set(key, 1 + protocol.length);
-  return sha256(buf);
+  return sha256(indexPathInput(protocol, key));
+}
+
+let pathScratch = Buffer.allocUnsafeSlow(256);
+/** pathScratch's first bytes as the last input length asked for (keys of one protocol share one). */
+let pathInput = pathScratch.subarray(0, 0);
+
+/** The input of indexPath's hash, in a scratch buffer valid until the next call. */
+function indexPathInput(protocol: string, key: Uint8Array): Buffer {
+  const n = 1 + protocol.length + key.length;
+  if (pathInput.length !== n) {
+    if (pathScratch.length < n) pathScratch = Buffer.allocUnsafeSlow(Math.max(n, 2 * pathScratch.length));
+    pathInput = pathScratch.subarray(0, n);
+  }
+  pathInput[0] = protocol.length;
+  pathInput.write(protocol, 1, 'latin1');
+  pathInput.set(key, 1 + protocol.length);
+  return pathInput;
+}
+
+/** Writes indexPath(protocol, key) to out[at..at+32). */
+export function indexPathInto(protocol: string, key: Uint8Array, out: Uint8Array, at: number): void {
+  sha256Into(indexPathInput(protocol, key), out, at);
 }
 
 /** The sparse index value for an entry: u64 BE log index || RFC 6962 leaf hash of the entry. */
 export function indexValue(logIndex: number, entryLeafHash: Uint8Array): Buffer {
   const v = Buffer.allocUnsafe(40);
-  // two 32-bit halves: no BigInt per entry (indexes stay below 2^53)
-  v.writeUInt32BE(Math.floor(logIndex / 2 ** 32), 0);
-  v.writeUInt32BE(logIndex >>> 0, 4);
+  writeIndexValueIndex(logIndex, v, 0);
   v.set(entryLeafHash, 8);
   return v;
+}
+
+/** Writes an index value's first part, the u64 BE log index, to out[at..at+8). */
+export function writeIndexValueIndex(logIndex: number, out: Buffer, at: number): void {
+  // two 32-bit halves: no BigInt per entry (indexes stay below 2^53)
+  out.writeUInt32BE(Math.floor(logIndex / 2 ** 32), at);
+  out.writeUInt32BE(logIndex >>> 0, at + 4);
 }
 
 export function parseIndexValue(v: Uint8Array): { logIndex: number; leafHash: Buffer } {

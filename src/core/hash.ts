@@ -21,6 +21,30 @@ export const sha256Into: (data: Uint8Array, out: Uint8Array, at: number) => void
       }
     : (data, out, at) => out.set(createHash('sha256').update(data).digest(), at);
 
+/** SHA-256 digest as a latin1 string (one character per byte): see sha256 for why a string. */
+const digestLatin1: (data: Uint8Array) => string =
+  typeof oneShotHash === 'function'
+    ? (data) => oneShotHash('sha256', data, 'binary')
+    : (data) => createHash('sha256').update(data).digest('binary');
+
+/**
+ * Writes SHA-256(data) at byte `at` of `out` and, if given, at `at2` of `out2`, four bytes per store: a
+ * tree node's hash goes into its row and into its parent's hashing input, and one pass over the digest
+ * is cheaper than copying it after.
+ */
+export function sha256IntoViews(data: Uint8Array, out: DataView, at: number, out2?: DataView, at2 = 0): void {
+  const s = digestLatin1(data);
+  for (let i = 0; i < 32; i += 4) {
+    const w =
+      (s.charCodeAt(i) << 24) |
+      (s.charCodeAt(i + 1) << 16) |
+      (s.charCodeAt(i + 2) << 8) |
+      s.charCodeAt(i + 3);
+    out.setInt32(at + i, w);
+    if (out2 !== undefined) out2.setInt32(at2 + i, w);
+  }
+}
+
 const scratch65 = Buffer.alloc(65);
 
 /** prefix || a || b in a shared scratch buffer, valid until the next call. */

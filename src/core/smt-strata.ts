@@ -54,18 +54,61 @@ export function smtLeafHash(path: Uint8Array, value: Uint8Array): Buffer {
   return sha256(leafView(value.length));
 }
 
-/** Leaf hash of the encoded LEAF at `off` (bounds are the caller's business). */
-export function leafHashAt(buf: Buffer, off: number): Buffer {
+/**
+ * Puts the path and value of the encoded LEAF at `off` after the prefix in leafScratch; returns the
+ * hash input. Copied by hand: Buffer#copy allocates a view per call, which cost more than the copy.
+ */
+function leafInput(buf: Uint8Array, off: number): Buffer {
   const len = buf[off + 1];
-  buf.copy(leafScratch, 1, off + 2, off + 34 + len);
-  return sha256(leafView(len));
+  const n = 32 + len;
+  const s = off + 2;
+  for (let i = 0; i < n; i++) leafScratch[1 + i] = buf[s + i];
+  return leafView(len);
 }
 
-/** leafHashAt written to out[at..at+32) instead of a new buffer. */
+/** A DataView of exactly the bytes of `b`. */
+export function dataView(b: Uint8Array): DataView {
+  return new DataView(b.buffer, b.byteOffset, b.byteLength);
+}
+
+/**
+ * Copies src[s..s+32) to dst[d..), four bytes at a time: through DataViews (whose unaligned 32-bit
+ * reads and writes the optimizing compiler inlines) a copy or a hash written into place takes about
+ * half the time of a byte loop, and no temporary view as Buffer#copy or TypedArray#set of a subarray.
+ */
+export function copy32(src: DataView, s: number, dst: DataView, d: number): void {
+  for (let i = 0; i < 32; i += 4) dst.setInt32(d + i, src.getInt32(s + i));
+}
+
+/** Copies src[s..e) to dst[d..) (as copy32; long runs through TypedArray#set). */
+export function copyBytes(src: DataView, s: number, e: number, dst: DataView, d: number): void {
+  const n = e - s;
+  if (n > 256) {
+    new Uint8Array(dst.buffer, dst.byteOffset + d, n).set(new Uint8Array(src.buffer, src.byteOffset + s, n));
+    return;
+  }
+  let i = 0;
+  for (; i + 4 <= n; i += 4) dst.setInt32(d + i, src.getInt32(s + i));
+  for (; i < n; i++) dst.setUint8(d + i, src.getUint8(s + i));
+}
+
+const leafScratchView = dataView(leafScratch);
+
+/** The leaf hash input of the encoded LEAF at `off` of a DataView, in a scratch valid until the next call. */
+export function leafInputAt(src: DataView, off: number): Buffer {
+  const len = src.getUint8(off + 1);
+  copyBytes(src, off + 2, off + 34 + len, leafScratchView, 1);
+  return leafView(len);
+}
+
+/** Leaf hash of the encoded LEAF at `off` (bounds are the caller's business). */
+export function leafHashAt(buf: Buffer, off: number): Buffer {
+  return sha256(leafInput(buf, off));
+}
+
+/** leafHashAt written to out[at..at+32) instead of a new buffer (a lookup's sibling leaves). */
 export function leafHashInto(buf: Buffer, off: number, out: Uint8Array, at: number): void {
-  const len = buf[off + 1];
-  buf.copy(leafScratch, 1, off + 2, off + 34 + len);
-  sha256Into(leafView(len), out, at);
+  sha256Into(leafInput(buf, off), out, at);
 }
 
 /** Bit `i` (0 = most significant bit of byte 0) of a path. */
@@ -73,12 +116,12 @@ export function pathBit(path: Uint8Array, i: number): number {
   return (path[i >> 3] >> (7 - (i & 7))) & 1;
 }
 
-/** Id of the stratum whose top node sits at `depth` (a multiple of 8) on `path`. */
-export function stratumId(depth: number, path: Uint8Array): Buffer {
+/** Id of the stratum whose top node sits at `depth` (a multiple of 8) on the path at path[at..]. */
+export function stratumId(depth: number, path: Uint8Array, at = 0): Buffer {
   const level = depth >> 3;
   const id = Buffer.allocUnsafe(level + 1);
   id[0] = level;
-  for (let i = 0; i < level; i++) id[i + 1] = path[i];
+  for (let i = 0; i < level; i++) id[i + 1] = path[at + i];
   return id;
 }
 

@@ -222,7 +222,8 @@ const scratch65 = Buffer.alloc(65);
 /** Node hash of the two adjacent hashes at src[off .. off + 64), written to dst at dstOff. */
 function hashAdjacentInto(src: Buffer, off: number, dst: Buffer, dstOff: number): void {
   scratch65[0] = NODE_PREFIX;
-  src.copy(scratch65, 1, off, off + 2 * HASH_SIZE);
+  // byte by byte: Buffer#copy of part of a buffer makes a view of that part (one per node hashed)
+  for (let i = 0; i < 2 * HASH_SIZE; i++) scratch65[1 + i] = src[off + i];
   sha256Into(scratch65, dst, dstOff);
 }
 
@@ -303,19 +304,28 @@ export type TileGetter = (
  * ordered by tile level then index. Tile level L+1 gains a bottom hash for each level-L tile that
  * becomes full (the node hash of that tile's two row-7 hashes). Each touched tile is built once
  * (starting from a copy of the stored partial tile, the only one read per level) and each new
- * node is hashed once.
+ * node is hashed once. The leaf hashes may also come packed, back to back in one buffer, which
+ * spares the sequencer a buffer object per leaf.
  */
 export function appendToTiles(
   oldSize: number,
-  newLeafHashes: readonly Uint8Array[],
+  newLeafHashes: readonly Uint8Array[] | Uint8Array,
   getTile: TileGetter,
 ): Array<{ tileLevel: number; tileIndex: number; width: number; expanded: Buffer }> {
   checkCount(oldSize, 'tree size');
-  const newSize = oldSize + newLeafHashes.length;
+  const packed = newLeafHashes instanceof Uint8Array;
+  if (packed && newLeafHashes.length % HASH_SIZE !== 0) {
+    throw new FormatError(
+      `packed leaf hashes are ${newLeafHashes.length} bytes, not a multiple of ${HASH_SIZE}`,
+    );
+  }
+  const newSize = oldSize + (packed ? newLeafHashes.length / HASH_SIZE : newLeafHashes.length);
   checkCount(newSize, 'new tree size');
-  for (let i = 0; i < newLeafHashes.length; i++) {
-    if (newLeafHashes[i].length !== HASH_SIZE) {
-      throw new FormatError(`new leaf hash ${i} is ${newLeafHashes[i].length} bytes, not ${HASH_SIZE}`);
+  if (!packed) {
+    for (let i = 0; i < newLeafHashes.length; i++) {
+      if (newLeafHashes[i].length !== HASH_SIZE) {
+        throw new FormatError(`new leaf hash ${i} is ${newLeafHashes[i].length} bytes, not ${HASH_SIZE}`);
+      }
     }
   }
   const out: Array<{ tileLevel: number; tileIndex: number; width: number; expanded: Buffer }> = [];
@@ -323,7 +333,7 @@ export function appendToTiles(
   // they are the roots of the level below's tiles that just became full (collected in `bottom`).
   let lo = oldSize;
   let hi = newSize;
-  let bottom: readonly Uint8Array[] = newLeafHashes;
+  let bottom: readonly Uint8Array[] | Uint8Array = newLeafHashes;
   for (let level = 0; hi > lo; level++) {
     checkTileLevel(level);
     const nextBottom: Buffer[] = [];
@@ -335,7 +345,13 @@ export function appendToTiles(
       const width = Math.min(TILE_WIDTH, hi - base);
       const tile = Buffer.allocUnsafe(expandedTileSize(width));
       if (oldWidth > 0) copyOldRows(getTile, level, t, oldWidth, width, tile);
-      for (let i = oldWidth; i < width; i++) tile.set(bottom[base + i - lo], i * HASH_SIZE);
+      if (bottom instanceof Uint8Array) {
+        // the new hashes of this tile are consecutive in the packed buffer
+        const from = (base + oldWidth - lo) * HASH_SIZE;
+        tile.set(bottom.subarray(from, from + (width - oldWidth) * HASH_SIZE), oldWidth * HASH_SIZE);
+      } else {
+        for (let i = oldWidth; i < width; i++) tile.set(bottom[base + i - lo], i * HASH_SIZE);
+      }
       fillRows(tile, width, oldWidth);
       if (width === TILE_WIDTH) {
         const top = Buffer.allocUnsafe(HASH_SIZE);

@@ -5,14 +5,16 @@ import { signCheckpoint } from '../core/checkpoint.js';
 import {
   decodeEntry,
   type Entry,
-  encodeEntry,
+  encodedEntrySize,
+  encodeEntryInto,
   indexPath,
-  indexValue,
+  indexPathInto,
   indexValueLogIndex,
   parseIndexValue,
+  writeIndexValueIndex,
 } from '../core/entry.js';
 import { FormatError, StateError, StorageError, TrustixError } from '../core/errors.js';
-import { sha256 } from '../core/hash.js';
+import { sha256Into } from '../core/hash.js';
 import type { LookupAnswer } from '../core/lookup.js';
 import {
   consistencyProof,
@@ -27,6 +29,7 @@ import {
 import { generateKey, type NoteSigner, signerFromSkey } from '../core/note.js';
 import {
   SMT_EMPTY,
+  type SmtUpdate,
   type StratumReader,
   type StratumTable,
   type StratumTableOf,
@@ -89,7 +92,9 @@ export class PoolFullError extends TrustixError {
 /**
  * One call to `submit`: a single promise for all its entries (a promise, its two functions and
  * Promise.all's bookkeeping per entry were several objects that each lived as long as the entry
- * was queued, and made up much of the garbage collector's work during ingest).
+ * was queued, and made up much of the garbage collector's work during ingest). Its entries are
+ * kept packed for the same reason: a few buffers per call, not an object and four buffers per
+ * entry that all lived across two or three pipelined batches and so were promoted to old space.
  */
 interface SubmitCall {
   receipts: SubmitReceipt[];
@@ -98,31 +103,63 @@ interface SubmitCall {
   failed: boolean;
   resolve: (r: SubmitReceipt[]) => void;
   reject: (e: unknown) => void;
-}
-
-interface Pending {
-  value: Buffer;
-  /** 0x00 || the encoded entry: the input of its RFC 6962 leaf hash, the entry from byte 1. */
+  /**
+   * Each entry as 0x00 || its encoding (the input of its RFC 6962 leaf hash), back to back: entry
+   * i is framed[starts[i] + 1 .. starts[i + 1]).
+   */
   framed: Buffer;
-  path: Buffer;
-  /** RFC 6962 leaf hash of the entry, computed once when first needed. */
-  leaf: Buffer | undefined;
-  call: SubmitCall;
-  /** Position in the call's entries. */
-  slot: number;
+  /** Offsets below 2^32 (a Buffer's limit in Node 20), read as small integers, not doubles. */
+  starts: Uint32Array;
+  /** Where entry i's value starts in `framed` (the byte before it is its length). */
+  valueAt: Uint32Array;
+  /** Index path of entry i at paths[32 i .. 32 i + 32). */
+  paths: Buffer;
 }
 
-function acknowledge(p: Pending, receipt: SubmitReceipt): void {
-  const call = p.call;
-  call.receipts[p.slot] = receipt;
+/** The submissions of one batch, in order: submission i is entry slots[i] of calls[i]. */
+interface Batch {
+  calls: SubmitCall[];
+  slots: Uint32Array;
+}
+
+function acknowledge(call: SubmitCall, slot: number, receipt: SubmitReceipt): void {
+  call.receipts[slot] = receipt;
   if (--call.left === 0 && !call.failed) call.resolve(call.receipts);
 }
 
-function refuse(p: Pending, err: unknown): void {
-  const call = p.call;
+function refuse(call: SubmitCall, err: unknown): void {
   if (call.failed) return;
   call.failed = true;
   call.reject(err);
+}
+
+function refuseAll(batch: Batch, err: unknown): void {
+  for (const call of batch.calls) refuse(call, err);
+}
+
+/** Entry `slot` of `call`'s encoding (a view). */
+function entryBytes(call: SubmitCall, slot: number): Buffer {
+  return call.framed.subarray(call.starts[slot] + 1, call.starts[slot + 1]);
+}
+
+/** 30 bits of the index path at paths[at..], a small integer key (see PathMap). */
+function pathBits(paths: Buffer, at: number): number {
+  return paths[at] | (paths[at + 1] << 8) | (paths[at + 2] << 16) | ((paths[at + 3] & 0x3f) << 24);
+}
+
+function samePath(a: SubmitCall, i: number, b: SubmitCall, j: number): boolean {
+  return a.paths.compare(b.paths, 32 * j, 32 * j + 32, 32 * i, 32 * i + 32) === 0;
+}
+
+/** Whether entry `slot` of `call` has the value `value[from..to)`. */
+function valueIs(call: SubmitCall, slot: number, value: Uint8Array, from: number, to: number): boolean {
+  const at = call.valueAt[slot];
+  return call.framed[at - 1] === to - from && call.framed.compare(value, from, to, at, at + to - from) === 0;
+}
+
+function sameValue(a: SubmitCall, i: number, b: SubmitCall, j: number): boolean {
+  const at = b.valueAt[j];
+  return valueIs(a, i, b.framed, at, at + b.framed[at - 1]);
 }
 
 /**
@@ -138,7 +175,7 @@ class PathMap<V> {
   private readonly next: number[] = [];
 
   private static key(path: Buffer): number {
-    return path[0] | (path[1] << 8) | (path[2] << 16) | ((path[3] & 0x3f) << 24);
+    return pathBits(path, 0);
   }
 
   private slot(path: Buffer, from: number | undefined): number {
@@ -180,12 +217,19 @@ interface StoredValue {
 }
 
 interface BatchPlan {
-  appended: Buffer[];
-  leafHashes: Buffer[];
-  updates: { path: Buffer; value: Buffer }[];
+  /** How many submissions append. */
+  count: number;
+  /** Batch positions of the appended submissions, in log order (the first `count`). */
+  appended: Int32Array;
+  /** Leaf hashes of the appended entries, packed (32 bytes each). */
+  leaves: Buffer;
+  /** Their index updates, packed: paths of 32 bytes, values (indexValue) of 40 bytes. */
+  paths: Buffer;
+  values: Buffer;
   /** Index each submission resolves to. */
   indexes: number[];
-  duplicate: boolean[];
+  /** 1 for a submission answered by an existing entry. */
+  duplicate: Uint8Array;
 }
 
 interface BatchBuild {
@@ -195,6 +239,8 @@ interface BatchBuild {
   strata: ReturnType<typeof smtApplyBatch>;
   /** Set when the worker computed `strata` and holds it (SmtOffload.apply's `keep`). */
   offloadSeq: number | undefined;
+  /** The rows to commit, when they came from the worker (see OffloadResult.rows); else strata.writes. */
+  rows: (() => Array<{ id: Buffer; data: Buffer }>) | undefined;
   /** Frees the memory of `strata.writes` (emptied) once they are committed; see OffloadResult. */
   release: (() => void) | undefined;
 }
@@ -207,7 +253,7 @@ class Prepared {
   private tiles: Map<string, StoredTile> | undefined;
 
   constructor(
-    readonly batch: Pending[],
+    readonly batch: Batch,
     readonly firstIndex: number,
     readonly plan: BatchPlan,
     /** Undefined when the batch appends nothing. */
@@ -221,7 +267,9 @@ class Prepared {
   /** The batch's own entry `index`, or undefined for an index outside it. */
   entry(index: number): Buffer | undefined {
     const i = index - this.firstIndex;
-    return i >= 0 && i < this.plan.appended.length ? this.plan.appended[i] : undefined;
+    if (i < 0 || i >= this.plan.count) return undefined;
+    const at = this.plan.appended[i];
+    return entryBytes(this.batch.calls[at], this.batch.slots[at]);
   }
 
   /** The tiles the batch writes, by "level/index". */
@@ -289,7 +337,12 @@ export class Log {
   readonly vkey: string;
   /** The sequencer's own view: the last head it committed. Readers use the store's (see head()). */
   private sequenced: LogHead;
-  private readonly pending: Pending[] = [];
+  /** Calls with submissions not taken into a batch yet, from `queueHead` on. */
+  private readonly queue: Array<SubmitCall | undefined> = [];
+  private queueHead = 0;
+  /** Submissions of queue[queueHead] already taken. */
+  private queueTaken = 0;
+  private pending = 0;
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
   private closed = false;
@@ -333,6 +386,8 @@ export class Log {
   private proofTopsSize = -1;
   /** The start of answers for the last checkpoint and protocol (see answerPrefix). */
   private prefixCache: { checkpoint: string; protocol: string; text: string; bytes: Buffer } | undefined;
+  /** plan's hash table of positions, kept for the next batch. */
+  private planTable = new Int32Array(0);
   /** Runs big batches' sparse index updates on another core (undefined for a read-only log). */
   private readonly offload: SmtOffload | undefined;
 
@@ -512,47 +567,84 @@ export class Log {
     if (!this.signer) return Promise.reject(new StateError('log is open read-only: it takes no submissions'));
     const n = entries.length;
     if (n === 0) return Promise.resolve([]);
+    const starts = new Uint32Array(n + 1);
+    let total = 0;
+    for (let i = 0; i < n; i++) {
+      // encodedEntrySize validates
+      total += 1 + encodedEntrySize(entries[i]);
+      if (total > 0xffffffff) throw new FormatError('the entries of one call must total less than 4 GiB');
+      starts[i + 1] = total;
+    }
+    if (this.pending + n > this.maxPending) {
+      return Promise.reject(new PoolFullError(1));
+    }
+    const framed = Buffer.allocUnsafe(total);
+    const valueAt = new Uint32Array(n);
+    const paths = Buffer.allocUnsafe(32 * n);
+    for (let i = 0; i < n; i++) {
+      const e = entries[i];
+      framed[starts[i]] = LEAF_HASH_PREFIX;
+      valueAt[i] = encodeEntryInto(e, framed, starts[i] + 1);
+      indexPathInto(e.protocol, e.key, paths, 32 * i);
+    }
     const call: SubmitCall = {
       receipts: new Array<SubmitReceipt>(n),
       left: n,
       failed: false,
       resolve: unsettled,
       reject: unsettled,
+      framed,
+      starts,
+      valueAt,
+      paths,
     };
-    const prepared = new Array<Pending>(n);
-    for (let i = 0; i < n; i++) {
-      const e = entries[i];
-      // encodeEntry validates
-      const framed = encodeEntry(e, 1);
-      framed[0] = LEAF_HASH_PREFIX;
-      prepared[i] = {
-        value: e.value,
-        framed,
-        path: indexPath(e.protocol, e.key),
-        leaf: undefined,
-        call,
-        slot: i,
-      };
-    }
-    if (this.pending.length + n > this.maxPending) {
-      return Promise.reject(new PoolFullError(1));
-    }
     const promise = new Promise<SubmitReceipt[]>((resolve, reject) => {
       call.resolve = resolve;
       call.reject = reject;
     });
-    for (let i = 0; i < n; i++) this.pending.push(prepared[i]);
+    this.queue.push(call);
+    this.pending += n;
     this.schedule();
     return promise;
   }
 
   get pendingCount(): number {
-    return this.pending.length;
+    return this.pending;
+  }
+
+  /** Takes the next `max` submissions (or all there are) off the queue. */
+  private take(max: number): Batch {
+    const n = Math.min(max, this.pending);
+    const calls = new Array<SubmitCall>(n);
+    const slots = new Uint32Array(n);
+    let i = 0;
+    while (i < n) {
+      const call = this.queue[this.queueHead]!;
+      const size = call.receipts.length;
+      let s = this.queueTaken;
+      for (; s < size && i < n; s++, i++) {
+        calls[i] = call;
+        slots[i] = s;
+      }
+      if (s < size) {
+        this.queueTaken = s;
+      } else {
+        this.queue[this.queueHead++] = undefined;
+        this.queueTaken = 0;
+      }
+    }
+    this.pending -= n;
+    // many one-entry calls would make shifting one at a time quadratic
+    if (this.queueHead === this.queue.length || this.queueHead >= 1024) {
+      this.queue.splice(0, this.queueHead);
+      this.queueHead = 0;
+    }
+    return { calls, slots };
   }
 
   private schedule(): void {
-    if (this.running || this.pending.length === 0) return;
-    if (this.pending.length >= this.maxBatch || this.closed) {
+    if (this.running || this.pending === 0) return;
+    if (this.pending >= this.maxBatch || this.closed) {
       if (this.timer) clearTimeout(this.timer);
       this.timer = undefined;
       this.running = this.drain();
@@ -574,13 +666,13 @@ export class Log {
   private async drain(): Promise<void> {
     let inFlight: { prepared: Prepared; committed: Promise<boolean> } | undefined;
     try {
-      while (this.pending.length > 0 || inFlight !== undefined) {
-        if (this.pending.length === 0) {
+      while (this.pending > 0 || inFlight !== undefined) {
+        if (this.pending === 0) {
           await inFlight!.committed;
           inFlight = undefined;
           continue;
         }
-        const batch = this.pending.splice(0, this.maxBatch);
+        const batch = this.take(this.maxBatch);
         const started = process.hrtime.bigint();
         let prepared: Prepared | undefined;
         let error: unknown;
@@ -605,7 +697,7 @@ export class Log {
           }
         }
         if (prepared === undefined) {
-          for (const p of batch) refuse(p, error);
+          refuseAll(batch, error);
           continue;
         }
         inFlight = { prepared, committed: this.finish(prepared, started) };
@@ -621,43 +713,73 @@ export class Log {
    * indexes. `stored` holds what the index says for keys of this batch that it already has; keys
    * missing from it are taken to be new.
    */
-  private plan(batch: Pending[], firstIndex: number, stored: PathMap<StoredValue>): BatchPlan {
-    const plan: BatchPlan = {
-      appended: [],
-      leafHashes: [],
-      updates: [],
-      indexes: new Array<number>(batch.length),
-      duplicate: new Array<boolean>(batch.length).fill(false),
-    };
-    // the latest submission appended per path within this batch (its position), so resubmissions
-    // inside a batch are idempotent too
-    const inBatch = new PathMap<number>();
-    for (let i = 0; i < batch.length; i++) {
-      const p = batch[i];
-      const j = inBatch.get(p.path);
-      if (j !== undefined) {
-        if (equalBytes(batch[j].value, p.value)) {
-          plan.indexes[i] = plan.indexes[j];
-          plan.duplicate[i] = true;
+  private plan(batch: Batch, firstIndex: number, stored: PathMap<StoredValue>): BatchPlan {
+    const { calls, slots } = batch;
+    const n = calls.length;
+    const appended = new Int32Array(n);
+    const leaves = Buffer.allocUnsafe(32 * n);
+    const paths = Buffer.allocUnsafe(32 * n);
+    const values = Buffer.allocUnsafe(40 * n);
+    const indexes = new Array<number>(n);
+    const duplicate = new Uint8Array(n);
+    // The latest submission appended per path within this batch, so resubmissions inside a batch
+    // are idempotent too: a hash table of positions (bucket: low bits of the path, see PathMap)
+    // holds the last position appended per bucket, and `earlier` chains the positions appended
+    // before it in the same bucket, newest first. No object per entry, and the table is reused.
+    let buckets = 1024;
+    while (buckets < 2 * n) buckets *= 2;
+    if (this.planTable.length < buckets) this.planTable = new Int32Array(buckets);
+    const latest = this.planTable;
+    latest.fill(-1, 0, buckets);
+    const mask = buckets - 1;
+    const earlier = new Int32Array(n);
+    let count = 0;
+    for (let i = 0; i < n; i++) {
+      const call = calls[i];
+      const s = slots[i];
+      const bucket = pathBits(call.paths, 32 * s) & mask;
+      const head = latest[bucket];
+      let j = head;
+      while (j >= 0 && !samePath(calls[j], slots[j], call, s)) j = earlier[j];
+      if (j >= 0) {
+        if (sameValue(calls[j], slots[j], call, s)) {
+          indexes[i] = indexes[j];
+          duplicate[i] = 1;
           continue;
         }
       } else if (stored.size > 0) {
-        const prev = stored.get(p.path);
-        if (prev && equalBytes(prev.value, p.value)) {
-          plan.indexes[i] = prev.index;
-          plan.duplicate[i] = true;
+        const prev = stored.get(call.paths.subarray(32 * s, 32 * s + 32));
+        if (prev && valueIs(call, s, prev.value, 0, prev.value.length)) {
+          indexes[i] = prev.index;
+          duplicate[i] = 1;
           continue;
         }
       }
-      const index = firstIndex + plan.appended.length;
-      p.leaf ??= sha256(p.framed);
-      plan.appended.push(p.framed.subarray(1));
-      plan.leafHashes.push(p.leaf);
-      plan.updates.push({ path: p.path, value: indexValue(index, p.leaf) });
-      inBatch.set(p.path, i);
-      plan.indexes[i] = index;
+      const index = firstIndex + count;
+      // The leaf hash goes straight into the index value, which carries it after the log index.
+      // Hashes are copied byte by byte: Buffer#copy of part of a buffer makes a view of that part.
+      writeIndexValueIndex(index, values, 40 * count);
+      sha256Into(call.framed.subarray(call.starts[s], call.starts[s + 1]), values, 40 * count + 8);
+      const paths32 = call.paths;
+      for (let b = 0, v = 40 * count + 8, l = 32 * count, q = 32 * s; b < 32; b++) {
+        leaves[l + b] = values[v + b];
+        paths[l + b] = paths32[q + b];
+      }
+      appended[count] = i;
+      earlier[i] = head;
+      latest[bucket] = i;
+      indexes[i] = index;
+      count++;
     }
-    return plan;
+    return {
+      count,
+      appended,
+      leaves: leaves.subarray(0, 32 * count),
+      paths: paths.subarray(0, 32 * count),
+      values: values.subarray(0, 40 * count),
+      indexes,
+      duplicate,
+    };
   }
 
   /**
@@ -673,14 +795,14 @@ export class Log {
     const tip = base?.built;
     const oldSize = tip?.newSize ?? this.sequenced.size;
     const oldRoot = tip?.strata.root ?? this.sequenced.mapRoot;
-    const newSize = oldSize + plan.appended.length;
+    const newSize = oldSize + plan.count;
     // the worker can build on an uncommitted result only if it holds that result itself
     const keep = base?.offloadSeq !== undefined ? [base.offloadSeq] : [];
     const offloaded =
       this.offload !== undefined &&
-      plan.updates.length >= OFFLOAD_MIN_UPDATES &&
+      plan.count >= OFFLOAD_MIN_UPDATES &&
       (tip === undefined || base?.offloadSeq !== undefined)
-        ? this.offload.apply(oldRoot, plan.updates, keep)
+        ? this.offload.applyPacked(oldRoot, plan.paths, plan.values, valueEnds(plan.count), keep)
         : undefined;
     const applyHere = (snap: LogSnapshot) => {
       const committed = this.stratumReader(snap, this.sequenced.mapRoot);
@@ -689,14 +811,14 @@ export class Log {
         rows === undefined || rows.size === 0
           ? committed
           : (id) => rows.get(id.toString('hex'))?.data ?? committed(id);
-      return smtApplyBatch(oldRoot, plan.updates, read, onReplace);
+      return smtApplyBatch(oldRoot, planUpdates(plan), read, onReplace);
     };
     const built = this.read((snap) => {
       const committed = this.tileGetter(snap);
       const baseTiles = base?.tileMap();
       const getTile: TileGetter =
         baseTiles === undefined ? committed : (l, n) => baseTiles.get(`${l}/${n}`) ?? committed(l, n);
-      const tiles = appendToTiles(oldSize, plan.leafHashes, getTile);
+      const tiles = appendToTiles(oldSize, plan.leaves, getTile);
       const overlay = new Map<string, StoredTile>();
       for (const t of tiles) overlay.set(`${t.tileLevel}/${t.tileIndex}`, t);
       const rootHash = treeRoot(
@@ -708,6 +830,7 @@ export class Log {
     let strata = built.strata;
     let offloadSeq: number | undefined;
     let release: (() => void) | undefined;
+    let rows: (() => Array<{ id: Buffer; data: Buffer }>) | undefined;
     if (strata === undefined) {
       const r = await offloaded;
       if (r !== undefined) {
@@ -715,18 +838,19 @@ export class Log {
         strata = r.strata;
         offloadSeq = r.seq;
         release = r.release;
+        rows = r.rows;
       } else {
         strata = this.read(applyHere);
       }
     }
-    return { newSize, tiles: built.tiles, rootHash: built.rootHash, strata, offloadSeq, release };
+    return { newSize, tiles: built.tiles, rootHash: built.rootHash, strata, offloadSeq, rows, release };
   }
 
   /**
    * Plans and builds a batch on top of `base` (a batch being committed, or undefined for the
    * committed state): everything but signing, committing and acknowledging.
    */
-  private async prepare(batch: Pending[], base: Prepared | undefined): Promise<Prepared> {
+  private async prepare(batch: Batch, base: Prepared | undefined): Promise<Prepared> {
     // a base that appends nothing leaves the committed state as it is
     if (base?.built === undefined) base = undefined;
     const firstIndex = base?.built?.newSize ?? this.sequenced.size;
@@ -735,8 +859,7 @@ export class Log {
     // those is a resubmission of the same value is the batch planned and built a second time.
     let plan = this.plan(batch, firstIndex, new PathMap());
     const replaced = new PathMap<Buffer>();
-    let built =
-      plan.appended.length > 0 ? await this.build(base, plan, (path, v) => replaced.set(path, v)) : undefined;
+    let built = plan.count > 0 ? await this.build(base, plan, (path, v) => replaced.set(path, v)) : undefined;
     if (replaced.size > 0) {
       const stored = new PathMap<StoredValue>();
       this.read((snap) => {
@@ -749,9 +872,9 @@ export class Log {
       });
       const again = this.plan(batch, firstIndex, stored);
       // knowing more can only turn appends into duplicates, so an equal count means an equal plan
-      if (again.appended.length !== plan.appended.length) {
+      if (again.count !== plan.count) {
         plan = again;
-        built = plan.appended.length > 0 ? await this.build(base, plan) : undefined;
+        built = plan.count > 0 ? await this.build(base, plan) : undefined;
       }
     }
     return new Prepared(batch, firstIndex, plan, built);
@@ -763,17 +886,16 @@ export class Log {
    */
   private async finish(prepared: Prepared, started: bigint): Promise<boolean> {
     const { batch, firstIndex, plan, built } = prepared;
-    const { indexes, duplicate, appended } = plan;
+    const { indexes, duplicate, count } = plan;
     const old = this.sequenced;
     let head = old;
     try {
       if (built) {
-        if (built.newSize - appended.length !== old.size) {
-          throw new StateError(
-            `batch built at size ${built.newSize - appended.length}, log is at ${old.size}`,
-          );
+        if (built.newSize - count !== old.size) {
+          throw new StateError(`batch built at size ${built.newSize - count}, log is at ${old.size}`);
         }
         const { newSize, tiles, rootHash, strata } = built;
+        const rows = built.rows?.() ?? [...strata.writes.values()];
         const cp = { origin: this.origin, size: newSize, rootHash, mapRoot: strata.root, extensions: [] };
         head = {
           size: newSize,
@@ -783,41 +905,42 @@ export class Log {
         };
         await this.store.commit({
           firstIndex,
-          entries: appended,
+          entries: appendedEntries(batch, plan),
           tiles,
-          strataWrites: [...strata.writes.values()],
+          strataWrites: rows,
           strataDeletes: strata.deletes,
           head,
         });
         this.sequenced = head;
-        this.updateTopStrata(old.mapRoot, strata.root, strata.writes.values(), strata.deletes);
+        this.updateTopStrata(old.mapRoot, strata.root, rows, strata.deletes);
         // committed: a batch built on this one reads these rows from the store from now on
         built.release?.();
       }
     } catch (err) {
-      for (const p of batch) refuse(p, err);
+      refuseAll(batch, err);
       return false;
     }
     try {
       this.read((snap) => {
         const proofs = this.batchProofs(snap, indexes, head.size);
-        for (let i = 0; i < batch.length; i++) {
-          acknowledge(batch[i], {
+        const { calls, slots } = batch;
+        for (let i = 0; i < calls.length; i++) {
+          acknowledge(calls[i], slots[i], {
             index: indexes[i],
-            duplicate: duplicate[i],
+            duplicate: duplicate[i] === 1,
             checkpoint: head.checkpoint,
             proof: proofs[i],
           });
         }
       });
       this.onBatch?.({
-        submissions: batch.length,
-        appended: appended.length,
+        submissions: batch.calls.length,
+        appended: count,
         size: head.size,
         seconds: Number(process.hrtime.bigint() - started) / 1e9,
       });
     } catch (err) {
-      for (const p of batch) refuse(p, err);
+      refuseAll(batch, err);
     }
     return true;
   }
@@ -828,7 +951,7 @@ export class Log {
    * between receipts, like the tile views a proof is made of); inside a full tile the rest is one
    * stored hash per row.
    */
-  private batchProofs(snap: LogSnapshot, indexes: readonly number[], size: number): Buffer[][] {
+  private batchProofs(snap: LogSnapshot, indexes: ArrayLike<number>, size: number): Buffer[][] {
     const getTile = this.tileGetter(snap, false);
     const reader = hashReaderFromTiles(getTile);
     // `views`: one view per hash of a full tile, shared by the proofs of its leaves (a node's
@@ -1146,7 +1269,7 @@ export class Log {
       clearTimeout(this.timer);
       this.timer = undefined;
     }
-    while (this.running || this.pending.length > 0) {
+    while (this.running || this.pending > 0) {
       if (!this.running) this.running = this.drain();
       await this.running;
     }
@@ -1165,6 +1288,35 @@ export class Log {
     const { size, checkpoint } = this.head();
     return { origin: this.origin, vkey: this.vkey, size, checkpoint };
   }
+}
+
+/** The values' ends for SmtOffload.applyPacked: every index value is 40 bytes. */
+function valueEnds(n: number): Uint32Array {
+  const ends = new Uint32Array(n);
+  for (let i = 0; i < n; i++) ends[i] = 40 * (i + 1);
+  return ends;
+}
+
+/** A plan's index updates as smtApplyBatch takes them (views of the packed ones). */
+function planUpdates(plan: BatchPlan): SmtUpdate[] {
+  const out = new Array<SmtUpdate>(plan.count);
+  for (let i = 0; i < plan.count; i++) {
+    out[i] = {
+      path: plan.paths.subarray(32 * i, 32 * i + 32),
+      value: plan.values.subarray(40 * i, 40 * i + 40),
+    };
+  }
+  return out;
+}
+
+/** The encodings of a plan's appended entries, in log order (views, made for the commit). */
+function appendedEntries(batch: Batch, plan: BatchPlan): Buffer[] {
+  const out = new Array<Buffer>(plan.count);
+  for (let i = 0; i < plan.count; i++) {
+    const at = plan.appended[i];
+    out[i] = entryBytes(batch.calls[at], batch.slots[at]);
+  }
+  return out;
 }
 
 /** Placeholder until a submission's promise exists (set before the submission is queued). */

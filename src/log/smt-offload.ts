@@ -17,12 +17,18 @@ export interface PackedRows {
 }
 
 /**
- * `spare` buffers (given back by the sequencer, see OffloadResult.release) are packed into when one
- * is big enough; the one taken is removed from the list.
+ * Packs `count` byte strings, string i being `item(i)` of length `length(i)`. `spare` buffers (given
+ * back by the sequencer, see OffloadResult.release) are packed into when one is big enough; the one
+ * taken is removed from the list.
  */
-export function packRows(items: readonly Uint8Array[], spare: ArrayBuffer[] = []): PackedRows {
+export function packItems(
+  count: number,
+  length: (i: number) => number,
+  item: (i: number) => Uint8Array,
+  spare: ArrayBuffer[] = [],
+): PackedRows {
   let total = 0;
-  for (const it of items) total += it.length;
+  for (let i = 0; i < count; i++) total += length(i);
   const k = spare.findIndex((b) => b.byteLength >= total);
   // spares too small now stay too small (a batch's rows grow with the log): not kept idle
   if (k < 0) spare.length = 0;
@@ -30,14 +36,24 @@ export function packRows(items: readonly Uint8Array[], spare: ArrayBuffer[] = []
   // that it fits the next batches when it comes back
   const buffer = k >= 0 ? spare.splice(k, 1)[0] : new ArrayBuffer(total + (total >> 3));
   const bytes = new Uint8Array(buffer, 0, total);
-  const ends = new Uint32Array(items.length);
+  const ends = new Uint32Array(count);
   let at = 0;
-  for (let i = 0; i < items.length; i++) {
-    bytes.set(items[i], at);
-    at += items[i].length;
+  for (let i = 0; i < count; i++) {
+    bytes.set(item(i), at);
+    at += length(i);
     ends[i] = at;
   }
   return { bytes, ends };
+}
+
+/** packItems of an array. */
+export function packRows(items: readonly Uint8Array[], spare: ArrayBuffer[] = []): PackedRows {
+  return packItems(
+    items.length,
+    (i) => items[i].length,
+    (i) => items[i],
+    spare,
+  );
 }
 
 function unpackRows(p: PackedRows): Buffer[] {
@@ -91,11 +107,34 @@ export type OffloadResponse =
     }
   | { type: 'failed'; seq: number; message: string };
 
+/** Rows given as ids and data packed apart (row i is ids' string i and rows' string i), as views. */
+function rowList(ids: PackedRows, rows: PackedRows): Array<{ id: Buffer; data: Buffer }> {
+  const ib = Buffer.from(ids.bytes.buffer, ids.bytes.byteOffset, ids.bytes.byteLength);
+  const rb = Buffer.from(rows.bytes.buffer, rows.bytes.byteOffset, rows.bytes.byteLength);
+  const out = new Array<{ id: Buffer; data: Buffer }>(ids.ends.length);
+  let id = 0;
+  let row = 0;
+  for (let i = 0; i < out.length; i++) {
+    out[i] = { id: ib.subarray(id, ids.ends[i]), data: rb.subarray(row, rows.ends[i]) };
+    id = ids.ends[i];
+    row = rows.ends[i];
+  }
+  return out;
+}
+
 /** The result of an offloaded update, with the replaced values it reported. */
 export interface OffloadResult {
   /** Names this result for a later update built on top of it before it is committed (`keep`). */
   seq: number;
+  /**
+   * `strata.writes` is made on first use: the sequencer needs it only to build a batch on top of this
+   * one in its own thread, and a map keyed by hex of about one row per update (each row an object,
+   * two views and a string) lived from the result to the end of its commit, long enough to be
+   * promoted to old space.
+   */
   strata: SmtBatchResult;
+  /** The rows to store, made afresh at each call as views (none once released). */
+  rows(): Array<{ id: Buffer; data: Buffer }>;
   replaced: Array<{ path: Buffer; value: Buffer }>;
   /**
    * Gives the rows' memory back to the worker once they are in the store and nothing reads them
@@ -161,8 +200,6 @@ export class SmtOffload {
     updates: readonly SmtUpdate[],
     keep: readonly number[] = [],
   ): Promise<OffloadResult | undefined> {
-    const w = this.start();
-    if (w === undefined || this.waiting !== undefined) return Promise.resolve(undefined);
     const n = updates.length;
     const paths = new Uint8Array(new ArrayBuffer(n * 32));
     let total = 0;
@@ -179,6 +216,35 @@ export class SmtOffload {
       at += u.value.length;
       valueEnds[i] = at;
     }
+    return this.send(root, paths, values, valueEnds, keep);
+  }
+
+  /**
+   * `apply` for updates already packed as the worker takes them: n 32-byte paths back to back,
+   * the values back to back, value i ending at valueEnds[i]. The arrays are copied (the copies are
+   * transferred), so the caller keeps them for an update in its own thread.
+   */
+  applyPacked(
+    root: Buffer,
+    paths: Uint8Array,
+    values: Uint8Array,
+    valueEnds: Uint32Array,
+    keep: readonly number[] = [],
+  ): Promise<OffloadResult | undefined> {
+    // copies (a Buffer's slice would be a view)
+    return this.send(root, new Uint8Array(paths), new Uint8Array(values), new Uint32Array(valueEnds), keep);
+  }
+
+  /** Sends an update whose arrays are this call's own (they are transferred). */
+  private send(
+    root: Buffer,
+    paths: Uint8Array<ArrayBuffer>,
+    values: Uint8Array<ArrayBuffer>,
+    valueEnds: Uint32Array<ArrayBuffer>,
+    keep: readonly number[],
+  ): Promise<OffloadResult | undefined> {
+    const w = this.start();
+    if (w === undefined || this.waiting !== undefined) return Promise.resolve(undefined);
     const seq = ++this.seq;
     const req: OffloadRequest = {
       type: 'apply',
@@ -199,18 +265,17 @@ export class SmtOffload {
             resolve(undefined);
             return;
           }
-          const ids = unpackRows(m.ids);
-          const rows = unpackRows(m.rows);
-          const writes = new Map<string, { id: Buffer; data: Buffer }>();
-          for (let i = 0; i < ids.length; i++)
-            writes.set(ids[i].toString('hex'), { id: ids[i], data: rows[i] });
+          let writes: Map<string, { id: Buffer; data: Buffer }> | undefined;
+          let released = false;
+          const rows = () => (released ? [] : rowList(m.ids, m.rows));
           const paths = unpackRows(m.replacedPaths);
           const vals = unpackRows(m.replacedValues);
           const replaced = paths.map((path, i) => ({ path, value: vals[i] }));
           const buffer = m.rows.bytes.buffer as ArrayBuffer;
           resolve({
             release: () => {
-              writes.clear();
+              released = true;
+              writes?.clear();
               const to = this.worker;
               if (to !== undefined && buffer.byteLength > 0) {
                 const reuse: OffloadReuse = { type: 'reuse', buffers: [buffer] };
@@ -218,9 +283,16 @@ export class SmtOffload {
               }
             },
             seq,
+            rows,
             strata: {
               root: Buffer.from(m.root.buffer, m.root.byteOffset, m.root.byteLength),
-              writes,
+              get writes() {
+                if (writes === undefined) {
+                  writes = new Map();
+                  for (const w of rows()) writes.set(w.id.toString('hex'), w);
+                }
+                return writes;
+              },
               deletes: [],
             },
             replaced,

@@ -5,10 +5,10 @@
  * packing are described in smt-offload.ts.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { SLAB_SIZE, type SlabSource, smtApplyBatch } from '../core/smt-batch.js';
+import { SLAB_SIZE, type SlabSource, type SmtBatchRows, smtApplyBatchRows } from '../core/smt-batch.js';
 import { LmdbLogStore } from '../storage/lmdb.js';
 import type { OffloadRequest, OffloadResponse, OffloadReuse } from './smt-offload.js';
-import { packRows } from './smt-offload.js';
+import { packItems, packRows } from './smt-offload.js';
 
 const port = parentPort;
 if (port === null) throw new Error('smt-worker must run in a worker thread');
@@ -18,7 +18,27 @@ const store = LmdbLogStore.open((workerData as { dir: string }).dir);
  * be computed on top of them while they are being committed. Forgotten when a request stops
  * listing them in `keep`: by then they are in the store, or their batch failed and was dropped.
  */
-const held = new Map<number, Map<string, { id: Buffer; data: Buffer }>>();
+const held = new Map<number, HeldRows>();
+
+/** A result's rows, with the index of each row by rowKey of its id. */
+interface HeldRows {
+  rows: SmtBatchRows;
+  byKey: Map<number | string, number>;
+}
+
+/**
+ * Map key of a stratum id (a level byte, then that many path bytes). Ids of the top four levels
+ * (every row of a tree of a few million leaves) are a small integer: a hex string per row read and
+ * per row written was about a tenth of this thread's time. Longer ids keep their hex; a number and
+ * a string never collide as keys, and the length of an id is fixed by its first byte.
+ */
+function rowKey(id: Buffer): number | string {
+  const n = id.length;
+  if (n > 4) return id.toString('hex');
+  let k = 0;
+  for (let i = 0; i < n; i++) k = k * 256 + id[i];
+  return k;
+}
 
 /**
  * Slabs the rows are written into (smtApplyBatch's SlabSource), recycled instead of left to the
@@ -50,12 +70,20 @@ function recycleUnused(): void {
   }
 }
 
-function hold(seq: number, rows: Map<string, { id: Buffer; data: Buffer }>): void {
+function hold(seq: number, rows: SmtBatchRows): void {
   const used = new Set<ArrayBufferLike>();
-  for (const w of rows.values()) used.add(w.data.buffer);
+  const byKey = new Map<number | string, number>();
+  let last: ArrayBufferLike | undefined;
+  for (let i = 0; i < rows.count; i++) {
+    const ab = rows.slab(i).buffer;
+    // rows finished one after another are mostly in the same slab
+    if (ab !== last) used.add(ab);
+    last = ab;
+    byKey.set(rowKey(rows.id(i)), i);
+  }
   for (const ab of used) slabUsers.set(ab, (slabUsers.get(ab) ?? 0) + 1);
   heldSlabs.set(seq, [...used]);
-  held.set(seq, rows);
+  held.set(seq, { rows, byKey });
   recycleUnused();
 }
 
@@ -108,7 +136,7 @@ port.on('message', (msg: OffloadRequest | OffloadReuse | { type: 'close' } | { t
   try {
     for (const seq of [...held.keys()]) if (!msg.keep.includes(seq)) forget(seq);
     // newest first: a row rewritten by several uncommitted batches is read as the last one left it
-    const layers: Array<Map<string, { id: Buffer; data: Buffer }>> = [];
+    const layers: HeldRows[] = [];
     for (let i = msg.keep.length - 1; i >= 0; i--) {
       const rows = held.get(msg.keep[i]);
       if (rows === undefined) throw new Error(`result ${msg.keep[i]} is no longer held`);
@@ -116,31 +144,21 @@ port.on('message', (msg: OffloadRequest | OffloadReuse | { type: 'close' } | { t
     }
     // the batch must read what the sequencer committed last, not an older snapshot
     store.renewSnapshot();
-    const paths = Buffer.from(msg.paths.buffer, msg.paths.byteOffset, msg.paths.byteLength);
-    const values = Buffer.from(msg.values.buffer, msg.values.byteOffset, msg.values.byteLength);
-    const n = msg.valueEnds.length;
-    const updates = new Array<{ path: Buffer; value: Buffer }>(n);
-    let start = 0;
-    for (let i = 0; i < n; i++) {
-      const end = msg.valueEnds[i];
-      updates[i] = { path: paths.subarray(i * 32, i * 32 + 32), value: values.subarray(start, end) };
-      start = end;
-    }
     const replacedPaths: Buffer[] = [];
     const replacedValues: Buffer[] = [];
     const result = store.read((snap) => {
       const stored = (id: Buffer) =>
         copyToLevel(id[0], snap.peekStratum ? snap.peekStratum(id) : snap.stratum(id));
-      return smtApplyBatch(
+      return smtApplyBatchRows(
         Buffer.from(msg.root),
-        updates,
+        { paths: msg.paths, values: msg.values, valueEnds: msg.valueEnds },
         layers.length === 0
           ? stored
           : (id) => {
-              const hex = id.toString('hex');
-              for (const rows of layers) {
-                const row = rows.get(hex);
-                if (row !== undefined) return row.data;
+              const key = rowKey(id);
+              for (const layer of layers) {
+                const i = layer.byKey.get(key);
+                if (i !== undefined) return layer.rows.row(i);
               }
               return stored(id);
             },
@@ -151,15 +169,18 @@ port.on('message', (msg: OffloadRequest | OffloadReuse | { type: 'close' } | { t
         slabs,
       );
     });
-    hold(msg.seq, result.writes);
-    const ids: Buffer[] = [];
-    const rows: Buffer[] = [];
-    for (const w of result.writes.values()) {
-      ids.push(w.id);
-      rows.push(w.data);
-    }
-    const packedIds = packRows(ids);
-    const packedRows = packRows(rows, spareRows);
+    hold(msg.seq, result);
+    const packedIds = packItems(
+      result.count,
+      (i) => result.idLength(i),
+      (i) => result.id(i),
+    );
+    const packedRows = packItems(
+      result.count,
+      (i) => result.rowLength(i),
+      (i) => result.row(i),
+      spareRows,
+    );
     const packedPaths = packRows(replacedPaths);
     const packedValues = packRows(replacedValues);
     const reply: OffloadResponse = {

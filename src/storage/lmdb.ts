@@ -9,8 +9,8 @@ import type { CommitBatch, LogHead, LogSnapshot, LogStore, StoredTile } from './
  * (DESIGN §5: fastest point reads and sequential appends here, and prebuilt binaries).
  *
  * Layout: `entries` (u64 index -> entry bytes), `tiles` ([level, index] -> expanded tile),
- * `strata` (stratum id -> encoded stratum), `checkpoints` (size -> signed note),
- * `meta` (name -> string; `head` holds the current LogHead).
+ * `strata` (stratum id -> encoded stratum, in parts when long: see `putStratum`), `checkpoints`
+ * (size -> signed note), `meta` (name -> string; `head` holds the current LogHead).
  */
 export class LmdbLogStore implements LogStore {
   private readonly root: RootDatabase;
@@ -87,24 +87,107 @@ export class LmdbLogStore implements LogStore {
       if (!b) return undefined;
       return decodeTileRecord(b);
     },
-    stratum: (id) =>
-      this.strataDb.getBinary(
-        Buffer.isBuffer(id) ? id : Buffer.from(id.buffer, id.byteOffset, id.byteLength),
-      ),
+    stratum: (id) => {
+      const key = asBuffer(id);
+      const b = this.strataDb.getBinary(key);
+      return b === undefined || b[0] !== STRATUM_PARTS ? b : this.joinParts(key, b, false);
+    },
     // lmdb-js copies the value into one buffer that every read reuses (getBinary copies it again);
     // that buffer reports the value's size through an own `length` property, so it is narrowed to
     // a plain view for callers
     peekStratum: (id) => {
-      const b = this.strataDb.getBinaryFast(
-        Buffer.isBuffer(id) ? id : Buffer.from(id.buffer, id.byteOffset, id.byteLength),
-      );
-      return b === undefined ? undefined : b.subarray(0, b.length);
+      const key = asBuffer(id);
+      const b = this.strataDb.getBinaryFast(key);
+      if (b === undefined) return undefined;
+      const row = b.subarray(0, b.length);
+      return row[0] !== STRATUM_PARTS ? row : this.joinParts(key, row, true);
     },
     peekEntry: (i) => {
       const b = this.entriesDb.getBinaryFast(i);
       return b === undefined ? undefined : b.subarray(0, b.length);
     },
   };
+
+  /**
+   * A row stored in parts (see putStratum), put together again from its first record `first`: in a
+   * new buffer, or for `peekStratum` in one that the next such read reuses (the worker reads about
+   * 2,000 rows in parts per batch at a million entries).
+   */
+  private joinParts(id: Buffer, first: Uint8Array, reuse: boolean): Buffer {
+    const count = first[1];
+    const size = first.length - 2 + (count - 1) * STRATUM_PART_BYTES;
+    let out: Buffer;
+    if (!reuse) out = Buffer.allocUnsafe(size);
+    else {
+      if (this.joined.length < size) this.joined = Buffer.allocUnsafe(Math.max(size, 2 * this.joined.length));
+      out = this.joined;
+    }
+    // copied before the next read, which may reuse the buffer `first` lives in
+    out.set(first.subarray(2));
+    let at = first.length - 2;
+    const key = this.partKeyFor(id);
+    for (let k = 1; k < count; k++) {
+      key[id.length] = k;
+      const part = this.strataDb.getBinaryFast(key);
+      if (part === undefined || part.length > STRATUM_PART_BYTES) {
+        const what = part === undefined ? 'is missing' : 'is too long';
+        throw new StorageError(`stratum ${id.toString('hex')}: part ${k} of ${count} ${what}`);
+      }
+      out.set(part.subarray(0, part.length), at);
+      at += part.length;
+    }
+    return out.subarray(0, at);
+  }
+
+  private joined = Buffer.alloc(0);
+  private readonly partKeys: Buffer[] = [];
+
+  /** A reused key buffer of id.length + 1 bytes starting with id, for reads of its parts. */
+  private partKeyFor(id: Buffer): Buffer {
+    let key = this.partKeys[id.length];
+    if (key === undefined) {
+      key = Buffer.alloc(id.length + 1);
+      this.partKeys[id.length] = key;
+    }
+    id.copy(key, 0);
+    return key;
+  }
+
+  /**
+   * LMDB keeps a value too long for half a page (about 2,030 bytes with 4 KB pages) in overflow
+   * pages of its own, rewritten whole on every change, so a 2.1 KB row took a 4 KB page plus its
+   * slot in a leaf page. Bottom rows grow past that from about a million entries on (their mean
+   * is about 1.75 KB there). A row longer than STRATUM_PART_BYTES is therefore stored in parts
+   * that each fit a leaf page: the first record, under the row's id, is STRATUM_PARTS, the part
+   * count and the first part; part k (k >= 1) is under id || k, which sorts right after the id
+   * and is no stratum id (those are d/8 + 1 bytes long after a first byte d/8), so the parts
+   * usually share the leaf page. Rows start with their version byte, never STRATUM_PARTS. A row
+   * that shrinks to fewer parts leaves its old last parts behind, unread (the first record says
+   * how many parts there are) until the row grows again and overwrites them.
+   */
+  private putStratum(id: Buffer, row: Buffer): void {
+    if (row.length <= STRATUM_PART_BYTES) {
+      this.strataDb.put(id, row);
+      return;
+    }
+    const firstBytes = STRATUM_PART_BYTES - 2;
+    const count = 1 + Math.ceil((row.length - firstBytes) / STRATUM_PART_BYTES);
+    const first = Buffer.allocUnsafe(2 + firstBytes);
+    first[0] = STRATUM_PARTS;
+    first[1] = count;
+    row.copy(first, 2, 0, firstBytes);
+    this.strataDb.put(id, first);
+    for (let k = 1, at = firstBytes; k < count; k++, at += STRATUM_PART_BYTES) {
+      this.strataDb.put(partKey(id, k), row.subarray(at, at + STRATUM_PART_BYTES));
+    }
+  }
+
+  private removeStratum(id: Buffer): void {
+    const first = this.strataDb.getBinaryFast(id);
+    const count = first !== undefined && first[0] === STRATUM_PARTS ? first[1] : 1;
+    this.strataDb.remove(id);
+    for (let k = 1; k < count; k++) this.strataDb.remove(partKey(id, k));
+  }
 
   private lastHeadBytes: Buffer | undefined;
   private lastHead: LogHead | undefined;
@@ -155,8 +238,8 @@ export class LmdbLogStore implements LogStore {
       for (const e of batch.entries) this.entriesDb.put(i++, e as Buffer);
       for (const t of batch.tiles)
         this.tilesDb.put([t.tileLevel, t.tileIndex], encodeTileRecord(t.width, t.expanded));
-      for (const s of batch.strataWrites) this.strataDb.put(Buffer.from(s.id), s.data as Buffer);
-      for (const id of batch.strataDeletes) this.strataDb.remove(Buffer.from(id));
+      for (const s of batch.strataWrites) this.putStratum(Buffer.from(s.id), asBuffer(s.data));
+      for (const id of batch.strataDeletes) this.removeStratum(Buffer.from(id));
       this.checkpointsDb.put(head.size, head.checkpoint);
       this.metaDb.put(
         'head',
@@ -195,6 +278,27 @@ export class LmdbLogStore implements LogStore {
   async close(): Promise<void> {
     await this.root.close();
   }
+}
+
+/** First byte of a stratum row stored in parts (LmdbLogStore.putStratum). */
+const STRATUM_PARTS = 0xfe;
+/**
+ * The longest value stored in one strata record. LMDB puts a record (8 bytes of header, the key,
+ * the value) in a 4 KB leaf page when it is at most 2,038 bytes; ids are at most 33 bytes with a
+ * part suffix. So 1,984 leaves room, and a count byte allows rows of up to 505 KB (the longest
+ * possible row, a band of 256 leaves with 255-byte values, is about 82 KB).
+ */
+const STRATUM_PART_BYTES = 1984;
+
+function partKey(id: Buffer, k: number): Buffer {
+  const key = Buffer.allocUnsafe(id.length + 1);
+  id.copy(key, 0);
+  key[id.length] = k;
+  return key;
+}
+
+function asBuffer(b: Uint8Array): Buffer {
+  return Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength);
 }
 
 /** Tile rows carry their width in a 2-byte prefix so a torn or foreign value is detected. */

@@ -17,6 +17,7 @@ import {
   smtLookup,
   verifySmtProof,
 } from '../../src/core/smt.js';
+import { smtApplyBatchRows } from '../../src/core/smt-batch.js';
 
 // ---------------------------------------------------------------------------------------------------------
 // Naive reference: a plain map and a recursive root computation straight from the rules, written without
@@ -319,6 +320,67 @@ describe('sparse index against the naive reference', () => {
     assert.equal(other.proof.kind, 'other');
     assert.equal(other.proof.depth, 0);
     verifySmtProof(store.root, refSha(Buffer.from('z')), undefined, other.proof);
+  });
+
+  test("packed updates (the worker's form) give the same root and rows as an array of updates", () => {
+    const bases = Array.from({ length: 3 }, (_, i) => refSha(Buffer.from([0x70, i])));
+    fc.assert(
+      fc.property(
+        fc.array(fc.tuple(keyArb(bases), fc.uint8Array({ maxLength: 255 })), { minLength: 1, maxLength: 80 }),
+        fc.array(fc.tuple(keyArb(bases), fc.uint8Array({ maxLength: 64 })), { maxLength: 40 }),
+        (first, second) => {
+          const store = new MemStore();
+          store.apply(first.map(([path, v]) => ({ path, value: Buffer.from(v) })));
+          // the second batch repeats some paths of the first and of itself
+          const updates = [...second, ...first.slice(0, 5)].map(([path, v]) => ({
+            path,
+            value: Buffer.from(v),
+          }));
+          const paths = Buffer.concat(updates.map((u) => u.path));
+          const values = Buffer.concat(updates.map((u) => u.value));
+          const valueEnds = new Uint32Array(updates.length);
+          let at = 0;
+          updates.forEach((u, i) => {
+            at += u.value.length;
+            valueEnds[i] = at;
+          });
+          const packed = smtApplyBatchRows(store.root, { paths, values, valueEnds }, store.read);
+          const plain = smtApplyBatch(store.root, updates, store.read);
+          assert.deepEqual(packed.root, plain.root);
+          const model = new Map<string, Buffer>();
+          for (const [path, v] of first) model.set(path.toString('hex'), Buffer.from(v));
+          for (const u of updates) model.set(u.path.toString('hex'), u.value);
+          assert.deepEqual(packed.root, refRoot(model));
+          const rows = new Map<string, Buffer>();
+          for (let i = 0; i < packed.count; i++) {
+            assert.equal(packed.row(i).length, packed.rowLength(i));
+            assert.equal(packed.id(i).length, packed.idLength(i));
+            rows.set(packed.id(i).toString('hex'), Buffer.from(packed.row(i)));
+          }
+          assert.deepEqual(rows, new Map([...plain.writes].map(([k, w]) => [k, Buffer.from(w.data)])));
+        },
+      ),
+      { numRuns: 100 },
+    );
+  });
+
+  test('malformed packed updates are FormatErrors', () => {
+    const read = () => undefined;
+    const paths = Buffer.alloc(64, 1);
+    const values = Buffer.alloc(300);
+    for (const [p, ends] of [
+      [paths.subarray(0, 63), [1, 2]],
+      [paths, [1, 257]],
+      [paths, [2, 1]],
+      [paths, [1, 301]],
+    ] as const) {
+      assert.throws(
+        () => smtApplyBatchRows(SMT_EMPTY, { paths: p, values, valueEnds: Uint32Array.from(ends) }, read),
+        {
+          name: 'FormatError',
+        },
+      );
+    }
   });
 
   test('malformed updates are FormatErrors', () => {

@@ -353,6 +353,19 @@ describe('tiles: appending', () => {
     assert.deepEqual(appendToTiles(10, [], s.get), []);
   });
 
+  test('packed leaf hashes give the tiles an array of them gives', () => {
+    const s = new Store();
+    s.append(hashes.slice(0, 65_400));
+    // from inside a tile, through full tiles of levels 0 and 1, to a partial tile of level 2
+    const more = hashes.slice(65_400, 65_800);
+    const fromArray = appendToTiles(65_400, more, s.get);
+    const fromPacked = appendToTiles(65_400, Buffer.concat(more), s.get);
+    assert.equal(fromPacked.length, fromArray.length);
+    assert.deepEqual(fromPacked, fromArray);
+    assert.deepEqual(appendToTiles(65_400, new Uint8Array(0), s.get), []);
+    assert.throws(() => appendToTiles(65_400, Buffer.alloc(33), s.get), FormatError);
+  });
+
   test('roots and proofs through tiles match the reference', () => {
     const read = hashReaderFromTiles(whole.get);
     const sizes = [1, 2, 255, 256, 257, 511, 512, 65_535, 65_536, 65_537, N - 1, N];

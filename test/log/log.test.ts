@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { open } from 'lmdb';
 import { openCheckpoint } from '../../src/core/checkpoint.js';
-import { type Entry, indexPath, parseIndexValue } from '../../src/core/entry.js';
+import { type Entry, encodeEntry, indexPath, parseIndexValue } from '../../src/core/entry.js';
 import { FormatError, StateError, StorageError } from '../../src/core/errors.js';
 import { type LookupAnswer, verifyLookup } from '../../src/core/lookup.js';
 import { inclusionProof, leafHash, verifyConsistency, verifyInclusion } from '../../src/core/merkle.js';
@@ -14,7 +14,7 @@ import { generateKey, verifierFromVkey } from '../../src/core/note.js';
 import { encodeSmtProof, smtLookup } from '../../src/core/smt.js';
 import { hashReaderFromTiles } from '../../src/core/tiles.js';
 import { auditStore } from '../../src/log/audit.js';
-import { Log } from '../../src/log/log.js';
+import { Log, type SubmitReceipt } from '../../src/log/log.js';
 
 const dirs: string[] = [];
 function tempDir(): string {
@@ -300,6 +300,32 @@ describe('log', () => {
       all.push(...fresh);
     }
     assert.equal(log.head().size, 1100);
+    await log.close();
+  });
+
+  test('batches taken across calls: a call split between batches, duplicates across calls', async () => {
+    const log = await Log.create(tempDir(), 'test.example/log', { batchDelayMs: 50, maxBatch: 4 });
+    // the second call fills a batch: it takes the first call and the second call's first entry
+    const calls = [
+      log.submit([entry('a', 1), entry('b', 2), entry('c', 3)]),
+      // b with a value that starts like b's but is shorter: a new value, not a duplicate
+      log.submit([entry('a', 1), entry('b', Buffer.alloc(16, 2))]),
+      log.submit([entry('c', 3)]),
+    ];
+    const [one, two, three] = await Promise.all(calls);
+    const pairs = (rs: SubmitReceipt[]) => rs.map((r) => [r.index, r.duplicate]);
+    assert.deepEqual(pairs(one), [
+      [0, false],
+      [1, false],
+      [2, false],
+    ]);
+    assert.deepEqual(pairs(two), [
+      [0, true],
+      [3, false],
+    ]);
+    assert.deepEqual(pairs(three), [[2, true]]);
+    assert.deepEqual(log.entry(3), encodeEntry(entry('b', Buffer.alloc(16, 2))));
+    assert.equal(log.pendingCount, 0);
     await log.close();
   });
 
