@@ -332,6 +332,12 @@ function topSlot(id: Uint8Array): number {
  * leave a published checkpoint that the store does not back. The next batch is appended and
  * indexed while one is being committed (see drain), never committed or acknowledged before it.
  */
+/** A batch on its way to the store: see Log.finish. */
+interface Finishing {
+  committed: Promise<boolean>;
+  acknowledged: Promise<void>;
+}
+
 export class Log {
   readonly origin: string;
   readonly vkey: string;
@@ -660,47 +666,57 @@ export class Log {
    * Sequences batches in a two-stage pipeline: while batch k is signed, committed (fsync) and
    * acknowledged, batch k+1 is planned and built on top of k's uncommitted result (its entries,
    * tiles and index rows, see Prepared). Commits and acknowledgements stay in order, one at a
-   * time. If k's commit fails, k+1 is built again from the committed state before it is committed,
+   * time, but k's receipts are built while k+1 is being committed (see finish). If k's commit fails, k+1 is built again from the committed state before it is committed,
    * so nothing built on a failed batch ever reaches the store or a submitter.
    */
   private async drain(): Promise<void> {
-    let inFlight: { prepared: Prepared; committed: Promise<boolean> } | undefined;
+    let inFlight: ({ prepared: Prepared } & Finishing) | undefined;
+    // acknowledgements run in commit order (each waits for its commit, then for one turn of the
+    // event loop); the drain ends only after the last one, so close() never races them
+    let acknowledged: Promise<void> = Promise.resolve();
     try {
-      while (this.pending > 0 || inFlight !== undefined) {
-        if (this.pending === 0) {
-          await inFlight!.committed;
-          inFlight = undefined;
-          continue;
-        }
-        const batch = this.take(this.maxBatch);
-        const started = process.hrtime.bigint();
-        let prepared: Prepared | undefined;
-        let error: unknown;
-        try {
-          prepared = await this.prepare(batch, inFlight?.prepared);
-        } catch (err) {
-          error = err;
-        }
-        // the previous batch is settled before this one commits
-        if (inFlight !== undefined) {
-          const ok = await inFlight.committed;
-          const base = inFlight.prepared;
-          inFlight = undefined;
-          // built on a batch that never reached the store: build it again on what did
-          if (!ok && base.built !== undefined) {
-            prepared = undefined;
-            try {
-              prepared = await this.prepare(batch, undefined);
-            } catch (err) {
-              error = err;
+      for (;;) {
+        while (this.pending > 0 || inFlight !== undefined) {
+          if (this.pending === 0) {
+            await inFlight!.committed;
+            inFlight = undefined;
+            continue;
+          }
+          const batch = this.take(this.maxBatch);
+          const started = process.hrtime.bigint();
+          let prepared: Prepared | undefined;
+          let error: unknown;
+          try {
+            prepared = await this.prepare(batch, inFlight?.prepared);
+          } catch (err) {
+            error = err;
+          }
+          // the previous batch is settled before this one commits
+          if (inFlight !== undefined) {
+            const ok = await inFlight.committed;
+            const base = inFlight.prepared;
+            inFlight = undefined;
+            // built on a batch that never reached the store: build it again on what did
+            if (!ok && base.built !== undefined) {
+              prepared = undefined;
+              try {
+                prepared = await this.prepare(batch, undefined);
+              } catch (err) {
+                error = err;
+              }
             }
           }
+          if (prepared === undefined) {
+            refuseAll(batch, error);
+            continue;
+          }
+          const finishing = this.finish(prepared, started);
+          acknowledged = finishing.acknowledged;
+          inFlight = { prepared, ...finishing };
         }
-        if (prepared === undefined) {
-          refuseAll(batch, error);
-          continue;
-        }
-        inFlight = { prepared, committed: this.finish(prepared, started) };
+        // submissions that arrive meanwhile are this drain's to take (schedule() sees it running)
+        await acknowledged;
+        if (this.pending === 0) break;
       }
     } finally {
       this.running = undefined;
@@ -881,12 +897,27 @@ export class Log {
   }
 
   /**
-   * Signs, commits and acknowledges a prepared batch (whose base is committed by now). Resolves
-   * to whether the batch reached the store; never rejects (failures reject the submissions).
+   * Signs, commits and acknowledges a prepared batch (whose base is committed by now). `committed`
+   * resolves to whether the batch reached the store, as soon as it did; the submitters are
+   * acknowledged a turn of the event loop later (`acknowledged`), so that the next batch's commit
+   * is already on its way while this thread builds the receipts (at a million entries a commit
+   * takes about 200 ms and the receipts of 10k submissions about 50 ms). Neither rejects:
+   * failures reject the submissions.
    */
-  private async finish(prepared: Prepared, started: bigint): Promise<boolean> {
+  private finish(prepared: Prepared, started: bigint): Finishing {
+    const committed = this.commitPrepared(prepared);
+    const acknowledged = committed.then(async (head) => {
+      if (head === undefined) return;
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      this.acknowledgeBatch(prepared, head, started);
+    });
+    return { committed: committed.then((head) => head !== undefined), acknowledged };
+  }
+
+  /** Signs and commits a prepared batch and publishes its head; undefined if it did not reach the store. */
+  private async commitPrepared(prepared: Prepared): Promise<LogHead | undefined> {
     const { batch, firstIndex, plan, built } = prepared;
-    const { indexes, duplicate, count } = plan;
+    const { count } = plan;
     const old = this.sequenced;
     let head = old;
     try {
@@ -918,8 +949,15 @@ export class Log {
       }
     } catch (err) {
       refuseAll(batch, err);
-      return false;
+      return undefined;
     }
+    return head;
+  }
+
+  /** Answers every submission of a committed batch with its index, `head`'s checkpoint and a proof. */
+  private acknowledgeBatch(prepared: Prepared, head: LogHead, started: bigint): void {
+    const { batch, plan } = prepared;
+    const { indexes, duplicate, count } = plan;
     try {
       this.read((snap) => {
         const proofs = this.batchProofs(snap, indexes, head.size);
@@ -942,7 +980,6 @@ export class Log {
     } catch (err) {
       refuseAll(batch, err);
     }
-    return true;
   }
 
   /**

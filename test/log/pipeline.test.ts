@@ -193,4 +193,40 @@ describe('pipelined sequencing', () => {
     assert.equal(more[0].index, BATCH);
     await reopened.close();
   });
+
+  test("a batch's receipts, built while the next batch commits, verify against the batch's own checkpoint", async () => {
+    const log = await Log.create(tempDir(), 'test.example/acks', { batchDelayMs: 1, maxBatch: 300 });
+    const verifier = verifierFromVkey(log.vkey);
+    const target = log as unknown as {
+      acknowledgeBatch: (prepared: unknown, head: { size: number }, started: bigint) => void;
+    };
+    const acknowledge = target.acknowledgeBatch.bind(log);
+    let afterNext = 0;
+    // build each batch's receipts only once a later batch is in the store (the last one gives up
+    // waiting): its partial tiles have been rewritten wider by then
+    target.acknowledgeBatch = (prepared, head, started) => {
+      const until = Date.now() + 2000;
+      const wait = () => {
+        if (log.head().size > head.size) afterNext++;
+        else if (Date.now() < until) return void setTimeout(wait, 1);
+        acknowledge(prepared, head, started);
+      };
+      wait();
+    };
+    const input = Array.from({ length: 8 }, (_, b) =>
+      Array.from({ length: 300 }, (_, i) => entry(`k${b}-${i}`, randomBytes(32))),
+    );
+    const receipts = await Promise.all(input.map((c) => log.submit(c)));
+    assert.ok(afterNext >= 5, `receipts built after the next commit: ${afterNext} of 8 batches`);
+    for (let b = 0; b < input.length; b++) {
+      const cp = openCheckpoint(receipts[b][0].checkpoint, verifier).checkpoint;
+      assert.equal(cp.size, 300 * (b + 1));
+      for (let i = 0; i < 300; i += 7) {
+        const r = receipts[b][i];
+        assert.equal(r.index, 300 * b + i);
+        verifyInclusion(leafHash(log.entry(r.index)), r.index, cp.size, r.proof, cp.rootHash);
+      }
+    }
+    await log.close();
+  });
 });
