@@ -431,9 +431,9 @@ class BatchWriter {
   }
 
   /**
-   * Writes the subtree at `depth` made of updates [lo, hi) plus, if exBuf is set, the encoded leaf at
-   * exBuf[exOff..] (whose path differs from all of them), with nothing old under it. Its hash goes to
-   * dst[d..d+32).
+   * Writes the subtree at `depth` made of updates [lo, hi) plus, if `ex` is set, the encoded
+   * leaf at offset exOff of the row `ex` views (whose path differs from all of them), with nothing
+   * old under it. Its hash goes to dst[d..d+32).
    */
   private build(
     f: Frame,
@@ -553,7 +553,8 @@ function sortBatch(u: SmtPackedUpdates): PackedBatch {
     throw new FormatError(`sparse index paths must be 32 bytes each, got ${p.length} for ${n}`);
   for (let i = 0, start = 0; i < n; start = ends[i++]) {
     const len = ends[i] - start;
-    if (len < 0 || len > SMT_MAX_VALUE_LENGTH) {
+    if (len < 0) throw new FormatError(`sparse index value ends must not decrease (update ${i})`);
+    if (len > SMT_MAX_VALUE_LENGTH) {
       throw new FormatError(`sparse index value must be at most 255 bytes, got ${len}`);
     }
   }

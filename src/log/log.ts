@@ -324,6 +324,12 @@ function topSlot(id: Uint8Array): number {
   return id[0] === 0 ? 0 : 1 + id[1];
 }
 
+/** A batch on its way to the store: see Log.finish. */
+interface Finishing {
+  committed: Promise<boolean>;
+  acknowledged: Promise<void>;
+}
+
 /**
  * One append-only log with its sparse index. Submissions are pooled and sequenced in batches:
  * append to the tree, update the index, sign one checkpoint, commit durably, then acknowledge.
@@ -332,12 +338,6 @@ function topSlot(id: Uint8Array): number {
  * leave a published checkpoint that the store does not back. The next batch is appended and
  * indexed while one is being committed (see drain), never committed or acknowledged before it.
  */
-/** A batch on its way to the store: see Log.finish. */
-interface Finishing {
-  committed: Promise<boolean>;
-  acknowledged: Promise<void>;
-}
-
 export class Log {
   readonly origin: string;
   readonly vkey: string;

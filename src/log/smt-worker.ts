@@ -115,7 +115,7 @@ function copyToLevel(level: number, row: Uint8Array | undefined): Buffer | undef
   return b.subarray(0, row.length);
 }
 
-/** Rows buffers the sequencer gave back (OffloadReuse), for packRows; two are enough in turn. */
+/** Rows buffers the sequencer gave back (OffloadReuse), for packItems; two are enough in turn. */
 const spareRows: ArrayBuffer[] = [];
 const MAX_SPARE = 2;
 

@@ -2,6 +2,7 @@ import { closeSync, existsSync, mkdirSync, openSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 import { type Database, open, type RootDatabase } from 'lmdb';
 import { StorageError } from '../core/errors.js';
+import { asBuffer } from '../core/smt-strata.js';
 import type { CommitBatch, LogHead, LogSnapshot, LogStore, StoredTile } from './store.js';
 
 /**
@@ -115,6 +116,9 @@ export class LmdbLogStore implements LogStore {
    */
   private joinParts(id: Buffer, first: Uint8Array, reuse: boolean): Buffer {
     const count = first[1];
+    const damaged = (what: string) => new StorageError(`stratum ${id.toString('hex')}: ${what}`);
+    // putStratum writes a full first record, at least two parts and full parts but the last
+    if (first.length !== STRATUM_PART_BYTES || !(count >= 2)) throw damaged('bad first part');
     const size = first.length - 2 + (count - 1) * STRATUM_PART_BYTES;
     let out: Buffer;
     if (!reuse) out = Buffer.allocUnsafe(size);
@@ -129,9 +133,14 @@ export class LmdbLogStore implements LogStore {
     for (let k = 1; k < count; k++) {
       key[id.length] = k;
       const part = this.strataDb.getBinaryFast(key);
-      if (part === undefined || part.length > STRATUM_PART_BYTES) {
-        const what = part === undefined ? 'is missing' : 'is too long';
-        throw new StorageError(`stratum ${id.toString('hex')}: part ${k} of ${count} ${what}`);
+      if (part === undefined) throw damaged(`part ${k} of ${count} is missing`);
+      const last = k === count - 1;
+      if (
+        part.length > STRATUM_PART_BYTES ||
+        part.length === 0 ||
+        (!last && part.length !== STRATUM_PART_BYTES)
+      ) {
+        throw damaged(`part ${k} of ${count} has a wrong length (${part.length})`);
       }
       out.set(part.subarray(0, part.length), at);
       at += part.length;
@@ -172,6 +181,8 @@ export class LmdbLogStore implements LogStore {
     }
     const firstBytes = STRATUM_PART_BYTES - 2;
     const count = 1 + Math.ceil((row.length - firstBytes) / STRATUM_PART_BYTES);
+    // about 505 KB; the longest possible row is about 82 KB
+    if (count > 255) throw new StorageError(`stratum row of ${row.length} bytes is too long to store`);
     const first = Buffer.allocUnsafe(2 + firstBytes);
     first[0] = STRATUM_PARTS;
     first[1] = count;
@@ -295,10 +306,6 @@ function partKey(id: Buffer, k: number): Buffer {
   id.copy(key, 0);
   key[id.length] = k;
   return key;
-}
-
-function asBuffer(b: Uint8Array): Buffer {
-  return Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength);
 }
 
 /** Tile rows carry their width in a 2-byte prefix so a torn or foreign value is detected. */

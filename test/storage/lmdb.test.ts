@@ -148,9 +148,46 @@ describe('lmdb store: long strata rows', () => {
     for (const read of ['stratum', 'peekStratum'] as const) {
       assert.throws(
         () => store.read((snap) => snap[read]?.(id)),
-        (err: unknown) => err instanceof StorageError && /part 1 of 2 is too long/.test(err.message),
+        (err: unknown) =>
+          err instanceof StorageError && /part 1 of 2 has a wrong length \(2500\)/.test(err.message),
         read,
       );
+    }
+    await store.close();
+  });
+
+  test('a damaged first record or a short middle part is a StorageError, not another row or a short one', async () => {
+    const { store } = newStore();
+    const id = Buffer.from([2, 7, 7]);
+    const other = { id: Buffer.from([2, 7, 8]), data: row(6000) };
+    await commitStrata(store, [{ id, data: row(6000) }, other]);
+    // the other row first, so that a reused buffer would hold its bytes
+    readBoth(store, other.id);
+    const cases: Array<[string, Buffer, Buffer, RegExp]> = [
+      ['no part count', Buffer.from([2, 7, 7]), Buffer.from([0xfe]), /bad first part/],
+      [
+        'a part count of 0',
+        Buffer.from([2, 7, 7]),
+        Buffer.concat([Buffer.from([0xfe, 0]), Buffer.alloc(1982)]),
+        /bad first part/,
+      ],
+      [
+        'a short middle part',
+        Buffer.from([2, 7, 7, 1]),
+        Buffer.alloc(10, 1),
+        /part 1 of 4 has a wrong length \(10\)/,
+      ],
+    ];
+    for (const [what, key, value, message] of cases) {
+      await commitStrata(store, [{ id, data: row(6000) }]);
+      await strataDb(store).put(key, value);
+      for (const read of ['stratum', 'peekStratum'] as const) {
+        assert.throws(
+          () => store.read((snap) => snap[read]?.(id)),
+          (err: unknown) => err instanceof StorageError && message.test(err.message),
+          `${what}, ${read}`,
+        );
+      }
     }
     await store.close();
   });
