@@ -519,7 +519,8 @@ interface PackedBatch {
 }
 
 /** Packs an array of updates (checking their lengths) into one buffer of paths and one of values. */
-function packUpdates(updates: readonly SmtUpdate[]): SmtPackedUpdates {
+/** Updates packed as SmtPackedUpdates; FormatError for a path or value of a wrong length. */
+export function packUpdates(updates: readonly SmtUpdate[]): SmtPackedUpdates {
   const n = updates.length;
   const paths = Buffer.allocUnsafe(32 * n);
   const valueEnds = new Uint32Array(n);

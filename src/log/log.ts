@@ -29,7 +29,6 @@ import {
 import { generateKey, type NoteSigner, signerFromSkey } from '../core/note.js';
 import {
   SMT_EMPTY,
-  type SmtUpdate,
   type StratumReader,
   type StratumTable,
   type StratumTableOf,
@@ -827,7 +826,8 @@ export class Log {
         rows === undefined || rows.size === 0
           ? committed
           : (id) => rows.get(id.toString('hex'))?.data ?? committed(id);
-      return smtApplyBatch(oldRoot, planUpdates(plan), read, onReplace);
+      const packed = { paths: plan.paths, values: plan.values, valueEnds: valueEnds(plan.count) };
+      return smtApplyBatch(oldRoot, packed, read, onReplace);
     };
     const built = this.read((snap) => {
       const committed = this.tileGetter(snap);
@@ -1332,18 +1332,6 @@ function valueEnds(n: number): Uint32Array {
   const ends = new Uint32Array(n);
   for (let i = 0; i < n; i++) ends[i] = 40 * (i + 1);
   return ends;
-}
-
-/** A plan's index updates as smtApplyBatch takes them (views of the packed ones). */
-function planUpdates(plan: BatchPlan): SmtUpdate[] {
-  const out = new Array<SmtUpdate>(plan.count);
-  for (let i = 0; i < plan.count; i++) {
-    out[i] = {
-      path: plan.paths.subarray(32 * i, 32 * i + 32),
-      value: plan.values.subarray(40 * i, 40 * i + 40),
-    };
-  }
-  return out;
 }
 
 /** The encodings of a plan's appended entries, in log order (views, made for the commit). */

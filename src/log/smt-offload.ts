@@ -8,6 +8,7 @@
 
 import { Worker } from 'node:worker_threads';
 import type { SmtBatchResult, SmtUpdate } from '../core/smt.js';
+import { packUpdates, type SmtPackedUpdates } from '../core/smt-batch.js';
 import { workerEntry } from '../runtime/worker-entry.js';
 
 /** Byte strings packed into one buffer: string i is bytes[ends[i-1] .. ends[i]). */
@@ -200,23 +201,14 @@ export class SmtOffload {
     updates: readonly SmtUpdate[],
     keep: readonly number[] = [],
   ): Promise<OffloadResult | undefined> {
-    const n = updates.length;
-    const paths = new Uint8Array(new ArrayBuffer(n * 32));
-    let total = 0;
-    for (const u of updates) total += u.value.length;
-    const values = new Uint8Array(new ArrayBuffer(total));
-    const valueEnds = new Uint32Array(n);
-    let at = 0;
-    for (let i = 0; i < n; i++) {
-      const u = updates[i];
+    let packed: SmtPackedUpdates;
+    try {
+      packed = packUpdates(updates);
+    } catch {
       // a bad length is left to the in-thread run, which reports it as the FormatError it is
-      if (u.path.length !== 32) return Promise.resolve(undefined);
-      paths.set(u.path, i * 32);
-      values.set(u.value, at);
-      at += u.value.length;
-      valueEnds[i] = at;
+      return Promise.resolve(undefined);
     }
-    return this.send(root, paths, values, valueEnds, keep);
+    return this.applyPacked(root, packed.paths, packed.values, packed.valueEnds, keep);
   }
 
   /**
