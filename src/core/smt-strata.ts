@@ -116,10 +116,13 @@ export function pathBit(path: Uint8Array, i: number): number {
   return (path[i >> 3] >> (7 - (i & 7))) & 1;
 }
 
-/** Id of the stratum whose top node sits at `depth` (a multiple of 8) on the path at path[at..]. */
-export function stratumId(depth: number, path: Uint8Array, at = 0): Buffer {
+/**
+ * Id of the stratum whose top node sits at `depth` (a multiple of 8) on the path at path[at..],
+ * written into `out` (at least depth/8 + 1 bytes; the id is its first depth/8 + 1) if given.
+ */
+export function stratumId(depth: number, path: Uint8Array, at = 0, out?: Buffer): Buffer {
   const level = depth >> 3;
-  const id = Buffer.allocUnsafe(level + 1);
+  const id = out ?? Buffer.allocUnsafe(level + 1);
   id[0] = level;
   for (let i = 0; i < level; i++) id[i + 1] = path[at + i];
   return id;

@@ -218,18 +218,13 @@ function viewOf(buf: Buffer): DataView {
 }
 
 // One reused id per stratum level for the walk's reads (a reader may not keep the id it is given).
-const walkIds: Buffer[] = Array.from({ length: 1 + 256 / STRATUM_LEVELS }, (_, level) => {
-  const id = Buffer.alloc(level + 1);
-  id[0] = level;
-  return id;
-});
+const walkIds: Buffer[] = Array.from({ length: 1 + 256 / STRATUM_LEVELS }, (_, level) =>
+  Buffer.alloc(level + 1),
+);
 
 /** stratumId(depth, path) in the walk's reused buffer for that level. */
 function walkId(depth: number, path: Uint8Array): Buffer {
-  const level = depth >> 3;
-  const id = walkIds[level];
-  for (let i = 0; i < level; i++) id[i + 1] = path[i];
-  return id;
+  return stratumId(depth, path, 0, walkIds[depth >> 3]);
 }
 
 interface Walked {

@@ -52,6 +52,17 @@ interface StrataDb {
 }
 const strataDb = (store: LmdbLogStore) => (store as unknown as { strataDb: StrataDb }).strataDb;
 
+/** Both reads of row `id` fail with a StorageError whose message matches `message`. */
+function assertDamaged(store: LmdbLogStore, id: Buffer, message: RegExp, what = ''): void {
+  for (const read of ['stratum', 'peekStratum'] as const) {
+    assert.throws(
+      () => store.read((snap) => snap[read]?.(id)),
+      (err: unknown) => err instanceof StorageError && message.test(err.message),
+      `${what}${read}`,
+    );
+  }
+}
+
 function readBoth(store: LmdbLogStore, id: Buffer): { copy?: Buffer; peek?: Buffer } {
   return store.read((snap) => {
     const copy = snap.stratum(id);
@@ -130,13 +141,7 @@ describe('lmdb store: long strata rows', () => {
     const id = Buffer.from([2, 9, 9]);
     await commitStrata(store, [{ id, data: row(5000) }]);
     await strataDb(store).remove(Buffer.from([2, 9, 9, 1]));
-    for (const read of ['stratum', 'peekStratum'] as const) {
-      assert.throws(
-        () => store.read((snap) => snap[read]?.(id)),
-        (err: unknown) => err instanceof StorageError && /part 1 of 3 is missing/.test(err.message),
-        read,
-      );
-    }
+    assertDamaged(store, id, /part 1 of 3 is missing/);
     await store.close();
   });
 
@@ -145,14 +150,7 @@ describe('lmdb store: long strata rows', () => {
     const id = Buffer.from([2, 8, 8]);
     await commitStrata(store, [{ id, data: row(3000) }]);
     await strataDb(store).put(Buffer.from([2, 8, 8, 1]), Buffer.alloc(2500, 1));
-    for (const read of ['stratum', 'peekStratum'] as const) {
-      assert.throws(
-        () => store.read((snap) => snap[read]?.(id)),
-        (err: unknown) =>
-          err instanceof StorageError && /part 1 of 2 has a wrong length \(2500\)/.test(err.message),
-        read,
-      );
-    }
+    assertDamaged(store, id, /part 1 of 2 has a wrong length \(2500\)/);
     await store.close();
   });
 
@@ -181,13 +179,7 @@ describe('lmdb store: long strata rows', () => {
     for (const [what, key, value, message] of cases) {
       await commitStrata(store, [{ id, data: row(6000) }]);
       await strataDb(store).put(key, value);
-      for (const read of ['stratum', 'peekStratum'] as const) {
-        assert.throws(
-          () => store.read((snap) => snap[read]?.(id)),
-          (err: unknown) => err instanceof StorageError && message.test(err.message),
-          `${what}, ${read}`,
-        );
-      }
+      assertDamaged(store, id, message, `${what}, `);
     }
     await store.close();
   });
