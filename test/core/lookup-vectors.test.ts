@@ -65,6 +65,14 @@ describe('lookup vectors', () => {
     }
   });
 
+  test("the document's example is vector present-3, under the vectors' key", () => {
+    const doc = readFileSync(join(VECTORS_DIR, '..', '..', '..', 'docs', 'lookup-format.md'), 'utf8');
+    const example = /### Example \(vector `present-3`\)\n\n```json\n([^`]*)```/.exec(doc);
+    assert.ok(example, 'example section not found');
+    assert.deepEqual(JSON.parse(example[1]), vectors['present-3'].answer);
+    assert.ok(doc.includes(vectors['present-3'].vkey));
+  });
+
   test('a node serves exactly the committed answers (rebuild: node --import tsx test/fixtures/lookup-vectors.ts)', async () => {
     const built = await buildLookupVectors();
     assert.deepEqual(Object.keys(vectors).sort(), Object.keys(built).sort());
