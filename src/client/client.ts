@@ -24,6 +24,7 @@ import {
   InvalidProofError,
   RemoteError,
   RollbackError,
+  UnprovenGrowthError,
   UnreachableError,
 } from './errors.js';
 import { encodePathSegment, type FetchFn, httpRequest, parseJsonBody } from './http.js';
@@ -468,7 +469,7 @@ export class LogClient {
     const proof =
       latest.checkpoint.size === old.checkpoint.size
         ? []
-        : await this.consistencyProof(old.checkpoint.size, latest.checkpoint.size);
+        : await this.growthProof(old.checkpoint.size, latest.checkpoint.size, old.checkpoint.size);
     this.verifyConsistent(old, latest, proof, old.checkpoint.size);
     return { old, new: latest, proof };
   }
@@ -656,17 +657,40 @@ export class LogClient {
         return;
       }
       if (n.size > c.size) {
-        const proof = c.size === 0 ? [] : await this.consistencyProof(c.size, n.size);
+        const proof = c.size === 0 ? [] : await this.growthProof(c.size, n.size, c.size);
         this.verifyConsistent(current, t, proof, c.size);
         const r = await this.trust.compareAndSet(this.identity, current.note, t.note, this.recordInfo(t));
         if (r.ok) return;
         continue;
       }
-      const proof = n.size === 0 ? [] : await this.consistencyProof(n.size, c.size);
+      const proof = n.size === 0 ? [] : await this.growthProof(n.size, c.size, c.size);
       this.verifyConsistent(t, current, proof, c.size);
       return;
     }
     throw new StorageError('the trust store keeps changing; too many concurrent updates');
+  }
+
+  /**
+   * The log's consistency proof between two of its signed sizes, one of them `trustedSize`. An
+   * error status in answer is UnprovenGrowthError: having signed both trees, the log owes the proof.
+   */
+  private async growthProof(oldSize: number, newSize: number, trustedSize: number): Promise<Buffer[]> {
+    try {
+      return await this.consistencyProof(oldSize, newSize);
+    } catch (err) {
+      if (
+        err instanceof RemoteError ||
+        (err instanceof UnreachableError && err.check === 'http.unavailable')
+      ) {
+        throw new UnprovenGrowthError(
+          trustedSize,
+          trustedSize === oldSize ? newSize : oldSize,
+          `log signed trees of sizes ${oldSize} and ${newSize} but does not prove one extends the other (${err.message})`,
+          { cause: err },
+        );
+      }
+      throw err;
+    }
   }
 
   /** Throws ForkError or InvalidProofError unless `older` is a prefix of `newer` by `proof`. */
@@ -696,7 +720,12 @@ export class LogClient {
     try {
       verifyConsistency(a.size, b.size, proof, a.rootHash, b.rootHash);
     } catch (err) {
-      if (err instanceof VerificationError && err.check === 'consistency.root1-mismatch') {
+      // either root not recomputed from the log's own proof: the trees do not connect (when the
+      // older size is a power of two, the proof starts from its root, so only the newer one can fail)
+      if (
+        err instanceof VerificationError &&
+        (err.check === 'consistency.root1-mismatch' || err.check === 'consistency.root2-mismatch')
+      ) {
         throw new ForkError(
           'trust.fork-inconsistent',
           trustedSize,
