@@ -27,7 +27,7 @@ import {
   UnprovenGrowthError,
   UnreachableError,
 } from './errors.js';
-import { encodePathSegment, type FetchFn, httpRequest, parseJsonBody } from './http.js';
+import { encodePathSegment, type FetchFn, httpRequest, isDotSegment, parseJsonBody } from './http.js';
 import { type LogIdentity, MemoryTrustStore, type TrustStore } from './trust-store.js';
 
 export interface LogClientOptions {
@@ -243,7 +243,8 @@ export class LogClient {
   private async sendLookups(protocol: string, items: QueuedLookup[]): Promise<void> {
     const settleEach = (p: (it: QueuedLookup) => Promise<VerifiedLookup>) =>
       Promise.all(items.map((it) => p(it).then(it.resolve, it.reject)));
-    if (items.length === 1 || this.lookupBatchUnsupported) {
+    // a lone lookup is a GET, unless its key is "." or "..", which no URL parser leaves in a path
+    if ((items.length === 1 && !isDotSegment(items[0].key)) || this.lookupBatchUnsupported) {
       await settleEach((it) => this.lookupOne(protocol, it.key));
       return;
     }
@@ -754,7 +755,14 @@ export class LogClient {
   }
 
   private get(path: string, maxBytes: number): Promise<Buffer> {
-    return httpRequest(new URL(path, this.url), { maxBytes }, this.httpOptions());
+    const url = new URL(path, this.url);
+    // the path as written, if URL parsing changed it (a '.' or '..' key segment)
+    const raw = this.url.pathname + path;
+    return httpRequest(
+      url,
+      { maxBytes, ...(url.pathname + url.search !== raw ? { rawPath: raw } : {}) },
+      this.httpOptions(),
+    );
   }
 
   private async getJson(path: string): Promise<unknown> {
