@@ -98,6 +98,12 @@ export interface VerifiedReceipt {
 
 const MAX_NOTE_BYTES = 64 * 1024;
 const MAX_JSON_BYTES = 4 * 1024 * 1024;
+/**
+ * Largest lookup answer read. A valid one is under 240 KB: a checkpoint (at most MAX_NOTE_BYTES,
+ * JSON-escaped), an entry of at most 65,535 bytes, a key of at most 1,024 and their proofs, all
+ * base64. Anything longer is padding, refused before it is parsed.
+ */
+const MAX_ANSWER_BYTES = 512 * 1024;
 const MAX_BUNDLE_BYTES = TILE_WIDTH * (2 + 65535);
 const MAX_SUBMIT_ANSWER_BYTES = 128 * 1024 * 1024;
 /** The API's per-request limits: 10,000 entries and a 16 MiB body; stay well inside the latter. */
@@ -211,7 +217,7 @@ export class LogClient {
   private async lookupOne(protocol: string, keyBytes: Buffer): Promise<VerifiedLookup> {
     const before = await this.trusted();
     const path = `lookup/${encodePathSegment(Buffer.from(protocol, 'utf8'))}/${encodePathSegment(keyBytes)}`;
-    const json = parseJsonBody(await this.get(path, MAX_JSON_BYTES), () => this.where(path));
+    const json = parseJsonBody(await this.get(path, MAX_ANSWER_BYTES), () => this.where(path));
     return this.verifyAnswer(json, protocol, keyBytes, before);
   }
 
@@ -264,7 +270,7 @@ export class LogClient {
           method: 'POST',
           headers: { 'content-type': 'application/json' },
           body,
-          maxBytes: Math.min(items.length * MAX_JSON_BYTES, MAX_SUBMIT_ANSWER_BYTES),
+          maxBytes: items.length * MAX_ANSWER_BYTES + 64,
         },
         this.httpOptions(),
       );

@@ -19,7 +19,7 @@ import { VerificationError } from '../../src/core/errors.js';
 import { generateKey, verifierFromVkey } from '../../src/core/note.js';
 import { auditEntries } from '../../src/log/audit.js';
 import type { Log } from '../../src/log/log.js';
-import { bodyJson, type FakeServer, json, startFakeServer } from './fake-server.js';
+import { bodyJson, type FakeAnswer, type FakeServer, json, startFakeServer } from './fake-server.js';
 import { addBatches, entry, makeLog, ORIGIN, rejectsWith, tempDir } from './helpers.js';
 
 const { skey, vkey } = generateKey(ORIGIN);
@@ -226,6 +226,50 @@ describe('verifying client against a real log over HTTP', () => {
       assert.equal((await c.checkpoint()).checkpoint.size, 35);
     } finally {
       await fake.close();
+    }
+  });
+
+  test('a lookup answer with unknown fields is refused; padding beyond a valid answer is not read', async () => {
+    const pad = (extra: (j: Record<string, unknown>) => void) => (req: { path: string }, a: FakeAnswer) => {
+      if (!req.path.startsWith('lookup/')) return a;
+      const j = bodyJson(a);
+      extra(j);
+      return json(200, j);
+    };
+    for (const maxLookupBatch of [1, 64]) {
+      const c = client({ maxLookupBatch });
+      await withTamper(
+        pad((j) => {
+          j.note = 'hello';
+        }),
+        async () => {
+          const err = await rejectsWith(c.lookup('nix', 'late-key'), InvalidProofError, 'lookup.malformed');
+          assert.match(err.message, /unknown field "note"/);
+        },
+      );
+      await withTamper(
+        pad((j) => {
+          (j.entry as Record<string, unknown>).extra = [1];
+        }),
+        async () => {
+          await rejectsWith(c.lookup('nix', 'late-key'), InvalidProofError, 'lookup.malformed');
+        },
+      );
+      await withTamper(
+        pad((j) => {
+          j.x = 'x'.repeat(600_000);
+        }),
+        async () => {
+          // two at once, so that the batched client sends them in one POST
+          const [a, b] = await Promise.allSettled([c.lookup('nix', 'late-key'), c.lookup('nix', 'k0-0-0')]);
+          for (const r of [a, b]) {
+            assert.equal(r.status, 'rejected');
+            const e = (r as PromiseRejectedResult).reason as BadResponseError;
+            assert.ok(e instanceof BadResponseError, String(e));
+            assert.equal(e.check, 'response.too-large');
+          }
+        },
+      );
     }
   });
 
