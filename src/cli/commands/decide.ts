@@ -7,6 +7,7 @@ import { FormatError, VerificationError } from '../../core/errors.js';
 import { type DecideConfig, loadDecideConfig } from '../../decide/config.js';
 import { Decider, formatDecision } from '../../decide/decide.js';
 import { decisionBundle, verifyDecisionBundle } from '../../decide/evidence.js';
+import { KEY_ARG_HELP, lookupKeyArg } from '../lookup-key.js';
 import { CliError, EXIT } from '../output.js';
 
 /** `decide`: no decision is not an error, but callers must be able to tell. */
@@ -35,7 +36,7 @@ export function registerDecideCommands(program: Command): void {
     .description(
       'ask every log in the trust config about KEY, decide by the configured procedure and explain; exit 0 if decided, 3 if not',
     )
-    .argument('<key>')
+    .argument('<key>', KEY_ARG_HELP)
     .addOption(
       new Option('-c, --config <file>', 'trust configuration (TOML)')
         .env('TRUSTIX_DECIDE_CONFIG')
@@ -65,7 +66,8 @@ export function registerDecideCommands(program: Command): void {
         const trustDir = o.trustDir ?? config.trustDir ?? defaultTrustDir();
         const decider = new Decider(config, { trustStore: new FileTrustStore(trustDir) });
         try {
-          const { decision, results } = await decider.decide(key, o.protocol ?? config.protocol);
+          const protocol = o.protocol ?? config.protocol;
+          const { decision, results } = await decider.decide(await lookupKeyArg(protocol, key), protocol);
           if (o.evidence) {
             const text = `${JSON.stringify(decisionBundle(decision, results, config), null, 2)}\n`;
             if (o.evidence === '-') process.stderr.write(text);

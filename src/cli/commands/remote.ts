@@ -16,6 +16,7 @@ import { openCheckpoint } from '../../core/checkpoint.js';
 import { FormatError, VerificationError } from '../../core/errors.js';
 import { verifierFromVkey } from '../../core/note.js';
 import { Log } from '../../log/log.js';
+import { KEY_ARG_HELP, lookupKeyArg } from '../lookup-key.js';
 import { CliError, EXIT } from '../output.js';
 import { loadTrustConfig, verifyDecisionBundleText } from './decide.js';
 
@@ -268,8 +269,9 @@ export function registerRemoteCommands(program: Command): void {
     'trustix proof lookup 0c8i2ww2dwk5hn8dywdzx6l0lrz0sb4k --url http://host:8080/logs/default/ --vkey "$VKEY"',
   )
     .option('--protocol <name>', 'the entry protocol', 'nix')
-    .argument('<key>')
-    .action(async (key: string, o: ProofOptions & { protocol: string }, cmd: Command) => {
+    .argument('<key>', KEY_ARG_HELP)
+    .action(async (arg: string, o: ProofOptions & { protocol: string }, cmd: Command) => {
+      const key = await lookupKeyArg(o.protocol, arg);
       let bundle: Bundle;
       if (targetOf(cmd) === 'local') {
         bundle = await withLocalLog(o.state!, (log) =>
