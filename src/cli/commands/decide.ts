@@ -55,7 +55,7 @@ export function registerDecideCommands(program: Command): void {
     )
     .addHelpText(
       'after',
-      '\nExamples:\n  trustix decide 0c8i2ww2dwk5hn8dywdzx6l0lrz0sb4k --config ~/.config/trustix/decide.toml\n  trustix decide 0c8i2ww2dwk5hn8dywdzx6l0lrz0sb4k --json -e evidence.json && trustix verify evidence.json',
+      '\nExamples:\n  trustix decide 0c8i2ww2dwk5hn8dywdzx6l0lrz0sb4k --config ~/.config/trustix/decide.toml\n  trustix decide 0c8i2ww2dwk5hn8dywdzx6l0lrz0sb4k --json -e evidence.json && trustix verify evidence.json --config ~/.config/trustix/decide.toml',
     )
     .action(
       async (
