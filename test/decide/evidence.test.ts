@@ -5,6 +5,7 @@ import { createHash } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { lookupBundle } from '../../src/core/bundle.js';
 import { toHex } from '../../src/core/bytes.js';
 import { generateKey } from '../../src/core/note.js';
 import { type DecideConfig, parseDecideConfig } from '../../src/decide/config.js';
@@ -208,6 +209,22 @@ describe('decision evidence', () => {
     const tampered = await cli(['verify', ev]);
     assert.equal(tampered.code, 4);
     assert.match(tampered.stdout, /INVALID: decision\.mismatch/);
+    // a log's own bundle is pinned by the trust config's keys too
+    const lb = join(dir, 'lookup.json');
+    writeFileSync(
+      lb,
+      JSON.stringify(lookupBundle(honest[0].vkey, honest[0].log.lookup('nix', Buffer.from(KEY)))),
+    );
+    const lbOk = await cli(['verify', lb, '--config', cfgFile]);
+    assert.equal(lbOk.code, 0, lbOk.stderr);
+    assert.doesNotMatch(lbOk.stderr, /key inside the bundle/);
+    writeFileSync(
+      lb,
+      JSON.stringify(lookupBundle(attacker[0].vkey, attacker[0].log.lookup('nix', Buffer.from(KEY)))),
+    );
+    const lbBad = await cli(['verify', lb, '--config', cfgFile]);
+    assert.equal(lbBad.code, 4);
+    assert.match(lbBad.stdout, /INVALID: bundle\.vkey-mismatch/);
   });
 });
 
