@@ -24,9 +24,10 @@ import {
   InvalidProofError,
   RemoteError,
   RollbackError,
+  UnprovenGrowthError,
   UnreachableError,
 } from './errors.js';
-import { encodePathSegment, type FetchFn, httpRequest, parseJsonBody } from './http.js';
+import { encodePathSegment, type FetchFn, httpRequest, isDotSegment, parseJsonBody } from './http.js';
 import { type LogIdentity, MemoryTrustStore, type TrustStore } from './trust-store.js';
 
 export interface LogClientOptions {
@@ -97,6 +98,12 @@ export interface VerifiedReceipt {
 
 const MAX_NOTE_BYTES = 64 * 1024;
 const MAX_JSON_BYTES = 4 * 1024 * 1024;
+/**
+ * Largest lookup answer read. A valid one is under 240 KB: a checkpoint (at most MAX_NOTE_BYTES,
+ * JSON-escaped), an entry of at most 65,535 bytes, a key of at most 1,024 and their proofs, all
+ * base64. Anything longer is padding, refused before it is parsed.
+ */
+const MAX_ANSWER_BYTES = 512 * 1024;
 const MAX_BUNDLE_BYTES = TILE_WIDTH * (2 + 65535);
 const MAX_SUBMIT_ANSWER_BYTES = 128 * 1024 * 1024;
 /** The API's per-request limits: 10,000 entries and a 16 MiB body; stay well inside the latter. */
@@ -210,7 +217,7 @@ export class LogClient {
   private async lookupOne(protocol: string, keyBytes: Buffer): Promise<VerifiedLookup> {
     const before = await this.trusted();
     const path = `lookup/${encodePathSegment(Buffer.from(protocol, 'utf8'))}/${encodePathSegment(keyBytes)}`;
-    const json = parseJsonBody(await this.get(path, MAX_JSON_BYTES), () => this.where(path));
+    const json = parseJsonBody(await this.get(path, MAX_ANSWER_BYTES), () => this.where(path));
     return this.verifyAnswer(json, protocol, keyBytes, before);
   }
 
@@ -242,7 +249,8 @@ export class LogClient {
   private async sendLookups(protocol: string, items: QueuedLookup[]): Promise<void> {
     const settleEach = (p: (it: QueuedLookup) => Promise<VerifiedLookup>) =>
       Promise.all(items.map((it) => p(it).then(it.resolve, it.reject)));
-    if (items.length === 1 || this.lookupBatchUnsupported) {
+    // a lone lookup is a GET, unless its key is "." or "..", which no URL parser leaves in a path
+    if ((items.length === 1 && !isDotSegment(items[0].key)) || this.lookupBatchUnsupported) {
       await settleEach((it) => this.lookupOne(protocol, it.key));
       return;
     }
@@ -262,7 +270,7 @@ export class LogClient {
           method: 'POST',
           headers: { 'content-type': 'application/json' },
           body,
-          maxBytes: Math.min(items.length * MAX_JSON_BYTES, MAX_SUBMIT_ANSWER_BYTES),
+          maxBytes: items.length * MAX_ANSWER_BYTES + 64,
         },
         this.httpOptions(),
       );
@@ -468,7 +476,7 @@ export class LogClient {
     const proof =
       latest.checkpoint.size === old.checkpoint.size
         ? []
-        : await this.consistencyProof(old.checkpoint.size, latest.checkpoint.size);
+        : await this.growthProof(old.checkpoint.size, latest.checkpoint.size, old.checkpoint.size);
     this.verifyConsistent(old, latest, proof, old.checkpoint.size);
     return { old, new: latest, proof };
   }
@@ -656,17 +664,40 @@ export class LogClient {
         return;
       }
       if (n.size > c.size) {
-        const proof = c.size === 0 ? [] : await this.consistencyProof(c.size, n.size);
+        const proof = c.size === 0 ? [] : await this.growthProof(c.size, n.size, c.size);
         this.verifyConsistent(current, t, proof, c.size);
         const r = await this.trust.compareAndSet(this.identity, current.note, t.note, this.recordInfo(t));
         if (r.ok) return;
         continue;
       }
-      const proof = n.size === 0 ? [] : await this.consistencyProof(n.size, c.size);
+      const proof = n.size === 0 ? [] : await this.growthProof(n.size, c.size, c.size);
       this.verifyConsistent(t, current, proof, c.size);
       return;
     }
     throw new StorageError('the trust store keeps changing; too many concurrent updates');
+  }
+
+  /**
+   * The log's consistency proof between two of its signed sizes, one of them `trustedSize`. An
+   * error status in answer is UnprovenGrowthError: having signed both trees, the log owes the proof.
+   */
+  private async growthProof(oldSize: number, newSize: number, trustedSize: number): Promise<Buffer[]> {
+    try {
+      return await this.consistencyProof(oldSize, newSize);
+    } catch (err) {
+      if (
+        err instanceof RemoteError ||
+        (err instanceof UnreachableError && err.check === 'http.unavailable')
+      ) {
+        throw new UnprovenGrowthError(
+          trustedSize,
+          trustedSize === oldSize ? newSize : oldSize,
+          `log signed trees of sizes ${oldSize} and ${newSize} but does not prove one extends the other (${err.message})`,
+          { cause: err },
+        );
+      }
+      throw err;
+    }
   }
 
   /** Throws ForkError or InvalidProofError unless `older` is a prefix of `newer` by `proof`. */
@@ -696,7 +727,12 @@ export class LogClient {
     try {
       verifyConsistency(a.size, b.size, proof, a.rootHash, b.rootHash);
     } catch (err) {
-      if (err instanceof VerificationError && err.check === 'consistency.root1-mismatch') {
+      // either root not recomputed from the log's own proof: the trees do not connect (when the
+      // older size is a power of two, the proof starts from its root, so only the newer one can fail)
+      if (
+        err instanceof VerificationError &&
+        (err.check === 'consistency.root1-mismatch' || err.check === 'consistency.root2-mismatch')
+      ) {
         throw new ForkError(
           'trust.fork-inconsistent',
           trustedSize,
@@ -725,7 +761,14 @@ export class LogClient {
   }
 
   private get(path: string, maxBytes: number): Promise<Buffer> {
-    return httpRequest(new URL(path, this.url), { maxBytes }, this.httpOptions());
+    const url = new URL(path, this.url);
+    // the path as written, if URL parsing changed it (a '.' or '..' key segment)
+    const raw = this.url.pathname + path;
+    return httpRequest(
+      url,
+      { maxBytes, ...(url.pathname + url.search !== raw ? { rawPath: raw } : {}) },
+      this.httpOptions(),
+    );
   }
 
   private async getJson(path: string): Promise<unknown> {

@@ -38,6 +38,23 @@ export class ForkError extends VerificationError {
   }
 }
 
+/**
+ * The log presented a checkpoint larger than the trusted one but did not prove that it extends it:
+ * it answered the consistency proof request with an error status (404, 500, 503...). A log that
+ * shows a newer tree must be able to prove it; refusing is how a fork would hide, so this is a
+ * failed check, not an outage. check: 'trust.unproven-growth'. The trusted checkpoint stays.
+ */
+export class UnprovenGrowthError extends VerificationError {
+  constructor(
+    readonly trustedSize: number,
+    readonly presentedSize: number,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super('trust.unproven-growth', message, options);
+  }
+}
+
 /** A checkpoint that does not verify: bad or missing signature, malformed body, wrong origin ('note.*', 'checkpoint.*'). */
 export class InvalidCheckpointError extends VerificationError {}
 

@@ -26,6 +26,12 @@ export interface HttpRequest {
   body?: Buffer;
   /** Largest body accepted; a longer one is 'response.too-large'. */
   maxBytes: number;
+  /**
+   * The request target (path and query) to send instead of `url`'s, when URL parsing would
+   * change it: a key segment `%2E%2E` is a dot segment to the URL parser, which removes it. Only
+   * the node:http transport can send it; an injected fetch gets `url`.
+   */
+  rawPath?: string;
   timeoutMs?: number;
 }
 
@@ -120,6 +126,7 @@ function nodeRequest(url: URL, req: HttpRequest, opts: HttpOptions): Promise<Buf
           method,
           headers,
           agent: https ? agents.https : agents.http,
+          ...(hops === 0 && req.rawPath !== undefined ? { path: req.rawPath } : {}),
         });
       } catch (err) {
         done(err);
@@ -343,9 +350,15 @@ export function encodePathSegment(bytes: Uint8Array): string {
       c === 0x7e;
     out += unreserved ? String.fromCharCode(c) : `%${c < 16 ? '0' : ''}${c.toString(16).toUpperCase()}`;
   }
-  // "." and ".." are path navigation for URL parsers, never a key
-  if (out === '.' || out === '..') out = out.replace(/\./g, '%2E');
+  // "." and ".." are path navigation for URL parsers, never a key; URL parsers read "%2E" as "."
+  // too, so such a segment must also be sent unparsed (HttpRequest.rawPath)
+  if (isDotSegment(bytes)) out = out.replace(/\./g, '%2E');
   return out;
+}
+
+/** Whether a path segment is "." or "..", which URL parsing removes even percent-encoded. */
+export function isDotSegment(bytes: Uint8Array): boolean {
+  return (bytes.length === 1 || bytes.length === 2) && bytes.every((c) => c === 0x2e);
 }
 
 /** The inverse of encodePathSegment: percent-decoding to bytes (keys need not be UTF-8). */

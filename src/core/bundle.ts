@@ -101,13 +101,16 @@ export function formatBundle(b: Bundle): string {
 
 /**
  * Verifies a bundle (parsed JSON or its text) with no I/O. With `opts.vkey` the bundle must be for
- * that key (pin it: a bundle's own key proves only that whoever holds it signed); without, the
- * bundle's own key is used and returned for the caller to judge. Any failure throws a
+ * that key, with `opts.vkeys` for one of them (pin it: a bundle's own key proves only that whoever
+ * holds it signed); without, the bundle's own key is used and returned for the caller to judge. Any failure throws a
  * VerificationError: 'bundle.malformed', 'bundle.unknown-type', 'bundle.vkey-mismatch', or the
  * check of the signature or proof that failed ('note.*', 'checkpoint.*', 'inclusion.*',
  * 'consistency.*', 'smt.*', 'lookup.*').
  */
-export function verifyBundle(input: unknown, opts: { vkey?: string } = {}): BundleResult {
+export function verifyBundle(
+  input: unknown,
+  opts: { vkey?: string; vkeys?: readonly string[] } = {},
+): BundleResult {
   let b = input;
   if (typeof b === 'string' || b instanceof Uint8Array) {
     try {
@@ -119,7 +122,10 @@ export function verifyBundle(input: unknown, opts: { vkey?: string } = {}): Bund
   if (typeof b !== 'object' || b === null || Array.isArray(b)) throw malformed('not a JSON object');
   const o = b as Record<string, unknown>;
   if (typeof o.type !== 'string') throw malformed('no type');
-  const verifier = bundleVerifier(o.vkey, opts.vkey);
+  const verifier = bundleVerifier(o.vkey, [
+    ...(opts.vkey !== undefined ? [opts.vkey] : []),
+    ...(opts.vkeys ?? []),
+  ]);
   const vkey = verifier.vkey;
   switch (o.type) {
     case INCLUSION_BUNDLE: {
@@ -173,7 +179,7 @@ export function verifyBundle(input: unknown, opts: { vkey?: string } = {}): Bund
   }
 }
 
-function bundleVerifier(own: unknown, pinned: string | undefined): NoteVerifier {
+function bundleVerifier(own: unknown, pinned: readonly string[]): NoteVerifier {
   if (typeof own !== 'string') throw malformed('vkey must be a string');
   let v: NoteVerifier;
   try {
@@ -181,13 +187,13 @@ function bundleVerifier(own: unknown, pinned: string | undefined): NoteVerifier 
   } catch (err) {
     throw malformed(`vkey: ${(err as Error).message}`);
   }
-  if (pinned !== undefined) {
-    // the pinned key comes from the user, so its errors are theirs (FormatError), not the bundle's
-    const p = verifierFromVkey(pinned);
-    if (p.vkey !== v.vkey) {
+  if (pinned.length > 0) {
+    // the pinned keys come from the user, so their errors are theirs (FormatError), not the bundle's
+    const keys = pinned.map((k) => verifierFromVkey(k).vkey);
+    if (!keys.includes(v.vkey)) {
       throw new VerificationError(
         'bundle.vkey-mismatch',
-        `bundle is for key ${v.vkey}, not the expected ${p.vkey}`,
+        `bundle is for key ${v.vkey}, not the expected ${keys.join(' or ')}`,
       );
     }
   }

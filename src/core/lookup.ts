@@ -249,17 +249,36 @@ function b64(text: unknown, field: string): Buffer {
   return b;
 }
 
-/** Shape check of an untrusted lookup answer (from JSON). */
+const ANSWER_FIELDS = new Set(['checkpoint', 'protocol', 'key', 'mapProof', 'entry']);
+const ENTRY_FIELDS = new Set(['index', 'data', 'proof']);
+
+/** Refuses a field outside `allowed`, before anything else is looked at. */
+function knownFields(o: object, allowed: ReadonlySet<string>, what: string): void {
+  for (const k in o) {
+    if (!allowed.has(k))
+      throw new FormatError(`${what} has an unknown field ${JSON.stringify(k.slice(0, 64))}`);
+  }
+}
+
+/**
+ * Shape check of an untrusted lookup answer (from JSON): exactly the fields of LookupAnswer, so
+ * that an answer padded with anything else is refused before any proof is checked.
+ */
 export function parseLookupAnswer(x: unknown): LookupAnswer {
   const o = x as Record<string, unknown>;
-  if (typeof o !== 'object' || o === null) throw new FormatError('lookup answer must be an object');
+  if (typeof o !== 'object' || o === null || Array.isArray(o)) {
+    throw new FormatError('lookup answer must be an object');
+  }
+  knownFields(o, ANSWER_FIELDS, 'lookup answer');
   for (const f of ['checkpoint', 'protocol', 'key', 'mapProof']) {
     if (typeof o[f] !== 'string') throw new FormatError(`lookup answer field ${f} must be a string`);
   }
   let entry: LookupAnswer['entry'];
   if (o.entry !== undefined && o.entry !== null) {
     const e = o.entry as Record<string, unknown>;
-    if (typeof e !== 'object') throw new FormatError('lookup answer entry must be an object');
+    if (typeof e !== 'object' || Array.isArray(e))
+      throw new FormatError('lookup answer entry must be an object');
+    knownFields(e, ENTRY_FIELDS, 'lookup answer entry');
     if (typeof e.index !== 'number' || !Number.isSafeInteger(e.index) || e.index < 0) {
       throw new FormatError('entry.index must be a non-negative integer');
     }

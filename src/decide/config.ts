@@ -5,7 +5,9 @@
 import { readFileSync } from 'node:fs';
 import { isAbsolute, resolve } from 'node:path';
 import { loadTomlFile, nonEmptyString, onlyFields, parseTomlTable, tableAt } from '../config/toml.js';
+import { toHex } from '../core/bytes.js';
 import { FormatError } from '../core/errors.js';
+import { sha256 } from '../core/hash.js';
 import { verifierFromVkey } from '../core/note.js';
 import { type Base, chain, type Procedure, percentage, trustLog, weighted } from './procedures.js';
 import { parseShare, parseWeight, type Rat } from './rational.js';
@@ -60,7 +62,17 @@ function base(x: unknown, where: string): Base {
   return x;
 }
 
-function parseProcedure(x: unknown, where: string, dir: string, logs: Set<string>, depth = 0): ProcedureSpec {
+/**
+ * One `[procedure.*]` table. `dir` resolves script files; undefined (a procedure read from an
+ * evidence bundle) allows inline sources only.
+ */
+function parseProcedure(
+  x: unknown,
+  where: string,
+  dir: string | undefined,
+  logs: ReadonlySet<string>,
+  depth = 0,
+): ProcedureSpec {
   if (depth > 8) throw new FormatError(`${where}: chains nested too deeply`);
   const o = tableAt(x, where);
   switch (o.type) {
@@ -98,13 +110,14 @@ function parseProcedure(x: unknown, where: string, dir: string, logs: Set<string
     }
     case 'lua':
     case 'js': {
-      onlyFields(o, ['type', 'file', 'source', 'timeout_ms', 'memory_mb'], where);
+      onlyFields(o, ['type', 'file', 'source', 'sha256', 'timeout_ms', 'memory_mb'], where);
       if ((o.file === undefined) === (o.source === undefined)) {
         throw new FormatError(`${where}: give either file or source`);
       }
       let source: string;
       let name: string;
       if (o.file !== undefined) {
+        if (dir === undefined) throw new FormatError(`${where}: the script source must be inline`);
         const f = nonEmptyString(o.file, `${where}.file`);
         const path = isAbsolute(f) ? f : resolve(dir, f);
         try {
@@ -116,6 +129,13 @@ function parseProcedure(x: unknown, where: string, dir: string, logs: Set<string
       } else {
         source = nonEmptyString(o.source, `${where}.source`);
         name = `${where}.source`;
+      }
+      if (o.sha256 !== undefined) {
+        const want = nonEmptyString(o.sha256, `${where}.sha256`).toLowerCase();
+        const got = scriptSha256(source);
+        if (want !== got) {
+          throw new FormatError(`${where}.sha256: the script's SHA-256 is ${got}, not ${want}`);
+        }
       }
       return {
         type: o.type,
@@ -142,6 +162,7 @@ export function parseDecideConfig(text: string, dir = process.cwd()): DecideConf
   if (!Array.isArray(doc.log) || doc.log.length === 0)
     throw new FormatError('config: needs at least one [[log]]');
   const names = new Set<string>();
+  const keys = new Map<string, string>();
   const logs = doc.log.map((l, i): LogConfig => {
     const where = `log[${i}]`;
     const o = tableAt(l, where);
@@ -156,6 +177,14 @@ export function parseDecideConfig(text: string, dir = process.cwd()): DecideConf
     const name = o.name === undefined ? vkey.split('+')[0] : nonEmptyString(o.name, `${where}.name`);
     if (names.has(name)) throw new FormatError(`${where}.name: duplicate log name ${JSON.stringify(name)}`);
     names.add(name);
+    const entry = `${where} (${JSON.stringify(name)})`;
+    const twin = keys.get(publicKeyOf(vkey));
+    if (twin !== undefined) {
+      throw new FormatError(
+        `${entry} has the same verifier key as ${twin}: one log under several names would count as several votes; keep one entry`,
+      );
+    }
+    keys.set(publicKeyOf(vkey), entry);
     if ((o.url === undefined) === (o.state === undefined))
       throw new FormatError(`${where}: give either url or state`);
     const weight = parseWeight(o.weight, `${where}.weight`);
@@ -192,6 +221,66 @@ export function parseDecideConfig(text: string, dir = process.cwd()): DecideConf
       : {}),
     protocol: doc.protocol === undefined ? 'nix' : nonEmptyString(doc.protocol, 'protocol'),
   };
+}
+
+/**
+ * The key material of a verifier key `name+id+key` (its base64 part, which may hold '+', without
+ * name and key id): two entries with the same key are one signer, whatever they are called.
+ */
+export function publicKeyOf(vkey: string): string {
+  return vkey.slice(vkey.indexOf('+', vkey.indexOf('+') + 1) + 1);
+}
+
+/** Lower-case hex SHA-256 of a script's source (UTF-8). */
+export function scriptSha256(source: string): string {
+  return toHex(sha256(Buffer.from(source, 'utf8')));
+}
+
+/** The procedure a protocol is decided by: its own, else `default`. */
+export function procedureFor(config: DecideConfig, protocol: string): { key: string; spec: ProcedureSpec } {
+  const own = config.procedures.get(protocol);
+  return own ? { key: protocol, spec: own } : { key: 'default', spec: config.procedures.get('default')! };
+}
+
+/**
+ * A procedure as the JSON an evidence bundle carries: the TOML table's fields, with exact
+ * fractions and a script's source inline with its SHA-256. `parseProcedureJson` reads it back.
+ */
+export function procedureJson(spec: ProcedureSpec): Record<string, unknown> {
+  switch (spec.type) {
+    case 'percentage':
+      return { type: spec.type, min: exactFraction(spec.min), of: spec.of };
+    case 'weighted':
+      return {
+        type: spec.type,
+        ...(spec.min ? { min: exactFraction(spec.min) } : {}),
+        ...(spec.minWeight ? { min_weight: exactFraction(spec.minWeight) } : {}),
+        of: spec.of,
+      };
+    case 'log':
+      return { type: spec.type, log: spec.log };
+    case 'chain':
+      return { type: spec.type, steps: spec.steps.map(procedureJson) };
+    case 'lua':
+    case 'js':
+      return {
+        type: spec.type,
+        source: spec.source,
+        sha256: scriptSha256(spec.source),
+        timeout_ms: spec.timeoutMs,
+        memory_mb: spec.memoryMb,
+      };
+  }
+}
+
+/** A rational as parseShare and parseWeight read it back exactly: always "n/d". */
+export function exactFraction(r: Rat): string {
+  return `${r.n}/${r.d}`;
+}
+
+/** Reads `procedureJson`'s output (FormatError if it is not one); `logs` are the names a `log` step may name. */
+export function parseProcedureJson(x: unknown, logs: ReadonlySet<string>): ProcedureSpec {
+  return parseProcedure(x, 'procedure', undefined, logs);
 }
 
 export function loadDecideConfig(file: string): DecideConfig {

@@ -6,6 +6,7 @@
  * failed: unreachable, timed out, refused, or a failed check (bad signature, bad proof, an answer
  * for another key, rollback, fork). A failed log never counts as absent and never for a value.
  */
+import { existsSync } from 'node:fs';
 import { LogClient, type VerifiedLookup } from '../client/client.js';
 import { decodePathSegment } from '../client/http.js';
 import { MemoryTrustStore, type TrustStore } from '../client/trust-store.js';
@@ -13,8 +14,9 @@ import { toBase64, toHex } from '../core/bytes.js';
 import { TrustixError, VerificationError } from '../core/errors.js';
 import type { LookupAnswer } from '../core/lookup.js';
 import { Log } from '../log/log.js';
-import { buildProcedure, type DecideConfig, type LogConfig } from './config.js';
+import { buildProcedure, type DecideConfig, type LogConfig, procedureFor } from './config.js';
 import type { Answer, Outcome, Procedure } from './procedures.js';
+import { ONE, type Rat } from './rational.js';
 
 export interface LogResult {
   name: string;
@@ -56,17 +58,57 @@ export interface Decision {
 interface Source {
   cfg: LogConfig;
   client: LogClient;
+  /** A local log: opens it, or throws a LocalLogError saying why it cannot be read. */
+  ready?(): Promise<unknown>;
   close(): Promise<void>;
 }
 
+/**
+ * A local log (`state = DIR`) that cannot be read: the directory does not exist ('local.missing')
+ * or does not open as a log ('local.open'). Nothing was asked, so nothing was learned.
+ */
+export class LocalLogError extends TrustixError {
+  constructor(
+    readonly check: 'local.missing' | 'local.open',
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super('LOCAL', message, options);
+  }
+}
+
 /** Serves the HTTP lookup API from a local log, so local logs get the same client checks as remote ones. */
-function localFetch(dir: string): { fetch: typeof globalThis.fetch; close(): Promise<void> } {
+function localFetch(dir: string): {
+  fetch: typeof globalThis.fetch;
+  open(): Promise<Log>;
+  close(): Promise<void>;
+} {
   let opened: Promise<Log> | undefined;
+  const open = (): Promise<Log> => {
+    opened ??= (async () => {
+      if (!existsSync(dir)) throw new LocalLogError('local.missing', `local log ${dir} does not exist`);
+      try {
+        return await Log.open(dir, { readOnly: true });
+      } catch (err) {
+        throw new LocalLogError(
+          'local.open',
+          `local log ${dir} cannot be opened: ${(err as Error).message}`,
+          {
+            cause: err,
+          },
+        );
+      }
+    })();
+    // a failed open is tried again on the next decision (the directory may appear)
+    opened.catch(() => {
+      opened = undefined;
+    });
+    return opened;
+  };
   const json = (v: unknown) =>
     new Response(JSON.stringify(v), { status: 200, headers: { 'content-type': 'application/json' } });
   const f = async (input: string | URL | Request, init?: RequestInit): Promise<Response> => {
-    opened ??= Log.open(dir, { readOnly: true });
-    const log = await opened;
+    const log = await open();
     const u = new URL(input instanceof Request ? input.url : input);
     const path = u.pathname.replace(/^\/+/, '');
     try {
@@ -98,8 +140,10 @@ function localFetch(dir: string): { fetch: typeof globalThis.fetch; close(): Pro
   };
   return {
     fetch: f as typeof globalThis.fetch,
+    open,
     async close() {
-      if (opened) await (await opened).close();
+      const log = await opened?.catch(() => undefined);
+      await log?.close();
     },
   };
 }
@@ -138,14 +182,13 @@ export class Decider {
         timeoutMs: config.timeoutMs,
         fetch: local.fetch,
       });
-      return { cfg, client, close: local.close };
+      return { cfg, client, ready: local.open, close: local.close };
     });
   }
 
   /** The procedure for a protocol (its own, else `default`). */
   procedure(protocol: string): Procedure {
-    const spec = this.config.procedures.get(protocol) ?? this.config.procedures.get('default')!;
-    const key = this.config.procedures.has(protocol) ? protocol : 'default';
+    const { key, spec } = procedureFor(this.config, protocol);
     let p = this.procedures.get(key);
     if (!p) {
       p = buildProcedure(spec);
@@ -179,6 +222,7 @@ export class Decider {
     const t0 = performance.now();
     const base = { name: s.cfg.name, origin: s.client.origin, vkey: s.cfg.vkey, weight: s.cfg.weightText };
     try {
+      if (s.ready) await Promise.race([s.ready(), deadline]);
       const r: VerifiedLookup = await Promise.race([s.client.lookup(protocol, key), deadline]);
       const ms = performance.now() - t0;
       if (r.status === 'absent')
@@ -207,34 +251,49 @@ export class Decider {
     return { decision, results };
   }
 
-  /** Runs the protocol's procedure over classified answers (also used to re-check evidence). */
-  async decideOn(results: readonly LogResult[], protocol: string, key: string): Promise<Decision> {
-    const answers: Answer[] = results.map((r, i) => ({
-      name: r.name,
-      weight: this.config.logs[i]?.name === r.name ? this.config.logs[i].weight : { n: 1n, d: 1n },
-      status: r.status,
-      ...(r.value !== undefined ? { value: r.value } : {}),
-      ...(r.check !== undefined ? { check: r.check } : {}),
-      ...(r.reason !== undefined ? { reason: r.reason } : {}),
-    }));
-    let outcome: Outcome;
-    try {
-      outcome = await this.procedure(protocol).run(answers, { protocol, key });
-    } catch (err) {
-      outcome = {
-        decided: false,
-        procedure: this.procedure(protocol).name,
-        reason: `procedure failed: ${(err as Error).message}`,
-        error: { check: 'procedure.error', message: (err as Error).message },
-      };
-    }
-    return explain(outcome, results, protocol, key);
+  /** Runs the protocol's procedure over classified answers. */
+  decideOn(results: readonly LogResult[], protocol: string, key: string): Promise<Decision> {
+    const weights = new Map(this.config.logs.map((l) => [l.name, l.weight]));
+    return decideWith(this.procedure(protocol), results, weights, protocol, key);
   }
 
   async close(): Promise<void> {
     for (const p of this.procedures.values()) await p.close?.();
     for (const s of this.sources) await s.close();
   }
+}
+
+/**
+ * Runs `procedure` over classified answers, each weighing what `weights` says for its log (1 if
+ * not there), and explains the outcome. Evidence bundles are re-checked through it too.
+ */
+export async function decideWith(
+  procedure: Procedure,
+  results: readonly LogResult[],
+  weights: ReadonlyMap<string, Rat>,
+  protocol: string,
+  key: string,
+): Promise<Decision> {
+  const answers: Answer[] = results.map((r) => ({
+    name: r.name,
+    weight: weights.get(r.name) ?? ONE,
+    status: r.status,
+    ...(r.value !== undefined ? { value: r.value } : {}),
+    ...(r.check !== undefined ? { check: r.check } : {}),
+    ...(r.reason !== undefined ? { reason: r.reason } : {}),
+  }));
+  let outcome: Outcome;
+  try {
+    outcome = await procedure.run(answers, { protocol, key });
+  } catch (err) {
+    outcome = {
+      decided: false,
+      procedure: procedure.name,
+      reason: `procedure failed: ${(err as Error).message}`,
+      error: { check: 'procedure.error', message: (err as Error).message },
+    };
+  }
+  return explain(outcome, results, protocol, key);
 }
 
 function failure(err: unknown): { check: string; reason: string } {

@@ -57,6 +57,14 @@ export function parseDecimal(text: string, what: string): Rat {
   return exp >= 0 ? rat(digits * 10n ** BigInt(exp)) : rat(digits, 10n ** BigInt(-exp));
 }
 
+/** "n/d" exactly, or undefined if `text` is not of that form. */
+function parseFraction(text: string, what: string): Rat | undefined {
+  const frac = /^(\d+)\s*\/\s*(\d+)$/.exec(text);
+  if (!frac) return undefined;
+  if (BigInt(frac[2]) === 0n) throw new FormatError(`${what}: division by zero`);
+  return rat(BigInt(frac[1]), BigInt(frac[2]));
+}
+
 /**
  * A share: "2/3" (a fraction), "66.67%" (a percentage), or a bare number, read as a percentage
  * (so `min = 50` is one half). Must be above 0 and at most 1.
@@ -68,11 +76,9 @@ export function parseShare(x: unknown, what: string): Rat {
     r = mul(parseDecimal(String(x), what), rat(1n, 100n));
   } else if (typeof x === 'string') {
     const t = x.trim();
-    const frac = /^(\d+)\s*\/\s*(\d+)$/.exec(t);
-    if (frac) {
-      if (BigInt(frac[2]) === 0n) throw new FormatError(`${what}: division by zero`);
-      r = rat(BigInt(frac[1]), BigInt(frac[2]));
-    } else if (t.endsWith('%')) r = mul(parseDecimal(t.slice(0, -1), what), rat(1n, 100n));
+    const frac = parseFraction(t, what);
+    if (frac) r = frac;
+    else if (t.endsWith('%')) r = mul(parseDecimal(t.slice(0, -1), what), rat(1n, 100n));
     else r = mul(parseDecimal(t, what), rat(1n, 100n));
   } else {
     throw new FormatError(`${what}: expected "2/3", "66.67%" or a percentage number`);
@@ -81,10 +87,15 @@ export function parseShare(x: unknown, what: string): Rat {
   return r;
 }
 
-/** A weight: a non-negative number, kept exactly as written. */
+/** A weight: a non-negative number, or a fraction as a string ("1/3"), kept exactly as written. */
 export function parseWeight(x: unknown, what: string): Rat {
   if (x === undefined) return ONE;
   if (typeof x === 'bigint') return rat(x);
+  if (typeof x === 'string') {
+    const frac = parseFraction(x.trim(), what);
+    if (!frac) throw new FormatError(`${what}: a weight given as a string must be a fraction like "1/3"`);
+    return frac;
+  }
   if (typeof x !== 'number' || !Number.isFinite(x) || x < 0) {
     throw new FormatError(`${what}: must be a non-negative number`);
   }

@@ -163,6 +163,20 @@ describe('trustix CLI on remote logs', { concurrency: 4 }, () => {
     assert.equal(j.vkey, vkey);
   });
 
+  test('a newer checkpoint whose consistency proof is refused exits 4 naming trust.unproven-growth', async () => {
+    const dir = tempDir();
+    const older = await extraServer((req, a) =>
+      req.path === 'checkpoint' ? { ...a, body: Buffer.from(oldNote) } : undefined,
+    );
+    assert.equal((await run(['info', ...remote(older.url, dir)])).code, 0);
+    const refusing = await extraServer((req, a) =>
+      req.path.startsWith('proof/consistency') ? { ...a, status: 404, body: Buffer.from('{}') } : undefined,
+    );
+    const r = await run(['info', ...remote(refusing.url, dir)]);
+    assert.equal(r.code, 4, r.stderr);
+    assertOneLineError(r, /trust\.unproven-growth: log signed trees of sizes 70 and \d+ but does not prove/);
+  });
+
   test('submit: with a token, in batches with progress; a refused token exits 1', async () => {
     const lines = Array.from({ length: 25 }, (_, i) => `bulk-${i} ${(i + 1).toString(16).padStart(64, '0')}`);
     const [ok, refused] = await Promise.all([

@@ -9,6 +9,7 @@ import {
   InvalidProofError,
   RemoteError,
   RollbackError,
+  UnprovenGrowthError,
   UnreachableError,
 } from '../../src/client/errors.js';
 import { FileTrustStore } from '../../src/client/trust-store.js';
@@ -18,7 +19,7 @@ import { VerificationError } from '../../src/core/errors.js';
 import { generateKey, verifierFromVkey } from '../../src/core/note.js';
 import { auditEntries } from '../../src/log/audit.js';
 import type { Log } from '../../src/log/log.js';
-import { bodyJson, type FakeServer, json, startFakeServer } from './fake-server.js';
+import { bodyJson, type FakeAnswer, type FakeServer, json, startFakeServer } from './fake-server.js';
 import { addBatches, entry, makeLog, ORIGIN, rejectsWith, tempDir } from './helpers.js';
 
 const { skey, vkey } = generateKey(ORIGIN);
@@ -175,6 +176,101 @@ describe('verifying client against a real log over HTTP', () => {
     }
     // and the fork did not displace the trusted checkpoint
     assert.equal((await c.trusted())?.checkpoint.size, size);
+  });
+
+  test('a fork seen from a trusted size that is a power of two is a fork, not a bad proof', async () => {
+    const base = await makeLog(skey, [64], 'pow');
+    const fork = await makeLog(skey, [74], 'other');
+    logs.push(base, fork);
+    const fake = await startFakeServer(base);
+    try {
+      const c = new LogClient({ url: fake.url, vkey, timeoutMs: 2000 });
+      assert.equal((await c.checkpoint()).checkpoint.size, 64);
+      fake.log = fork;
+      await rejectsWith(c.checkpoint(), ForkError, 'trust.fork-inconsistent');
+      assert.equal((await c.trusted())?.checkpoint.size, 64);
+    } finally {
+      await fake.close();
+    }
+  });
+
+  test('a newer checkpoint whose consistency proof is refused is unproven growth, and not trusted', async () => {
+    const grown = await makeLog(skey, [30], 'grow');
+    logs.push(grown);
+    const fake = await startFakeServer(grown);
+    try {
+      const c = new LogClient({ url: fake.url, vkey, timeoutMs: 2000 });
+      await c.checkpoint();
+      await addBatches(grown, [5], 'grow2');
+      for (const status of [404, 500, 503]) {
+        fake.tamper = (req, a) =>
+          req.path.startsWith('proof/consistency') ? json(status, { error: 'no', code: 'X' }) : a;
+        const err = (await rejectsWith(
+          c.checkpoint(),
+          UnprovenGrowthError,
+          'trust.unproven-growth',
+        )) as UnprovenGrowthError;
+        assert.equal(err.trustedSize, 30);
+        assert.equal(err.presentedSize, 35);
+        await rejectsWith(c.lookup('nix', 'grow0-0-0'), UnprovenGrowthError, 'trust.unproven-growth');
+        assert.equal((await c.trusted())?.checkpoint.size, 30, 'the trust store is unchanged');
+      }
+      // a log that cannot be reached at all is still an outage
+      fake.tamper = () => 'hang';
+      await rejectsWith(
+        new LogClient({ url: fake.url, vkey, timeoutMs: 200 }).checkpoint(),
+        UnreachableError,
+        'http.timeout',
+      );
+      fake.tamper = undefined;
+      assert.equal((await c.checkpoint()).checkpoint.size, 35);
+    } finally {
+      await fake.close();
+    }
+  });
+
+  test('a lookup answer with unknown fields is refused; padding beyond a valid answer is not read', async () => {
+    const pad = (extra: (j: Record<string, unknown>) => void) => (req: { path: string }, a: FakeAnswer) => {
+      if (!req.path.startsWith('lookup/')) return a;
+      const j = bodyJson(a);
+      extra(j);
+      return json(200, j);
+    };
+    for (const maxLookupBatch of [1, 64]) {
+      const c = client({ maxLookupBatch });
+      await withTamper(
+        pad((j) => {
+          j.note = 'hello';
+        }),
+        async () => {
+          const err = await rejectsWith(c.lookup('nix', 'late-key'), InvalidProofError, 'lookup.malformed');
+          assert.match(err.message, /unknown field "note"/);
+        },
+      );
+      await withTamper(
+        pad((j) => {
+          (j.entry as Record<string, unknown>).extra = [1];
+        }),
+        async () => {
+          await rejectsWith(c.lookup('nix', 'late-key'), InvalidProofError, 'lookup.malformed');
+        },
+      );
+      await withTamper(
+        pad((j) => {
+          j.x = 'x'.repeat(600_000);
+        }),
+        async () => {
+          // two at once, so that the batched client sends them in one POST
+          const [a, b] = await Promise.allSettled([c.lookup('nix', 'late-key'), c.lookup('nix', 'k0-0-0')]);
+          for (const r of [a, b]) {
+            assert.equal(r.status, 'rejected');
+            const e = (r as PromiseRejectedResult).reason as BadResponseError;
+            assert.ok(e instanceof BadResponseError, String(e));
+            assert.equal(e.check, 'response.too-large');
+          }
+        },
+      );
+    }
   });
 
   test('an answer for another key is rejected', async () => {

@@ -253,28 +253,26 @@ describe('decide against real and hostile logs', () => {
     const text = config(
       'type = "chain"\nsteps = [ { type = "percentage", min = "2/3" }, { type = "log", log = "honest1" } ]',
     );
-    const d = new Decider(parseDecideConfig(text));
+    const cfg = parseDecideConfig(text);
+    const d = new Decider(cfg);
     try {
       const { decision, results } = await d.decide('hk-1');
       assert.equal(decision.decided, true);
       assert.equal(decision.procedure, 'log(honest1)');
       assert.equal(decision.steps?.length, 2);
       assert.equal(decision.steps?.[0].decided, false);
-      const bundle = decisionBundle(decision, results);
-      const check = verifyDecisionBundle(JSON.parse(JSON.stringify(bundle)));
+      const bundle = decisionBundle(decision, results, cfg);
+      const check = await verifyDecisionBundle(JSON.parse(JSON.stringify(bundle)), { config: cfg });
       assert.equal(check.value, value('hk-1'));
       assert.ok(check.support >= 3);
       // tampering with the decided value or with an answer is caught
       const forged = JSON.parse(JSON.stringify(bundle));
       forged.decision.value = toHex(entry('hk-1', 9).value);
-      assert.throws(() => verifyDecisionBundle(forged), /no verified answer/);
+      await assert.rejects(verifyDecisionBundle(forged), { check: 'decision.mismatch' });
       const forged2 = JSON.parse(JSON.stringify(bundle));
       const honestEntry = forged2.logs.find((l: { name: string }) => l.name === 'honest0');
       honestEntry.answer.key = Buffer.from('hk-2').toString('base64');
-      assert.throws(
-        () => verifyDecisionBundle(forged2),
-        (e: Error & { check?: string }) => e.check === 'lookup.wrong-key',
-      );
+      await assert.rejects(verifyDecisionBundle(forged2), { check: 'lookup.wrong-key' });
     } finally {
       await d.close();
     }

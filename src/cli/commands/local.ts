@@ -8,6 +8,7 @@ import { type LookupAnswer, type LookupVerdict, verifyLookup } from '../../core/
 import { generateKey, verifierFromVkey } from '../../core/note.js';
 import { type AuditReport, auditEntries, auditStore } from '../../log/audit.js';
 import { Log } from '../../log/log.js';
+import { KEY_ARG_HELP, lookupKeyArg } from '../lookup-key.js';
 import { CliError, EXIT, progress } from '../output.js';
 import {
   addRemoteOptions,
@@ -167,17 +168,18 @@ export function registerLocalCommands(program: Command): void {
   )
     .option('--protocol <name>', 'the entry protocol', 'nix')
     .option('--json', 'print the verified answer as JSON')
-    .argument('<key>')
+    .argument('<key>', KEY_ARG_HELP)
     .addHelpText(
       'after',
-      '\nExamples:\n  trustix lookup --state ./mylog 0c8i2ww2dwk5hn8dywdzx6l0lrz0sb4k\n  trustix lookup --url http://host:8080/logs/default/ --vkey "$VKEY" 0c8i2ww2dwk5hn8dywdzx6l0lrz0sb4k',
+      '\nExamples:\n  trustix lookup --state ./mylog 0c8i2ww2dwk5hn8dywdzx6l0lrz0sb4k\n  trustix lookup --url http://host:8080/logs/default/ --vkey "$VKEY" 0c8i2ww2dwk5hn8dywdzx6l0lrz0sb4k\n  trustix lookup --url http://host:8080/logs/default/ --vkey "$VKEY" ./result',
     )
     .action(
       async (
-        key: string,
+        arg: string,
         o: RemoteOptions & { state?: string; protocol: string; json?: boolean },
         cmd: Command,
       ) => {
+        const key = await lookupKeyArg(o.protocol, arg);
         let verdict: LookupVerdict;
         let answer: LookupAnswer | undefined;
         if (targetOf(cmd) === 'remote') {

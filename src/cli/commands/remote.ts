@@ -16,8 +16,9 @@ import { openCheckpoint } from '../../core/checkpoint.js';
 import { FormatError, VerificationError } from '../../core/errors.js';
 import { verifierFromVkey } from '../../core/note.js';
 import { Log } from '../../log/log.js';
+import { KEY_ARG_HELP, lookupKeyArg } from '../lookup-key.js';
 import { CliError, EXIT } from '../output.js';
-import { verifyDecisionBundleText } from './decide.js';
+import { loadTrustConfig, verifyDecisionBundleText } from './decide.js';
 
 /** Options shared by every command that can work on a remote log. */
 export interface RemoteOptions {
@@ -268,8 +269,9 @@ export function registerRemoteCommands(program: Command): void {
     'trustix proof lookup 0c8i2ww2dwk5hn8dywdzx6l0lrz0sb4k --url http://host:8080/logs/default/ --vkey "$VKEY"',
   )
     .option('--protocol <name>', 'the entry protocol', 'nix')
-    .argument('<key>')
-    .action(async (key: string, o: ProofOptions & { protocol: string }, cmd: Command) => {
+    .argument('<key>', KEY_ARG_HELP)
+    .action(async (arg: string, o: ProofOptions & { protocol: string }, cmd: Command) => {
+      const key = await lookupKeyArg(o.protocol, arg);
       let bundle: Bundle;
       if (targetOf(cmd) === 'local') {
         bundle = await withLocalLog(o.state!, (log) =>
@@ -287,21 +289,36 @@ export function registerRemoteCommands(program: Command): void {
   program
     .command('verify')
     .description(
-      'check a proof bundle offline; exit 0 if valid, 4 if not. Pin the log with --vkey, else the key inside the bundle is used',
+      'check a proof or decision bundle offline; exit 0 if valid, 4 if not. Pin the logs with --vkey or --config, else the keys inside the bundle are used (and the output says so)',
     )
     .argument('<bundle>', 'bundle file, or - for stdin')
     .addOption(
-      new Option('-k, --vkey <vkey>', "the log's verifier key (or a file holding it)").env('TRUSTIX_VKEY'),
+      new Option(
+        '-k, --vkey <vkey>',
+        "a log's verifier key (or a file holding it); repeat for several logs: every log of the bundle must have one of them",
+      )
+        .env('TRUSTIX_VKEY')
+        .argParser((v: string, prev: string[] | undefined) => [...(prev ?? []), v]),
+    )
+    .option(
+      '-c, --config <file>',
+      'a trust config (TOML): its logs pin the keys; a decision bundle must also have its logs, weights and procedure',
     )
     .option('--json', 'JSON output')
-    .addHelpText('after', '\nExample:\n  trustix verify entry42.json --vkey "$VKEY"')
-    .action((file: string, o: { vkey?: string; json?: boolean }) => {
+    .addHelpText(
+      'after',
+      '\nExamples:\n  trustix verify entry42.json --vkey "$VKEY"\n  trustix verify evidence.json --config ~/.config/trustix/decide.toml\n  trustix verify evidence.json --vkey "$VKEY1" --vkey "$VKEY2" --vkey "$VKEY3"',
+    )
+    .action(async (file: string, o: { vkey?: string[]; config?: string; json?: boolean }) => {
       const text = readFileSync(file === '-' ? 0 : file);
-      if (verifyDecisionBundleText(text, o)) return;
-      const vkey = o.vkey ? readVkey(o.vkey) : undefined;
+      const config = o.config ? loadTrustConfig(o.config) : undefined;
+      const vkeys = (o.vkey ?? []).map(readVkey);
+      if (await verifyDecisionBundleText(text, { vkeys, ...(config ? { config } : {}), json: o.json }))
+        return;
+      const pinned = [...vkeys, ...(config?.logs.map((l) => l.vkey) ?? [])];
       let r: BundleResult;
       try {
-        r = verifyBundle(text, vkey ? { vkey } : {});
+        r = verifyBundle(text, pinned.length > 0 ? { vkeys: pinned } : {});
       } catch (err) {
         if (!(err instanceof VerificationError)) {
           if (err instanceof FormatError) throw new CliError(err.message, EXIT.usage);
@@ -312,12 +329,12 @@ export function registerRemoteCommands(program: Command): void {
         process.exitCode = EXIT.invalid;
         return;
       }
-      if (!vkey) {
+      if (pinned.length === 0) {
         process.stderr.write(
-          `note: checked with the key inside the bundle (${r.vkey}); pass --vkey to pin the log\n`,
+          `note: checked with the key inside the bundle (${r.vkey}); pass --vkey or --config to pin the log\n`,
         );
       }
-      if (o.json) console.log(JSON.stringify({ valid: true, ...summary(r) }));
+      if (o.json) console.log(JSON.stringify({ valid: true, pinned: pinned.length > 0, ...summary(r) }));
       else console.log(`valid: ${describe(r)}`);
     });
 }
