@@ -48,7 +48,7 @@ export interface ServedLog {
   closed: boolean;
   /** Answer bodies (UTF-8 JSON) by the raw path of their GET. */
   lookupCache: LookupCache<Buffer>;
-  /** Gzipped full entry bundles (immutable) by their path; see tileAnswer. */
+  /** Gzipped full entry bundles (immutable) by their path; see answerTile. */
   gzipBundles: LookupCache<Buffer>;
 }
 
@@ -62,8 +62,9 @@ export interface AppContext {
   /** Wraps every submission, to count those in flight (reported when draining starts). */
   trackSubmit<T>(p: Promise<T>): Promise<T>;
   /**
-   * True while draining until the logs are closed: idle keep-alive connections stay open meanwhile,
-   * so a request a client sends on one gets a 503 answer instead of a reset.
+   * True from the start of a drain until the logs are closed and every request in flight is
+   * answered: idle keep-alive connections stay open meanwhile, so a request a client sends on one
+   * gets a 503 answer instead of a reset.
    */
   holdIdleConnections(): boolean;
   /** Open connections over every listener (limits.maxConnections). */
@@ -73,6 +74,8 @@ export interface AppContext {
    * counted); `idle` is called each time the count falls to 0.
    */
   requests: { open: number; idle(): void };
+  /** Bytes of signed request bodies being read before their signature can be checked. */
+  unverifiedBytes: { reserved: number };
 }
 
 /** An error answered as `{ "error", "code" }` with `status`. */
@@ -450,7 +453,23 @@ declare module 'fastify' {
     writer?: Writer;
     /** Set once a signed request's signature is verified. */
     signed?: SignedRequest;
+    /** Bytes of the unverified-body budget this request holds (see unverifiedBudget). */
+    unverified?: number;
   }
+}
+
+/**
+ * How many bytes of signed request bodies may be read at once before their signatures are checked:
+ * four bodies of the largest size.
+ */
+function unverifiedBudget(limits: Limits): number {
+  return 4 * limits.maxBodyBytes;
+}
+
+function releaseUnverified(ctx: AppContext, req: FastifyRequest): void {
+  if (req.unverified === undefined) return;
+  ctx.unverifiedBytes.reserved -= req.unverified;
+  req.unverified = undefined;
 }
 
 export function buildApp(
@@ -492,14 +511,15 @@ export function buildApp(
       server.on('connection', (socket: Socket) => {
         if (ctx.connections.open >= limits.maxConnections) {
           overCap.add(socket);
-          socket.end(OVER_CAPACITY);
+          // closed once the answer is written, without waiting for the client to close its side
+          socket.end(OVER_CAPACITY, () => socket.destroy());
           return;
         }
         ctx.connections.open++;
         socket.once('close', () => ctx.connections.open--);
       });
-      // While draining, idle keep-alive connections stay open until the logs are closed (see
-      // holdIdleConnections); server.close() would close them at once.
+      // While draining, idle keep-alive connections stay open as long as holdIdleConnections says;
+      // server.close() would close them at once.
       server.closeIdleConnections = () => {
         if (!ctx.holdIdleConnections()) Server.prototype.closeIdleConnections.call(server);
       };
@@ -811,7 +831,7 @@ function registerWriteRoutes(app: FastifyInstance, ctx: AppContext, getLog: (id:
     {
       schema: { body: submitBodySchema },
       // Credentials are checked before the body is read, when they can be (bearer tokens).
-      onRequest: (req, _reply, done) => {
+      onRequest: (req, reply, done) => {
         const sl = getLog(req.params.id);
         if (ctx.draining()) throw unavailable('server is shutting down');
         const authz = req.headers.authorization;
@@ -831,6 +851,19 @@ function registerWriteRoutes(app: FastifyInstance, ctx: AppContext, getLog: (id:
         } else {
           // all but the signature, which covers the body: the writer, the time and the nonce
           ctx.auth.preflight(sig);
+          // A writer's name is no secret, so anyone can get this far: the bodies read before their
+          // signature can be checked share one budget.
+          const length = Number(req.headers['content-length'] ?? limits.maxBodyBytes);
+          const reserve = Math.min(
+            Number.isSafeInteger(length) ? length : limits.maxBodyBytes,
+            limits.maxBodyBytes,
+          );
+          if (ctx.unverifiedBytes.reserved + reserve > unverifiedBudget(limits)) {
+            throw unavailable('too many signed request bodies are being read; retry later');
+          }
+          ctx.unverifiedBytes.reserved += reserve;
+          req.unverified = reserve;
+          reply.raw.once('close', () => releaseUnverified(ctx, req));
         }
         if (req.writer && !WriterAuth.mayWrite(req.writer, sl.id)) {
           throw new AuthError(403, 'FORBIDDEN', `writer ${req.writer.name} may not submit to log ${sl.id}`);
@@ -841,6 +874,7 @@ function registerWriteRoutes(app: FastifyInstance, ctx: AppContext, getLog: (id:
         const h = req.headers[SIGNATURE_HEADER];
         if (req.headers.authorization === undefined && typeof h === 'string') {
           const target = sentTargets.get(req.raw) ?? req.raw.url ?? '';
+          releaseUnverified(ctx, req);
           req.signed = ctx.auth.signed(h, req.method, target, req.rawBody ?? Buffer.alloc(0));
           req.writer = req.signed.writer;
           if (!WriterAuth.mayWrite(req.writer, req.params.id)) {

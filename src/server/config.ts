@@ -72,9 +72,24 @@ export const DEFAULT_LIMITS: Limits = {
   maxBatch: 10_000,
   drainTimeoutMs: 30_000,
   lookupCacheEntries: 4096,
-  maxConnections: 512,
+  maxConnections: defaultMaxConnections(),
   keepAliveTimeoutMs: 5000,
 };
+
+/**
+ * 512 connections, or half the process's open-file limit when that is lower (read from
+ * /proc/self/limits on Linux), so the rest stays for the stores, the listeners and the refusals.
+ */
+function defaultMaxConnections(): number {
+  let limit = Number.POSITIVE_INFINITY;
+  try {
+    const m = /^Max open files\s+(\d+)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
+    if (m) limit = Number(m[1]);
+  } catch {
+    // not Linux: the fixed default
+  }
+  return Math.max(16, Math.min(512, Math.floor(limit / 2)));
+}
 
 export interface ServerConfig {
   logs: LogConfig[];

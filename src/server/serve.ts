@@ -26,7 +26,7 @@ export interface Listening {
 
 export class TrustixServer {
   private draining = false;
-  /** While draining until the logs are closed (AppContext.holdIdleConnections). */
+  /** From the start of a drain until the logs are closed and no request is in flight (AppContext.holdIdleConnections). */
   private holdingIdle = false;
   private inFlight = 0;
   private shutdownPromise: Promise<void> | undefined;
@@ -116,6 +116,7 @@ export class TrustixServer {
         holdIdleConnections: () => server?.holdingIdle ?? false,
         connections: { open: 0 },
         requests,
+        unverifiedBytes: { reserved: 0 },
       };
       for (const [i, l] of config.listeners.entries()) {
         const name = l.kind === 'tcp' ? `${l.host}:${l.port}` : `unix:${l.path}`;

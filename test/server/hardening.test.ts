@@ -105,6 +105,49 @@ test('signed submissions with bad credentials are refused before their body is r
   }
 });
 
+test('bodies of signed requests read before their check share a budget; beyond it 503 at once', async () => {
+  // a header anyone can write (a real writer name, the time, a fresh nonce) with a forged signature
+  const forged = () =>
+    `keyid=w,ts=${Math.floor(Date.now() / 1000)},nonce=${randomBytes(16).toString('hex')},sig=${randomBytes(64).toString('base64')}`;
+  const head = (header: string) =>
+    'POST /logs/default/submit HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
+    `Trustix-Signature: ${header}\r\nContent-Length: ${16 * 1024 * 1024}\r\n\r\n`;
+  const u = new URL(srv.url);
+  const holding: Socket[] = [];
+  try {
+    // four bodies of max_body_bytes being read fill the budget
+    for (let i = 0; i < 4; i++) {
+      const s = connect(Number(u.port), u.hostname);
+      s.on('error', () => {});
+      await new Promise((r) => s.on('connect', r));
+      s.write(head(forged()));
+      holding.push(s);
+    }
+    await new Promise((r) => setTimeout(r, 300));
+    const reply = await rawExchange(srv.url, head(forged()), 10_000, false);
+    assert.match(reply, /^HTTP\/1\.1 503 /, reply.slice(0, 200));
+    assert.match(reply, /\r\nretry-after: \d+\r\n/i);
+    assert.match(errorOf(reply).error, /signed request bodies/);
+  } finally {
+    for (const s of holding) s.destroy();
+  }
+  // once those connections are gone, signed requests are read again
+  const body = JSON.stringify({ entries: makeEntries(1) });
+  for (let i = 0; ; i++) {
+    const r = await fetch(`${srv.url}/logs/default/submit`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'trustix-signature': signatureHeader(body) },
+      body,
+    });
+    if (r.status === 200 || i === 50) {
+      assert.equal(r.status, 200, await r.text());
+      break;
+    }
+    await r.text();
+    await new Promise((r) => setTimeout(r, 100));
+  }
+});
+
 test('a batch lookup body over what 256 keys can need is 413', async () => {
   const body = JSON.stringify({ protocol: 'nix', keys: ['k'.repeat(1024 * 1024)] });
   const r = await fetch(`${srv.url}/logs/default/lookup`, {
