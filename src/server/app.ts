@@ -104,17 +104,8 @@ function errorBody(err: HttpError): string {
 
 function sendError(reply: FastifyReply, err: HttpError): void {
   reply.code(err.status).header('content-type', JSON_TYPE).header('cache-control', NO_STORE);
-  // refused before its body was read (credentials, draining): the rest of it is not waited for
-  if (bodyUnread(reply.request.raw)) reply.header('connection', 'close');
   for (const [k, v] of Object.entries(err.headers)) reply.header(k, v);
   reply.send(errorBody(err));
-}
-
-/** Whether `req` has a body not read to its end (yet). */
-function bodyUnread(req: IncomingMessage): boolean {
-  if (req.complete) return false;
-  const length = req.headers['content-length'];
-  return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
 }
 
 /**
