@@ -28,7 +28,7 @@ function run(shellArgs: string): Promise<{ code: number | null; stdout: string; 
   });
 }
 
-test('submit refuses keys that are not UTF-8 and keeps U+FFFD distinct', { timeout: 60_000 }, async () => {
+test('submit refuses keys that are not UTF-8 and keeps U+FFFD distinct', { timeout: 300_000 }, async () => {
   const dir = tempDir('trustix-cli-keys-');
   try {
     const state = join(dir, 'log');
