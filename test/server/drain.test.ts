@@ -163,7 +163,7 @@ max_batch = 400
 });
 
 test('SIGTERM: a request on an idle keep-alive connection gets 503, not a reset', {
-  timeout: 60_000,
+  timeout: 180_000,
 }, async () => {
   const dir = tempDir();
   try {
