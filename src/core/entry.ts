@@ -51,6 +51,19 @@ export function validateEntry(e: Entry): void {
   }
 }
 
+// A UTF-16 surrogate without its partner: text that no UTF-8 byte sequence encodes.
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+
+/**
+ * The UTF-8 bytes of a key given as text (JSON, a URL, the command line). Text holding a lone
+ * surrogate (JSON's `"\ud800"`) is refused: UTF-8 cannot encode it, and encoding it anyway would
+ * write U+FFFD in its place, which is another key.
+ */
+export function keyFromText(text: string): Buffer {
+  if (LONE_SURROGATE.test(text)) throw new FormatError('key is not valid UTF-8 (it holds a lone surrogate)');
+  return Buffer.from(text, 'utf8');
+}
+
 /**
  * The canonical bytes of `e`. With `headroom`, the encoding starts that many (unset) bytes into the
  * buffer, so a caller can put a prefix in front of it without copying (the leaf hash's 0x00).

@@ -3,18 +3,28 @@
  * submissions (write), /metrics (metrics) and /healthz (every listener). One Fastify instance per
  * listener, each with only the routes of the APIs that listener serves.
  */
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import { isUtf8 } from 'node:buffer';
+import { createServer, type IncomingMessage, Server, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import { gzipSync } from 'node:zlib';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Counter } from 'prom-client';
 import { decodeBase64Strict, toBase64 } from '../core/bytes.js';
-import { type Entry, MAX_KEY_LENGTH, PROTOCOL_PATTERN, PROTOCOL_RE, validateEntry } from '../core/entry.js';
+import {
+  type Entry,
+  keyFromText,
+  MAX_KEY_LENGTH,
+  PROTOCOL_PATTERN,
+  PROTOCOL_RE,
+  validateEntry,
+} from '../core/entry.js';
 import { StateError, TrustixError } from '../core/errors.js';
 import { MAX_LOOKUP_KEYS } from '../core/lookup.js';
 import { receiptsJson } from '../core/receipts.js';
 import { parseTilePath } from '../core/tiles.js';
 import { type Log, PoolFullError, type SubmitReceipt } from '../log/log.js';
 import { readEntryBundle, readHashTile } from '../log/serving.js';
-import { AuthError, SIGNATURE_HEADER, type Writer, WriterAuth } from './auth.js';
+import { AuthError, SIGNATURE_HEADER, type SignedRequest, type Writer, WriterAuth } from './auth.js';
 import type { ApiName, Limits } from './config.js';
 import type { LookupCache } from './lookup-cache.js';
 import type { LogMetrics, Metrics } from './metrics.js';
@@ -38,6 +48,8 @@ export interface ServedLog {
   closed: boolean;
   /** Answer bodies (UTF-8 JSON) by the raw path of their GET. */
   lookupCache: LookupCache<Buffer>;
+  /** Gzipped full entry bundles (immutable) by their path; see answerTile. */
+  gzipBundles: LookupCache<Buffer>;
 }
 
 export interface AppContext {
@@ -49,6 +61,21 @@ export interface AppContext {
   draining(): boolean;
   /** Wraps every submission, to count those in flight (reported when draining starts). */
   trackSubmit<T>(p: Promise<T>): Promise<T>;
+  /**
+   * True from the start of a drain until the logs are closed and every request in flight is
+   * answered: idle keep-alive connections stay open meanwhile, so a request a client sends on one
+   * gets a 503 answer instead of a reset.
+   */
+  holdIdleConnections(): boolean;
+  /** Open connections over every listener (limits.maxConnections). */
+  connections: { open: number };
+  /**
+   * Requests being answered over every listener (those the fast path answers at once are not
+   * counted); `idle` is called each time the count falls to 0.
+   */
+  requests: { open: number; idle(): void };
+  /** Bytes of signed request bodies being read before their signature can be checked. */
+  unverifiedBytes: { reserved: number };
 }
 
 /** An error answered as `{ "error", "code" }` with `status`. */
@@ -71,10 +98,82 @@ function unavailable(message: string, retryAfter = 1): HttpError {
   return new HttpError(503, 'UNAVAILABLE', message, { 'retry-after': String(retryAfter) });
 }
 
+function errorBody(err: HttpError): string {
+  return JSON.stringify({ error: err.message, code: err.code });
+}
+
 function sendError(reply: FastifyReply, err: HttpError): void {
   reply.code(err.status).header('content-type', JSON_TYPE).header('cache-control', NO_STORE);
   for (const [k, v] of Object.entries(err.headers)) reply.header(k, v);
-  reply.send(JSON.stringify({ error: err.message, code: err.code }));
+  reply.send(errorBody(err));
+}
+
+/**
+ * A whole HTTP/1.1 error answer in the API's error shape, for a socket no request object belongs
+ * to (malformed requests, connections over the cap); the connection is closed after it.
+ */
+function rawErrorResponse(err: HttpError): string {
+  const body = errorBody(err);
+  let head = `HTTP/1.1 ${err.status} ${STATUS_TEXT[err.status] ?? 'Error'}\r\ncontent-type: ${JSON_TYPE}\r\ncache-control: ${NO_STORE}\r\n`;
+  for (const [k, v] of Object.entries(err.headers)) head += `${k}: ${v}\r\n`;
+  return `${head}connection: close\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
+}
+
+const STATUS_TEXT: Record<number, string> = {
+  400: 'Bad Request',
+  408: 'Request Timeout',
+  413: 'Payload Too Large',
+  431: 'Request Header Fields Too Large',
+  503: 'Service Unavailable',
+};
+
+/** `err` as the answer to a request Fastify does not see; the connection is closed after it. */
+function writeError(res: ServerResponse, err: HttpError): void {
+  const body = errorBody(err);
+  res.writeHead(err.status, {
+    'content-type': JSON_TYPE,
+    'cache-control': NO_STORE,
+    ...err.headers,
+    connection: 'close',
+    'content-length': Buffer.byteLength(body),
+  });
+  res.end(body);
+}
+
+/** Allowed to send a request's headers (from the connection's start or the previous answer). */
+const HEADERS_TIMEOUT_MS = 20_000;
+
+const OVER_CAPACITY = rawErrorResponse(unavailable('too many connections', 5));
+
+/**
+ * `/logs/<id>//rest` as `/logs/<id>/rest`: clients join the advertised prefix `/logs/<id>/` and a
+ * path with a slash between them.
+ */
+function joinedPrefix(req: IncomingMessage): void {
+  const url = req.url;
+  if (url === undefined || !url.startsWith(LOGS_PREFIX)) return;
+  const slash = url.indexOf('/', LOGS_PREFIX.length);
+  if (slash > 0 && url.charCodeAt(slash + 1) === 0x2f) {
+    sentTargets.set(req, url);
+    req.url = url.slice(0, slash) + url.slice(slash + 1);
+  }
+}
+
+/** Request targets as sent, of requests joinedPrefix rewrote (a signature covers what was sent). */
+const sentTargets = new WeakMap<IncomingMessage, string>();
+
+/** The answer to a request the HTTP parser refused (Node's `clientError`). */
+function clientErrorResponse(code: string | undefined): HttpError {
+  switch (code) {
+    case 'HPE_HEADER_OVERFLOW':
+      return new HttpError(431, 'HEADERS_TOO_LARGE', 'request headers are too large');
+    case 'ERR_HTTP_REQUEST_TIMEOUT':
+      return new HttpError(408, 'TIMEOUT', 'request not received in time');
+    case 'HPE_CHUNK_EXTENSIONS_OVERFLOW':
+      return new HttpError(413, 'TOO_LARGE', 'chunk extensions are too large');
+    default:
+      return new HttpError(400, 'BAD_REQUEST', 'malformed HTTP request');
+  }
 }
 
 /** Maps anything thrown by a handler, a hook or Fastify itself to the API's error shape. */
@@ -145,14 +244,57 @@ function pathInLog(rawUrl: string): string {
 
 const LOGS_PREFIX = '/logs/';
 
-/** C2SP bytes of the tile or entry bundle at `rest` (`tile/...`); HttpError 400 or 404 otherwise. */
-function answerTile(sl: ServedLog, rest: string): Buffer {
-  let t: ReturnType<typeof parseTilePath>;
+/**
+ * The tile or entry bundle at `rest` (`tile/...`): its C2SP bytes, gzipped for an entry bundle when
+ * the client accepts gzip (tlog-tiles: entry bundles SHOULD be compressed), with the headers that go
+ * with them beyond TILE_HEADERS. Full bundles never change, so their gzipped form is cached.
+ */
+function answerTile(
+  sl: ServedLog,
+  rest: string,
+  acceptEncoding: string | string[] | undefined,
+): { body: Buffer; extra: readonly string[] } {
+  const t = parseTile(rest);
+  const body = readTile(sl, rest, t);
+  if (t.kind !== 'entries') return { body, extra: [] };
+  if (!acceptsGzip(acceptEncoding)) return { body, extra: VARY };
+  if (t.width !== 256) return { body: gzipSync(body), extra: GZIPPED };
+  let gz = sl.gzipBundles.get(rest, 0);
+  if (gz === undefined) {
+    gz = gzipSync(body);
+    sl.gzipBundles.set(rest, 0, gz);
+  }
+  return { body: gz, extra: GZIPPED };
+}
+
+const VARY = ['vary', 'accept-encoding'];
+const GZIPPED = [...VARY, 'content-encoding', 'gzip'];
+
+/** Whether an Accept-Encoding header accepts gzip (named or as `*`, with a q above 0). */
+export function acceptsGzip(header: string | string[] | undefined): boolean {
+  if (header === undefined) return false;
+  let gzip: boolean | undefined;
+  let any = false;
+  for (const item of (Array.isArray(header) ? header.join(',') : header).split(',')) {
+    const [name, ...params] = item.split(';').map((x) => x.trim().toLowerCase());
+    const q = params.find((p) => p.startsWith('q='));
+    const ok = q === undefined || Number(q.slice(2)) > 0;
+    if (name === 'gzip' || name === 'x-gzip') gzip = ok;
+    else if (name === '*') any = ok;
+  }
+  return gzip ?? any;
+}
+
+function parseTile(rest: string): ReturnType<typeof parseTilePath> {
   try {
-    t = parseTilePath(rest);
+    return parseTilePath(rest);
   } catch (err) {
     throw new HttpError(400, 'BAD_REQUEST', (err as Error).message);
   }
+}
+
+/** C2SP bytes of the tile or entry bundle `t` at `rest`; HttpError 404 if it does not exist (yet). */
+function readTile(sl: ServedLog, rest: string, t: ReturnType<typeof parseTilePath>): Buffer {
   const size = sl.log.head().size;
   const body =
     t.kind === 'hash'
@@ -174,6 +316,7 @@ function answerLookup(sl: ServedLog, rest: string): Buffer {
     throw new HttpError(400, 'BAD_REQUEST', 'protocol must be 1-64 printable ASCII characters');
   }
   const key = Buffer.from(decodeSegment(rest.slice(slash + 1), 'key'), 'utf8');
+  // decodeURIComponent refuses percent-encoded bytes that are not UTF-8, so this is valid UTF-8
   if (key.length < 1 || key.length > MAX_KEY_LENGTH)
     throw new HttpError(400, 'BAD_REQUEST', `key must be 1-${MAX_KEY_LENGTH} bytes`);
   // the cache is asked inside the lookup's read, for the size of the head that read sees
@@ -207,7 +350,7 @@ const lookupManySchema = {
 /** `{"answers":[...]}` for the keys (UTF-8 strings) of a `POST lookup` body, in their order. */
 function answerLookupMany(sl: ServedLog, protocol: string, keyTexts: readonly string[]): string {
   const keys = keyTexts.map((k, i) => {
-    const key = Buffer.from(k, 'utf8');
+    const key = textKey(k, `keys[${i}]`);
     if (key.length > MAX_KEY_LENGTH) {
       throw new HttpError(400, 'BAD_REQUEST', `keys[${i}] must be 1-${MAX_KEY_LENGTH} bytes`);
     }
@@ -266,7 +409,7 @@ function entriesFromJson(items: readonly SubmitEntryJson[]): Entry[] {
     }
     const e: Entry = {
       protocol: it.protocol,
-      key: Buffer.from(it.key, 'utf8'),
+      key: textKey(it.key, `entries[${i}]`),
       value: Buffer.from(it.value, 'hex'),
       metadata,
     };
@@ -280,11 +423,44 @@ function entriesFromJson(items: readonly SubmitEntryJson[]): Entry[] {
   return out;
 }
 
+/** keyFromText, its refusal as a 400 naming `where`. */
+function textKey(text: string, where: string): Buffer {
+  try {
+    return keyFromText(text);
+  } catch (err) {
+    throw new HttpError(400, 'BAD_REQUEST', `${where}: ${(err as Error).message}`);
+  }
+}
+
+/**
+ * The largest `POST lookup` body: MAX_LOOKUP_KEYS keys of MAX_KEY_LENGTH bytes with every byte
+ * written as a two-character JSON escape, their quotes and commas, and 4 KiB for the rest.
+ */
+export const LOOKUP_BODY_LIMIT = MAX_LOOKUP_KEYS * (2 * MAX_KEY_LENGTH + 3) + 4096;
+
 declare module 'fastify' {
   interface FastifyRequest {
     rawBody?: Buffer;
     writer?: Writer;
+    /** Set once a signed request's signature is verified. */
+    signed?: SignedRequest;
+    /** Bytes of the unverified-body budget this request holds (see unverifiedBudget). */
+    unverified?: number;
   }
+}
+
+/**
+ * How many bytes of signed request bodies may be read at once before their signatures are checked:
+ * four bodies of the largest size.
+ */
+function unverifiedBudget(limits: Limits): number {
+  return 4 * limits.maxBodyBytes;
+}
+
+function releaseUnverified(ctx: AppContext, req: FastifyRequest): void {
+  if (req.unverified === undefined) return;
+  ctx.unverifiedBytes.reserved -= req.unverified;
+  req.unverified = undefined;
 }
 
 export function buildApp(
@@ -293,6 +469,11 @@ export function buildApp(
 ): FastifyInstance {
   const { limits } = ctx;
   let fast: FastRead | undefined;
+  // sockets answered 503 for being over the connection cap: a request parsed on one is dropped
+  const overCap = new WeakSet<Socket>();
+  const requestDone = () => {
+    if (--ctx.requests.open === 0) ctx.requests.idle();
+  };
   const app = Fastify({
     logger: false,
     bodyLimit: limits.maxBodyBytes,
@@ -300,12 +481,47 @@ export function buildApp(
     forceCloseConnections: 'idle',
     serverFactory: (handler) => {
       const server = createServer((req, res) => {
+        if (overCap.has(req.socket)) {
+          req.socket.destroy();
+          return;
+        }
+        // a prefix advertised as `/logs/<id>/` and joined as `<prefix>/checkpoint`
+        joinedPrefix(req);
+        if (ctx.draining()) {
+          writeError(res, unavailable('server is shutting down'));
+          return;
+        }
         if (fast?.(req, res)) return;
+        ctx.requests.open++;
+        res.once('close', requestDone);
         handler(req, res);
       });
-      server.keepAliveTimeout = 65_000;
+      server.keepAliveTimeout = limits.keepAliveTimeoutMs;
+      server.headersTimeout = HEADERS_TIMEOUT_MS;
       server.requestTimeout = 120_000;
+      server.on('connection', (socket: Socket) => {
+        if (ctx.connections.open >= limits.maxConnections) {
+          overCap.add(socket);
+          // closed once the answer is written, without waiting for the client to close its side
+          socket.end(OVER_CAPACITY, () => socket.destroy());
+          return;
+        }
+        ctx.connections.open++;
+        socket.once('close', () => ctx.connections.open--);
+      });
+      // While draining, idle keep-alive connections stay open as long as holdIdleConnections says;
+      // server.close() would close them at once.
+      server.closeIdleConnections = () => {
+        if (!ctx.holdIdleConnections()) Server.prototype.closeIdleConnections.call(server);
+      };
       return server;
+    },
+    // Requests the HTTP parser refuses (malformed, headers too large) in the API's error shape.
+    clientErrorHandler: (err: NodeJS.ErrnoException, socket: Socket) => {
+      if (err.code === 'ECONNRESET' || socket.destroyed) return;
+      if (socket.writable && socket.bytesWritten === 0)
+        socket.end(rawErrorResponse(clientErrorResponse(err.code)));
+      else socket.destroy();
     },
     routerOptions: { maxParamLength: 128, caseSensitive: true },
     ajv: {
@@ -326,10 +542,39 @@ export function buildApp(
     return sl;
   };
 
+  // Routes by method, to answer 405 with `Allow` for a known path asked with another method.
+  const routes: Array<{ path: RegExp; methods: string[] }> = [];
+  app.addHook('onRoute', (r) => {
+    const methods = Array.isArray(r.method) ? r.method : [r.method];
+    const path = new RegExp(
+      `^${r.url
+        .replace(/[.+?^${}()|[\]\\]/g, '\\$&')
+        .replace(/:[a-z]+/g, '[^/]+')
+        .replace(/\*/g, '.*')}$`,
+    );
+    routes.push({ path, methods });
+  });
+
   app.setErrorHandler((err, _req, reply) => sendError(reply, toHttpError(err)));
-  app.setNotFoundHandler((req, reply) =>
-    sendError(reply, notFound(`no route for ${req.method} ${req.url.split('?')[0]}`)),
-  );
+  app.setNotFoundHandler((req, reply) => {
+    const path = req.url.split('?')[0];
+    const allow = new Set<string>();
+    for (const r of routes) if (r.path.test(path)) for (const m of r.methods) allow.add(m);
+    if (allow.size > 0) {
+      const methods = [...allow].sort().join(', ');
+      sendError(
+        reply,
+        new HttpError(
+          405,
+          'METHOD_NOT_ALLOWED',
+          `${req.method} is not allowed on ${path} (allowed: ${methods})`,
+          {
+            allow: methods,
+          },
+        ),
+      );
+    } else sendError(reply, notFound(`no route for ${req.method} ${path}`));
+  });
 
   // Counting per (route, status) with bound children: prom-client's label hashing is not free.
   const counters = new Map<string, Counter.Internal>();
@@ -376,6 +621,11 @@ function jsonBodies(app: FastifyInstance, bodyLimit: number): void {
   app.addContentTypeParser('application/json', { parseAs: 'buffer', bodyLimit }, (req, body, done) => {
     const raw = body as Buffer;
     req.rawBody = raw;
+    // decoding would turn each invalid byte into U+FFFD, so a key that is not UTF-8 would become another
+    if (!isUtf8(raw)) {
+      done(new HttpError(400, 'BAD_JSON', 'request body is not valid UTF-8'), undefined);
+      return;
+    }
     let parsed: unknown;
     try {
       parsed = JSON.parse(raw.toString('utf8'));
@@ -413,6 +663,7 @@ function fastReads(ctx: AppContext, listener: string): FastRead {
     let type: string;
     let cache: string;
     let count: Counter.Internal;
+    let extra: readonly string[] = [];
     try {
       if (rest.startsWith('lookup/')) {
         body = answerLookup(sl, rest);
@@ -420,7 +671,7 @@ function fastReads(ctx: AppContext, listener: string): FastRead {
         cache = NO_STORE;
         count = lookups;
       } else if (rest.startsWith('tile/')) {
-        body = answerTile(sl, rest);
+        ({ body, extra } = answerTile(sl, rest, req.headers['accept-encoding']));
         type = 'application/octet-stream';
         cache = IMMUTABLE;
         count = tiles;
@@ -442,6 +693,7 @@ function fastReads(ctx: AppContext, listener: string): FastRead {
       '*',
       'content-length',
       String(typeof body === 'string' ? Buffer.byteLength(body) : body.length),
+      ...extra,
     ]);
     res.end(body);
     count.inc();
@@ -466,8 +718,14 @@ function registerReadRoutes(app: FastifyInstance, ctx: AppContext, getLog: (id: 
   });
 
   app.get<{ Params: { id: string } }>('/logs/:id/tile/*', (req, reply) => {
-    const body = answerTile(getLog(req.params.id), pathInLog(req.raw.url ?? ''));
-    reply.headers(TILE_HEADERS).send(body);
+    const { body, extra } = answerTile(
+      getLog(req.params.id),
+      pathInLog(req.raw.url ?? ''),
+      req.headers['accept-encoding'],
+    );
+    reply.headers(TILE_HEADERS);
+    for (let i = 0; i < extra.length; i += 2) reply.header(extra[i], extra[i + 1]);
+    reply.send(body);
   });
 
   app.get<{ Params: { id: string } }>('/logs/:id/lookup/*', (req, reply) => {
@@ -479,6 +737,7 @@ function registerReadRoutes(app: FastifyInstance, ctx: AppContext, getLog: (id: 
     '/logs/:id/lookup',
     {
       schema: { body: lookupManySchema },
+      bodyLimit: Math.min(ctx.limits.maxBodyBytes, LOOKUP_BODY_LIMIT),
       // counted before the schema check, so a huge list is refused without validating every key
       preValidation: (req, _reply, done) => {
         const keys = (req.body as { keys?: unknown } | undefined)?.keys;
@@ -563,20 +822,39 @@ function registerWriteRoutes(app: FastifyInstance, ctx: AppContext, getLog: (id:
     {
       schema: { body: submitBodySchema },
       // Credentials are checked before the body is read, when they can be (bearer tokens).
-      onRequest: (req, _reply, done) => {
+      onRequest: (req, reply, done) => {
         const sl = getLog(req.params.id);
         if (ctx.draining()) throw unavailable('server is shutting down');
         const authz = req.headers.authorization;
+        const sig = req.headers[SIGNATURE_HEADER];
         if (authz !== undefined) {
           const m = /^Bearer ([\x21-\x7e]+)$/i.exec(authz);
           if (!m) throw new AuthError(401, 'UNAUTHORIZED', 'Authorization must be "Bearer <token>"');
           req.writer = ctx.auth.bearer(m[1]);
-        } else if (req.headers[SIGNATURE_HEADER] === undefined) {
+        } else if (sig === undefined) {
           throw new AuthError(
             401,
             'UNAUTHORIZED',
             'missing credentials (Authorization: Bearer or Trustix-Signature)',
           );
+        } else if (typeof sig !== 'string') {
+          throw new AuthError(401, 'UNAUTHORIZED', 'one Trustix-Signature header expected');
+        } else {
+          // all but the signature, which covers the body: the writer, the time and the nonce
+          ctx.auth.preflight(sig);
+          // A writer's name is no secret, so anyone can get this far: the bodies read before their
+          // signature can be checked share one budget.
+          const length = Number(req.headers['content-length'] ?? limits.maxBodyBytes);
+          const reserve = Math.min(
+            Number.isSafeInteger(length) ? length : limits.maxBodyBytes,
+            limits.maxBodyBytes,
+          );
+          if (ctx.unverifiedBytes.reserved + reserve > unverifiedBudget(limits)) {
+            throw unavailable('too many signed request bodies are being read; retry later');
+          }
+          ctx.unverifiedBytes.reserved += reserve;
+          req.unverified = reserve;
+          reply.raw.once('close', () => releaseUnverified(ctx, req));
         }
         if (req.writer && !WriterAuth.mayWrite(req.writer, sl.id)) {
           throw new AuthError(403, 'FORBIDDEN', `writer ${req.writer.name} may not submit to log ${sl.id}`);
@@ -584,11 +862,12 @@ function registerWriteRoutes(app: FastifyInstance, ctx: AppContext, getLog: (id:
         done();
       },
       preValidation: (req, _reply, done) => {
-        if (!req.writer) {
-          const h = req.headers[SIGNATURE_HEADER];
-          if (typeof h !== 'string')
-            throw new AuthError(401, 'UNAUTHORIZED', 'one Trustix-Signature header expected');
-          req.writer = ctx.auth.signed(h, req.method, req.raw.url ?? '', req.rawBody ?? Buffer.alloc(0));
+        const h = req.headers[SIGNATURE_HEADER];
+        if (req.headers.authorization === undefined && typeof h === 'string') {
+          const target = sentTargets.get(req.raw) ?? req.raw.url ?? '';
+          releaseUnverified(ctx, req);
+          req.signed = ctx.auth.signed(h, req.method, target, req.rawBody ?? Buffer.alloc(0));
+          req.writer = req.signed.writer;
           if (!WriterAuth.mayWrite(req.writer, req.params.id)) {
             throw new AuthError(
               403,
@@ -612,7 +891,7 @@ function registerWriteRoutes(app: FastifyInstance, ctx: AppContext, getLog: (id:
     async (req, reply) => {
       const sl = getLog(req.params.id);
       const t0 = performance.now();
-      const queued = queueSubmission(ctx, sl, req);
+      const queued = await queueSubmission(ctx, sl, req);
       let receipts: SubmitReceipt[];
       try {
         receipts = await queued.receipts;
@@ -637,14 +916,20 @@ function registerWriteRoutes(app: FastifyInstance, ctx: AppContext, getLog: (id:
  * waits hundreds of milliseconds for its commit; its parsed JSON, raw bytes and intermediate
  * entries would otherwise survive young-generation collections and be copied into the old one).
  */
-function queueSubmission(
+async function queueSubmission(
   ctx: AppContext,
   sl: ServedLog,
   req: FastifyRequest<{ Body: { entries: SubmitEntryJson[] } }>,
-): { count: number; receipts: Promise<SubmitReceipt[]> } {
+): Promise<{ count: number; receipts: Promise<SubmitReceipt[]> }> {
   const entries = entriesFromJson(req.body.entries);
   req.body = undefined as never;
   req.rawBody = undefined;
+  // A signed request's nonce is durable before anything of it is queued, so the request stays
+  // refused as a replay after a restart, whether it was acknowledged or refused.
+  const signed = req.signed;
+  if (signed !== undefined) {
+    await sl.log.storage.recordNonce(signed.nonce.id, signed.nonce.expires, Math.floor(Date.now() / 1000));
+  }
   if (ctx.draining()) throw unavailable('server is shutting down');
   return { count: entries.length, receipts: ctx.trackSubmit(sl.log.submit(entries)) };
 }

@@ -1,7 +1,9 @@
 /**
  * Writer authentication: a bearer token (only its SHA-256 is configured) or a request signed with the
  * writer's Ed25519 key over method, path, time, nonce and body hash. Signed requests are accepted
- * within ±300 s of the server clock, and each (writer, nonce) only once in that window.
+ * within ±300 s of the server clock, and each (writer, nonce) only once in that window. The server
+ * records each used nonce durably before it acts on the request and loads them at start (see
+ * `remember`), so a restart does not open the window again.
  */
 import { createHash, timingSafeEqual, verify } from 'node:crypto';
 import { decodeBase64Strict } from '../core/bytes.js';
@@ -26,6 +28,16 @@ export class AuthError extends Error {
 }
 
 export type Writer = WriterConfig;
+
+/** A verified signed request: its writer, and its nonce as recorded against replays. */
+export interface SignedRequest {
+  writer: Writer;
+  nonce: { id: string; expires: number };
+}
+
+function nonceId(writer: Writer, nonce: string): string {
+  return `${writer.name}\n${nonce.toLowerCase()}`;
+}
 
 export interface SignatureParams {
   keyid: string;
@@ -106,8 +118,11 @@ export class WriterAuth {
     return found;
   }
 
-  /** Checks a signed request; `path` is the request target exactly as sent (path and query). */
-  signed(header: string, method: string, path: string, body: Buffer): Writer {
+  /**
+   * What a signed request's header alone shows, checked before its body is read: a well-formed
+   * header, a writer with a key, a time within the window and a nonce not used yet.
+   */
+  preflight(header: string): { writer: Writer; params: SignatureParams } {
     const p = parseSignatureHeader(header);
     if (!p) {
       throw new AuthError(
@@ -126,27 +141,48 @@ export class WriterAuth {
         `signature time is more than ${SIGNATURE_WINDOW_SECONDS}s from the server clock`,
       );
     }
+    const seen = this.nonces.get(nonceId(writer, p.nonce));
+    if (seen !== undefined && seen >= now)
+      throw new AuthError(401, 'REPLAYED', 'request nonce was already used');
+    return { writer, params: p };
+  }
+
+  /**
+   * Checks a signed request; `path` is the request target exactly as sent (path and query). Its
+   * nonce is used from then on; `nonce` is what a store must keep (until `expires`) for the request
+   * to stay refused after a restart (see remember).
+   */
+  signed(header: string, method: string, path: string, body: Buffer): SignedRequest {
+    const { writer, params: p } = this.preflight(header);
     const bodyHash = createHash('sha256').update(body).digest('hex');
     const msg = signedMessage(method, path, p.ts, p.nonce, bodyHash);
     let ok = false;
     try {
-      ok = verify(null, msg, writer.publicKey, p.sig);
+      ok = verify(null, msg, writer.publicKey!, p.sig);
     } catch {
       ok = false;
     }
     if (!ok) throw new AuthError(401, 'UNAUTHORIZED', 'bad request signature');
     // Only verified requests reach the nonce store, so its size is bounded by what real writers send.
-    const k = `${writer.name}\n${p.nonce.toLowerCase()}`;
-    const seen = this.nonces.get(k);
-    if (seen !== undefined && seen >= now)
+    const id = nonceId(writer, p.nonce);
+    // checked again: another request with this nonce may have been verified while this body arrived
+    const seen = this.nonces.get(id);
+    if (seen !== undefined && seen >= this.now())
       throw new AuthError(401, 'REPLAYED', 'request nonce was already used');
     if (this.nonces.size >= MAX_NONCES) {
       this.sweep();
       if (this.nonces.size >= MAX_NONCES)
         throw new AuthError(503, 'BUSY', 'too many signed requests in flight');
     }
-    this.nonces.set(k, p.ts + SIGNATURE_WINDOW_SECONDS);
-    return writer;
+    const expires = p.ts + SIGNATURE_WINDOW_SECONDS;
+    this.nonces.set(id, expires);
+    return { writer, nonce: { id, expires } };
+  }
+
+  /** Marks a nonce recorded before a restart (`id` as `signed` gave it) as used until `expires`. */
+  remember(id: string, expires: number): void {
+    const seen = this.nonces.get(id);
+    if (expires >= this.now() && (seen === undefined || seen < expires)) this.nonces.set(id, expires);
   }
 
   /** Whether `writer` may submit to `logId`. */

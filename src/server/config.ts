@@ -58,6 +58,10 @@ export interface Limits {
   drainTimeoutMs: number;
   /** Lookup answers kept per log for the current checkpoint (0 disables the cache). */
   lookupCacheEntries: number;
+  /** Open connections over every listener; one more is answered 503 and closed. */
+  maxConnections: number;
+  /** How long an idle keep-alive connection stays open. */
+  keepAliveTimeoutMs: number;
 }
 
 export const DEFAULT_LIMITS: Limits = {
@@ -68,7 +72,24 @@ export const DEFAULT_LIMITS: Limits = {
   maxBatch: 10_000,
   drainTimeoutMs: 30_000,
   lookupCacheEntries: 4096,
+  maxConnections: defaultMaxConnections(),
+  keepAliveTimeoutMs: 5000,
 };
+
+/**
+ * 512 connections, or half the process's open-file limit when that is lower (read from
+ * /proc/self/limits on Linux), so the rest stays for the stores, the listeners and the refusals.
+ */
+function defaultMaxConnections(): number {
+  let limit = Number.POSITIVE_INFINITY;
+  try {
+    const m = /^Max open files\s+(\d+)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
+    if (m) limit = Number(m[1]);
+  } catch {
+    // not Linux: the fixed default
+  }
+  return Math.max(16, Math.min(512, Math.floor(limit / 2)));
+}
 
 export interface ServerConfig {
   logs: LogConfig[];
@@ -334,6 +355,8 @@ export function parseConfig(
       'max_batch',
       'drain_timeout_ms',
       'lookup_cache_entries',
+      'max_connections',
+      'keep_alive_timeout_ms',
     ]);
     const d = DEFAULT_LIMITS;
     limits = {
@@ -351,6 +374,8 @@ export function parseConfig(
       maxBatch: c.integer(t, 'max_batch', 'limits', 1, 1_000_000, d.maxBatch),
       drainTimeoutMs: c.integer(t, 'drain_timeout_ms', 'limits', 0, 3_600_000, d.drainTimeoutMs),
       lookupCacheEntries: c.integer(t, 'lookup_cache_entries', 'limits', 0, 1_000_000, d.lookupCacheEntries),
+      maxConnections: c.integer(t, 'max_connections', 'limits', 1, 1_000_000, d.maxConnections),
+      keepAliveTimeoutMs: c.integer(t, 'keep_alive_timeout_ms', 'limits', 1, 600_000, d.keepAliveTimeoutMs),
     };
     if (limits.maxEntriesPerRequest > limits.maxPending) {
       c.fail('limits.max_entries_per_request', `must not exceed limits.max_pending (${limits.maxPending})`);

@@ -15,6 +15,9 @@ import { ConfigError, type ListenConfig, type ServerConfig } from './config.js';
 import { LookupCache } from './lookup-cache.js';
 import { Metrics } from './metrics.js';
 
+/** Gzipped full entry bundles cached per log (about 30 KB each for 32-byte keys and values). */
+const GZIP_BUNDLES_CACHED = 256;
+
 export interface Listening {
   /** `http://host:port` or `unix:/path`. */
   url: string;
@@ -23,6 +26,8 @@ export interface Listening {
 
 export class TrustixServer {
   private draining = false;
+  /** From the start of a drain until the logs are closed and no request is in flight (AppContext.holdIdleConnections). */
+  private holdingIdle = false;
   private inFlight = 0;
   private shutdownPromise: Promise<void> | undefined;
 
@@ -33,6 +38,7 @@ export class TrustixServer {
     private readonly sockets: string[],
     readonly listening: Listening[],
     private readonly drainTimeoutMs: number,
+    private readonly requests: AppContext['requests'],
   ) {}
 
   /**
@@ -79,6 +85,7 @@ export class TrustixServer {
           metrics: undefined!,
           closed: false,
           lookupCache: new LookupCache<Buffer>(config.limits.lookupCacheEntries),
+          gzipBundles: new LookupCache<Buffer>(GZIP_BUNDLES_CACHED),
         });
         say(`log ${lc.id}: origin ${log.origin}`);
         say(`log ${lc.id}: vkey ${log.vkey}`);
@@ -92,8 +99,13 @@ export class TrustixServer {
         });
       }
       auth = new WriterAuth(config.writers);
+      // nonces of signed requests used before a restart stay used until they expire
+      const now = Math.floor(Date.now() / 1000);
+      for (const sl of logs.values())
+        for (const n of sl.log.storage.nonces(now)) auth.remember(n.id, n.expires);
 
       let server: TrustixServer | undefined;
+      const requests = { open: 0, idle: () => {} };
       const ctx: AppContext = {
         logs,
         auth,
@@ -101,6 +113,10 @@ export class TrustixServer {
         limits: config.limits,
         draining: () => server?.draining ?? false,
         trackSubmit: (p) => server!.track(p),
+        holdIdleConnections: () => server?.holdingIdle ?? false,
+        connections: { open: 0 },
+        requests,
+        unverifiedBytes: { reserved: 0 },
       };
       for (const [i, l] of config.listeners.entries()) {
         const name = l.kind === 'tcp' ? `${l.host}:${l.port}` : `unix:${l.path}`;
@@ -111,7 +127,15 @@ export class TrustixServer {
         const api = [...l.api];
         listening.push({ url, api });
       }
-      server = new TrustixServer(logs, apps, auth, sockets, listening, config.limits.drainTimeoutMs);
+      server = new TrustixServer(
+        logs,
+        apps,
+        auth,
+        sockets,
+        listening,
+        config.limits.drainTimeoutMs,
+        requests,
+      );
       for (const l of listening) say(`listening ${l.url} api=${l.api.join(',')}`);
       say('ready');
       return server;
@@ -147,7 +171,8 @@ export class TrustixServer {
 
   private async doShutdown(): Promise<void> {
     this.draining = true;
-    // Stop accepting connections; requests still arriving on open ones get 503 from Fastify.
+    this.holdingIdle = true;
+    // Stop accepting connections; requests still arriving on open ones get 503.
     const closing = Promise.allSettled(this.apps.map((a) => a.close()));
     // Log.close stops new submissions (they get 503), then sequences and acknowledges the queue.
     await Promise.allSettled(
@@ -156,13 +181,18 @@ export class TrustixServer {
         await sl.log.close();
       }),
     );
-    // Answers sent while draining carry `Connection: close`; sockets that went idle before that are
-    // closed here, so the listeners finish closing as soon as the last answer is out.
-    for (const a of this.apps) a.server.closeIdleConnections();
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<'timeout'>((r) => {
       timer = setTimeout(() => r('timeout'), this.drainTimeoutMs);
     });
+    // Answers sent while draining carry `Connection: close`. Keep-alive connections that were idle
+    // stay open until every request in flight is answered, so a request sent on one meanwhile gets
+    // 503 instead of a reset; then they are closed, and the listeners finish closing.
+    if (this.requests.open > 0) {
+      await Promise.race([new Promise<void>((r) => (this.requests.idle = r)), timeout]);
+    }
+    this.holdingIdle = false;
+    for (const a of this.apps) a.server.closeIdleConnections();
     if ((await Promise.race([closing, timeout])) === 'timeout') {
       for (const a of this.apps) a.server.closeAllConnections();
       await closing;

@@ -11,7 +11,8 @@ import type { CommitBatch, LogHead, LogSnapshot, LogStore, StoredTile } from './
  *
  * Layout: `entries` (u64 index -> entry bytes), `tiles` ([level, index] -> expanded tile),
  * `strata` (stratum id -> encoded stratum, in parts when long: see `putStratum`), `checkpoints`
- * (size -> signed note), `meta` (name -> string; `head` holds the current LogHead).
+ * (size -> signed note), `meta` (name -> string; `head` holds the current LogHead), `nonces`
+ * ([expires, writer and nonce] -> '': the used nonces of signed requests, by expiry).
  */
 export class LmdbLogStore implements LogStore {
   private readonly root: RootDatabase;
@@ -20,6 +21,9 @@ export class LmdbLogStore implements LogStore {
   private readonly strataDb: Database<Buffer, Buffer>;
   private readonly checkpointsDb: Database<string, number>;
   private readonly metaDb: Database<string, string>;
+  private noncesDbOpened: Database<string, [number, string]> | undefined;
+  /** Unix second of the last sweep of expired nonces. */
+  private noncesSwept = 0;
 
   private constructor(root: RootDatabase) {
     this.root = root;
@@ -28,6 +32,12 @@ export class LmdbLogStore implements LogStore {
     this.strataDb = root.openDB({ name: 'strata', encoding: 'binary', keyEncoding: 'binary' });
     this.checkpointsDb = root.openDB({ name: 'checkpoints', encoding: 'string' });
     this.metaDb = root.openDB({ name: 'meta', encoding: 'string' });
+  }
+
+  // opened on first use: a store opened read-only by an older version may not have it
+  private get noncesDb(): Database<string, [number, string]> {
+    this.noncesDbOpened ??= this.root.openDB({ name: 'nonces', encoding: 'string' });
+    return this.noncesDbOpened;
   }
 
   static open(dir: string, opts: { create?: boolean; readOnly?: boolean } = {}): LmdbLogStore {
@@ -284,6 +294,21 @@ export class LmdbLogStore implements LogStore {
 
   async setMeta(name: string, value: string): Promise<void> {
     await this.metaDb.put(`config:${name}`, value);
+  }
+
+  async recordNonce(id: string, expires: number, now: number): Promise<void> {
+    // Writes issued in one turn of the event loop share one transaction (and one fsync). Expired
+    // records go at most once a minute: they sort first, so the sweep reads only what it deletes.
+    const written = this.noncesDb.put([expires, id], '');
+    if (now - this.noncesSwept >= 60) {
+      this.noncesSwept = now;
+      for (const key of [...this.noncesDb.getKeys({ end: [now] })]) this.noncesDb.remove(key);
+    }
+    await written;
+  }
+
+  *nonces(now: number): Iterable<{ id: string; expires: number }> {
+    for (const [expires, id] of this.noncesDb.getKeys({ start: [now] })) yield { id, expires };
   }
 
   async close(): Promise<void> {

@@ -61,5 +61,12 @@ export interface LogStore {
   /** Small named values (log configuration such as the origin and public key). */
   getMeta(name: string): string | undefined;
   setMeta(name: string, value: string): Promise<void>;
+  /**
+   * Records that the signed request `id` (writer and nonce) was used, until unix second `expires`:
+   * durable when the promise resolves. Records already expired at `now` may be dropped.
+   */
+  recordNonce(id: string, expires: number, now: number): Promise<void>;
+  /** Every recorded nonce that has not expired at `now`. */
+  nonces(now: number): Iterable<{ id: string; expires: number }>;
   close(): Promise<void>;
 }

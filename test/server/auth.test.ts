@@ -51,13 +51,13 @@ describe('writer auth', () => {
     const auth = setup(now);
     const body = Buffer.from('{"entries":[]}');
     const h = header(body, now.t, 'aa'.repeat(8));
-    assert.equal(auth.signed(h, 'POST', '/logs/a/submit', body).name, 'sig');
+    assert.equal(auth.signed(h, 'POST', '/logs/a/submit', body).writer.name, 'sig');
     refused(() => auth.signed(h, 'POST', '/logs/a/submit', body), 401, 'REPLAYED');
     const h2 = header(body, now.t, 'bb'.repeat(8));
     refused(() => auth.signed(h2, 'POST', '/logs/b/submit', body), 401);
     refused(() => auth.signed(h2, 'PUT', '/logs/a/submit', body), 401);
     refused(() => auth.signed(h2, 'POST', '/logs/a/submit', Buffer.from('{}')), 401);
-    assert.equal(auth.signed(h2, 'POST', '/logs/a/submit', body).name, 'sig');
+    assert.equal(auth.signed(h2, 'POST', '/logs/a/submit', body).writer.name, 'sig');
     refused(
       () => auth.signed(header(body, now.t - 301, 'cc'.repeat(8)), 'POST', '/logs/a/submit', body),
       401,
@@ -67,13 +67,13 @@ describe('writer auth', () => {
       401,
     );
     assert.equal(
-      auth.signed(header(body, now.t + 300, 'cc'.repeat(8)), 'POST', '/logs/a/submit', body).name,
+      auth.signed(header(body, now.t + 300, 'cc'.repeat(8)), 'POST', '/logs/a/submit', body).writer.name,
       'sig',
     );
     // a nonce may come back once its window is over (its old request would be stale by then)
     now.t += 700;
     assert.equal(
-      auth.signed(header(body, now.t, 'aa'.repeat(8)), 'POST', '/logs/a/submit', body).name,
+      auth.signed(header(body, now.t, 'aa'.repeat(8)), 'POST', '/logs/a/submit', body).writer.name,
       'sig',
     );
     const forged = header(

@@ -14,6 +14,7 @@ import {
   startServer,
   submit,
   tempDir,
+  token,
   writeConfig,
 } from '../fixtures/server-helpers.js';
 
@@ -156,6 +157,58 @@ max_batch = 400
     } finally {
       await srv2.stop();
     }
+  } finally {
+    cleanup(dir);
+  }
+});
+
+test('SIGTERM: a request on an idle keep-alive connection gets 503, not a reset', {
+  timeout: 180_000,
+}, async () => {
+  const dir = tempDir();
+  try {
+    const srv = await startServer(['--state', dir, '--listen', '127.0.0.1:0']);
+    const u = new URL(srv.url);
+    const open = async () => {
+      const s = connect(Number(u.port), u.hostname);
+      s.on('error', () => {});
+      await new Promise((r) => s.on('connect', r));
+      let reply = '';
+      s.on('data', (d: Buffer) => {
+        reply += d.toString();
+      });
+      return { s, reply: () => reply, closed: new Promise((r) => s.on('close', r)) };
+    };
+    // a keep-alive connection, idle after one answer
+    const idle = await open();
+    idle.s.write('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
+    while (!/\r\n\r\nok$/.test(idle.reply())) await new Promise((r) => setTimeout(r, 5));
+    // a submission in flight (its body still to come) keeps the drain going
+    const slow = await open();
+    const body = JSON.stringify({ entries: makeEntries(1, 'slow') });
+    slow.s.write(
+      `POST /logs/default/submit HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer ${token(dir)}\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n`,
+    );
+    await new Promise((r) => setTimeout(r, 300));
+    srv.proc.kill('SIGTERM');
+    while (!srv.stdout.some((l) => l.startsWith('draining'))) await new Promise((r) => setTimeout(r, 5));
+    await new Promise((r) => setTimeout(r, 300));
+    const before = idle.reply().length;
+    idle.s.write('GET /logs/default/checkpoint HTTP/1.1\r\nHost: x\r\n\r\n');
+    await idle.closed;
+    const answer = idle.reply().slice(before);
+    assert.match(answer, /^HTTP\/1\.1 503 /, `answer on the idle connection: ${JSON.stringify(answer)}`);
+    assert.match(answer, /\r\nretry-after: \d+\r\n/i);
+    assert.match(answer, /\r\nconnection: close\r\n/i);
+    assert.equal(
+      (JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4)) as { code: string }).code,
+      'UNAVAILABLE',
+    );
+    // the submission in flight is answered, then the server stops
+    slow.s.write(body);
+    await slow.closed;
+    assert.match(slow.reply(), /^HTTP\/1\.1 503 /);
+    assert.deepEqual(await srv.exited, { code: 0, signal: null }, srv.stderr());
   } finally {
     cleanup(dir);
   }

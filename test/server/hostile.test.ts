@@ -277,11 +277,12 @@ test('path traversal, absurd tile paths and numbers are 4xx', async () => {
     [404, '/logs/NOPE/checkpoint'],
     [404, `/logs/${'a'.repeat(300)}/checkpoint`],
     [404, '/etc/passwd'],
-    [404, '/logs/default/submit'],
+    [405, '/logs/default/submit'], // a POST route
   ];
   for (const [status, path] of cases) await expectStatus(status, path);
-  await expectStatus(404, '/logs', { method: 'DELETE' });
-  await expectStatus(404, '/logs/default/checkpoint', {
+  // known paths asked with another method
+  await expectStatus(405, '/logs', { method: 'DELETE' });
+  await expectStatus(405, '/logs/default/checkpoint', {
     method: 'POST',
     body: 'x',
     headers: { 'content-type': 'text/plain' },

@@ -184,3 +184,20 @@ describe('lmdb store: long strata rows', () => {
     await store.close();
   });
 });
+
+test('nonces of signed requests: recorded durably, listed until they expire, then swept', async () => {
+  const { dir, store } = newStore();
+  const t = 1_700_000_000;
+  await store.recordNonce('w\naa', t + 300, t);
+  await store.recordNonce('w\nbb', t + 10, t);
+  assert.deepEqual([...store.nonces(t)].map((n) => n.id).sort(), ['w\naa', 'w\nbb']);
+  assert.deepEqual([...store.nonces(t + 11)], [{ id: 'w\naa', expires: t + 300 }]);
+  await store.close();
+  // after a reopen; a record a minute later sweeps what expired
+  const again = LmdbLogStore.open(dir);
+  assert.equal([...again.nonces(t)].length, 2);
+  await again.recordNonce('w\ncc', t + 400, t + 100);
+  const left = [...again.nonces(0)].map((n) => n.id).sort();
+  assert.deepEqual(left, ['w\naa', 'w\ncc']);
+  await again.close();
+});

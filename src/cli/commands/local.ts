@@ -1,8 +1,9 @@
+import { isUtf8 } from 'node:buffer';
 import { readFileSync } from 'node:fs';
 import { type Command, Option } from 'commander';
 import { listLogs, type SubmitAuth, serverRootOf } from '../../client/client.js';
 import { toHex } from '../../core/bytes.js';
-import type { Entry } from '../../core/entry.js';
+import { type Entry, keyFromText } from '../../core/entry.js';
 import { VerificationError } from '../../core/errors.js';
 import { type LookupAnswer, type LookupVerdict, verifyLookup } from '../../core/lookup.js';
 import { generateKey, verifierFromVkey } from '../../core/note.js';
@@ -98,14 +99,23 @@ export function registerLocalCommands(program: Command): void {
         for (const p of pairs) {
           const eq = p.lastIndexOf('=');
           if (eq <= 0) throw new CliError(`expected KEY=VALUE, got ${JSON.stringify(p)}`, EXIT.usage);
+          if (p.includes('\ufffd') && !argumentIsUtf8(p)) {
+            throw new CliError(
+              `${JSON.stringify(p)}: the argument is not valid UTF-8 (keys are UTF-8 text)`,
+              EXIT.usage,
+            );
+          }
           entries.push(makeEntry(o.protocol, p.slice(0, eq), p.slice(eq + 1), p));
         }
         if (o.file) {
-          const text = readFileSync(o.file === '-' ? 0 : o.file, 'utf8');
+          const bytes = readFileSync(o.file === '-' ? 0 : o.file);
           let n = 0;
-          for (const line of text.split('\n')) {
+          for (const raw of splitBytes(bytes, 0x0a)) {
             n++;
-            const t = line.trim();
+            // decoding would turn each invalid byte into U+FFFD, so such a key would become another
+            if (!isUtf8(raw))
+              throw new CliError(`line ${n}: not valid UTF-8 (keys are UTF-8 text)`, EXIT.usage);
+            const t = raw.toString('utf8').trim();
             if (t === '' || t.startsWith('#')) continue;
             const parts = t.split(/\s+/);
             if (parts.length !== 2) throw new CliError(`line ${n}: expected "KEY VALUE"`, EXIT.usage);
@@ -354,5 +364,37 @@ function submitAuth(o: RemoteOptions): SubmitAuth {
 
 function makeEntry(protocol: string, key: string, valueHex: string, where: string): Entry {
   if (!/^(?:[0-9a-fA-F]{2})+$/.test(valueHex)) throw new CliError(`${where}: value must be hex`, EXIT.usage);
-  return { protocol, key: Buffer.from(key), value: Buffer.from(valueHex, 'hex'), metadata: Buffer.alloc(0) };
+  let keyBytes: Buffer;
+  try {
+    keyBytes = keyFromText(key);
+  } catch (err) {
+    throw new CliError(`${where}: ${(err as Error).message}`, EXIT.usage);
+  }
+  return { protocol, key: keyBytes, value: Buffer.from(valueHex, 'hex'), metadata: Buffer.alloc(0) };
+}
+
+/** The pieces of `bytes` between `sep` bytes, as views. */
+function* splitBytes(bytes: Buffer, sep: number): Iterable<Buffer> {
+  let start = 0;
+  for (let at = bytes.indexOf(sep); at >= 0; at = bytes.indexOf(sep, start)) {
+    yield bytes.subarray(start, at);
+    start = at + 1;
+  }
+  yield bytes.subarray(start);
+}
+
+/**
+ * Whether the command-line argument that Node decoded as `arg` was valid UTF-8. Node replaces each
+ * invalid byte of an argument with U+FFFD, so the bytes are read back from /proc/self/cmdline
+ * (Linux); where that is missing, the argument is taken as it was decoded.
+ */
+function argumentIsUtf8(arg: string): boolean {
+  let cmdline: Buffer;
+  try {
+    cmdline = readFileSync('/proc/self/cmdline');
+  } catch {
+    return true;
+  }
+  for (const raw of splitBytes(cmdline, 0)) if (!isUtf8(raw) && raw.toString('utf8') === arg) return false;
+  return true;
 }
