@@ -411,7 +411,16 @@ describe('publishing with the real Nix and a real log', () => {
   const nixBuild = (file: string, attr: string, hookPath: string | '', extraEnv: NodeJS.ProcessEnv = {}) =>
     runProgram(
       NIX_BUILD,
-      ['--store', store, '--no-out-link', '--option', 'post-build-hook', hookPath, file, '-A', attr],
+      [
+        '--store',
+        store,
+        '--no-out-link',
+        '--option',
+        'post-build-hook',
+        hookPath,
+        file,
+        ...(attr ? ['-A', attr] : []),
+      ],
       { ...env, ...extraEnv },
     );
   const lookup = (hashPart: string) => new LogClient({ url: logUrl, vkey }).lookup('nix', hashPart);
@@ -584,6 +593,47 @@ describe('publishing with the real Nix and a real log', () => {
       /; spool is empty; 1 file\(s\) set aside for good in .*rejected \(see their \.reason files\)\n$/,
     );
     rmSync(join(spoolDir, 'rejected'), { recursive: true });
+  });
+
+  test('rebuilding a non-reproducible path replaces the logged value; lookup --history shows every value', async () => {
+    const file = join(root, 'unrepro.nix');
+    writeFileSync(
+      file,
+      'derivation { name = "unrepro"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "/bin/date +%s%N > $out" ]; }\n',
+    );
+    const values: string[] = [];
+    let out = '';
+    for (let i = 0; i < 2; i++) {
+      if (out !== '') nixStore(['--delete', out]);
+      const b = await nixBuild(file, '', hook);
+      assert.equal(b.code, 0, b.stderr);
+      out = b.stdout.trim();
+      values.push(parseNixSha256(nixStore(['-q', '--hash', out])).toString('hex'));
+      const f = await trustix(['nix', 'flush', '--config', config], env);
+      assert.equal(f.code, 0, f.stderr);
+    }
+    assert.notEqual(values[0], values[1], 'the rebuild gave other bytes');
+    const hashPart = basename(out).slice(0, 32);
+    const latest = await lookup(hashPart);
+    assert.ok(latest.status === 'present' && latest.entry.value.toString('hex') === values[1]);
+    const logDir = join(state, 'logs', 'default');
+    for (const where of [
+      ['--state', logDir],
+      ['--url', logUrl, '--vkey', vkey, '--trust-dir', join(root, 'history-trust')],
+    ]) {
+      const h = await trustix(['lookup', ...where, '--history', hashPart], env);
+      assert.equal(h.code, 0, h.stderr);
+      const lines = h.stdout.trim().split('\n');
+      assert.match(lines[0], new RegExp(`^present: ${hashPart} -> ${values[1]} \\(entry ([0-9]+),`));
+      assert.equal(lines[1], `history: 2 entries for ${hashPart}, oldest first`);
+      assert.match(lines[2], new RegExp(`^  entry [0-9]+: ${values[0]}$`));
+      assert.match(lines[3], new RegExp(`^  entry [0-9]+: ${values[1]} \\(latest\\)$`));
+      const j = await trustix(['lookup', ...where, '--history', '--json', hashPart], env);
+      assert.deepEqual(
+        (JSON.parse(j.stdout) as { history: Array<{ value: string }> }).history.map((x) => x.value),
+        values,
+      );
+    }
   });
 
   test('a bad config: the node hook command says why on stderr and the build still succeeds', async () => {
