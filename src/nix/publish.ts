@@ -517,8 +517,11 @@ export function defaultHookLog(env: NodeJS.ProcessEnv = process.env, uid = proce
 export interface HookWrapperPaths {
   spool: string;
   log: string;
-  /** Absolute paths of the programs the wrapper runs (found when it is installed). */
-  tools: { date: string; mkdir: string; mv: string; sync: string };
+  /**
+   * Absolute paths of the programs the wrapper runs (found when it is installed). With `bash`
+   * (5 or later: \`EPOCHREALTIME\`) the wrapper reads the clock without running `date`.
+   */
+  tools: { bash?: string; date: string; mkdir: string; mv: string; sync: string };
 }
 
 /** Single-quoted for sh. */
@@ -527,15 +530,15 @@ function shQuote(s: string): string {
 }
 
 /**
- * The post-build hook as a POSIX shell script (`trustix nix install-hook` writes it): it writes
- * the same build record as `recordBuild` with shell built-ins and the absolute paths of
- * `date`, `mkdir`, `mv` and `sync`, so it needs nothing from PATH (Nix runs hooks with its own),
- * starts no Node.js, and exits 0 whatever happens; why a record could not be written goes to
- * `log` and stderr.
+ * The post-build hook as a shell script (`trustix nix install-hook` writes it): it writes the same
+ * build record as `recordBuild` with shell built-ins and the absolute paths of `mv` and `sync`
+ * (and `date` or `mkdir` when needed), so it needs nothing from PATH (Nix runs hooks with its
+ * own), starts no Node.js, and exits 0 whatever happens; why a record could not be written goes
+ * to `log` and stderr. POSIX sh, run by bash when there is one, whose clock saves running `date`.
  */
 export function hookWrapperScript(p: HookWrapperPaths): string {
   const t = p.tools;
-  return `#!/bin/sh
+  return `#!${t.bash ?? '/bin/sh'}
 # Trustix post-build hook, written by \`trustix nix install-hook\`. Nix runs it after every build.
 # It records the build in the spool and returns; \`trustix nix publish\` (or \`trustix nix flush\`)
 # reads the outputs from the store and delivers them to the log. It always exits 0, so it never
@@ -547,7 +550,11 @@ fail() {
   printf '%s trustix post-build-hook: %s: %s\\n' "$now" "\${DRV_PATH:-?}" "$1" >>"$log" 2>/dev/null
   exit 0
 }
-now=$(${shQuote(t.date)} +%s%N 2>/dev/null) || now=
+# nanoseconds since the epoch: bash's clock (seconds.microseconds), else date
+case \${EPOCHREALTIME:-} in
+[0-9]*[.,][0-9][0-9][0-9][0-9][0-9][0-9]) now=\${EPOCHREALTIME%[.,]*}\${EPOCHREALTIME#*[.,]}000 ;;
+*) now=$(${shQuote(t.date)} +%s%N 2>/dev/null) || now= ;;
+esac
 case $now in [0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]) ;; *) fail "cannot read the clock with ${t.date}" ;; esac
 [ -n "\${DRV_PATH:-}\${OUT_PATHS:-}" ] || fail 'neither DRV_PATH nor OUT_PATHS is set: not run by Nix as its post-build-hook?'
 # the store the build ran in: the "store = ..." line of the settings Nix passes in NIX_CONFIG
@@ -558,14 +565,16 @@ case $cfg in *"
 store = "*) store=\${cfg#*"
 store = "}; store=\${store%%"
 "*} ;; esac
-umask 077
+# records readable by the spool's group (a publisher running as another user, see systemd/)
+umask 027
 [ -d "$spool" ] || ${shQuote(t.mkdir)} -p "$spool" 2>/dev/null || fail "cannot create the spool $spool"
 name="$now-$$.build"
 tmp="$spool/.$name.tmp"
 printf 'trustix-build 1\\ndrv=%s\\nout=%s\\nstore=%s\\n' "\${DRV_PATH:-}" "\${OUT_PATHS:-}" "$store" >"$tmp" 2>/dev/null || fail "cannot write $tmp"
-${shQuote(t.sync)} "$tmp" 2>/dev/null || fail "cannot sync $tmp"
 ${shQuote(t.mv)} -f "$tmp" "$spool/$name" 2>/dev/null || fail "cannot rename $tmp"
-${shQuote(t.sync)} "$spool" 2>/dev/null || fail "cannot sync the spool $spool (the record $name may not survive a crash)"
+# one sync for the record and its name; a crash before it returns may leave an empty record,
+# which the publisher sets aside as unreadable
+${shQuote(t.sync)} "$spool/$name" "$spool" 2>/dev/null || fail "cannot sync the spool $spool (the record $name may not survive a crash)"
 exit 0
 `;
 }

@@ -122,11 +122,11 @@ export class Spool {
     return this.writeDurably(name, `${JSON.stringify(doc)}\n`);
   }
 
-  /** Writes `text` as `name` in `dir` (default: the spool): dot-tmp file, fsync, rename, fsync dir. */
-  private async writeDurably(name: string, text: string, dir = this.dir): Promise<string> {
+  /** Writes `text` as `name` in `dir`: dot-tmp file (`mode`), fsync, rename, fsync dir. */
+  private async writeDurably(name: string, text: string, dir = this.dir, mode = 0o600): Promise<string> {
     await mkdir(dir, { recursive: true, mode: 0o700 });
     const tmp = join(dir, `.${name}.tmp`);
-    const fh = await open(tmp, 'wx', 0o600);
+    const fh = await open(tmp, 'wx', mode);
     try {
       await fh.writeFile(text, 'utf8');
       await fh.sync();

@@ -77,8 +77,8 @@ function usageConfig<T>(fn: () => T): T {
   }
 }
 
-/** Programs the hook wrapper runs, found on PATH when it is installed (else the usual place). */
-function findTool(name: string): string {
+/** A program the hook wrapper runs, found on PATH when it is installed. */
+function findTool(name: string): string | undefined {
   for (const dir of (process.env.PATH ?? '').split(delimiter)) {
     if (!isAbsolute(dir)) continue;
     const p = join(dir, name);
@@ -89,7 +89,7 @@ function findTool(name: string): string {
       // not here
     }
   }
-  return join('/usr/bin', name);
+  return undefined;
 }
 
 /** `post-build-hook`, `install-hook`, `publish`, `flush` and `submit`. */
@@ -134,14 +134,16 @@ export function registerNixPublishCommands(nix: Command): void {
       const config = usageConfig(() => loadPublishConfig(o.config));
       const out = resolve(o.out);
       const log = resolve(o.log ?? defaultHookLog());
+      const bash = findTool('bash');
       const script = hookWrapperScript({
         spool: resolve(config.spool),
         log,
         tools: {
-          date: findTool('date'),
-          mkdir: findTool('mkdir'),
-          mv: findTool('mv'),
-          sync: findTool('sync'),
+          ...(bash ? { bash } : {}),
+          date: findTool('date') ?? '/usr/bin/date',
+          mkdir: findTool('mkdir') ?? '/usr/bin/mkdir',
+          mv: findTool('mv') ?? '/usr/bin/mv',
+          sync: findTool('sync') ?? '/usr/bin/sync',
         },
       });
       try {
