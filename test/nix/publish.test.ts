@@ -450,8 +450,15 @@ describe('publishing with the real Nix and a real log', () => {
     await srv?.stop();
   });
 
-  /** Runs the publisher until `done` holds (checked after every flush it logs, and every 100 ms). */
-  const publishUntil = async (cfgFile: string, done: () => Promise<boolean>) => {
+  /**
+   * Runs the publisher (its periodic scan every 10 minutes: only its first scan and file system
+   * events can wake it), runs `during`, then waits up to 30 s for `done`.
+   */
+  const publishUntil = async (
+    cfgFile: string,
+    done: () => Promise<boolean>,
+    during: () => Promise<void> = async () => {},
+  ) => {
     const cfg = resolvePublishConfig(readPublishConfig(cfgFile));
     const stop = new AbortController();
     const said: string[] = [];
@@ -460,11 +467,12 @@ describe('publishing with the real Nix and a real log', () => {
       client: new LogClient({ url: cfg.log, vkey: cfg.vkey }),
       auth: cfg.auth,
       say: (l) => said.push(l),
-      intervalMs: 60_000,
+      intervalMs: 600_000,
       signal: stop.signal,
     });
     try {
-      for (let i = 0; i < 600 && !(await done()); i++) await new Promise((r) => setTimeout(r, 100));
+      await during();
+      for (let i = 0; i < 300 && !(await done()); i++) await new Promise((r) => setTimeout(r, 100));
     } finally {
       stop.abort();
       await running;
@@ -504,6 +512,25 @@ describe('publishing with the real Nix and a real log', () => {
       });
     }
     assert.equal(existsSync(hookLog), false, 'nothing to complain about');
+  });
+
+  test('a running publisher delivers a build as soon as the hook records it', async () => {
+    let built = '';
+    const present = async () =>
+      built !== '' && (await lookup(basename(built).slice(0, 32))).status === 'present';
+    const said = await publishUntil(config, present, async () => {
+      // let the first scan find the spool empty
+      await new Promise((r) => setTimeout(r, 500));
+      const b = await nixBuild(writeDerivations(root, 'watched'), 'dep', hook);
+      assert.equal(b.code, 0, b.stderr);
+      built = b.stdout.trim();
+    });
+    assert.ok(await present(), said.join('\n'));
+    assert.deepEqual([builds(), pending()], [[], []]);
+    assert.ok(
+      said.some((l) => /^1 build\(s\) read from the store; delivered 1 entries/.test(l)),
+      said.join('\n'),
+    );
   });
 
   test('the wrapper run by hand with an empty environment, or with a spool it cannot write: exit 0, and why in its log', async () => {
