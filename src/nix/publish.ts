@@ -230,6 +230,8 @@ export interface FlushOptions {
   onProgress?: (doneFiles: number, totalFiles: number) => void;
   /** How `nix-store` is run to turn recorded builds into entries. */
   query?: NixQueryOptions;
+  /** Start no new work once this aborts (what is pending stays pending). */
+  signal?: AbortSignal;
 }
 
 export interface FlushResult {
@@ -261,10 +263,11 @@ const MAX_FILES_PER_BATCH = 1_000;
  */
 export async function spoolBuilds(
   spool: Spool,
-  opts: { query?: NixQueryOptions; say?: (line: string) => void } = {},
+  opts: { query?: NixQueryOptions; say?: (line: string) => void; signal?: AbortSignal } = {},
 ): Promise<{ builds: number; rejected: number; error?: unknown }> {
   const out: { builds: number; rejected: number; error?: unknown } = { builds: 0, rejected: 0 };
   for (const name of await spool.pendingBuilds()) {
+    if (opts.signal?.aborted) break;
     const c = await spool.claimBuild(name);
     if (!c) continue;
     const { drv, outputs, store } = c.record;
@@ -313,7 +316,11 @@ export async function flushSpool(
   opts: FlushOptions = {},
 ): Promise<FlushResult> {
   await spool.recover();
-  const built = await spoolBuilds(spool, { ...(opts.query ? { query: opts.query } : {}), say: spool.warn });
+  const built = await spoolBuilds(spool, {
+    ...(opts.query ? { query: opts.query } : {}),
+    ...(opts.signal ? { signal: opts.signal } : {}),
+    say: spool.warn,
+  });
   const queue = await spool.pending();
   const total = queue.length;
   const res: FlushResult = {
@@ -336,6 +343,7 @@ export async function flushSpool(
       res.timedOut = true;
       break;
     }
+    if (opts.signal?.aborted) break;
     const batch: Claim[] = [];
     let n = 0;
     if (alone.length > 0) {
@@ -419,7 +427,7 @@ export interface PublisherOptions {
   say: (line: string) => void;
   /** The periodic scan (a backstop for missed file system events) and the longest retry wait, ms. */
   intervalMs: number;
-  /** Stops the publisher after the flush in progress. */
+  /** Stops the publisher: the delivery in progress ends after its current request. */
   signal: AbortSignal;
   query?: NixQueryOptions;
 }
@@ -467,6 +475,7 @@ export async function runPublisher(o: PublisherOptions): Promise<void> {
       dirty = false;
       const r = await flushSpool(o.spool, o.client, o.auth, {
         maxRetries: 0,
+        signal: o.signal,
         ...(o.query ? { query: o.query } : {}),
       });
       if (r.error !== undefined) {

@@ -23,6 +23,7 @@ import { join } from 'node:path';
 import { decodeBase64Strict, toBase64 } from '../core/bytes.js';
 import { decodeEntry, type Entry, encodeEntry } from '../core/entry.js';
 import { StorageError } from '../core/errors.js';
+import { isStorePath } from './store-path.js';
 
 /** A claim older than this is taken back even if a process with its pid exists (pid reuse). */
 export const STALE_CLAIM_MS = 60 * 60 * 1000;
@@ -92,6 +93,9 @@ export function parseBuildRecord(text: string): BuildRecord {
   };
   if (r.drv === '' && r.outputs.length === 0)
     throw new StorageError('names neither a derivation nor outputs');
+  for (const p of r.drv === '' ? r.outputs : [r.drv, ...r.outputs]) {
+    if (!isStorePath(p)) throw new StorageError(`not a store path: ${JSON.stringify(p)}`);
+  }
   return r;
 }
 

@@ -383,6 +383,21 @@ describe('spool', () => {
     await assert.rejects(recordBuild({}, spool), FormatError);
     assert.throws(() => parseBuildRecord('trustix-build 1\ndrv=\nout=\nstore=\n'), /neither/);
     assert.throws(() => parseBuildRecord('{"version":1}'), /not a build record/);
+    assert.throws(
+      () => parseBuildRecord('trustix-build 1\ndrv=/nix/store/x.drv\nout=\nstore=\n'),
+      /not a store path: "\/nix\/store\/x\.drv"/,
+    );
+    // such a record is set aside with the reason, before any store query, and holds up nothing
+    rmSync(join(dir, name));
+    const bad = '1796672978621866000-1.build';
+    writeFileSync(join(dir, bad), 'trustix-build 1\ndrv=/nix/store/x.drv\nout=\nstore=\n');
+    const r = await spoolBuilds(new Spool(dir, { warn: () => {} }));
+    assert.deepEqual([r.builds, r.rejected, r.error], [0, 0, undefined]);
+    assert.match(
+      readFileSync(join(dir, 'rejected', `${bad}.reason`), 'utf8'),
+      /^unreadable: not a store path/,
+    );
+    assert.deepEqual(await spool.pendingBuilds(), []);
   });
 });
 

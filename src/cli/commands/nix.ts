@@ -198,6 +198,7 @@ export function registerNixPublishCommands(nix: Command): void {
         process.off('SIGTERM', onSignal);
         process.off('SIGINT', onSignal);
       }
+      say('stopped');
     });
 
   nix
