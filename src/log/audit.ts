@@ -54,7 +54,8 @@ export async function auditStore(
 
 const CHUNK = 10_000;
 
-function* storeChunks(store: LogStore, end: number): Iterable<Buffer[]> {
+/** Entries [0, end) of a local store, in chunks. */
+export function* storeChunks(store: LogStore, end: number): Iterable<Buffer[]> {
   for (let start = 0; start < end; start += CHUNK) {
     yield [...store.entries(start, Math.min(end, start + CHUNK))];
   }

@@ -3,9 +3,11 @@
  * publisher's configuration, delivering the spool, the post-build hook and publishing existing
  * store paths. The CLI (src/cli/commands/nix.ts) is a thin layer over this.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, type FSWatcher, readFileSync, watch } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
 import { homedir } from 'node:os';
-import { isAbsolute, join, resolve } from 'node:path';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import type { LogClient, SubmitAuth, VerifiedReceipt } from '../client/client.js';
 import { RemoteError } from '../client/errors.js';
 import { loadTomlFile, nonEmptyString, onlyFields, parseTomlTable } from '../config/toml.js';
@@ -13,8 +15,8 @@ import type { Entry } from '../core/entry.js';
 import { FormatError, TrustixError } from '../core/errors.js';
 import { signerFromSkey, verifierFromVkey } from '../core/note.js';
 import { type NixPathInfo, nixEntry } from './entry.js';
-import { closure, drvOutputs, type NixQueryOptions, pathInfos } from './nix-query.js';
-import { type Claim, Spool } from './spool.js';
+import { closure, drvOutputs, type NixQueryOptions, NixStoreError, pathInfos } from './nix-query.js';
+import { type Claim, REJECTED_DIR, type Spool, storeOfNixConfig } from './spool.js';
 
 // ---------------------------------------------------------------------------------------------
 // Configuration.
@@ -27,7 +29,7 @@ export interface PublishSettings {
   vkey?: string;
   auth?: SubmitAuth;
   spool?: string;
-  /** Network deadline of the hook, ms. */
+  /** Deadline of each request to the log, ms. */
   timeoutMs?: number;
   trustDir?: string;
 }
@@ -44,7 +46,7 @@ export interface PublishConfig {
   trustDir?: string;
 }
 
-export const DEFAULT_HOOK_TIMEOUT_S = 5;
+export const DEFAULT_TIMEOUT_S = 5;
 const FIELDS = ['log', 'vkey', 'token_file', 'writer_key', 'writer', 'spool', 'timeout', 'trust_dir'];
 
 /** `$TRUSTIX_PUBLISH_CONFIG`, else `$XDG_CONFIG_HOME/trustix/publish.toml` (or ~/.config/...). */
@@ -160,7 +162,7 @@ export function resolvePublishConfig(
     vkey: s.vkey,
     auth: s.auth,
     spool: s.spool ?? defaultSpoolDir(env),
-    timeoutMs: s.timeoutMs ?? DEFAULT_HOOK_TIMEOUT_S * 1000,
+    timeoutMs: s.timeoutMs ?? DEFAULT_TIMEOUT_S * 1000,
     ...(s.trustDir ? { trustDir: s.trustDir } : {}),
   };
 }
@@ -226,9 +228,15 @@ export interface FlushOptions {
   batchEntries?: number;
   /** Files handled so far, of the files pending when the flush started. */
   onProgress?: (doneFiles: number, totalFiles: number) => void;
+  /** How `nix-store` is run to turn recorded builds into entries. */
+  query?: NixQueryOptions;
+  /** Start no new work once this aborts (what is pending stays pending). */
+  signal?: AbortSignal;
 }
 
 export interface FlushResult {
+  /** Builds recorded by the hook that were turned into entries files. */
+  builds: number;
   /** Files delivered and removed. */
   files: number;
   entries: number;
@@ -236,8 +244,8 @@ export interface FlushResult {
   duplicates: number;
   /** Pending files left behind (not attempted, or put back after a failure). */
   remaining: number;
-  /** Files the log refused as malformed (400), set aside as `.refused`. */
-  refused: number;
+  /** Files set aside for good in `rejected/` by this flush (refused by the log, outputs gone). */
+  rejected: number;
   /** Why the flush stopped early, if it did. */
   error?: unknown;
   /** It stopped because the deadline passed. */
@@ -248,11 +256,58 @@ const DEFAULT_BATCH_ENTRIES = 5_000;
 const MAX_FILES_PER_BATCH = 1_000;
 
 /**
- * Delivers pending spool files oldest first, several per request, deleting each only after the
- * receipts of all its entries verified. Stops at the first failure (the claimed files go back to
- * the queue) or when the deadline passes, except when the log refuses a request as malformed
- * (400): then its files are tried one by one, and a file refused on its own is set aside as
- * `.refused`, so one bad file never holds up the others.
+ * Turns the builds the hook recorded into entries files, oldest first, each dated as its build.
+ * A build whose paths are no longer valid in the store (collected before the publisher saw them)
+ * is set aside in `rejected/`; any other failure of `nix-store` stops here (the record goes back
+ * to the queue) and is returned.
+ */
+export async function spoolBuilds(
+  spool: Spool,
+  opts: { query?: NixQueryOptions; say?: (line: string) => void; signal?: AbortSignal } = {},
+): Promise<{ builds: number; rejected: number; error?: unknown }> {
+  const out: { builds: number; rejected: number; error?: unknown } = { builds: 0, rejected: 0 };
+  for (const name of await spool.pendingBuilds()) {
+    if (opts.signal?.aborted) break;
+    const c = await spool.claimBuild(name);
+    if (!c) continue;
+    const { drv, outputs, store } = c.record;
+    const query: NixQueryOptions = { ...opts.query, ...(store !== '' ? { store } : {}) };
+    try {
+      const paths = outputs.length > 0 ? outputs : await drvOutputs(drv, query);
+      const { entries, skipped } = await entriesForPaths(paths, query);
+      for (const s of skipped) opts.say?.(`not publishing ${s.path}: ${s.reason}`);
+      if (entries.length > 0) await spool.add(entries, c.recorded);
+      await spool.done(c);
+      out.builds++;
+    } catch (err) {
+      if (
+        err instanceof NixStoreError &&
+        /is not valid|does not exist|said nothing about|not a store path/.test(err.message)
+      ) {
+        await spool.reject(c, `build ${drv || outputs.join(' ')}: ${err.message}`);
+        out.rejected++;
+        continue;
+      }
+      await spool.release(c);
+      out.error = err;
+      break;
+    }
+  }
+  return out;
+}
+
+/** The log refuses this request for good, whatever the moment: malformed (400) or too large (413). */
+function refusedForGood(err: unknown): boolean {
+  return err instanceof RemoteError && (err.status === 400 || err.status === 413);
+}
+
+/**
+ * Turns recorded builds into entries (`spoolBuilds`), then delivers pending spool files oldest
+ * first, several per request, deleting each only after the receipts of all its entries verified.
+ * Stops at the first failure (the claimed files go back to the queue) or when the deadline
+ * passes, except when the log refuses a request for good (400 malformed, 413 too large): then its
+ * files are tried one by one, and a file refused on its own is set aside in `rejected/` with the
+ * reason, so one bad file never holds up the others.
  */
 export async function flushSpool(
   spool: Spool,
@@ -261,9 +316,22 @@ export async function flushSpool(
   opts: FlushOptions = {},
 ): Promise<FlushResult> {
   await spool.recover();
+  const built = await spoolBuilds(spool, {
+    ...(opts.query ? { query: opts.query } : {}),
+    ...(opts.signal ? { signal: opts.signal } : {}),
+    say: spool.warn,
+  });
   const queue = await spool.pending();
   const total = queue.length;
-  const res: FlushResult = { files: 0, entries: 0, appended: 0, duplicates: 0, remaining: 0, refused: 0 };
+  const res: FlushResult = {
+    builds: built.builds,
+    files: 0,
+    entries: 0,
+    appended: 0,
+    duplicates: 0,
+    remaining: 0,
+    rejected: built.rejected,
+  };
   const limit = opts.batchEntries ?? DEFAULT_BATCH_ENTRIES;
   let pos = 0;
   let handled = 0;
@@ -275,6 +343,7 @@ export async function flushSpool(
       res.timedOut = true;
       break;
     }
+    if (opts.signal?.aborted) break;
     const batch: Claim[] = [];
     let n = 0;
     if (alone.length > 0) {
@@ -302,10 +371,10 @@ export async function flushSpool(
               ...(opts.maxRetries !== undefined ? { maxRetries: opts.maxRetries } : {}),
             });
     } catch (err) {
-      if (err instanceof RemoteError && err.status === 400) {
+      if (refusedForGood(err)) {
         if (batch.length === 1) {
-          await spool.refuse(batch[0], describeFailure(err));
-          res.refused++;
+          await spool.reject(batch[0], `refused by the log: ${describeFailure(err)}`);
+          res.rejected++;
         } else {
           for (const c of batch) await spool.release(c);
           alone = batch.map((c) => c.name);
@@ -325,7 +394,8 @@ export async function flushSpool(
     res.entries += entries.length;
     opts.onProgress?.(handled, total);
   }
-  res.remaining = (await spool.pending()).length;
+  res.error ??= built.error;
+  res.remaining = (await spool.pending()).length + (await spool.pendingBuilds()).length;
   return res;
 }
 
@@ -337,76 +407,183 @@ export function describeFailure(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
-// ---------------------------------------------------------------------------------------------
-// The post-build hook.
+/** One line for what a flush did (the publisher logs it; `nix flush` prints it). */
+export function describeFlush(r: FlushResult): string {
+  const parts: string[] = [];
+  if (r.builds > 0) parts.push(`${r.builds} build(s) read from the store`);
+  parts.push(
+    `delivered ${r.entries} entries from ${r.files} file(s): ${r.appended} new, ${r.duplicates} already present`,
+  );
+  if (r.rejected > 0) parts.push(`${r.rejected} file(s) set aside in ${REJECTED_DIR}/`);
+  if (r.remaining > 0) parts.push(`${r.remaining} file(s) wait`);
+  return parts.join('; ');
+}
 
-export interface HookOptions {
-  /** The hook's environment: DRV_PATH, OUT_PATHS, NIX_CONFIG... */
-  env: NodeJS.ProcessEnv;
-  config: PublishConfig;
+export interface PublisherOptions {
+  spool: Spool;
   client: LogClient;
-  /** Messages for the user (one line each). */
+  auth: SubmitAuth;
+  /** Messages for the operator (one line each). */
   say: (line: string) => void;
+  /** The periodic scan (a backstop for missed file system events) and the longest retry wait, ms. */
+  intervalMs: number;
+  /** Stops the publisher: the delivery in progress ends after its current request. */
+  signal: AbortSignal;
   query?: NixQueryOptions;
 }
 
-export interface HookResult {
-  outputs: string[];
-  /** Entries this run added to the spool. */
-  spooled: number;
-  flush?: FlushResult;
+/** The first wait after a failed delivery, ms; it doubles up to `intervalMs`. */
+const FIRST_RETRY_MS = 1_000;
+
+/**
+ * `trustix nix publish`: delivers the spool whenever a file appears in it (`fs.watch`) and every
+ * `intervalMs` in any case, one flush at a time; after a failure it waits (1 s, doubling up to
+ * `intervalMs`) before the next attempt. Returns when `signal` aborts.
+ */
+export async function runPublisher(o: PublisherOptions): Promise<void> {
+  await mkdir(o.spool.dir, { recursive: true, mode: 0o700 });
+  let dirty = true;
+  let wake: (() => void) | undefined;
+  const poke = () => {
+    dirty = true;
+    wake?.();
+  };
+  let watcher: FSWatcher | undefined;
+  try {
+    watcher = watch(o.spool.dir, poke);
+    watcher.on('error', (err) => {
+      o.say(`watching ${o.spool.dir} failed (${err.message}); scanning every ${o.intervalMs / 1000} s`);
+      watcher?.close();
+    });
+  } catch (err) {
+    o.say(`cannot watch ${o.spool.dir} (${(err as Error).message}); scanning every ${o.intervalMs / 1000} s`);
+  }
+  const timer = setInterval(poke, o.intervalMs);
+  o.signal.addEventListener('abort', poke, { once: true });
+  // an abort ends the wait early; the loop then sees it
+  const sleep = (ms: number) => delay(ms, undefined, { signal: o.signal }).catch(() => {});
+  let retryMs = 0;
+  try {
+    while (!o.signal.aborted) {
+      if (!dirty) {
+        await new Promise<void>((r) => {
+          wake = r;
+        });
+        wake = undefined;
+        continue;
+      }
+      dirty = false;
+      const r = await flushSpool(o.spool, o.client, o.auth, {
+        maxRetries: 0,
+        signal: o.signal,
+        ...(o.query ? { query: o.query } : {}),
+      });
+      if (r.error !== undefined) {
+        retryMs = Math.min(o.intervalMs, retryMs === 0 ? FIRST_RETRY_MS : retryMs * 2);
+        o.say(
+          `${describeFlush(r)}; then failed: ${describeFailure(r.error)}; next try in ${retryMs / 1000} s`,
+        );
+        await sleep(retryMs);
+        dirty = true;
+        continue;
+      }
+      retryMs = 0;
+      if (r.files > 0 || r.builds > 0 || r.rejected > 0) o.say(describeFlush(r));
+    }
+  } finally {
+    clearInterval(timer);
+    watcher?.close();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The post-build hook.
+
+/**
+ * What the post-build hook does: records the build that just finished (Nix's `DRV_PATH` and
+ * `OUT_PATHS`, and the store named in `NIX_CONFIG`) durably in the spool, and nothing else: no
+ * store query and no network, so the build waits for one small fsync'd file. The publisher
+ * (`trustix nix publish` or `trustix nix flush`) reads the outputs from the store and delivers
+ * them. Returns the record's file name.
+ */
+export async function recordBuild(env: NodeJS.ProcessEnv, spool: Spool): Promise<string> {
+  const drv = env.DRV_PATH ?? '';
+  const outputs = (env.OUT_PATHS ?? '').split(/\s+/).filter((p) => p !== '');
+  if (drv === '' && outputs.length === 0) {
+    throw new FormatError(
+      'neither DRV_PATH nor OUT_PATHS is set: is this run by Nix as its post-build-hook?',
+    );
+  }
+  return spool.addBuild({ drv, outputs, store: storeOfNixConfig(env.NIX_CONFIG) });
+}
+
+/** `/var/log/trustix-hook.log` for root, else `$XDG_STATE_HOME/trustix/hook.log` (or ~/.local/state/...). */
+export function defaultHookLog(env: NodeJS.ProcessEnv = process.env, uid = process.getuid?.() ?? 0): string {
+  if (uid === 0) return '/var/log/trustix-hook.log';
+  return join(dirname(defaultSpoolDir(env)), 'hook.log');
+}
+
+export interface HookWrapperPaths {
+  spool: string;
+  log: string;
+  /**
+   * Absolute paths of the programs the wrapper runs (found when it is installed). With `bash`
+   * (5 or later: \`EPOCHREALTIME\`) the wrapper reads the clock without running `date`.
+   */
+  tools: { bash?: string; date: string; mkdir: string; mv: string; sync: string };
+}
+
+/** Single-quoted for sh. */
+function shQuote(s: string): string {
+  return `'${s.replaceAll("'", `'\\''`)}'`;
 }
 
 /**
- * Publishes the outputs of the build that just finished: their entries go to the spool first
- * (durably, so nothing is lost whatever happens next), then the spool is delivered within the
- * configured timeout. Throws only for problems before the entries are spooled (the caller reports
- * them and still exits 0).
+ * The post-build hook as a shell script (`trustix nix install-hook` writes it): it writes the same
+ * build record as `recordBuild` with shell built-ins and the absolute paths of `mv` and `sync`
+ * (and `date` or `mkdir` when needed), so it needs nothing from PATH (Nix runs hooks with its
+ * own), starts no Node.js, and exits 0 whatever happens; why a record could not be written goes
+ * to `log` and stderr. POSIX sh, run by bash when there is one, whose clock saves running `date`.
  */
-export async function runPostBuildHook(opts: HookOptions): Promise<HookResult> {
-  const { env, config, client, say } = opts;
-  const drv = env.DRV_PATH ?? '';
-  // Nix 2.8 leaves OUT_PATHS empty: the derivation tells the outputs
-  let outputs = (env.OUT_PATHS ?? '').split(/\s+/).filter((p) => p !== '');
-  if (outputs.length === 0) {
-    if (drv === '')
-      throw new FormatError(
-        'neither DRV_PATH nor OUT_PATHS is set: is this run by Nix as its post-build-hook?',
-      );
-    outputs = await drvOutputs(drv, { env, ...opts.query });
-  }
-  const { entries, skipped } = await entriesForPaths(outputs, { env, ...opts.query });
-  for (const s of skipped) say(`not publishing ${s.path}: ${s.reason}`);
-  const spool = new Spool(config.spool, { warn: say });
-  let spooled = 0;
-  if (entries.length > 0) {
-    try {
-      await spool.add(entries);
-      spooled = entries.length;
-    } catch (err) {
-      // without a spool the network is the only chance left for these entries
-      say(`cannot write to the spool ${config.spool}: ${(err as Error).message}`);
-      try {
-        await client.submit(entries, config.auth, { maxRetries: 0 });
-      } catch (err2) {
-        say(
-          `could not publish to ${config.log.href} either (${describeFailure(err2)}); publish them later with \`trustix nix submit ${outputs.join(' ')}\``,
-        );
-        return { outputs, spooled: 0 };
-      }
-      return { outputs, spooled: 0 };
-    }
-  }
-  const flush = await flushSpool(spool, client, config.auth, {
-    deadline: Date.now() + config.timeoutMs,
-    maxRetries: 0,
-  });
-  if (flush.error !== undefined || flush.remaining > 0) {
-    const why =
-      flush.error !== undefined ? describeFailure(flush.error) : 'out of time for this build (timeout)';
-    say(
-      `could not publish to ${config.log.href} (${why}); ${flush.remaining} file(s) wait in ${config.spool}, delivered by the next build or \`trustix nix flush\``,
-    );
-  }
-  return { outputs, spooled, flush };
+export function hookWrapperScript(p: HookWrapperPaths): string {
+  const t = p.tools;
+  return `#!${t.bash ?? '/bin/sh'}
+# Trustix post-build hook, written by \`trustix nix install-hook\`. Nix runs it after every build.
+# It records the build in the spool and returns; \`trustix nix publish\` (or \`trustix nix flush\`)
+# reads the outputs from the store and delivers them to the log. It always exits 0, so it never
+# fails a build; when it cannot record a build it says why in the log file below.
+spool=${shQuote(p.spool)}
+log=${shQuote(p.log)}
+fail() {
+  printf '%s trustix post-build-hook: %s: %s\\n' "$now" "\${DRV_PATH:-?}" "$1" >&2
+  printf '%s trustix post-build-hook: %s: %s\\n' "$now" "\${DRV_PATH:-?}" "$1" >>"$log" 2>/dev/null
+  exit 0
+}
+# nanoseconds since the epoch: bash's clock (seconds.microseconds), else date
+case \${EPOCHREALTIME:-} in
+[0-9]*[.,][0-9][0-9][0-9][0-9][0-9][0-9]) now=\${EPOCHREALTIME%[.,]*}\${EPOCHREALTIME#*[.,]}000 ;;
+*) now=$(${shQuote(t.date)} +%s%N 2>/dev/null) || now= ;;
+esac
+case $now in [0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]) ;; *) fail "cannot read the clock with ${t.date}" ;; esac
+[ -n "\${DRV_PATH:-}\${OUT_PATHS:-}" ] || fail 'neither DRV_PATH nor OUT_PATHS is set: not run by Nix as its post-build-hook?'
+# the store the build ran in: the "store = ..." line of the settings Nix passes in NIX_CONFIG
+cfg="
+\${NIX_CONFIG:-}"
+store=
+case $cfg in *"
+store = "*) store=\${cfg#*"
+store = "}; store=\${store%%"
+"*} ;; esac
+# records readable by the spool's group (a publisher running as another user, see systemd/)
+umask 027
+[ -d "$spool" ] || ${shQuote(t.mkdir)} -p "$spool" 2>/dev/null || fail "cannot create the spool $spool"
+name="$now-$$.build"
+tmp="$spool/.$name.tmp"
+printf 'trustix-build 1\\ndrv=%s\\nout=%s\\nstore=%s\\n' "\${DRV_PATH:-}" "\${OUT_PATHS:-}" "$store" >"$tmp" 2>/dev/null || fail "cannot write $tmp"
+${shQuote(t.mv)} -f "$tmp" "$spool/$name" 2>/dev/null || fail "cannot rename $tmp"
+# one sync for the record and its name; a crash before it returns may leave an empty record,
+# which the publisher sets aside as unreadable
+${shQuote(t.sync)} "$spool/$name" "$spool" 2>/dev/null || fail "cannot sync the spool $spool (the record $name may not survive a crash)"
+exit 0
+`;
 }

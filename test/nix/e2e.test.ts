@@ -4,7 +4,7 @@
 // store substitutes through `trustix nix cache`, trusting only the proxy's key.
 import assert from 'node:assert/strict';
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
-import { chmodSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -244,14 +244,23 @@ describe('Nix end to end: builders, hook, logs, voting proxy, real client', { ti
         b.publishConfig,
         `log = "${logUrl(b)}"\nvkey = "${b.vkey}"\ntoken_file = "${join(b.stateDir, 'writers', 'default.token')}"\nspool = "${join(T, `spool-${b.name}`)}"\ntrust_dir = "${join(T, `publish-trust-${b.name}`)}"\ntimeout = 3\n`,
       );
-      const hook = join(T, `hook-${b.name}.sh`);
-      writeFileSync(
-        hook,
-        `#!/bin/sh\nexec "${process.execPath}" --import tsx "${MAIN}" nix post-build-hook --config "${b.publishConfig}"\n`,
-      );
-      chmodSync(hook, 0o755);
       assert.ok(token(b.stateDir).length > 0);
     }
+    // the hook as the how-to installs it: it records each build, `nix flush` delivers
+    await Promise.all(
+      [...builders.values()].map((b) =>
+        trustix([
+          'nix',
+          'install-hook',
+          '--config',
+          b.publishConfig,
+          '--out',
+          join(T, `hook-${b.name}.sh`),
+          '--log',
+          join(T, `hook-${b.name}.log`),
+        ]),
+      ),
+    );
   });
 
   after(async () => {
@@ -261,11 +270,13 @@ describe('Nix end to end: builders, hook, logs, voting proxy, real client', { ti
     cleanup(T);
   });
 
-  test('three builders build and publish through the post-build hook', async () => {
+  test('three builders build, the post-build hook records, nix flush publishes', async () => {
     await Promise.all(
       [...builders.values()].map(async (b) => {
         const r = await build(b, ['agree', 'majority', 'disagree', 'tamper', 'agree2']);
         assert.equal(r.code, 0, r.stderr);
+        const f = await trustix(['nix', 'flush', '--config', b.publishConfig], { allowFail: true });
+        assert.equal(f.code, 0, f.stdout + f.stderr);
       }),
     );
     for (const attr of ['agree', 'majority', 'disagree']) {

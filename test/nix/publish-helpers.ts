@@ -81,7 +81,7 @@ in { inherit dep; top = derivation { name = "${tag}-top"; system = builtins.curr
   return file;
 }
 
-/** The two-line wrapper a user writes, because Nix runs its post-build-hook with no arguments. */
+/** A wrapper running the Node.js hook command (`trustix nix post-build-hook --config ...`). */
 export function writeHookWrapper(dir: string, config: string, name = 'hook.sh'): string {
   const file = join(dir, name);
   writeFileSync(

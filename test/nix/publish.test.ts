@@ -14,7 +14,6 @@ import {
   utimesSync,
   writeFileSync,
 } from 'node:fs';
-import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -31,13 +30,17 @@ import {
   flushSpool,
   parsePublishConfig,
   readPublishConfig,
+  recordBuild,
   resolvePublishConfig,
-  runPostBuildHook,
+  runPublisher,
+  spoolBuilds,
 } from '../../src/nix/publish.js';
-import { Spool } from '../../src/nix/spool.js';
+import { parseBuildRecord, Spool, storeOfNixConfig } from '../../src/nix/spool.js';
 import { type RunningServer, startServer, token } from '../fixtures/server-helpers.js';
 import { nixSetup, runProgram, trustix, writeDerivations, writeHookWrapper } from './publish-helpers.js';
 
+// absolute, so a build can run with a PATH that holds nothing
+const NIX_BUILD = execFileSync('sh', ['-c', 'command -v nix-build'], { encoding: 'utf8' }).trim();
 const root = mkdtempSync(join(tmpdir(), 'trustix-publish-'));
 after(() => rmSync(root, { recursive: true, force: true }));
 
@@ -261,51 +264,65 @@ describe('spool', () => {
     assert.deepEqual(readdirSync(dir), []);
   });
 
-  test('a file the log refuses as malformed is set aside as .refused and does not hold up the rest', async () => {
-    const dir = join(root, 'spool-refused');
-    const warnings: string[] = [];
-    const spool = new Spool(dir, { warn: (m) => warnings.push(m) });
-    const poison = nixEntry({ ...HELLO_A, storePath: '/nix/store/0000000000000000000000000000000a-poison' });
-    const a = await spool.add([entries[0]], 1_000);
-    const b = await spool.add([poison, entries[1]], 2_000);
-    const c = await spool.add([entries[1]], 3_000);
-    const requests: number[] = [];
-    const picky = (fail?: unknown) =>
-      ({
-        async submit(es: Array<{ key: Buffer }>): Promise<VerifiedReceipt[]> {
-          requests.push(es.length);
-          if (fail) throw fail;
-          if (es.some((e) => e.key.equals(poison.key))) {
-            throw new RemoteError(400, 'BAD_REQUEST', 'POST /submit answered 400: entries[0].value is bad');
-          }
-          return es.map((_, i) => ({
-            index: i,
-            duplicate: false,
-            checkpoint: '',
-            proof: [],
-            verified: true,
-          }));
-        },
-      }) as unknown as LogClient;
-    // credentials refused: not the file's fault, so nothing is set aside and the flush stops
-    const denied = await flushSpool(spool, picky(new RemoteError(401, 'UNAUTHORIZED', 'bad token')), {
-      token: 't',
-    });
-    assert.ok(denied.error instanceof RemoteError);
-    assert.deepEqual(await spool.pending(), [a, b, c]);
-    requests.length = 0;
-    const r = await flushSpool(spool, picky(), { token: 't' });
-    assert.equal(r.error, undefined);
-    // all three in one request (refused), then one by one: a and c delivered, b set aside
-    assert.deepEqual(requests, [4, 1, 2, 1]);
-    assert.deepEqual([r.files, r.entries, r.refused, r.remaining], [2, 2, 1, 0]);
-    assert.deepEqual(readdirSync(dir), [`${b}.refused`]);
-    assert.equal(warnings.length, 1);
-    assert.match(warnings[0], new RegExp(`refused spool file ${b} .*400.*set aside`));
-    assert.deepEqual(await spool.status(), { pending: 0, claimed: 0, bad: 0, refused: 1 });
+  test('a file the log refuses for good (400, 413) is set aside with its reason and does not hold up the rest', async () => {
+    for (const status of [400, 413]) {
+      const dir = join(root, `spool-refused-${status}`);
+      const warnings: string[] = [];
+      const spool = new Spool(dir, { warn: (m) => warnings.push(m) });
+      const poison = nixEntry({
+        ...HELLO_A,
+        storePath: '/nix/store/0000000000000000000000000000000a-poison',
+      });
+      const a = await spool.add([entries[0]], 1_000);
+      const b = await spool.add([poison, entries[1]], 2_000);
+      const c = await spool.add([entries[1]], 3_000);
+      const requests: number[] = [];
+      const why = status === 400 ? 'entries[0].value is bad' : 'request body is too large';
+      const picky = (fail?: unknown) =>
+        ({
+          async submit(es: Array<{ key: Buffer }>): Promise<VerifiedReceipt[]> {
+            requests.push(es.length);
+            if (fail) throw fail;
+            if (es.some((e) => e.key.equals(poison.key))) {
+              throw new RemoteError(status, 'REFUSED', `POST /submit answered ${status}: ${why}`);
+            }
+            return es.map((_, i) => ({
+              index: i,
+              duplicate: false,
+              checkpoint: '',
+              proof: [],
+              verified: true,
+            }));
+          },
+        }) as unknown as LogClient;
+      // credentials refused: not the file's fault, so nothing is set aside and the flush stops
+      const denied = await flushSpool(spool, picky(new RemoteError(401, 'UNAUTHORIZED', 'bad token')), {
+        token: 't',
+      });
+      assert.ok(denied.error instanceof RemoteError);
+      assert.deepEqual(await spool.pending(), [a, b, c]);
+      requests.length = 0;
+      const r = await flushSpool(spool, picky(), { token: 't' });
+      assert.equal(r.error, undefined);
+      // all three in one request (refused), then one by one: a and c delivered, b set aside
+      assert.deepEqual(requests, [4, 1, 2, 1]);
+      assert.deepEqual([r.files, r.entries, r.rejected, r.remaining], [2, 2, 1, 0]);
+      assert.deepEqual(readdirSync(dir), ['rejected']);
+      assert.deepEqual(readdirSync(join(dir, 'rejected')).sort(), [b, `${b}.reason`]);
+      assert.equal(
+        readFileSync(join(dir, 'rejected', `${b}.reason`), 'utf8'),
+        `refused by the log: http.status: POST /submit answered ${status}: ${why}\n`,
+      );
+      assert.equal(warnings.length, 1);
+      assert.match(
+        warnings[0],
+        new RegExp(`spool file ${b} set aside as .*rejected/${b}: refused by the log`),
+      );
+      assert.deepEqual(await spool.status(), { pending: 0, builds: 0, claimed: 0, rejected: 1 });
+    }
   });
 
-  test('a corrupt file is set aside as .bad with a warning; claims are exclusive; dead claims recover', async () => {
+  test('a corrupt file is set aside with its reason; claims are exclusive; dead claims recover', async () => {
     const dir = join(root, 'spool2');
     const warnings: string[] = [];
     const spool = new Spool(dir, { warn: (m) => warnings.push(m) });
@@ -315,9 +332,9 @@ describe('spool', () => {
     const r = await flushSpool(spool, fakeClient(), { token: 't' });
     assert.equal(r.files, 1);
     assert.equal(warnings.length, 1);
-    assert.match(warnings[0], /deadbeef\.entries is unreadable.*set aside/);
-    assert.ok(existsSync(join(dir, `${corrupt}.bad`)));
-    assert.deepEqual(await spool.status(), { pending: 0, claimed: 0, bad: 1, refused: 0 });
+    assert.match(warnings[0], /deadbeef\.entries set aside .*: unreadable/);
+    assert.match(readFileSync(join(dir, 'rejected', `${corrupt}.reason`), 'utf8'), /^unreadable: entry 0/);
+    assert.deepEqual(await spool.status(), { pending: 0, builds: 0, claimed: 0, rejected: 1 });
     void good;
 
     const x = await spool.add(entries);
@@ -334,10 +351,53 @@ describe('spool', () => {
     rmSync(join(dir, z));
     const old = new Date(Date.now() - 2 * 3600_000);
     utimesSync(join(dir, `${z}.claim-1`), old, old);
-    assert.equal(await spool.recover(), 2);
+    // a build record claimed by a dead publisher comes back too
+    const w = await spool.addBuild({
+      drv: '/nix/store/0000000000000000000000000000000a-x.drv',
+      outputs: [],
+      store: '',
+    });
+    writeFileSync(join(dir, `${w}.claim-${dead}`), readFileSync(join(dir, w)));
+    rmSync(join(dir, w));
+    assert.equal(await spool.recover(), 3);
     assert.deepEqual(await spool.pending(), [y, z].sort());
+    assert.deepEqual(await spool.pendingBuilds(), [w]);
     await spool.release((c1 ?? c2)!);
     assert.equal((await spool.pending()).length, 3);
+  });
+
+  test('build records: the hook records DRV_PATH, OUT_PATHS and the store of NIX_CONFIG; nothing else', async () => {
+    const dir = join(root, 'spool-builds');
+    const spool = new Spool(dir);
+    const nixConfig = 'accept-flake-config = false\nstore = /tmp/x y/store\nsubstituters = \n';
+    assert.equal(storeOfNixConfig(nixConfig), '/tmp/x y/store');
+    assert.equal(storeOfNixConfig('store = daemon'), 'daemon');
+    assert.equal(storeOfNixConfig('restore = x\n'), '');
+    const drv = '/nix/store/0000000000000000000000000000000a-x.drv';
+    const name = await recordBuild({ DRV_PATH: drv, OUT_PATHS: '', NIX_CONFIG: nixConfig }, spool);
+    assert.match(name, /^[0-9]{19}-[0-9]+\.build$/);
+    assert.deepEqual(await spool.pendingBuilds(), [name]);
+    const text = readFileSync(join(dir, name), 'utf8');
+    assert.equal(text, `trustix-build 1\ndrv=${drv}\nout=\nstore=/tmp/x y/store\n`);
+    assert.deepEqual(parseBuildRecord(text), { drv, outputs: [], store: '/tmp/x y/store' });
+    await assert.rejects(recordBuild({}, spool), FormatError);
+    assert.throws(() => parseBuildRecord('trustix-build 1\ndrv=\nout=\nstore=\n'), /neither/);
+    assert.throws(() => parseBuildRecord('{"version":1}'), /not a build record/);
+    assert.throws(
+      () => parseBuildRecord('trustix-build 1\ndrv=/nix/store/x.drv\nout=\nstore=\n'),
+      /not a store path: "\/nix\/store\/x\.drv"/,
+    );
+    // such a record is set aside with the reason, before any store query, and holds up nothing
+    rmSync(join(dir, name));
+    const bad = '1796672978621866000-1.build';
+    writeFileSync(join(dir, bad), 'trustix-build 1\ndrv=/nix/store/x.drv\nout=\nstore=\n');
+    const r = await spoolBuilds(new Spool(dir, { warn: () => {} }));
+    assert.deepEqual([r.builds, r.rejected, r.error], [0, 0, undefined]);
+    assert.match(
+      readFileSync(join(dir, 'rejected', `${bad}.reason`), 'utf8'),
+      /^unreadable: not a store path/,
+    );
+    assert.deepEqual(await spool.pendingBuilds(), []);
   });
 });
 
@@ -363,15 +423,27 @@ describe('publishing with the real Nix and a real log', () => {
   };
   const nixStore = (args: string[]) =>
     execFileSync('nix-store', ['--store', store, ...args], { env, encoding: 'utf8' }).trim();
-  const nixBuild = (file: string, attr: string, hookPath: string | '') =>
+  const nixBuild = (file: string, attr: string, hookPath: string | '', extraEnv: NodeJS.ProcessEnv = {}) =>
     runProgram(
-      'nix-build',
-      ['--store', store, '--no-out-link', '--option', 'post-build-hook', hookPath, file, '-A', attr],
-      env,
+      NIX_BUILD,
+      [
+        '--store',
+        store,
+        '--no-out-link',
+        '--option',
+        'post-build-hook',
+        hookPath,
+        file,
+        ...(attr ? ['-A', attr] : []),
+      ],
+      { ...env, ...extraEnv },
     );
   const lookup = (hashPart: string) => new LogClient({ url: logUrl, vkey }).lookup('nix', hashPart);
-  const pending = () =>
-    existsSync(spoolDir) ? readdirSync(spoolDir).filter((f) => f.endsWith('.entries')) : [];
+  const inSpool = (suffix: string) =>
+    existsSync(spoolDir) ? readdirSync(spoolDir).filter((f) => f.endsWith(suffix)) : [];
+  const pending = () => inSpool('.entries');
+  const builds = () => inSpool('.build');
+  const hookLog = join(root, 'hook.log');
 
   before(async () => {
     srv = await startServer([
@@ -387,19 +459,61 @@ describe('publishing with the real Nix and a real log', () => {
     vkey = srv.vkey;
     assert.ok(token(state));
     config = writePublishConfig('publish.toml', logUrl);
-    hook = writeHookWrapper(root, config);
+    hook = join(root, 'post-build-hook');
   });
   after(async () => {
     await srv?.stop();
   });
 
-  test('the post-build hook publishes what was built: NAR hash and metadata as Nix has them', async () => {
+  /**
+   * Runs the publisher (its periodic scan every 10 minutes: only its first scan and file system
+   * events can wake it), runs `during`, then waits up to 30 s for `done`.
+   */
+  const publishUntil = async (
+    cfgFile: string,
+    done: () => Promise<boolean>,
+    during: () => Promise<void> = async () => {},
+  ) => {
+    const cfg = resolvePublishConfig(readPublishConfig(cfgFile));
+    const stop = new AbortController();
+    const said: string[] = [];
+    const running = runPublisher({
+      spool: new Spool(cfg.spool, { warn: (l) => said.push(l) }),
+      client: new LogClient({ url: cfg.log, vkey: cfg.vkey }),
+      auth: cfg.auth,
+      say: (l) => said.push(l),
+      intervalMs: 600_000,
+      signal: stop.signal,
+    });
+    try {
+      await during();
+      for (let i = 0; i < 300 && !(await done()); i++) await new Promise((r) => setTimeout(r, 100));
+    } finally {
+      stop.abort();
+      await running;
+    }
+    return said;
+  };
+
+  test('the installed hook, with a PATH holding neither node nor trustix, records the build; the publisher delivers it as Nix has it', async () => {
+    const inst = await trustix(
+      ['nix', 'install-hook', '--config', config, '--out', hook, '--log', hookLog],
+      env,
+    );
+    assert.equal(inst.code, 0, inst.stderr);
+    assert.match(inst.stdout, new RegExp(`post-build-hook = ${hook}`));
     const file = writeDerivations(root, 'first');
-    const b = await nixBuild(file, 'top', hook);
+    const b = await nixBuild(file, 'top', hook, { PATH: '/nonexistent' });
     assert.equal(b.code, 0, b.stderr);
+    assert.doesNotMatch(b.stderr, /trustix post-build-hook:|trustix: /);
+    // two builds (dep, then top): two records, and nothing delivered yet
+    assert.equal(builds().length, 2);
     const top = b.stdout.trim();
     const dep = nixStore(['-q', '--references', top]);
     assert.match(dep, /-first-dep$/);
+    assert.equal((await lookup(basename(top).slice(0, 32))).status, 'absent');
+
+    await publishUntil(config, async () => builds().length === 0 && pending().length === 0);
     for (const p of [top, dep]) {
       const r = await lookup(basename(p).slice(0, 32));
       assert.equal(r.status, 'present', p);
@@ -412,99 +526,159 @@ describe('publishing with the real Nix and a real log', () => {
         deriver: basename(nixStore(['-q', '--deriver', p])),
       });
     }
-    assert.deepEqual(pending(), []);
-    assert.doesNotMatch(b.stderr, /could not publish/);
+    assert.equal(existsSync(hookLog), false, 'nothing to complain about');
   });
 
-  test('a spool that cannot be written: the hook submits directly', async () => {
+  test('a running publisher delivers a build as soon as the hook records it', async () => {
+    let built = '';
+    const present = async () =>
+      built !== '' && (await lookup(basename(built).slice(0, 32))).status === 'present';
+    const said = await publishUntil(config, present, async () => {
+      // let the first scan find the spool empty
+      await new Promise((r) => setTimeout(r, 500));
+      const b = await nixBuild(writeDerivations(root, 'watched'), 'dep', hook);
+      assert.equal(b.code, 0, b.stderr);
+      built = b.stdout.trim();
+    });
+    assert.ok(await present(), said.join('\n'));
+    assert.deepEqual([builds(), pending()], [[], []]);
+    assert.ok(
+      said.some((l) => /^1 build\(s\) read from the store; delivered 1 entries/.test(l)),
+      said.join('\n'),
+    );
+  });
+
+  test('the wrapper run by hand with an empty environment, or with a spool it cannot write: exit 0, and why in its log', async () => {
+    const drv = '/nix/store/0000000000000000000000000000000a-x.drv';
+    // no PATH at all: the record is still written
+    const r0 = await runProgram(hook, [], { DRV_PATH: drv });
+    assert.equal(r0.code, 0, r0.stderr);
+    assert.equal(r0.stderr, '');
+    const [rec] = builds();
+    assert.deepEqual(parseBuildRecord(readFileSync(join(spoolDir, rec), 'utf8')), {
+      drv,
+      outputs: [],
+      store: '',
+    });
+    rmSync(join(spoolDir, rec));
+    // not run by Nix
+    const r1 = await runProgram(hook, [], {});
+    assert.equal(r1.code, 0);
+    assert.match(
+      readFileSync(hookLog, 'utf8'),
+      /trustix post-build-hook: \?: neither DRV_PATH nor OUT_PATHS/,
+    );
+    // a spool under a file
     const blocker = join(root, 'not-a-dir');
     writeFileSync(blocker, '');
-    const cfg = resolvePublishConfig({ ...readPublishConfig(config), spool: join(blocker, 'spool') });
-    const top = execFileSync(
-      'nix-build',
-      ['--store', store, '--no-out-link', join(root, 'first.nix'), '-A', 'top'],
-      {
-        env,
-        encoding: 'utf8',
-      },
-    ).trim();
-    const said: string[] = [];
-    const r = await runPostBuildHook({
-      env: { ...env, DRV_PATH: nixStore(['-q', '--deriver', top]), NIX_CONFIG: `store = ${store}` },
-      config: cfg,
-      client: new LogClient({ url: logUrl, vkey }),
-      say: (l) => said.push(l),
-    });
-    assert.deepEqual(r.outputs, [top]);
-    assert.equal(r.spooled, 0);
-    assert.equal(said.length, 1, said.join('\n'));
-    assert.match(said[0], /^cannot write to the spool .*not-a-dir\/spool: ENOTDIR/);
+    const blocked = join(root, 'blocked-hook');
+    const script = readFileSync(hook, 'utf8').replace(/^spool=.*$/m, `spool='${blocker}/spool'`);
+    writeFileSync(blocked, script, { mode: 0o755 });
+    const r2 = await runProgram(blocked, [], { DRV_PATH: drv });
+    assert.equal(r2.code, 0);
+    assert.match(r2.stderr, /cannot create the spool .*not-a-dir\/spool/);
+    assert.match(
+      readFileSync(hookLog, 'utf8'),
+      new RegExp(`[0-9]{19} trustix post-build-hook: ${drv}: cannot create the spool`),
+    );
+    assert.deepEqual(builds(), []);
   });
 
-  test('log down: the build still succeeds, entries wait in the spool; the next build delivers them', async () => {
+  test('log down: the build does not wait for it; flush exits 1 and keeps the spool; with the log back it delivers', async () => {
     await srv.stop();
     const file = writeDerivations(root, 'offline');
     const b = await nixBuild(file, 'dep', hook);
     assert.equal(b.code, 0, b.stderr);
-    assert.match(
-      b.stderr,
-      /trustix: could not publish to http:\/\/127\.0\.0\.1:\d+\/logs\/default\/ \(http\.network/,
-    );
-    assert.equal(pending().length, 1);
+    assert.equal(builds().length, 1);
     const dep = b.stdout.trim();
-
-    srv = await startServer(['--state', state, '--listen', `127.0.0.1:${port}`]);
-    const b2 = await nixBuild(file, 'top', hook);
-    assert.equal(b2.code, 0, b2.stderr);
-    assert.deepEqual(pending(), []);
-    for (const p of [dep, b2.stdout.trim()]) {
-      assert.equal((await lookup(basename(p).slice(0, 32))).status, 'present', p);
-    }
-  });
-
-  test('a log that never answers: the hook gives up after its timeout, the build succeeds; flush delivers later', async () => {
-    const sockets: Socket[] = [];
-    const hang: Server = createServer((s) => sockets.push(s));
-    await new Promise<void>((r) => hang.listen(0, '127.0.0.1', r));
-    const hangPort = (hang.address() as { port: number }).port;
-    let built: string;
-    try {
-      const cfg = writePublishConfig('hang.toml', `http://127.0.0.1:${hangPort}/logs/default/`, 1);
-      const hangHook = writeHookWrapper(root, cfg, 'hang-hook.sh');
-      const file = writeDerivations(root, 'hanging');
-      const b = await nixBuild(file, 'dep', hangHook);
-      assert.equal(b.code, 0, b.stderr);
-      assert.match(b.stderr, /could not publish .*http\.timeout/);
-      assert.ok(b.ms < 15_000, `build took ${b.ms} ms`);
-      assert.equal(pending().length, 1);
-      built = b.stdout.trim();
-    } finally {
-      for (const s of sockets) s.destroy();
-      hang.close();
-    }
-
-    // flush with the log down: exit 1, the spool stays
-    const down = writePublishConfig('down.toml', 'http://127.0.0.1:1/logs/default/');
-    const f1 = await trustix(['nix', 'flush', '--config', down], env);
+    const f1 = await trustix(['nix', 'flush', '--config', config], env);
     assert.equal(f1.code, 1);
     assert.match(
       f1.stderr,
-      /\ntrustix: delivered 0 entries \(0 new\), then failed: http\.network: .*; 1 file\(s\) wait in /,
+      /\ntrustix: 1 build\(s\) read from the store; delivered 0 entries from 0 file\(s\): 0 new, 0 already present; 1 file\(s\) wait; then failed: http\.network: .*; 1 file\(s\) wait in /,
     );
-    assert.equal(pending().length, 1);
+    assert.deepEqual([builds().length, pending().length], [0, 1]);
 
+    srv = await startServer(['--state', state, '--listen', `127.0.0.1:${port}`]);
     const f = await trustix(['nix', 'flush', '--config', config], env);
     assert.equal(f.code, 0, f.stderr);
-    assert.match(f.stderr, /^flushing spool files: /);
     assert.match(
       f.stdout,
       /^delivered 1 entries from 1 file\(s\): 1 new, 0 already present; spool is empty\n$/,
     );
     assert.deepEqual(pending(), []);
-    assert.equal((await lookup(basename(built).slice(0, 32))).status, 'present');
+    assert.equal((await lookup(basename(dep).slice(0, 32))).status, 'present');
   });
 
-  test('a bad config: the hook says why on stderr and the build still succeeds', async () => {
+  test('a recorded build whose paths are gone from the store is set aside with the reason; the rest goes on', async () => {
+    const spool = new Spool(spoolDir, { warn: () => {} });
+    const gone = await spool.addBuild({
+      drv: '/nix/store/0000000000000000000000000000000a-gone.drv',
+      outputs: [],
+      store,
+    });
+    const file = writeDerivations(root, 'after-gone');
+    const b = await nixBuild(file, 'dep', hook);
+    assert.equal(b.code, 0, b.stderr);
+    const r = await spoolBuilds(spool, { query: { env } });
+    assert.equal(r.error, undefined);
+    assert.deepEqual([r.builds, r.rejected], [1, 1]);
+    assert.match(
+      readFileSync(join(spoolDir, 'rejected', `${gone}.reason`), 'utf8'),
+      /^build \/nix\/store\/0+a-gone\.drv: nix-store -q --outputs .*does not exist/,
+    );
+    assert.equal(pending().length, 1);
+    const f = await trustix(['nix', 'flush', '--config', config], env);
+    assert.equal(f.code, 0, f.stderr);
+    assert.match(
+      f.stdout,
+      /; spool is empty; 1 file\(s\) set aside for good in .*rejected \(see their \.reason files\)\n$/,
+    );
+    rmSync(join(spoolDir, 'rejected'), { recursive: true });
+  });
+
+  test('rebuilding a non-reproducible path replaces the logged value; lookup --history shows every value', async () => {
+    const file = join(root, 'unrepro.nix');
+    writeFileSync(
+      file,
+      'derivation { name = "unrepro"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "/bin/date +%s%N > $out" ]; }\n',
+    );
+    const values: string[] = [];
+    let out = '';
+    for (let i = 0; i < 2; i++) {
+      if (out !== '') nixStore(['--delete', out]);
+      const b = await nixBuild(file, '', hook);
+      assert.equal(b.code, 0, b.stderr);
+      out = b.stdout.trim();
+      values.push(parseNixSha256(nixStore(['-q', '--hash', out])).toString('hex'));
+      const f = await trustix(['nix', 'flush', '--config', config], env);
+      assert.equal(f.code, 0, f.stderr);
+    }
+    assert.notEqual(values[0], values[1], 'the rebuild gave other bytes');
+    const hashPart = basename(out).slice(0, 32);
+    const latest = await lookup(hashPart);
+    assert.ok(latest.status === 'present' && latest.entry.value.toString('hex') === values[1]);
+    const logDir = join(state, 'logs', 'default');
+    for (const where of [
+      ['--state', logDir],
+      ['--url', logUrl, '--vkey', vkey, '--trust-dir', join(root, 'history-trust')],
+    ]) {
+      const h = await trustix(['lookup', ...where, '--history', hashPart], env);
+      assert.equal(h.code, 0, h.stderr);
+      const lines = h.stdout.trim().split('\n');
+      assert.match(lines[0], new RegExp(`^present: ${hashPart} -> ${values[1]} \\(entry ([0-9]+),`));
+      assert.equal(lines[1], `history: 2 entries for ${hashPart}, oldest first`);
+      assert.match(lines[2], new RegExp(`^  entry [0-9]+: ${values[0]}$`));
+      assert.match(lines[3], new RegExp(`^  entry [0-9]+: ${values[1]} \\(latest\\)$`));
+      const j = await trustix(['lookup', ...where, '--history', '--json', hashPart], env);
+      assert.deepEqual(
+        (JSON.parse(j.stdout) as { history: Array<{ value: string }> }).history.map((x) => x.value),
+        values,
+      );
+    }
+  });
+
+  test('a bad config: the node hook command says why on stderr and the build still succeeds', async () => {
     const bad = join(root, 'bad.toml');
     writeFileSync(bad, `log = "${logUrl}"\nvkey = "${vkey}"\ntokenfile = "x"\n`);
     const badHook = writeHookWrapper(root, bad, 'bad-hook.sh');
@@ -512,7 +686,7 @@ describe('publishing with the real Nix and a real log', () => {
     assert.equal(b.code, 0, b.stderr);
     assert.match(
       b.stderr,
-      /trustix: post-build-hook: nothing published: publish config .*bad\.toml: unknown field "tokenfile"/,
+      /trustix: post-build-hook: nothing recorded for \/nix\/store\/.*: publish config .*bad\.toml: unknown field "tokenfile"/,
     );
   });
 

@@ -7,7 +7,8 @@ import { type Entry, keyFromText } from '../../core/entry.js';
 import { VerificationError } from '../../core/errors.js';
 import { type LookupAnswer, type LookupVerdict, verifyLookup } from '../../core/lookup.js';
 import { generateKey, verifierFromVkey } from '../../core/note.js';
-import { type AuditReport, auditEntries, auditStore } from '../../log/audit.js';
+import { type AuditReport, auditEntries, auditStore, storeChunks } from '../../log/audit.js';
+import { type HistoryItem, keyHistory } from '../../log/history.js';
 import { Log } from '../../log/log.js';
 import { KEY_ARG_HELP, lookupKeyArg } from '../lookup-key.js';
 import { CliError, EXIT, progress } from '../output.js';
@@ -178,20 +179,26 @@ export function registerLocalCommands(program: Command): void {
   )
     .option('--protocol <name>', 'the entry protocol', 'nix')
     .option('--json', 'print the verified answer as JSON')
+    .option(
+      '--history',
+      "also list every value the log holds for KEY, oldest first (a rebuild that gave another value adds an entry; the lookup answers the latest). Reads every entry: from the log's files with --state, or every entry bundle of a remote log, each match checked by an inclusion proof",
+    )
     .argument('<key>', KEY_ARG_HELP)
     .addHelpText(
       'after',
-      '\nExamples:\n  trustix lookup --state ./mylog 0c8i2ww2dwk5hn8dywdzx6l0lrz0sb4k\n  trustix lookup --url http://host:8080/logs/default/ --vkey "$VKEY" 0c8i2ww2dwk5hn8dywdzx6l0lrz0sb4k\n  trustix lookup --url http://host:8080/logs/default/ --vkey "$VKEY" ./result',
+      '\nExamples:\n  trustix lookup --state ./mylog 0c8i2ww2dwk5hn8dywdzx6l0lrz0sb4k\n  trustix lookup --url http://host:8080/logs/default/ --vkey "$VKEY" 0c8i2ww2dwk5hn8dywdzx6l0lrz0sb4k\n  trustix lookup --url http://host:8080/logs/default/ --vkey "$VKEY" ./result\n  trustix lookup --state /var/lib/trustix/logs/default --history 0c8i2ww2dwk5hn8dywdzx6l0lrz0sb4k',
     )
     .action(
       async (
         arg: string,
-        o: RemoteOptions & { state?: string; protocol: string; json?: boolean },
+        o: RemoteOptions & { state?: string; protocol: string; json?: boolean; history?: boolean },
         cmd: Command,
       ) => {
         const key = await lookupKeyArg(o.protocol, arg);
         let verdict: LookupVerdict;
         let answer: LookupAnswer | undefined;
+        let history: HistoryItem[] | undefined;
+        const keyBytes = Buffer.from(key);
         if (targetOf(cmd) === 'remote') {
           const client = openClient(o);
           try {
@@ -201,23 +208,55 @@ export function registerLocalCommands(program: Command): void {
               r.status === 'present'
                 ? { status: 'present', entry: r.entry, index: r.index, checkpoint: r.checkpoint }
                 : { status: 'absent', checkpoint: r.checkpoint };
+            if (o.history) {
+              const size = r.checkpoint.size;
+              history = await keyHistory(client.entries(0, size, { treeSize: size }), o.protocol, keyBytes);
+              // entry bundles are not signed: each match must be included in the trusted checkpoint
+              for (const h of history) {
+                const p = await client.proveInclusion(h.index);
+                if (!p.data.equals(h.data)) {
+                  throw new VerificationError(
+                    'history.inclusion',
+                    `entry ${h.index} differs from its entry bundle`,
+                  );
+                }
+              }
+            }
           } catch (err) {
             if (!(err instanceof VerificationError)) throw err;
             verdict = { status: 'invalid', check: err.check, reason: err.message };
           }
         } else {
           const log = await Log.open(o.state!, { readOnly: true });
-          let vkey: string;
           try {
-            answer = log.lookup(o.protocol, Buffer.from(key));
-            vkey = log.vkey;
+            answer = log.lookup(o.protocol, keyBytes);
+            verdict = verifyLookup(answer, verifierFromVkey(log.vkey), {
+              protocol: o.protocol,
+              key: keyBytes,
+            });
+            if (o.history && verdict.status !== 'invalid') {
+              history = await keyHistory(
+                storeChunks(log.storage, verdict.checkpoint.size),
+                o.protocol,
+                keyBytes,
+              );
+            }
           } finally {
             await log.close();
           }
-          verdict = verifyLookup(answer, verifierFromVkey(vkey), {
-            protocol: o.protocol,
-            key: Buffer.from(key),
-          });
+        }
+        if (history && verdict.status !== 'invalid') {
+          // the index answers the latest entry of the key; the entries must agree
+          const last = history.at(-1);
+          const consistent =
+            verdict.status === 'present' ? last?.index === verdict.index : last === undefined;
+          if (!consistent) {
+            verdict = {
+              status: 'invalid',
+              check: 'history.latest',
+              reason: `the lookup answers ${verdict.status === 'present' ? `entry ${verdict.index}` : 'absent'}, but the latest entry for the key is ${last ? `entry ${last.index}` : 'none'}`,
+            };
+          }
         }
         if (o.json) {
           console.log(
@@ -228,6 +267,9 @@ export function registerLocalCommands(program: Command): void {
                 : {}),
               ...(verdict.status === 'absent' ? { size: verdict.checkpoint.size } : {}),
               ...(verdict.status === 'invalid' ? { check: verdict.check, reason: verdict.reason } : {}),
+              ...(history
+                ? { history: history.map((h) => ({ index: h.index, value: toHex(h.entry.value) })) }
+                : {}),
               ...(answer ? { answer } : {}),
             }),
           );
@@ -239,6 +281,15 @@ export function registerLocalCommands(program: Command): void {
           console.log(`absent: ${key} (non-inclusion verified against size ${verdict.checkpoint.size})`);
         } else {
           console.log(`INVALID: ${verdict.check}: ${verdict.reason}`);
+        }
+        if (history && !o.json && verdict.status !== 'invalid') {
+          console.log(
+            `history: ${history.length} entr${history.length === 1 ? 'y' : 'ies'} for ${key}, oldest first`,
+          );
+          for (const h of history) {
+            const latest = verdict.status === 'present' && h.index === verdict.index ? ' (latest)' : '';
+            console.log(`  entry ${h.index}: ${toHex(h.entry.value)}${latest}`);
+          }
         }
         process.exitCode =
           verdict.status === 'present' ? EXIT.ok : verdict.status === 'absent' ? EXIT.absent : EXIT.invalid;

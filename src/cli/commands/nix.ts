@@ -1,4 +1,13 @@
-import { existsSync, readFileSync } from 'node:fs';
+import {
+  accessSync,
+  constants,
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  renameSync,
+  writeFileSync,
+} from 'node:fs';
+import { delimiter, dirname, isAbsolute, join, resolve } from 'node:path';
 import { type Command, Option } from 'commander';
 import { LogClient, type SubmitAuth } from '../../client/client.js';
 import { defaultTrustDir, FileTrustStore } from '../../client/trust-store.js';
@@ -6,19 +15,23 @@ import { FormatError } from '../../core/errors.js';
 import { NixStoreError, toStorePath } from '../../nix/nix-query.js';
 import {
   checkLogUrl,
+  defaultHookLog,
   defaultPublishConfigPath,
   describeFailure,
+  describeFlush,
   entriesForPaths,
   flushSpool,
+  hookWrapperScript,
   loadPublishConfig,
   type PublishConfig,
   type PublishSettings,
   pathsToPublish,
   readPublishConfig,
+  recordBuild,
   resolvePublishConfig,
-  runPostBuildHook,
+  runPublisher,
 } from '../../nix/publish.js';
-import { Spool } from '../../nix/spool.js';
+import { REJECTED_DIR, Spool } from '../../nix/spool.js';
 import { CliError, EXIT, progress } from '../output.js';
 import { registerNixCacheCommand } from './nix-cache.js';
 import { addRemoteOptions, invalidExits, type RemoteOptions, readVkey, timeoutMs } from './remote.js';
@@ -38,7 +51,7 @@ export function createNixCommand(program: Command): Command {
     .description('Nix integration: publishing build results, and the voting binary cache proxy')
     .addHelpText(
       'after',
-      '\nExamples:\n  trustix nix submit --closure ./result\n  trustix nix flush\n  trustix nix post-build-hook   # run by Nix, see docs/nix.md',
+      '\nExamples:\n  trustix nix install-hook      # the post-build hook, see docs/nix-howto.md\n  trustix nix publish           # delivers what the hook records\n  trustix nix submit --closure ./result\n  trustix nix flush',
     );
 }
 
@@ -64,58 +77,134 @@ function usageConfig<T>(fn: () => T): T {
   }
 }
 
-/** `post-build-hook`, `flush` and `submit`. */
+/** A program the hook wrapper runs, found on PATH when it is installed. */
+function findTool(name: string): string | undefined {
+  for (const dir of (process.env.PATH ?? '').split(delimiter)) {
+    if (!isAbsolute(dir)) continue;
+    const p = join(dir, name);
+    try {
+      accessSync(p, constants.X_OK);
+      return p;
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+/** `post-build-hook`, `install-hook`, `publish`, `flush` and `submit`. */
 export function registerNixPublishCommands(nix: Command): void {
   nix
     .command('post-build-hook')
     .description(
-      "publish the outputs of the build that just finished (run by Nix as its post-build-hook); entries the log cannot take now wait in the spool. Always exits 0: a hook's failure would fail the user's build",
+      "record the build that just finished in the spool (run by Nix as its post-build-hook); `trustix nix publish` or `trustix nix flush` delivers it. No network, no store query. Always exits 0: a hook's failure would fail the user's build",
     )
     .addOption(new Option('--config <file>', CONFIG_HELP))
     .addHelpText(
       'after',
-      '\nNix runs the hook with no arguments, so point post-build-hook at a wrapper script:\n  #!/bin/sh\n  exec trustix nix post-build-hook --config /etc/trustix/publish.toml\nor set TRUSTIX_PUBLISH_CONFIG in the environment Nix runs with.\n\nExample (nix.conf):\n  post-build-hook = /etc/trustix/post-build-hook.sh',
+      '\n`trustix nix install-hook` writes a faster wrapper that records the same way without starting Node.js\nand needs nothing from PATH; point nix.conf at it:\n  post-build-hook = /etc/trustix/post-build-hook',
     )
     .action(async (o: { config?: string }) => {
       const say = (line: string) => process.stderr.write(`trustix: ${line}\n`);
-      // Whatever happens the build must go on: exit 0, and never hold it for long. Entries are
-      // spooled before the network is used, so being cut short loses nothing.
-      let config: PublishConfig;
       try {
-        config = loadPublishConfig(o.config);
+        const config = loadPublishConfig(o.config);
+        await recordBuild(process.env, new Spool(config.spool, { warn: say }));
       } catch (err) {
-        say(`post-build-hook: nothing published: ${describeFailure(err)}`);
-        process.exitCode = 0;
-        return;
-      }
-      const bound = Math.max(3 * config.timeoutMs + 5_000, 15_000);
-      const watchdog = setTimeout(() => {
-        say(
-          `post-build-hook: gave up after ${Math.round(bound / 1000)} s; spooled entries wait in ${config.spool}`,
-        );
-        process.exit(0);
-      }, bound);
-      watchdog.unref();
-      try {
-        await runPostBuildHook({
-          env: process.env,
-          config,
-          client: clientFor(config, config.timeoutMs),
-          say,
-          query: { timeoutMs: bound },
-        });
-      } catch (err) {
-        say(`post-build-hook: nothing published for ${process.env.DRV_PATH ?? '?'}: ${describeFailure(err)}`);
-      } finally {
-        clearTimeout(watchdog);
+        say(`post-build-hook: nothing recorded for ${process.env.DRV_PATH ?? '?'}: ${describeFailure(err)}`);
       }
       process.exitCode = 0;
     });
 
   nix
+    .command('install-hook')
+    .description(
+      "write the post-build hook wrapper: a shell script with absolute paths that records each build in the publish config's spool, needs nothing from PATH and always exits 0",
+    )
+    .addOption(new Option('--config <file>', CONFIG_HELP))
+    .option('--out <path>', 'where to write the wrapper', '/etc/trustix/post-build-hook')
+    .option(
+      '--log <path>',
+      'where the wrapper says why it could not record a build (default: /var/log/trustix-hook.log as root, else $XDG_STATE_HOME/trustix/hook.log)',
+    )
+    .addHelpText(
+      'after',
+      '\nExample:\n  trustix nix install-hook --config /etc/trustix/publish.toml --out /etc/trustix/post-build-hook\nthen in /etc/nix/nix.conf:\n  post-build-hook = /etc/trustix/post-build-hook',
+    )
+    .action(async (o: { config?: string; out: string; log?: string }) => {
+      const config = usageConfig(() => loadPublishConfig(o.config));
+      const out = resolve(o.out);
+      const log = resolve(o.log ?? defaultHookLog());
+      const bash = findTool('bash');
+      const script = hookWrapperScript({
+        spool: resolve(config.spool),
+        log,
+        tools: {
+          ...(bash ? { bash } : {}),
+          date: findTool('date') ?? '/usr/bin/date',
+          mkdir: findTool('mkdir') ?? '/usr/bin/mkdir',
+          mv: findTool('mv') ?? '/usr/bin/mv',
+          sync: findTool('sync') ?? '/usr/bin/sync',
+        },
+      });
+      try {
+        mkdirSync(dirname(out), { recursive: true });
+        const tmp = `${out}.tmp-${process.pid}`;
+        writeFileSync(tmp, script, { mode: 0o755 });
+        renameSync(tmp, out);
+      } catch (err) {
+        throw new CliError(`cannot write ${out}: ${(err as Error).message}`);
+      }
+      console.log(
+        `wrote ${out}: it records each build in ${config.spool} (why it could not: ${log})\nadd to nix.conf:  post-build-hook = ${out}\nand run the publisher:  trustix nix publish${o.config ? ` --config ${o.config}` : ''}`,
+      );
+    });
+
+  nix
+    .command('publish')
+    .description(
+      'deliver the spool to the log as builds arrive: watches the spool (and scans it every --interval), reads each recorded build from the store and submits it; runs until SIGTERM or SIGINT',
+    )
+    .addOption(new Option('--config <file>', CONFIG_HELP))
+    .option('--interval <seconds>', 'periodic scan of the spool, and the longest wait between retries', '30')
+    .addHelpText(
+      'after',
+      '\nExample (systemd/trustix-publish.service runs this):\n  trustix nix publish --config /etc/trustix/publish.toml',
+    )
+    .action(async (o: { config?: string; interval: string }) => {
+      const interval = Number(o.interval);
+      if (!Number.isFinite(interval) || interval <= 0 || interval > 86_400) {
+        throw new CliError(
+          '--interval must be a number of seconds, more than 0 and at most 86400',
+          EXIT.usage,
+        );
+      }
+      const config = usageConfig(() => loadPublishConfig(o.config));
+      const say = (line: string) => process.stderr.write(`trustix: ${line}\n`);
+      const stop = new AbortController();
+      const onSignal = () => stop.abort();
+      process.once('SIGTERM', onSignal);
+      process.once('SIGINT', onSignal);
+      say(`publishing ${config.spool} to ${config.log.href}`);
+      try {
+        await runPublisher({
+          spool: new Spool(config.spool, { warn: say }),
+          client: clientFor(config, config.timeoutMs),
+          auth: config.auth,
+          say,
+          intervalMs: interval * 1000,
+          signal: stop.signal,
+        });
+      } finally {
+        process.off('SIGTERM', onSignal);
+        process.off('SIGINT', onSignal);
+      }
+      say('stopped');
+    });
+
+  nix
     .command('flush')
     .description(
-      'deliver the entries waiting in the spool to the log; exit 0 when the spool is empty, 1 otherwise',
+      'deliver what waits in the spool (recorded builds and entries) to the log once; exit 0 when the spool is empty, 1 otherwise',
     )
     .addOption(new Option('--config <file>', CONFIG_HELP))
     .option('--timeout <seconds>', 'deadline for each request to the log', '10')
@@ -134,23 +223,24 @@ export function registerNixPublishCommands(nix: Command): void {
       });
       bar?.stop();
       const status = await spool.status();
-      let bad = status.bad > 0 ? `; ${status.bad} unreadable file(s) set aside in ${config.spool}` : '';
-      if (status.refused > 0)
-        bad += `; ${status.refused} file(s) refused by the log set aside in ${config.spool}`;
+      const aside =
+        status.rejected > 0
+          ? `; ${status.rejected} file(s) set aside for good in ${join(config.spool, REJECTED_DIR)} (see their .reason files)`
+          : '';
       if (r.error !== undefined) {
         throw new CliError(
-          `delivered ${r.entries} entries (${r.appended} new), then failed: ${describeFailure(r.error)}; ${r.remaining} file(s) wait in ${config.spool}${bad}`,
+          `${describeFlush(r)}; then failed: ${describeFailure(r.error)}; ${r.remaining} file(s) wait in ${config.spool}${aside}`,
         );
       }
       if (r.remaining > 0 || status.claimed > 0) {
         throw new CliError(
-          `delivered ${r.entries} entries (${r.appended} new); ${r.remaining} file(s) still pending and ${status.claimed} being delivered by another process in ${config.spool}${bad}`,
+          `${describeFlush(r)}; ${r.remaining} file(s) still pending and ${status.claimed} being delivered by another process in ${config.spool}${aside}`,
         );
       }
       console.log(
-        r.files === 0
-          ? `spool is empty (${config.spool})${bad}`
-          : `delivered ${r.entries} entries from ${r.files} file(s): ${r.appended} new, ${r.duplicates} already present; spool is empty${bad}`,
+        r.files === 0 && r.builds === 0
+          ? `spool is empty (${config.spool})${aside}`
+          : `${describeFlush(r)}; spool is empty${aside}`,
       );
     });
 
