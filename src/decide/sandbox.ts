@@ -1,22 +1,25 @@
 /**
- * User decision procedures in Lua (wasmoon: Lua 5.4 in WebAssembly) or JavaScript (node:vm), each
- * run in its own worker thread (script-worker.ts):
+ * User decision procedures in Lua (wasmoon: Lua 5.4) or JavaScript (QuickJS, js-isolate.ts), both
+ * compiled to WebAssembly, each run in its own worker thread (script-worker.ts):
  *
- * - no files, network, processes, module loading or clocks: the Lua state has no io, os, require,
- *   package, load*, dofile or debug; the JS context is a fresh V8 context with no host objects and
- *   no Date, Intl, eval/Function (code generation from strings is off) or WebAssembly;
- * - a time limit per call: inside the worker for Lua (an instruction-count hook), and for both a
- *   watchdog here that terminates a worker whose call overruns (the only limit for JS, and the
- *   backstop for native code that never yields);
- * - a memory limit: the Lua allocator refuses beyond `memory_mb`, and the worker's V8 heap is capped
- *   with `resourceLimits`, so an allocation bomb kills only the worker, which is restarted on the
- *   next call.
+ * - isolation: the script's engine is a WebAssembly instance holding no reference to any host
+ *   object; only data crosses (an input string in, primitives or a string out). Nothing reaches
+ *   files, network, processes, module loading or clocks: the Lua state has no io, os, require,
+ *   package, load*, dofile or debug; QuickJS has no module loader, no host functions, and no Date,
+ *   Atomics, SharedArrayBuffer, WeakRef or FinalizationRegistry;
+ * - a time limit per call inside the worker (Lua: an instruction-count hook; QuickJS: an interrupt
+ *   handler), which a script cannot catch, and a separate, generous limit for loading the script;
+ *   the watchdog here terminates a worker whose call runs past its limit plus a grace (the
+ *   backstop for native code that never polls, such as a Lua pattern match);
+ * - a memory limit that bounds everything the script allocates: the Lua allocator refuses beyond
+ *   `memory_mb`, and QuickJS's WebAssembly memory has a hard maximum (its engine plus
+ *   `memory_mb`); a JavaScript runtime that ran out is replaced with the script loaded again.
  *
  * Calls queued while the worker is busy go to it together, as one message (a thread wake-up costs
- * more than a small script). The worker publishes how many calls it has started and finished in
- * shared memory, so the watchdog measures each call, not the batch or the time the worker waited
- * to be scheduled; when it kills a runaway call, the other calls of its batch run again on a new
- * worker.
+ * more than a small script). The worker publishes how many calls it has started and finished, and
+ * when the running one started, in shared memory, so the watchdog measures each call, not the
+ * batch or the time the worker waited to be scheduled; when it kills a runaway call, the other
+ * calls of its batch run again on a new worker.
  *
  * A script that breaks a limit, throws or returns something malformed decides nothing; the outcome
  * carries the check ('script.timeout', 'script.memory', 'script.load', 'script.error',
@@ -35,13 +38,20 @@ export interface ScriptOptions {
   name: string;
   /** Per call. Default 50 ms. */
   timeoutMs?: number;
+  /** For running the script's top level when a worker starts. Default LOAD_TIMEOUT_MS. */
+  loadTimeoutMs?: number;
   /** Default 64 MiB. */
   memoryMb?: number;
 }
 
-/** How long past its own time limit a worker may stay silent before it is terminated. */
-const WATCHDOG_GRACE_MS = 500;
-/** Starting a worker and a Lua state takes well under a second; this is a backstop only. */
+/**
+ * Loading a script (running its top level once per worker) has its own limit: it happens while a
+ * worker starts, when a loaded machine can stall the thread far longer than a call's limit.
+ */
+export const LOAD_TIMEOUT_MS = 5000;
+/** How long past its own time limit a call may run before its worker is terminated: half the limit, within [20, 500] ms. */
+const graceMs = (timeoutMs: number) => Math.min(500, Math.max(20, timeoutMs / 2));
+/** Starting a worker and a WebAssembly engine takes well under a second; this is a backstop only. */
 const STARTUP_LIMIT_MS = 15_000;
 
 type Reply = { ok: true; result: unknown } | { ok: false; check: string; message: string };
@@ -57,6 +67,8 @@ interface Session {
   worker: Worker;
   /** [calls started, calls finished], written by the worker. */
   progress: Int32Array;
+  /** When the last call started (Date.now()), written by the worker. */
+  startedAt: Float64Array;
   ready: boolean;
   /** Calls sent to this worker before the batch in flight. */
   base: number;
@@ -86,22 +98,24 @@ export class ScriptProcedure implements Procedure {
       source: opts.source,
       name: opts.name,
       timeoutMs: opts.timeoutMs ?? 50,
+      loadTimeoutMs: opts.loadTimeoutMs ?? LOAD_TIMEOUT_MS,
       memoryBytes: memoryMb * 1024 * 1024,
     };
   }
 
   private begin(): void {
-    const memoryMb = Math.ceil(this.cfg.memoryBytes / (1024 * 1024));
     const e = workerEntry(import.meta.url, 'script-worker');
-    const progress = new SharedArrayBuffer(8);
+    const progress = new SharedArrayBuffer(16);
     const w = new Worker(e.entry, {
       eval: e.eval,
       execArgv: [],
       workerData: { ...this.cfg, progress } satisfies WorkerConfig,
       resourceLimits: {
-        // the JS heap of the worker; wasm memory (the Lua state) is bounded by the Lua allocator
-        maxOldGenerationSizeMb: Math.max(16, memoryMb),
+        // the worker's own JS heap (inputs, replies); the script's memory is WebAssembly memory,
+        // bounded by the Lua allocator or the QuickJS instance's maximum
+        maxOldGenerationSizeMb: 64,
         maxYoungGenerationSizeMb: 8,
+        // QuickJS's stack limit (js-isolate.ts) must be reached well before this one
         stackSizeMb: 4,
       },
       stdout: true,
@@ -109,7 +123,8 @@ export class ScriptProcedure implements Procedure {
     });
     const s: Session = {
       worker: w,
-      progress: new Int32Array(progress),
+      progress: new Int32Array(progress, 0, 2),
+      startedAt: new Float64Array(progress, 8, 1),
       ready: false,
       base: 0,
       inflight: undefined,
@@ -118,12 +133,12 @@ export class ScriptProcedure implements Procedure {
     this.session = s;
     // idle workers must not keep a CLI process alive (the startup timer does while loading)
     w.unref();
-    // loading runs under the in-worker limits, but a worker stuck in native code must not hang us
+    // loading runs under the in-worker load limit, but a worker stuck in native code must not hang us
     s.timer = setTimeout(() => {
       if (this.session !== s || s.ready) return;
       this.detach(s);
       this.failQueued({ ok: false, check: 'script.timeout', message: 'the script did not load in time' });
-    }, STARTUP_LIMIT_MS + this.cfg.timeoutMs);
+    }, STARTUP_LIMIT_MS + this.cfg.loadTimeoutMs);
     w.on('message', (m: string | { type: string; check?: string; message?: string }) => {
       if (this.session !== s) return;
       if (typeof m === 'string') {
@@ -169,7 +184,7 @@ export class ScriptProcedure implements Procedure {
    * other calls of its batch go back to the queue for a new worker. A worker that dies between
    * calls takes its whole batch with it (so a worker that cannot run anything cannot loop).
    */
-  private died(s: Session, check: string, message: string, restart = true): void {
+  private died(s: Session, check: string, message: string): void {
     if (this.session !== s) return;
     const batch = s.inflight ?? [];
     const started = Atomics.load(s.progress, 0);
@@ -181,7 +196,7 @@ export class ScriptProcedure implements Procedure {
       this.failQueued({ ok: false, check, message });
       return;
     }
-    if (restart) this.restarts++;
+    this.restarts++;
     if (running >= 0 && running < batch.length) {
       batch[running].resolve({ ok: false, check, message });
       this.queue = [...batch.slice(0, running), ...batch.slice(running + 1), ...this.queue];
@@ -230,31 +245,30 @@ export class ScriptProcedure implements Procedure {
   }
 
   /**
-   * Terminates the worker when one call runs longer than its limit (plus a grace for Lua, whose
-   * own hook should fire first). Each look at the worker's progress re-arms the timer; a call
-   * seen running at two looks one period apart has overrun.
+   * Terminates the worker when one call runs longer than its limit plus a grace (the in-worker
+   * limit should stop it first): the worker publishes when each call started, so the deadline is
+   * the running call's own, not a period of this timer.
    */
   private watch(s: Session, batch: Queued[]): void {
-    const period = this.cfg.timeoutMs + (this.cfg.kind === 'lua' ? WATCHDOG_GRACE_MS : 0);
-    let seenRunning = -1;
+    const allowed = this.cfg.timeoutMs + graceMs(this.cfg.timeoutMs);
     const look = () => {
       if (this.session !== s || s.inflight !== batch) return;
       const started = Atomics.load(s.progress, 0);
       const finished = Atomics.load(s.progress, 1);
-      if (started > finished && started === seenRunning) {
+      const left = started > finished ? s.startedAt[0] + allowed - Date.now() : allowed;
+      if (left <= 0) {
         // the script is stuck where the in-worker limit cannot reach (native code): kill it
         this.died(s, 'script.timeout', `time limit of ${this.cfg.timeoutMs} ms exceeded (worker terminated)`);
         return;
       }
-      seenRunning = started > finished ? started : -1;
-      arm();
+      arm(left);
     };
     // a busy event loop can fire this timer before a reply that already arrived is read: give
     // queued messages one turn first
-    const arm = () => {
-      s.timer = setTimeout(() => setImmediate(look), period);
+    const arm = (ms: number) => {
+      s.timer = setTimeout(() => setImmediate(look), Math.ceil(ms));
     };
-    arm();
+    arm(allowed);
   }
 
   private answered(s: Session, replies: WorkerReply[]): void {
@@ -298,7 +312,9 @@ export class ScriptProcedure implements Procedure {
 
   private interpret(result: unknown, answers: readonly Answer[]): Outcome {
     if (typeof result !== 'object' || result === null || Array.isArray(result)) {
-      return this.fail('script.result', 'decide must return a value string, a table/object or nothing');
+      // the JS guest names what it got instead ("an array", "a promise")
+      const got = typeof result === 'string' ? `, not ${result}` : '';
+      return this.fail('script.result', `decide must return a value string, a table/object or nothing${got}`);
     }
     const r = result as { value?: unknown; confidence?: unknown };
     if (r.confidence !== undefined && r.confidence !== null) {
@@ -310,7 +326,12 @@ export class ScriptProcedure implements Procedure {
       return { decided: false, procedure: this.name, reason: 'the script decided nothing' };
     }
     if (typeof r.value !== 'string') {
-      return this.fail('script.result', `value must be a string (hex), got ${typeof r.value}`);
+      // a value that is not data arrives as { type } (a function, a symbol, a Lua table)
+      const type = (r.value as { type?: unknown })?.type;
+      return this.fail(
+        'script.result',
+        `value must be a string (hex), got ${typeof type === 'string' ? type : typeof r.value}`,
+      );
     }
     const value = r.value.toLowerCase();
     // a script chooses among the values the logs proved; it cannot invent one

@@ -1,26 +1,33 @@
 /**
- * Runs one user decision script (Lua or JavaScript) inside a worker thread, so that a script that
- * exhausts memory or blocks in native code can be killed without harming the process that asked
- * (see sandbox.ts, docs/deciding.md). Each call gets the classified answers and returns a JSON
- * result, or an error with a check name.
+ * Runs one user decision script (Lua in wasmoon, JavaScript in QuickJS: both WebAssembly) inside a
+ * worker thread, so that a script that blocks in native code can be killed without harming the
+ * process that asked (see sandbox.ts, docs/deciding.md). Each call gets the classified answers and
+ * returns a JSON result, or an error with a check name.
  *
  * Calls arrive in batches (one message, a JSON string, for all the calls queued while the previous
  * batch ran) and are answered in one message: each message wakes a thread, which costs more than a
  * small script. Progress is published in shared memory so that the calling thread's watchdog can
  * tell a call that runs too long from a batch that is merely long or not started yet.
  */
-import vm from 'node:vm';
 import { parentPort, workerData } from 'node:worker_threads';
 import { LUA_REGISTRYINDEX, LuaReturn, LuaType } from 'wasmoon';
+import { JsIsolate } from './js-isolate.js';
 import { createLua, luaAllocator } from './lua-native.js';
+import { ScriptError } from './script-error.js';
 
 export interface WorkerConfig {
   kind: 'lua' | 'js';
   source: string;
   name: string;
+  /** Per call. */
   timeoutMs: number;
+  /** For running the script's top level once, when the worker starts. */
+  loadTimeoutMs: number;
   memoryBytes: number;
-  /** Int32 [calls started, calls finished] since the worker started, for the watchdog. */
+  /**
+   * For the watchdog: Int32 [calls started, calls finished] since the worker started, then a
+   * Float64 (at byte 8): when the last call started (Date.now()).
+   */
   progress: SharedArrayBuffer;
 }
 
@@ -43,15 +50,6 @@ export type WorkerReply =
 export type WorkerBatch = Array<[number, ScriptInput]>;
 
 type Call = (input: ScriptInput) => unknown;
-
-class ScriptError extends Error {
-  constructor(
-    readonly check: string,
-    message: string,
-  ) {
-    super(message);
-  }
-}
 
 const cfg = workerData as WorkerConfig;
 
@@ -101,14 +99,49 @@ async function setupLua(): Promise<Call> {
     0,
   );
   let deadline = Number.POSITIVE_INFINITY;
+  /**
+   * The deadline passed during this call. From then on the hook fires on every instruction of
+   * the thread it caught and raises again, so a script that catches the error (pcall, a
+   * coroutine) cannot run on: the error unwinds every protected call up to the host's. The call
+   * is a timeout whatever message reaches the host.
+   */
+  let expired = false;
+  /** Threads whose hook was made to fire on every instruction, to be put back after the call. */
+  const hurried = new Set<number>();
   // a count hook set on the main thread is inherited by every coroutine the script creates
   const hook = lua.module.addFunction((state: number) => {
-    if (Date.now() > deadline) {
-      lua.lua_pushstring(state, LUA_TIMEOUT);
-      lua.lua_error(state);
+    if (!expired && Date.now() <= deadline) {
+      if (hurried.delete(state)) lua.lua_sethook(state, hook, LUA_HOOK_COUNT, LUA_HOOK_EVERY);
+      return;
     }
+    expired = true;
+    if (!hurried.has(state)) {
+      hurried.add(state);
+      lua.lua_sethook(state, hook, LUA_HOOK_COUNT, 1);
+    }
+    lua.lua_pushstring(state, LUA_TIMEOUT);
+    lua.lua_error(state);
   }, 'vii');
   lua.lua_sethook(L, hook, LUA_HOOK_COUNT, LUA_HOOK_EVERY);
+  // Two ways Lua runs the script's code with hooks off, out of the time limit's reach: a message
+  // handler (xpcall) runs inside the hook that raised the timeout, and __gc metamethods run with
+  // hooks off. xpcall becomes a pcall that calls the handler after unwinding (the debug library,
+  // the only thing a handler could see of the failing frame, is gone anyway); metatables with
+  // __gc are refused (Lua marks an object for finalization only when its metatable is set).
+  engine.doStringSync(`
+    local pcall, type, rawget, error, setmeta = pcall, type, rawget, error, setmetatable
+    local pack, unpack = table.pack, table.unpack
+    xpcall = function(f, handler, ...)
+      local r = pack(pcall(f, ...))
+      if r[1] then return unpack(r, 1, r.n) end
+      local _, v = pcall(handler, r[2])
+      return false, v
+    end
+    setmetatable = function(t, mt)
+      if type(mt) == 'table' and rawget(mt, '__gc') ~= nil then error('__gc metamethods are not available', 2) end
+      return setmeta(t, mt)
+    end
+  `);
   // load the script with a chunk loader captured before `load` goes away; each call's input is
   // one string in the layout of `encodeInput`
   engine.doStringSync(`
@@ -156,14 +189,21 @@ async function setupLua(): Promise<Call> {
     return text.decode(h.subarray(p, h.indexOf(0, p)));
   };
 
-  /** Calls the function under the arguments on the stack with the time limit; leaves `nresults`. */
-  const pcall = (nargs: number, nresults: number, fallback: string): void => {
-    deadline = Date.now() + cfg.timeoutMs;
+  /** Calls the function under the arguments on the stack with a time limit; leaves `nresults`. */
+  const pcall = (nargs: number, nresults: number, fallback: string, limitMs: number): void => {
+    expired = false;
+    deadline = Date.now() + limitMs;
     let status: number;
     try {
       status = raw.lua_pcallk(L, nargs, nresults, 0, 0, 0);
     } finally {
       deadline = Number.POSITIVE_INFINITY;
+      if (hurried.delete(L)) lua.lua_sethook(L, hook, LUA_HOOK_COUNT, LUA_HOOK_EVERY);
+    }
+    if (expired) {
+      expired = false;
+      raw.lua_settop(L, 0);
+      throw new ScriptError('script.timeout', `time limit of ${limitMs} ms exceeded`);
     }
     if (status === LuaReturn.Ok) return;
     const t = raw.lua_type(L, -1);
@@ -194,7 +234,7 @@ async function setupLua(): Promise<Call> {
   lua.lua_getglobal(L, '__trustix_load');
   pushString(cfg.source);
   pushString(cfg.name);
-  pcall(2, 0, 'script.load');
+  pcall(2, 0, 'script.load', cfg.loadTimeoutMs);
   lua.lua_getglobal(L, '__trustix_call');
   const entry = BigInt(lua.luaL_ref(L, LUA_REGISTRYINDEX));
   engine.doStringSync('__trustix_load = nil; __trustix_call = nil');
@@ -224,7 +264,7 @@ async function setupLua(): Promise<Call> {
     raw.lua_settop(L, 0);
     raw.lua_rawgeti(L, LUA_REGISTRYINDEX, entry);
     pushBytes((into) => encodeInput(input, into), maxEncoded(input));
-    pcall(1, 2, 'script.error');
+    pcall(1, 2, 'script.error', cfg.timeoutMs);
     const value = read(1);
     const confidence = read(2);
     raw.lua_settop(L, 0);
@@ -282,94 +322,25 @@ export function encodeInput(input: ScriptInput, into: Uint8Array): number {
 
 function luaError(err: unknown, fallback: string): ScriptError {
   const msg = err instanceof Error ? err.message : String(err);
-  if (msg === LUA_TIMEOUT)
-    return new ScriptError('script.timeout', `time limit of ${cfg.timeoutMs} ms exceeded`);
   if (/not enough memory/.test(msg)) return new ScriptError('script.memory', 'memory limit exceeded');
   if (msg === 'nodecide') return new ScriptError('script.load', 'the script defines no function decide');
   if (msg.startsWith('syntax: ')) return new ScriptError('script.load', msg.slice(8));
   return new ScriptError(fallback, msg);
 }
 
-/** JS builtins a decision script must not have: clocks (Date, Intl formats the current time), shared memory, WebAssembly. */
-const JS_REMOVE = [
-  'Date',
-  'Intl',
-  'SharedArrayBuffer',
-  'Atomics',
-  'WebAssembly',
-  'console',
-  'FinalizationRegistry',
-  'WeakRef',
-];
-
-function setupJs(): Call {
-  // Only strings cross into the context (the input as JSON, the output as JSON), so no host object
-  // (and no path to the host's Function constructor, process or require) is ever reachable.
-  const ctx = vm.createContext(Object.create(null), {
-    name: cfg.name,
-    codeGeneration: { strings: false, wasm: false },
-    microtaskMode: 'afterEvaluate',
-  });
-  const opts = { timeout: cfg.timeoutMs, breakOnSigint: false };
-  vm.runInContext(JS_REMOVE.map((g) => `delete globalThis.${g};`).join(''), ctx);
-  // the input is parsed once, by the context's own JSON, captured before the script could touch it
-  const wrap = new vm.Script(
-    `(() => {
-      const parse = JSON.parse, stringify = JSON.stringify;
-      return (input) => {
-        const x = parse(input);
-        const r = decide(x.answers, x.query);
-        if (r !== null && typeof r === 'object' && typeof r.then === 'function') throw new TypeError('decide must not return a promise');
-        return stringify(typeof r === 'object' && r !== null ? r : { value: r === undefined ? null : r });
-      };
-    })()`,
-    { filename: 'trustix-wrap' },
-  );
-  (ctx as Record<string, unknown>).__trustix_call = wrap.runInContext(ctx);
-  try {
-    new vm.Script(cfg.source, { filename: cfg.name }).runInContext(ctx, opts);
-  } catch (err) {
-    throw jsError(err, 'script.load');
-  }
-  if (vm.runInContext('typeof decide', ctx) !== 'function') {
-    throw new ScriptError('script.load', 'the script defines no function decide');
-  }
-  const call = new vm.Script('__trustix_call(__trustix_in)', { filename: 'trustix-call' });
-  return (input) => {
-    (ctx as Record<string, unknown>).__trustix_in = JSON.stringify(input);
-    let out: unknown;
-    try {
-      // no `timeout` here: it starts a watchdog thread per call (about 100 us); the caller's
-      // watchdog terminates this worker instead when a call overruns (sandbox.ts). Running through
-      // a Script (not calling the function directly) drains the context's microtasks after each call.
-      out = call.runInContext(ctx);
-    } catch (err) {
-      throw jsError(err, 'script.error');
-    }
-    if (typeof out !== 'string')
-      throw new ScriptError('script.result', 'decide returned something that is not JSON');
-    return JSON.parse(out);
-  };
-}
-
-function jsError(err: unknown, fallback: string): ScriptError {
-  const e = err as { code?: string; message?: string; name?: string };
-  if (e?.code === 'ERR_SCRIPT_EXECUTION_TIMEOUT') {
-    return new ScriptError('script.timeout', `time limit of ${cfg.timeoutMs} ms exceeded`);
-  }
-  const msg = `${e?.name ?? 'Error'}: ${e?.message ?? String(err)}`;
-  if (fallback === 'script.load' && e?.name === 'SyntaxError') return new ScriptError('script.load', msg);
-  return new ScriptError(fallback, msg);
+/** JavaScript: one QuickJS runtime for the worker's life (js-isolate.ts); the input crosses as JSON text. */
+async function setupJs(): Promise<{ call: Call; dead: () => boolean }> {
+  const iso = await JsIsolate.create(cfg);
+  return { call: (input) => iso.call(JSON.stringify(input)), dead: () => iso.dead };
 }
 
 async function main(): Promise<void> {
   const port = parentPort!;
-  // A script's own promises (an async decide, a dynamic import) may reject after its call has
-  // already been refused; such a rejection concerns no pending call and must not kill the worker.
-  process.on('unhandledRejection', () => {});
   let call: Call;
+  let dead = () => false;
   try {
-    call = cfg.kind === 'lua' ? await setupLua() : setupJs();
+    if (cfg.kind === 'lua') call = await setupLua();
+    else ({ call, dead } = await setupJs());
   } catch (err) {
     const e = err instanceof ScriptError ? err : new ScriptError('script.load', String(err));
     port.postMessage({ type: 'init-error', check: e.check, message: e.message });
@@ -377,21 +348,27 @@ async function main(): Promise<void> {
   }
   port.postMessage({ type: 'ready' });
   const progress = new Int32Array(cfg.progress);
+  const startedAt = new Float64Array(cfg.progress, 8, 1);
   port.on('message', (m: string) => {
     const batch = JSON.parse(m) as WorkerBatch;
     const replies: WorkerReply[] = [];
     for (const [id, input] of batch) {
+      // the time first: the watchdog reads the count, then the time of the call it counts
+      startedAt[0] = Date.now();
       Atomics.add(progress, 0, 1);
       try {
-        // results are plain data already (parsed from the context's JSON, or Lua primitives)
+        // results are plain data already (parsed from the guest's JSON text, or Lua primitives)
         replies.push({ id, ok: true, result: call(input) });
       } catch (err) {
         const e = err instanceof ScriptError ? err : new ScriptError('script.error', String(err));
         replies.push({ id, ok: false, check: e.check, message: e.message });
       }
       Atomics.add(progress, 1, 1);
+      if (dead()) break;
     }
     port.postMessage(JSON.stringify(replies));
+    // the engine may be inconsistent: the calls of the batch not run fail with the worker
+    if (dead()) process.exit(1);
   });
 }
 
