@@ -46,6 +46,8 @@ export class WitnessRefusal extends Error {
     message: string,
     /** For 409: the size of the latest cosigned checkpoint. */
     readonly latestSize?: number,
+    /** The log's origin, once known. */
+    readonly origin?: string,
   ) {
     super(message);
   }
@@ -123,7 +125,7 @@ export function openSubmittedCheckpoint(
   try {
     verified = openNote(note, log.verifiers).verified;
   } catch (err) {
-    if (err instanceof VerificationError) throw new WitnessRefusal(403, err.message);
+    if (err instanceof VerificationError) throw new WitnessRefusal(403, err.message, undefined, log.origin);
     throw err;
   }
   const logSignatures = verified.map((s) => `\u2014 ${s.name} ${s.base64}\n`).join('');

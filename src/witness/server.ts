@@ -194,10 +194,17 @@ function buildApp(
       return text(reply, 200, line);
     } catch (err) {
       if (!(err instanceof WitnessRefusal)) throw err;
-      metrics.requests.inc({ origin, status: String(err.status) });
+      metrics.requests.inc({ origin: err.origin ?? origin, status: String(err.status) });
       if (err.status === 409) return text(reply, 409, `${err.latestSize}\n`, SIZE_TYPE);
       return text(reply, err.status, `${err.message}\n`);
     }
+  });
+
+  app.route({
+    method: ['GET', 'PUT', 'DELETE', 'PATCH'],
+    url: '/add-checkpoint',
+    handler: async (_request, reply) =>
+      text(reply.header('allow', 'POST'), 405, 'add-checkpoint takes a POST\n'),
   });
 
   app.get<{ Params: { hash: string } }>('/:hash/checkpoint', async (request, reply) => {

@@ -210,6 +210,22 @@ describe('add-checkpoint answers', () => {
     assert.equal((await fetch(`${w.url}/${unknown}/checkpoint`)).status, 404);
   });
 
+  test('other methods on add-checkpoint are 405; metrics count answers per log', async () => {
+    const res = await fetch(`${w.url}/add-checkpoint`);
+    assert.equal(res.status, 405);
+    assert.equal(res.headers.get('allow'), 'POST');
+    const metrics = await (await fetch(`${w.url}/metrics`)).text();
+    assert.match(
+      metrics,
+      /trustix_witness_add_checkpoint_total\{origin="example.com\/log-a",status="403"\} 3/,
+    );
+    assert.match(metrics, /trustix_witness_cosigned_size\{origin="example.com\/log-a"\} 22/);
+    assert.match(
+      metrics,
+      /trustix_witness_evidence_total\{origin="example.com\/log-a",kind="same-size-different-root"\} 2/,
+    );
+  });
+
   test('concurrent requests from one old size: exactly one 200, the others 409', async () => {
     const sizes = Array.from({ length: 12 }, (_, i) => 23 + i);
     const answers = await Promise.all(sizes.map((s) => add(w.url, request(logA, 22, s))));
