@@ -177,7 +177,7 @@ function buildApp(
       }
       if (d.refusal) throw d.refusal;
       const line = cosignatureLine(cosigner, signed.text, cosignatureTime());
-      const done = store.compareAndSet(origin, req.oldSize, {
+      const done = await store.compareAndSet(origin, req.oldSize, {
         size: cp.size,
         rootHash: cp.rootHash,
         note: `${signed.text}\n${signed.logSignatures}${line}`,

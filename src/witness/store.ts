@@ -1,8 +1,8 @@
 /**
  * The witness's durable state in its state directory:
  * - `witness.mdb`: per log origin, the latest cosigned checkpoint (LMDB, fsync at every commit, so a
- *   200 is only answered once the new state is on disk). Check-and-set runs in one synchronous LMDB
- *   write transaction, which LMDB also serialises across processes sharing the directory.
+ *   200 is only answered once the new state is on disk). Check-and-set runs in one LMDB write
+ *   transaction, which LMDB also serialises across processes sharing the directory.
  * - `evidence/<id>.json`: misbehaviour records (see evidence.ts), written to a temporary file,
  *   fsynced and renamed.
  */
@@ -42,7 +42,7 @@ export class WitnessStore {
       db = open<string, string>({
         path: join(dir, STATE_FILE),
         encoding: 'string',
-        // Durable at commit: transactionSync returns after fsync.
+        // Durable at commit: a transaction's promise resolves after fsync.
         overlappingSync: false,
         noSync: false,
         compression: false,
@@ -65,19 +65,21 @@ export class WitnessStore {
   }
 
   /**
-   * Stores `next` for `origin` if the stored size is still `expectedSize` (0 for none), in one
-   * durable transaction. Otherwise nothing changes and the stored size is returned.
+   * Stores `next` for `origin` if the stored size is still `expectedSize` (0 for none), in one LMDB
+   * write transaction; resolves once that is committed and fsynced. Otherwise nothing changes and
+   * the stored size is returned. Transactions started in one event-loop turn share one commit (one
+   * fsync), and the event loop does not wait for the disk.
    */
   compareAndSet(
     origin: string,
     expectedSize: number,
     next: CosignedState,
-  ): { ok: true } | { ok: false; size: number } {
-    return this.db.transactionSync(() => {
+  ): Promise<{ ok: true } | { ok: false; size: number }> {
+    return this.db.transaction(() => {
       const raw = this.db.get(origin);
       const size = raw === undefined ? 0 : decodeState(origin, raw).size;
       if (size !== expectedSize) return { ok: false as const, size };
-      this.db.putSync(origin, encodeState(next));
+      this.db.put(origin, encodeState(next));
       return { ok: true as const };
     });
   }
