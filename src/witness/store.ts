@@ -58,8 +58,11 @@ export class WitnessStore {
     return new WitnessStore(db, evidenceDir);
   }
 
-  /** The latest checkpoint cosigned for `origin`, if any. */
+  /** The latest checkpoint cosigned for `origin`, if any, as of the latest commit of any process. */
   get(origin: string): CosignedState | undefined {
+    // lmdb-js keeps a read snapshot for the rest of the event-loop turn; another process (or an
+    // earlier commit in this turn) may have moved on since.
+    this.db.resetReadTxn();
     const raw = this.db.get(origin);
     return raw === undefined ? undefined : decodeState(origin, raw);
   }
