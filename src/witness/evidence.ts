@@ -13,10 +13,10 @@
  */
 import { createHash } from 'node:crypto';
 import { decodeBase64Strict, equalBytes } from '../core/bytes.js';
-import { type Checkpoint, parseCheckpoint } from '../core/checkpoint.js';
 import { FormatError, VerificationError } from '../core/errors.js';
 import { verifyConsistency } from '../core/merkle.js';
 import { openNote, verifierFromVkey } from '../core/note.js';
+import { type CheckpointHead, parseCheckpointHead } from './head.js';
 
 export type ConflictKind = 'same-size-different-root' | 'consistency-proof-failed';
 export const EVIDENCE_TYPE = 'trustix-misbehaviour/v1';
@@ -98,12 +98,12 @@ export function parseEvidence(text: string): MisbehaviourEvidence {
 export function verifyEvidence(
   e: MisbehaviourEvidence,
   trustedVkeys: readonly string[] = e.vkeys,
-): { accepted: Checkpoint; refused: Checkpoint } {
+): { accepted: CheckpointHead; refused: CheckpointHead } {
   if (trustedVkeys.length === 0)
     throw new VerificationError('evidence.no-key', 'no log key to check the evidence with');
   const verifiers = trustedVkeys.map((k) => verifierFromVkey(k));
-  const open = (note: string, what: string): Checkpoint => {
-    const cp = parseCheckpoint(openNote(note, verifiers).text);
+  const open = (note: string, what: string): CheckpointHead => {
+    const cp = parseCheckpointHead(openNote(note, verifiers).text);
     if (cp.origin !== e.origin) {
       throw new VerificationError(
         'evidence.origin',

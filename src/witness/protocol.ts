@@ -4,11 +4,11 @@
  * the log, and make the tlog-cosignature v1 line of an accepted checkpoint.
  */
 import { decodeBase64Strict, equalBytes } from '../core/bytes.js';
-import { type Checkpoint, parseCheckpoint } from '../core/checkpoint.js';
 import { FormatError, VerificationError } from '../core/errors.js';
 import { EMPTY_ROOT, verifyConsistency } from '../core/merkle.js';
 import { type Cosigner, formatSignatureLine, type NoteVerifier, openNote, parseNote } from '../core/note.js';
 import type { ConflictKind } from './evidence.js';
+import { type CheckpointHead, parseCheckpointHead } from './head.js';
 
 /** A log the witness follows: its origin (the checkpoint's first line) and the keys it trusts for it. */
 export interface WitnessedLog {
@@ -93,7 +93,7 @@ export function parseAddCheckpoint(body: Uint8Array): AddCheckpointRequest {
 /** A checkpoint whose log signature checked out. */
 export interface SignedCheckpoint {
   log: WitnessedLog;
-  checkpoint: Checkpoint;
+  checkpoint: CheckpointHead;
   /** The checkpoint text (the note's body). */
   text: string;
   /** The signature lines by the log's trusted keys that verified. */
@@ -110,10 +110,10 @@ export function openSubmittedCheckpoint(
   logs: ReadonlyMap<string, WitnessedLog>,
 ): SignedCheckpoint {
   let text: string;
-  let checkpoint: Checkpoint;
+  let checkpoint: CheckpointHead;
   try {
     text = parseNote(note).text;
-    checkpoint = parseCheckpoint(text);
+    checkpoint = parseCheckpointHead(text);
   } catch (err) {
     if (err instanceof FormatError) throw badRequest(`malformed checkpoint: ${err.message}`);
     throw err;

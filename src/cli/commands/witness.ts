@@ -21,8 +21,7 @@ export function registerWitnessCommand(program: Command): void {
     .option(
       '--log <vkey>',
       "a log to witness, by its verifier key; its origin is the key's name (repeatable)",
-      (v: string, prev: string[]) => [...prev, v],
-      [] as string[],
+      (v: string, prev: string[] | undefined) => [...(prev ?? []), v],
     )
     .option('-c, --config <file>', 'TOML file listing logs: [[log]] origin = "...", vkey = "..." or [...]')
     .option('--name <name>', 'name of the witness key created on first start (default: <hostname>/witness)')
@@ -30,7 +29,7 @@ export function registerWitnessCommand(program: Command): void {
       'after',
       '\nPrints "witness <name> vkey <vkey>" then "ready". Evidence of log misbehaviour goes to DIR/evidence/.\n\nExample:\n  trustix witness --state ./w1 --listen 127.0.0.1:7380 --log example.com/log+1a2b3c4d+AR...',
     )
-    .action(async (o: { state?: string; listen: string; log: string[]; config?: string; name?: string }) => {
+    .action(async (o: { state?: string; listen: string; log?: string[]; config?: string; name?: string }) => {
       const say = (line: string) => process.stdout.write(`${line}\n`);
       if (o.state === undefined) throw new CliError('witness: --state DIR is required', EXIT.usage);
       const address = parseAddress(o.listen);
@@ -40,7 +39,10 @@ export function registerWitnessCommand(program: Command): void {
           EXIT.usage,
         );
       }
-      const decls: LogDeclaration[] = o.log.map((vkey, i) => ({ vkeys: [vkey], where: `--log #${i + 1}` }));
+      const decls: LogDeclaration[] = (o.log ?? []).map((vkey, i) => ({
+        vkeys: [vkey],
+        where: `--log #${i + 1}`,
+      }));
       if (o.config !== undefined) decls.push(...loadWitnessConfig(o.config));
       const logs = witnessedLogs(decls);
       const server = await WitnessServer.start(
