@@ -4,6 +4,7 @@ import { registerLocalCommands } from './local.js';
 import { registerNixCommands } from './nix.js';
 import { registerRemoteCommands } from './remote.js';
 import { registerServeCommand } from './serve.js';
+import { registerWitnessCommand } from './witness.js';
 
 /** Every command module registers itself here; add one line per module. */
 export function registerCommands(program: Command): void {
@@ -12,4 +13,5 @@ export function registerCommands(program: Command): void {
   registerServeCommand(program);
   registerDecideCommands(program);
   registerNixCommands(program);
+  registerWitnessCommand(program);
 }
