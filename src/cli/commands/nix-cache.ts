@@ -69,8 +69,17 @@ Example cache.toml:
   listen = "127.0.0.1:37515"
   secret_key_file = "cache-key.sec"     # created on first start
   decide_config = "decide.toml"         # the logs and the procedure (see trustix decide --help)
+  verify_first_max = 4194304            # NARs up to this size are checked whole before sending
+  bad_upstream_ttl = 600                # seconds a cache that served bad bytes is tried last
   [[upstream]]
-  url = "https://cache.example.org"`,
+  url = "https://cache.example.org"
+  [[upstream]]
+  url = "file:///srv/cache"             # a directory written by nix copy --to file://...
+
+At start the proxy checks every upstream (nix-cache-info) and every log (a verified
+lookup) and prints one "check:" line each before "ready". A 404 body, and the log line
+beside it, says why a path is refused: no decision (with each log's answer), decided but
+no upstream has a matching narinfo, or bad bytes from an upstream.`,
     )
     .action(async (o: { config?: string; listen?: string; quiet?: boolean }) => {
       const say = (line: string) => process.stdout.write(`${line}\n`);
@@ -110,6 +119,7 @@ Example cache.toml:
         `deciding with ${cfg.decideConfig} over ${decideCfg.logs.length} log(s); upstreams: ${cfg.upstreams.map((u) => u.url).join(' ')}`,
       );
       say(`listening ${url.href}`);
+      for (const line of await proxy.check()) say(`check: ${line}`);
       say('ready');
       await new Promise<void>((done) => {
         const stop = () => {
