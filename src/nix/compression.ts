@@ -282,37 +282,86 @@ const ZSTD_UNEXPECTED_EOF = 5;
 // 64 KiB piece takes milliseconds.
 const ZSTD_STALL_MS = 30_000;
 
-// The worker's side, as CommonJS source: decode each piece, answer with its output blocks.
+// The worker's side, as CommonJS source: decode each piece, answer with its output blocks. A
+// worker serves one stream at a time and is reused for the next: a piece with a new `gen` starts a
+// new decoder, and every answer carries the `gen` it belongs to.
 const ZSTD_WORKER = `
 const { parentPort, workerData } = require('node:worker_threads');
 const { Decompress } = require(workerData);
 let out = [];
-const decoder = new Decompress((block) => { if (block.length > 0) out.push(block); });
-parentPort.on('message', ({ input, final }) => {
+let gen = -1;
+let decoder;
+parentPort.on('message', (msg) => {
+  if (msg.gen !== gen) {
+    gen = msg.gen;
+    out = [];
+    decoder = new Decompress((block) => { if (block.length > 0) out.push(block); });
+  }
   try {
-    decoder.push(input, final);
+    decoder.push(msg.input, msg.final);
     const blocks = out;
     out = [];
-    parentPort.postMessage({ blocks });
+    parentPort.postMessage({ gen, blocks });
   } catch (err) {
-    parentPort.postMessage({ error: String(err && err.message), code: err && err.code });
+    out = [];
+    parentPort.postMessage({ gen, error: String(err && err.message), code: err && err.code });
   }
 });
 `;
 
+// Starting a worker thread costs tens of milliseconds, more than decoding a small NAR: idle
+// workers are kept (unreferenced, so they never hold the process open) for the next stream.
+const MAX_IDLE_ZSTD_WORKERS = 4;
+const idleZstdWorkers: Worker[] = [];
+let zstdGen = 0;
+/** How many zstd worker threads were started so far (each is reused while it stays healthy). */
+export const zstdWorkerStats = { started: 0 };
+
+function takeZstdWorker(): Worker {
+  const idle = idleZstdWorkers.pop();
+  if (idle !== undefined) {
+    idle.ref();
+    return idle;
+  }
+  const worker = new Worker(ZSTD_WORKER, { eval: true, workerData: require.resolve('fzstd') });
+  zstdWorkerStats.started++;
+  // a worker that dies is never handed out again
+  worker.once('exit', () => {
+    const i = idleZstdWorkers.indexOf(worker);
+    if (i >= 0) idleZstdWorkers.splice(i, 1);
+  });
+  return worker;
+}
+
+function returnZstdWorker(worker: Worker): void {
+  if (idleZstdWorkers.length >= MAX_IDLE_ZSTD_WORKERS) {
+    void worker.terminate();
+    return;
+  }
+  worker.unref();
+  idleZstdWorkers.push(worker);
+}
+
 interface ZstdReply {
+  gen: number;
   blocks?: Uint8Array[];
   error?: string;
   code?: unknown;
 }
 
 /**
- * zstd through fzstd (pure JS) in a worker thread, one piece at a time. Node's own zstd (22.15+)
- * is not used: it stops silently after the first frame, and Node 20 has none.
+ * zstd through fzstd (pure JS) in a pooled worker thread, one piece at a time. Node's own zstd
+ * (22.15+) is not used: it stops silently after the first frame, and Node 20 has none.
  */
 class ZstdDecompressor extends Transform {
   readonly #stallMs: number;
+  readonly #gen = zstdGen++;
   #worker: Worker | null = null;
+  /** A piece is in the worker and not answered yet. */
+  #busy = false;
+  #onError = (err: Error): void => {
+    this.destroy(corrupt('zstd', err));
+  };
   #sawInput = false;
   #resume: (() => void) | null = null;
   #timer: NodeJS.Timeout | undefined;
@@ -325,8 +374,8 @@ class ZstdDecompressor extends Transform {
   }
 
   #start(): Worker {
-    const worker = new Worker(ZSTD_WORKER, { eval: true, workerData: require.resolve('fzstd') });
-    worker.on('error', (err) => this.destroy(corrupt('zstd', err)));
+    const worker = takeZstdWorker();
+    worker.on('error', this.#onError);
     this.#worker = worker;
     return worker;
   }
@@ -334,6 +383,7 @@ class ZstdDecompressor extends Transform {
   /** Decodes one piece in the worker; pushes the output and reports whether the reader has room. */
   #decode(input: Buffer, final: boolean, done: (err: FormatError | null, room: boolean) => void): void {
     const worker = this.#worker ?? this.#start();
+    this.#busy = true;
     this.#timer = setTimeout(() => {
       worker.off('message', onMessage);
       done(
@@ -342,7 +392,9 @@ class ZstdDecompressor extends Transform {
       );
     }, this.#stallMs);
     const onMessage = (reply: ZstdReply): void => {
+      if (reply.gen !== this.#gen) return; // a late answer to the worker's previous stream
       clearTimeout(this.#timer);
+      this.#busy = false;
       worker.off('message', onMessage);
       if (reply.error !== undefined) {
         done(
@@ -361,7 +413,7 @@ class ZstdDecompressor extends Transform {
       done(null, room);
     };
     worker.on('message', onMessage);
-    worker.postMessage({ input, final });
+    worker.postMessage({ gen: this.#gen, input, final });
   }
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
@@ -412,10 +464,15 @@ class ZstdDecompressor extends Transform {
     callback(err);
   }
 
+  /** Gives the worker back for the next stream, unless it is still decoding (it may be stuck). */
   #stop(): void {
     clearTimeout(this.#timer);
     const worker = this.#worker;
     this.#worker = null;
-    if (worker !== null) void worker.terminate();
+    if (worker === null) return;
+    worker.off('error', this.#onError);
+    worker.removeAllListeners('message');
+    if (this.#busy) void worker.terminate();
+    else returnZstdWorker(worker);
   }
 }
