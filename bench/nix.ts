@@ -21,7 +21,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { get } from 'node:http';
 import { createRequire } from 'node:module';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { toBase64 } from '../src/core/bytes.js';
@@ -104,9 +104,10 @@ function spawnUntil(
 }
 
 function stop(proc: ChildProcess): Promise<void> {
-  if (proc.exitCode !== null) return Promise.resolve();
-  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+  // spawnUntil's listener would call an exit at this point a failure
   proc.removeAllListeners('exit');
+  if (proc.exitCode !== null || proc.signalCode !== null) return Promise.resolve();
+  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
   proc.kill('SIGTERM');
   return exited;
 }
@@ -182,7 +183,11 @@ async function startProxy(dir: string, logs: LogNode[], upstream: string, extra 
 }
 
 /** Requests/s for GETs of `paths` (cycled) against `base`: `amount` requests, or for SECONDS. */
-async function load(base: string, paths: string[], amount?: number): Promise<{ rate: number; bad: number }> {
+async function load(
+  base: string,
+  paths: string[],
+  amount?: number,
+): Promise<{ rate: number; bad: number; total: number }> {
   let i = 0;
   const r = await autocannon({
     url: base,
@@ -195,7 +200,7 @@ async function load(base: string, paths: string[], amount?: number): Promise<{ r
       },
     ],
   });
-  return { rate: r.requests.total / r.duration, bad: r.non2xx + r.errors };
+  return { rate: r.requests.total / r.duration, bad: r.non2xx + r.errors, total: r.requests.total };
 }
 
 /** Seconds to download `url` whole, and its size. */
@@ -214,6 +219,20 @@ function download(url: string): Promise<{ secs: number; bytes: number }> {
   });
 }
 
+/** CPU time (user + system) of processes so far, in ms, from /proc (0 where there is none). */
+function cpuMs(procs: ChildProcess[]): number {
+  let ticks = 0;
+  for (const p of procs) {
+    try {
+      const fields = readFileSync(`/proc/${p.pid}/stat`, 'utf8').split(') ')[1].split(' ');
+      ticks += Number(fields[11]) + Number(fields[12]);
+    } catch {
+      // no procfs
+    }
+  }
+  return ticks * 10; // USER_HZ is 100 on Linux
+}
+
 function randomHashPart(): string {
   return encodeNix32(randomBytes(20));
 }
@@ -230,7 +249,8 @@ async function main(): Promise<void> {
   top = mk "top" "echo ${leaves.map((l) => `\${${l}}`).join(' ')} > $out";
   large = mk "large" "head -c ${Math.round((LARGE_MB * 3) / 4)}M /dev/urandom | base64 > $out";
 }`;
-    const [top, large] = await world.build(expr, ['top', 'large']);
+    const needCaches = runs('nar') || runs('small') || runs('closure');
+    const [top, large] = await world.build(expr, runs('nar') ? ['top', 'large'] : ['top', 'top']);
     const real: NixPathInfo[] = await pathInfos(
       await closure([top, large], { store: world.store, env: world.env }),
       {
@@ -259,7 +279,9 @@ async function main(): Promise<void> {
     const logs = await Promise.all([0, 1, 2, 3, 4].map((i) => startLog(dir, i, entries)));
     children.push(...logs.map((l) => l.proc));
     const caches: Record<string, string> = {};
-    for (const c of COMPRESSIONS) caches[c] = await world.cache(`cache-${c}`, c, [top, large]);
+    for (const c of COMPRESSIONS) {
+      caches[c] = needCaches ? await world.cache(`cache-${c}`, c, [top, large]) : synDir;
+    }
     const statics = await startStatic([synDir, ...COMPRESSIONS.map((c) => caches[c])]);
     children.push(statics.proc);
     const [synUrl, ...cacheUrls] = statics.urls;
@@ -269,16 +291,32 @@ async function main(): Promise<void> {
     });
 
     if (runs('narinfo')) {
+      const s0 = cpuMs([statics.proc]);
       const d = await load(synUrl, syn);
-      emit('narinfo static server', d.rate, 'req/s', { bad: d.bad });
+      emit('narinfo static server', d.rate, 'req/s', {
+        bad: d.bad,
+        cpuMsPerRequest: Math.round(((cpuMs([statics.proc]) - s0) / d.total) * 1000) / 1000,
+        load: loadavg()[0],
+      });
       for (const n of [3, 5]) {
         const p = await startProxy(dir, logs.slice(0, n), synUrl, 'decision_ttl = 3600');
+        const logProcs = logs.slice(0, n).map((l) => l.proc);
+        let [cpu0, logs0] = [cpuMs([p.proc]), cpuMs(logProcs)];
         const cold = await load(p.url, syn, KEYS);
-        emit(`narinfo cold, ${n} logs`, cold.rate, 'req/s', { bad: cold.bad, keys: KEYS });
+        emit(`narinfo cold, ${n} logs`, cold.rate, 'req/s', {
+          bad: cold.bad,
+          keys: KEYS,
+          proxyCpuMsPerRequest: Math.round(((cpuMs([p.proc]) - cpu0) / KEYS) * 1000) / 1000,
+          logsCpuMsPerRequest: Math.round(((cpuMs(logProcs) - logs0) / KEYS) * 1000) / 1000,
+          load: loadavg()[0],
+        });
+        [cpu0, logs0] = [cpuMs([p.proc]), cpuMs(logProcs)];
         const warm = await load(p.url, syn);
         emit(`narinfo warm, ${n} logs`, warm.rate, 'req/s', {
           bad: warm.bad,
           ofStatic: Math.round((warm.rate / d.rate) * 100) / 100,
+          proxyCpuMsPerRequest: Math.round(((cpuMs([p.proc]) - cpu0) / warm.total) * 1000) / 1000,
+          load: loadavg()[0],
         });
         await stop(p.proc);
       }
@@ -309,7 +347,7 @@ async function main(): Promise<void> {
 
     if (runs('small')) {
       const smallParts = real
-        .filter((i) => i.storePath !== large)
+        .filter((i) => !i.storePath.endsWith('-large'))
         .map((i) => i.storePath.split('/').pop()!.slice(0, 32));
       for (const c of COMPRESSIONS) {
         const p = await startProxy(dir, logs.slice(0, 3), direct[c], 'decision_ttl = 3600');
