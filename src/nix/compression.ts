@@ -314,8 +314,11 @@ parentPort.on('message', (msg) => {
 const MAX_IDLE_ZSTD_WORKERS = 4;
 const idleZstdWorkers: Worker[] = [];
 let zstdGen = 0;
-/** How many zstd worker threads were started so far (each is reused while it stays healthy). */
-export const zstdWorkerStats = { started: 0 };
+/**
+ * How many zstd worker threads were started so far (each is reused while it stays healthy), and
+ * how many pieces were sent to them (each a round trip between threads).
+ */
+export const zstdWorkerStats = { started: 0, messages: 0 };
 
 function takeZstdWorker(): Worker {
   const idle = idleZstdWorkers.pop();
@@ -363,6 +366,7 @@ class ZstdDecompressor extends Transform {
     this.destroy(corrupt('zstd', err));
   };
   #sawInput = false;
+  #held: Buffer | null = null;
   #resume: (() => void) | null = null;
   #timer: NodeJS.Timeout | undefined;
   /** A `_read` came and nothing has been pushed since. */
@@ -413,15 +417,28 @@ class ZstdDecompressor extends Transform {
       done(null, room);
     };
     worker.on('message', onMessage);
+    zstdWorkerStats.messages++;
     worker.postMessage({ gen: this.#gen, input, final });
   }
 
+  /**
+   * The latest chunk is held until the next one (or the end) arrives, so the last piece goes to
+   * the worker together with the end of input: a small NAR costs one round trip to the worker.
+   */
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
-    if (chunk.length > 0) this.#sawInput = true;
-    this.#feed(chunk, 0, callback);
+    if (chunk.length === 0) {
+      callback();
+      return;
+    }
+    this.#sawInput = true;
+    const previous = this.#held;
+    this.#held = chunk;
+    if (previous === null) callback();
+    else this.#feed(previous, 0, false, callback);
   }
 
-  #feed(chunk: Buffer, offset: number, callback: TransformCallback): void {
+  /** Decodes `chunk` from `offset` piece by piece; with `final`, its last piece ends the input. */
+  #feed(chunk: Buffer, offset: number, final: boolean, callback: TransformCallback): void {
     if (offset >= chunk.length) {
       callback();
       // As in SyncDecompressor._read: a `_read` that no push has answered yet will not be
@@ -430,10 +447,10 @@ class ZstdDecompressor extends Transform {
       return;
     }
     const end = Math.min(chunk.length, offset + SLICE);
-    this.#decode(chunk.subarray(offset, end), false, (err, room) => {
+    this.#decode(chunk.subarray(offset, end), final && end >= chunk.length, (err, room) => {
       if (err !== null) callback(err);
-      else if (room || end >= chunk.length) this.#feed(chunk, end, callback);
-      else this.#resume = () => this.#feed(chunk, end, callback);
+      else if (room || end >= chunk.length) this.#feed(chunk, end, final, callback);
+      else this.#resume = () => this.#feed(chunk, end, final, callback);
     });
   }
 
@@ -453,7 +470,9 @@ class ZstdDecompressor extends Transform {
       callback(truncated('zstd', 'empty input'));
       return;
     }
-    this.#decode(Buffer.alloc(0), true, (err) => {
+    const last = this.#held!;
+    this.#held = null;
+    this.#feed(last, 0, true, (err) => {
       this.#stop();
       callback(err);
     });

@@ -275,6 +275,12 @@ describe('zstd worker reuse', () => {
     assert.equal((await decompress('zstd', good)).sha256, want);
     assert.equal(zstdWorkerStats.started, started, 'no new worker thread per stream');
   });
+  test('a small NAR in one chunk is one round trip to the worker: its only piece carries the end of input', async () => {
+    const plain = sampleData(20_000);
+    const messages = zstdWorkerStats.messages;
+    assert.equal((await decompress('zstd', compressWithTool('zstd', plain))).sha256, sha256hex(plain));
+    assert.equal(zstdWorkerStats.messages - messages, 1);
+  });
 });
 
 describe('real Nix binary caches', () => {
