@@ -10,12 +10,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { pathToFileURL } from 'node:url';
+import { MemoryTrustStore, type TrustStore } from '../../src/client/trust-store.js';
 import { toBase64 } from '../../src/core/bytes.js';
 import { encodeEntry } from '../../src/core/entry.js';
 import type { Decision, LogResult } from '../../src/decide/decide.js';
 import { encodeNix32 } from '../../src/nix/base32.js';
 import { type CacheConfig, parseCacheConfig } from '../../src/nix/cache-config.js';
 import { CacheProxy, type NarHashDecider } from '../../src/nix/cache-proxy.js';
+import { CachedTrustStore } from '../../src/nix/cache-trust.js';
 import { nixEntry } from '../../src/nix/entry.js';
 import {
   formatNixPublicKey,
@@ -595,6 +597,36 @@ describe('cache proxy: the narinfo is the vote, a bad cache is passed over', () 
       good.files.delete('nix-cache-info');
       await p.close();
     }
+  });
+});
+
+describe("the proxy's trust store", () => {
+  test('reads the file store at most once per max age, writes through, and lets its compare-and-set decide', async () => {
+    const inner = new MemoryTrustStore();
+    let gets = 0;
+    const counting: TrustStore = {
+      get: (log) => {
+        gets++;
+        return inner.get(log);
+      },
+      compareAndSet: (log, expected, next) => inner.compareAndSet(log, expected, next),
+    };
+    const log = { origin: 'o', vkey: 'v' };
+    const store = new CachedTrustStore(counting, 60_000);
+    for (let i = 0; i < 50; i++) assert.equal(await store.get(log), undefined);
+    assert.equal(gets, 1);
+    assert.deepEqual(await store.compareAndSet(log, undefined, 'cp1'), { ok: true });
+    assert.equal(await store.get(log), 'cp1');
+    // another process moves the file store on: the stale cache cannot overwrite it
+    assert.deepEqual(await inner.compareAndSet(log, 'cp1', 'cp2'), { ok: true });
+    assert.equal(await store.get(log), 'cp1', 'cached');
+    assert.deepEqual(await store.compareAndSet(log, 'cp1', 'cp1b'), { ok: false, current: 'cp2' });
+    assert.equal(await store.get(log), 'cp2', 'the failed compare-and-set refreshed it');
+    assert.equal(gets, 1);
+    const fresh = new CachedTrustStore(counting, 0);
+    await fresh.get(log);
+    await fresh.get(log);
+    assert.equal(gets, 3, 'max age 0: every get reads');
   });
 });
 

@@ -8,6 +8,7 @@ import { loadDecideConfig } from '../../decide/config.js';
 import { Decider } from '../../decide/decide.js';
 import { type CacheConfig, loadCacheConfig } from '../../nix/cache-config.js';
 import { CacheProxy } from '../../nix/cache-proxy.js';
+import { CachedTrustStore } from '../../nix/cache-trust.js';
 import {
   formatNixPublicKey,
   formatNixSecretKey,
@@ -104,7 +105,9 @@ no upstream has a matching narinfo, or bad bytes from an upstream.`,
       }
       const key = loadOrCreateKey(cfg, say);
       const trustDir = cfg.trustDir ?? decideCfg.trustDir ?? defaultTrustDir();
-      const decider = new Decider(decideCfg, { trustStore: new FileTrustStore(trustDir) });
+      const decider = new Decider(decideCfg, {
+        trustStore: new CachedTrustStore(new FileTrustStore(trustDir)),
+      });
       const proxy = new CacheProxy({
         config: cfg,
         decider,
