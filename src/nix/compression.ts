@@ -310,9 +310,11 @@ parentPort.on('message', (msg) => {
 `;
 
 // Starting a worker thread costs tens of milliseconds, more than decoding a small NAR: idle
-// workers are kept (unreferenced, so they never hold the process open) for the next stream.
-const MAX_IDLE_ZSTD_WORKERS = 4;
-const idleZstdWorkers: Worker[] = [];
+// workers are kept (unreferenced, so they never hold the process open) for the next streams. Nix
+// fetches up to 16 paths at once, so up to 16 are kept; one idle for 30 s is stopped.
+const MAX_IDLE_ZSTD_WORKERS = 16;
+const ZSTD_WORKER_IDLE_MS = 30_000;
+const idleZstdWorkers: Array<{ worker: Worker; timer: NodeJS.Timeout }> = [];
 let zstdGen = 0;
 /**
  * How many zstd worker threads were started so far (each is reused while it stays healthy), and
@@ -323,15 +325,19 @@ export const zstdWorkerStats = { started: 0, messages: 0 };
 function takeZstdWorker(): Worker {
   const idle = idleZstdWorkers.pop();
   if (idle !== undefined) {
-    idle.ref();
-    return idle;
+    clearTimeout(idle.timer);
+    idle.worker.ref();
+    return idle.worker;
   }
   const worker = new Worker(ZSTD_WORKER, { eval: true, workerData: require.resolve('fzstd') });
   zstdWorkerStats.started++;
   // a worker that dies is never handed out again
   worker.once('exit', () => {
-    const i = idleZstdWorkers.indexOf(worker);
-    if (i >= 0) idleZstdWorkers.splice(i, 1);
+    const i = idleZstdWorkers.findIndex((w) => w.worker === worker);
+    if (i >= 0) {
+      clearTimeout(idleZstdWorkers[i].timer);
+      idleZstdWorkers.splice(i, 1);
+    }
   });
   return worker;
 }
@@ -342,7 +348,9 @@ function returnZstdWorker(worker: Worker): void {
     return;
   }
   worker.unref();
-  idleZstdWorkers.push(worker);
+  const timer = setTimeout(() => void worker.terminate(), ZSTD_WORKER_IDLE_MS);
+  timer.unref();
+  idleZstdWorkers.push({ worker, timer });
 }
 
 interface ZstdReply {

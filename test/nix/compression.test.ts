@@ -275,6 +275,15 @@ describe('zstd worker reuse', () => {
     assert.equal((await decompress('zstd', good)).sha256, want);
     assert.equal(zstdWorkerStats.started, started, 'no new worker thread per stream');
   });
+  test('as many concurrent streams as Nix fetches at once reuse their workers the next time', async () => {
+    const plain = sampleData(50_000);
+    const good = compressWithTool('zstd', plain);
+    const round = () => Promise.all(Array.from({ length: 16 }, () => decompress('zstd', good)));
+    await round();
+    const started = zstdWorkerStats.started;
+    for (const r of await round()) assert.equal(r.sha256, sha256hex(plain));
+    assert.equal(zstdWorkerStats.started, started);
+  });
   test('a small NAR in one chunk is one round trip to the worker: its only piece carries the end of input', async () => {
     const plain = sampleData(20_000);
     const messages = zstdWorkerStats.messages;
