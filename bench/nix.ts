@@ -7,7 +7,7 @@
 //   3. Each small NAR of the closure below through the proxy (decisions warm), in ms per NAR, for
 //      each compression; directly: the cache file's download.
 //   4. `nix-store -r` of a 20-path closure of small paths into a fresh store: directly, through
-//      the proxy with warm decisions and with cold ones (a fresh proxy process), medians of
+//      the proxy with warm decisions and with cold ones (a running proxy whose decisions expired), medians of
 //      TRUSTIX_BENCH_NIX_ROUNDS (default 3), for each compression.
 // Everything runs on loopback: the logs are `trustix serve` processes, the caches are written by
 // the real `nix copy` and served by a node:http static server in a child process (the load tool
@@ -397,16 +397,19 @@ async function main(): Promise<void> {
         const key = proxyKey(dir);
         const viaProxy = ['--option', 'trusted-public-keys', key];
         await substitute(warm.url, viaProxy); // decisions now cached
+        // a running proxy whose decisions expire after 2 s: each run after a pause decides afresh
+        const cold = await startProxy(dir, logs.slice(0, 3), direct[c], 'decision_ttl = 2');
+        await substitute(cold.url, viaProxy);
         for (let r = 0; r < ROUNDS; r++) {
           directMs.push(
             await substitute(direct[c].replace(/\/$/, ''), ['--option', 'require-sigs', 'false']),
           );
           warmMs.push(await substitute(warm.url, viaProxy));
-          const cold = await startProxy(dir, logs.slice(0, 3), direct[c], 'decision_ttl = 3600');
+          await new Promise((r) => setTimeout(r, 2500));
           coldMs.push(await substitute(cold.url, viaProxy));
-          await stop(cold.proc);
         }
         await stop(warm.proc);
+        await stop(cold.proc);
         const base = median(directMs);
         emit(`nix-store -r 20 paths directly, ${c}`, base, 'ms');
         emit(`nix-store -r 20 paths through the proxy, warm, ${c}`, median(warmMs), 'ms', {
