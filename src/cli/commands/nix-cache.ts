@@ -58,7 +58,7 @@ export function registerNixCacheCommand(nix: Command): void {
       '-l, --listen <host:port>',
       'listen here instead of the configured address (port 0: any free port)',
     )
-    .option('-q, --quiet', 'no line per narinfo decision')
+    .option('-q, --quiet', 'no stderr line per decision or refusal (404 bodies still say why)')
     .addHelpText(
       'after',
       `
