@@ -10,7 +10,10 @@ import { parseAddress } from '../server/config.js';
 import { NIX_STORE_DIR } from './store-path.js';
 
 export interface UpstreamConfig {
-  /** Base URL of a binary cache (the directory holding `nix-cache-info`), ending in `/`. */
+  /**
+   * Base URL of a binary cache (the directory holding `nix-cache-info`), ending in `/`: `http:`,
+   * `https:` or `file:` (a local directory).
+   */
   url: string;
   /** Deadline for a narinfo answer, and for the first byte of a NAR, in ms. */
   timeoutMs: number;
@@ -38,6 +41,10 @@ export interface CacheConfig {
   negativeTtlMs: number;
   /** A NAR stream that stalls this long is aborted, in ms. */
   narIdleTimeoutMs: number;
+  /** NARs up to this many bytes are fetched and checked whole before the first byte is sent. */
+  verifyFirstMax: number;
+  /** How long an upstream that served bad bytes is tried last, in ms. */
+  badUpstreamTtlMs: number;
   upstreams: UpstreamConfig[];
 }
 
@@ -53,6 +60,8 @@ const TOP = [
   'decision_ttl',
   'negative_ttl',
   'nar_idle_timeout',
+  'verify_first_max',
+  'bad_upstream_ttl',
   'upstream',
 ];
 
@@ -100,8 +109,11 @@ export function parseCacheConfig(text: string, dir: string, defaults: { decideCo
     } catch {
       throw new FormatError(`${where}.url: not a URL: ${text}`);
     }
-    if (url.protocol !== 'http:' && url.protocol !== 'https:') {
-      throw new FormatError(`${where}.url: only http and https upstreams are supported, got ${text}`);
+    if (url.protocol !== 'http:' && url.protocol !== 'https:' && url.protocol !== 'file:') {
+      throw new FormatError(`${where}.url: only http, https and file upstreams are supported, got ${text}`);
+    }
+    if (url.protocol === 'file:' && url.host !== '') {
+      throw new FormatError(`${where}.url: a file URL names a local directory: file:///path, got ${text}`);
     }
     if (url.search !== '' || url.hash !== '')
       throw new FormatError(`${where}.url: must not have ?query or #fragment`);
@@ -130,6 +142,8 @@ export function parseCacheConfig(text: string, dir: string, defaults: { decideCo
     decisionTtlMs: seconds(doc.decision_ttl, 'decision_ttl', 30, true),
     negativeTtlMs: seconds(doc.negative_ttl, 'negative_ttl', 5, true),
     narIdleTimeoutMs: seconds(doc.nar_idle_timeout, 'nar_idle_timeout', 30),
+    verifyFirstMax: integer(doc.verify_first_max, 'verify_first_max', 4 << 20, 0, 1 << 30),
+    badUpstreamTtlMs: seconds(doc.bad_upstream_ttl, 'bad_upstream_ttl', 600, true),
     upstreams,
   };
 }

@@ -2,130 +2,135 @@
  * The voting binary cache proxy: a Nix substituter that serves a store path only when the user's
  * decision procedure, run over independent verified logs, agrees on its NAR hash.
  *
- * - `/<hash>.narinfo`: decide the NAR hash for the hash part; take an upstream narinfo with exactly
- *   that NarHash; serve it uncompressed-NAR style (URL pointing here) and signed by the proxy's own
- *   key, so clients trust only that key. No decision, or no matching upstream: 404, never 5xx (Nix
- *   treats 5xx as a broken cache and fails the build instead of building locally).
- * - `/nar/<hash>-<narhash>.nar`: stream the upstream NAR, decompressed, hashing as it goes. The
- *   response carries Content-Length = NarSize and the last chunk is held back until the hash is
- *   checked, so a wrong NAR is always cut short and never imported.
+ * - `/<hash>.narinfo`: decide the NAR hash for the hash part. The narinfo served is built from the
+ *   vote alone: NarHash the decided value; StorePath, NarSize and References from the log entries
+ *   that voted for it (which must agree); Deriver when those entries all name the same one. It
+ *   points at the proxy's own uncompressed NAR URL and carries only the proxy's signature. An
+ *   upstream is used only when its narinfo says the same (path, NarHash, NarSize, References). No
+ *   decision, or no such upstream: 404 with the reason, never 5xx (Nix treats 5xx as a broken cache
+ *   and fails the build instead of building locally).
+ * - `/nar/<hash>-<narhash>.nar`: fetch the NAR from an upstream that has it, decompress and hash
+ *   it. A NAR up to `verify_first_max` bytes is checked whole before its first byte is sent, so a
+ *   cache serving bad bytes is passed over for the next; a larger one streams with Content-Length
+ *   = NarSize and its last chunk held back until the hash is checked, so a wrong NAR is always cut
+ *   short and never imported. A cache that served bad bytes is tried last for `bad_upstream_ttl`.
  */
 import { createHash } from 'node:crypto';
-import {
-  type ClientRequest,
-  createServer,
-  Agent as HttpAgent,
-  request as httpRequest,
-  type IncomingMessage,
-  type Server,
-  type ServerResponse,
-} from 'node:http';
-import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { Transform } from 'node:stream';
+import type { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Counter, Registry } from 'prom-client';
-import { fromHexStrict } from '../core/bytes.js';
-import { TrustixError } from '../core/errors.js';
-import type { Decision } from '../decide/decide.js';
+import { decodeBase64Strict, fromHexStrict } from '../core/bytes.js';
+import { decodeEntry } from '../core/entry.js';
+import { FormatError } from '../core/errors.js';
+import type { Decision, LogResult } from '../decide/decide.js';
 import { decodeNix32, encodeNix32 } from './base32.js';
-import { type CacheConfig, cacheInfo, type UpstreamConfig } from './cache-config.js';
+import { type CacheConfig, cacheInfo } from './cache-config.js';
+import { BadNarError, createUpstream, type Upstream, UpstreamError } from './cache-upstream.js';
 import { createDecompressor, parseCompression } from './compression.js';
+import { parseNixMetadata } from './entry.js';
 import type { NixSecretKey } from './keys.js';
 import { signNarInfo } from './keys.js';
-import { formatNarInfo, type NarInfo, parseNarInfo } from './narinfo.js';
-import { parseStorePath } from './store-path.js';
+import { formatNarInfo, type NarInfo } from './narinfo.js';
+import { NIX_STORE_DIR } from './store-path.js';
 
 /** What the proxy needs from a decider (src/decide/decide.ts implements it). */
 export interface NarHashDecider {
-  decide(key: string, protocol: string): Promise<{ decision: Decision }>;
+  decide(key: string, protocol: string): Promise<{ decision: Decision; results: readonly LogResult[] }>;
 }
 
 const NARINFO_PATH = /^\/([0-9a-df-np-sv-z]{32})\.narinfo$/;
 const NAR_PATH = /^\/nar\/([0-9a-df-np-sv-z]{32})-([0-9a-df-np-sv-z]{52})\.nar$/;
-/** Narinfos are small; one that is not is refused rather than buffered. */
-const MAX_NARINFO_BYTES = 1 << 20;
 const MAX_CACHED_RESOLUTIONS = 100_000;
+/** A hash part no log holds: the start-up check looks it up to see each log answer and verify. */
+const PROBE_KEY = '00000000000000000000000000000000';
 
-class UpstreamError extends TrustixError {
-  constructor(message: string) {
-    super('UPSTREAM', message);
-  }
+/** What the vote says a store path is: everything Nix registers from a narinfo. */
+export interface VotedPath {
+  storePath: string;
+  narHash: Buffer;
+  narSize: number;
+  /** Base names, sorted. */
+  references: string[];
+  deriver?: string;
 }
 
-/** One upstream binary cache with its own connection pool, so a slow one queues only its own requests. */
-class Upstream {
-  private readonly agent: HttpAgent;
-  private readonly base: URL;
-
-  constructor(readonly cfg: UpstreamConfig) {
-    this.base = new URL(cfg.url);
-    const opts = { keepAlive: true, maxSockets: cfg.maxConnections };
-    this.agent = this.base.protocol === 'https:' ? new HttpsAgent(opts) : new HttpAgent(opts);
-  }
-
-  /**
-   * GET `path` (relative to the cache root); resolves with the response once its headers arrive,
-   * within the upstream's timeout (queueing for a connection included).
-   */
-  get(path: string): Promise<{ res: IncomingMessage; req: ClientRequest }> {
-    const url = new URL(path, this.base);
-    const send = url.protocol === 'https:' ? httpsRequest : httpRequest;
-    return new Promise((resolve, reject) => {
-      const req = send(url, { agent: this.agent, headers: { 'user-agent': 'trustix-cache' } });
-      const timer = setTimeout(
-        () => req.destroy(new UpstreamError(`${url.href}: no answer within ${this.cfg.timeoutMs} ms`)),
-        this.cfg.timeoutMs,
-      );
-      req.on('response', (res) => {
-        clearTimeout(timer);
-        resolve({ res, req });
-      });
-      req.on('error', (err) => {
-        clearTimeout(timer);
-        reject(err instanceof UpstreamError ? err : new UpstreamError(`${url.href}: ${err.message}`));
-      });
-      req.end();
-    });
-  }
-
-  /** The upstream's narinfo for a hash part, or undefined when it has none (404/403). */
-  async narinfo(hashPart: string): Promise<NarInfo | undefined> {
-    const { res, req } = await this.get(`${hashPart}.narinfo`);
-    const timer = setTimeout(
-      () => req.destroy(new UpstreamError(`${this.cfg.url}: narinfo body too slow`)),
-      this.cfg.timeoutMs,
-    );
+/**
+ * The store path the decision voted for, from the metadata of the entries of the logs whose value
+ * won. Those entries must agree on name, NAR size and references (builders that agree write equal
+ * entries); if they do not, the vote does not say what to register and the answer is a reason
+ * string. Deriver is kept only when every such entry names the same one (it is informational and
+ * not covered by Nix signatures; differing derivers of one output are legitimate).
+ */
+export function votedPath(
+  hashPart: string,
+  decision: Decision,
+  results: readonly LogResult[],
+): VotedPath | string {
+  const narHash = fromHexStrict(decision.value ?? '');
+  if (narHash?.length !== 32) return 'the decided value is not a SHA-256 NAR hash';
+  const voters = results.filter((r) => r.status === 'present' && r.value === decision.value);
+  if (voters.length === 0) return 'no log entry holds the decided value, so nothing says what to register';
+  const seen: Array<{ log: string; text: string }> = [];
+  let first: VotedPath | undefined;
+  const derivers = new Set<string | undefined>();
+  for (const r of voters) {
+    const data = r.answer?.entry?.data;
+    const bytes = data === undefined ? undefined : decodeBase64Strict(data);
+    let meta: ReturnType<typeof parseNixMetadata>;
     try {
-      if (res.statusCode === 404 || res.statusCode === 403) {
-        res.resume();
-        return undefined;
-      }
-      if (res.statusCode !== 200) {
-        res.resume();
-        throw new UpstreamError(`${this.cfg.url}${hashPart}.narinfo: HTTP ${res.statusCode}`);
-      }
-      const chunks: Buffer[] = [];
-      let size = 0;
-      for await (const c of res as AsyncIterable<Buffer>) {
-        size += c.length;
-        if (size > MAX_NARINFO_BYTES) {
-          req.destroy();
-          throw new UpstreamError(
-            `${this.cfg.url}${hashPart}.narinfo: larger than ${MAX_NARINFO_BYTES} bytes`,
-          );
-        }
-        chunks.push(c);
-      }
-      return parseNarInfo(Buffer.concat(chunks));
-    } finally {
-      clearTimeout(timer);
+      if (bytes === undefined) throw new FormatError('no entry in the answer');
+      meta = parseNixMetadata(decodeEntry(bytes).metadata);
+    } catch (err) {
+      return `log ${r.name} voted for the value but its entry has no usable Nix metadata: ${(err as Error).message}`;
     }
+    const text = `${meta.name} ${meta.narSize} [${meta.references.join(' ')}]`;
+    seen.push({ log: r.name, text });
+    derivers.add(meta.deriver);
+    first ??= {
+      storePath: `${NIX_STORE_DIR}/${hashPart}-${meta.name}`,
+      narHash,
+      narSize: meta.narSize,
+      references: meta.references,
+    };
   }
+  if (new Set(seen.map((s) => s.text)).size > 1) {
+    return `the logs that agree on the NAR hash disagree on name, NarSize or References (${seen
+      .map((s) => `${s.log}: ${s.text}`)
+      .join('; ')})`;
+  }
+  const voted = first!;
+  if (voted.narSize <= 0) return 'the voted entries give NarSize 0';
+  const [deriver] = derivers;
+  if (derivers.size === 1 && deriver !== undefined) voted.deriver = deriver;
+  return voted;
+}
 
-  close(): void {
-    this.agent.destroy();
+/** Why an upstream narinfo cannot serve the voted path, or undefined when it matches. */
+function contradiction(info: NarInfo, voted: VotedPath): string | undefined {
+  if (info.storePath !== voted.storePath) return `its narinfo is for ${info.storePath}`;
+  if (!info.narHash.equals(voted.narHash)) return 'its NarHash is not the voted one';
+  if (info.narSize !== voted.narSize) return `its NarSize ${info.narSize} is not the voted ${voted.narSize}`;
+  const refs = [...new Set(info.references)].sort();
+  if (refs.join(' ') !== voted.references.join(' ')) return 'its References are not the voted ones';
+  try {
+    parseCompression(info.compression);
+  } catch (err) {
+    return (err as Error).message;
   }
+  return undefined;
+}
+
+/** A per-log summary of a decision: `a=<hex prefix>, b=absent, c=failed(http.timeout)`. */
+function tally(d: Decision): string {
+  return d.logs
+    .map((l) => {
+      if (l.value !== undefined) return `${l.name}=${l.value.slice(0, 12)}`;
+      if (l.status === 'failed') return `${l.name}=failed(${l.check ?? ''})`;
+      return `${l.name}=${l.status}`;
+    })
+    .join(', ');
 }
 
 interface Candidate {
@@ -133,13 +138,61 @@ interface Candidate {
   info: NarInfo;
 }
 
-/** The outcome for one hash part: a decided NAR hash with the upstreams that have it, or why not. */
+/**
+ * The upstreams with a narinfo that matches the vote, in the order they answered; grows while
+ * slower upstreams answer, so a NAR request can fall over to one that answered late.
+ */
+class Candidates {
+  readonly found: Candidate[] = [];
+  /** Why each upstream that does not qualify was passed over. */
+  readonly passed: string[] = [];
+  settled = false;
+  private waiters: Array<() => void> = [];
+
+  add(c: Candidate): void {
+    this.found.push(c);
+    this.wake();
+  }
+
+  settle(): void {
+    this.settled = true;
+    this.wake();
+  }
+
+  private wake(): void {
+    const w = this.waiters;
+    this.waiters = [];
+    for (const f of w) f();
+  }
+
+  private changed(): Promise<void> {
+    return new Promise((r) => this.waiters.push(r));
+  }
+
+  /** The first candidate to answer; undefined once every upstream answered and none qualifies. */
+  async first(): Promise<Candidate | undefined> {
+    while (this.found.length === 0 && !this.settled) await this.changed();
+    return this.found[0];
+  }
+
+  /** The next candidate not yet tried: those in good standing first, then the ones marked bad. */
+  async next(tried: ReadonlySet<Candidate>): Promise<Candidate | undefined> {
+    for (;;) {
+      const good = this.found.find((c) => !tried.has(c) && c.upstream.bad() === undefined);
+      if (good) return good;
+      if (this.settled) return this.found.find((c) => !tried.has(c));
+      await this.changed();
+    }
+  }
+}
+
+/** The outcome for one hash part: the voted path with the upstreams that have it, or why not. */
 type Resolution =
   | {
       ok: true;
-      narHash: Buffer;
+      voted: VotedPath;
       decision: Decision;
-      candidates: Candidate[];
+      candidates: Candidates;
       /** What the proxy serves for it: signed once per resolution, as Nix asks several times. */
       narinfo: string;
     }
@@ -177,9 +230,15 @@ export class CacheProxy {
     help: 'verified NAR bytes served',
     registers: [this.metrics],
   });
+  private readonly badNars = new Counter({
+    name: 'trustix_cache_bad_nars_total',
+    help: 'NARs an upstream served that did not match the vote, by upstream',
+    labelNames: ['upstream'],
+    registers: [this.metrics],
+  });
 
   constructor(private readonly opts: CacheProxyOptions) {
-    this.upstreams = opts.config.upstreams.map((u) => new Upstream(u));
+    this.upstreams = opts.config.upstreams.map(createUpstream);
     this.info = cacheInfo(opts.config);
     this.log = opts.log ?? (() => {});
     this.server = createServer((req, res) => {
@@ -213,6 +272,40 @@ export class CacheProxy {
       this.server.closeIdleConnections();
     });
     for (const u of this.upstreams) u.close();
+  }
+
+  /**
+   * The start-up check: every upstream's `nix-cache-info` and every log's verified answer for a
+   * key none holds, one line each, with `ok` or what is wrong. Problems are reported, not fatal:
+   * a cache or log that is down now may be up by the first request.
+   */
+  async check(): Promise<string[]> {
+    const ups = this.upstreams.map(async (u) => {
+      try {
+        const text = await u.cacheInfo();
+        if (text === undefined)
+          return `upstream ${u.url}: PROBLEM: no nix-cache-info (is this a binary cache?)`;
+        const storeDir = /^StoreDir: (.*)$/m.exec(text)?.[1];
+        if (storeDir !== undefined && storeDir !== NIX_STORE_DIR) {
+          return `upstream ${u.url}: PROBLEM: its StoreDir is ${storeDir}, not ${NIX_STORE_DIR}; none of its paths can match`;
+        }
+        return `upstream ${u.url}: ok (StoreDir ${storeDir ?? 'not given'})`;
+      } catch (err) {
+        return `upstream ${u.url}: PROBLEM: ${(err as Error).message}`;
+      }
+    });
+    let logs: string[];
+    try {
+      const { results } = await this.opts.decider.decide(PROBE_KEY, this.opts.config.protocol);
+      logs = results.map((r) =>
+        r.status === 'failed'
+          ? `log ${r.name}: PROBLEM: ${r.check}: ${r.reason}`
+          : `log ${r.name}: ok (verified answer at size ${r.size}, ${Math.round(r.ms)} ms)`,
+      );
+    } catch (err) {
+      logs = [`logs: PROBLEM: ${(err as Error).message}`];
+    }
+    return [...(await Promise.all(ups)), ...logs];
   }
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -252,48 +345,60 @@ export class CacheProxy {
   ): Promise<void> {
     const r = await this.resolve(hashPart);
     const wanted = decodeNix32(narHashText, 32);
-    if (!r.ok || !r.narHash.equals(wanted)) {
+    if (!r.ok || !r.voted.narHash.equals(wanted)) {
       this.narCounter.inc({ outcome: 'refused' });
-      return send(res, 404, 'text/plain', r.ok ? 'not the decided NAR\n' : `${r.reason}\n`, head);
+      const why = r.ok ? 'not the decided NAR' : r.reason;
+      this.log(`nar ${hashPart}: 404: ${why}`);
+      return send(res, 404, 'text/plain', `${why}\n`, head);
     }
-    const narSize = r.candidates[0].info.narSize;
+    const { narHash, narSize } = r.voted;
     if (head) {
       res.writeHead(200, { 'content-type': 'application/x-nix-nar', 'content-length': narSize });
       res.end();
       return;
     }
-    // the first upstream that answers 200 serves the bytes; candidates may grow while we try
-    for (let i = 0; i < r.candidates.length; i++) {
-      const { upstream, info } = r.candidates[i];
-      let got: { res: IncomingMessage; req: ClientRequest };
+    const cfg = this.opts.config;
+    const tried = new Set<Candidate>();
+    const failures: string[] = [];
+    for (let c = await r.candidates.next(tried); c; c = await r.candidates.next(tried)) {
+      tried.add(c);
+      const { upstream, info } = c;
       try {
-        const compression = parseCompression(info.compression);
-        got = await upstream.get(info.url);
-        if (got.res.statusCode !== 200) {
-          got.res.resume();
-          throw new UpstreamError(`${upstream.cfg.url}${info.url}: HTTP ${got.res.statusCode}`);
+        const source = await upstream.open(info.url, cfg.narIdleTimeoutMs);
+        const decompress = createDecompressor(parseCompression(info.compression));
+        if (narSize <= cfg.verifyFirstMax) {
+          const nar = await readVerified(source, decompress, narHash, narSize);
+          res.writeHead(200, { 'content-type': 'application/x-nix-nar', 'content-length': narSize });
+          res.end(nar);
+        } else {
+          await streamVerified(source, decompress, narHash, narSize, res);
         }
-        got.req.setTimeout(this.opts.config.narIdleTimeoutMs, () =>
-          got.req.destroy(new UpstreamError(`${upstream.cfg.url}${info.url}: stalled`)),
-        );
-        await streamVerified(got.res, createDecompressor(compression), r.narHash, narSize, res);
         this.narCounter.inc({ outcome: 'served' });
         this.narBytes.inc(narSize);
         return;
-      } catch (err) {
+      } catch (e) {
+        const err = e instanceof FormatError ? new BadNarError(e.message) : (e as Error);
+        if (err instanceof BadNarError) {
+          upstream.markBad(err.message, cfg.badUpstreamTtlMs);
+          this.badNars.inc({ upstream: upstream.url });
+        }
+        const why = `${err instanceof BadNarError ? 'bad bytes from' : 'failed:'} ${upstream.url}: ${err.message}`;
         if (res.headersSent) {
           // Content-Length promised NarSize bytes and the last chunk was held back: cutting the
           // connection now means the client can never complete (or import) this NAR
           res.destroy();
           this.narCounter.inc({ outcome: 'aborted' });
-          this.log(`nar ${hashPart}: aborted: ${(err as Error).message}`);
+          this.log(`nar ${hashPart}: aborted: ${why}`);
           return;
         }
-        this.log(`nar ${hashPart}: ${(err as Error).message}`);
+        this.log(`nar ${hashPart}: ${why}`);
+        failures.push(why);
       }
     }
     this.narCounter.inc({ outcome: 'refused' });
-    return send(res, 404, 'text/plain', 'no upstream could serve this NAR\n', false);
+    const why = `no upstream could serve the decided NAR: ${failures.join('; ') || 'none has it'}`;
+    this.log(`nar ${hashPart}: 404: ${why}`);
+    return send(res, 404, 'text/plain', `${why}\n`, false);
   }
 
   /** Decides a hash part and finds matching upstream narinfos; cached briefly, shared by concurrent callers. */
@@ -316,54 +421,49 @@ export class CacheProxy {
   }
 
   private async resolveNow(hashPart: string): Promise<Resolution> {
+    const refuse = (reason: string): Resolution => {
+      this.log(`narinfo ${hashPart}: 404: ${reason}`);
+      return { ok: false, reason };
+    };
     let decision: Decision;
+    let results: readonly LogResult[];
     try {
-      ({ decision } = await this.opts.decider.decide(hashPart, this.opts.config.protocol));
+      ({ decision, results } = await this.opts.decider.decide(hashPart, this.opts.config.protocol));
     } catch (err) {
-      this.log(`narinfo ${hashPart}: deciding failed: ${(err as Error).message}`);
-      return { ok: false, reason: `deciding failed: ${(err as Error).message}` };
+      return refuse(`deciding failed: ${(err as Error).message}`);
     }
     if (!decision.decided || decision.value === undefined) {
-      this.log(`narinfo ${hashPart}: no decision: ${decision.reason}`);
-      return { ok: false, reason: `no decision: ${decision.reason}` };
+      return refuse(`no decision: ${decision.reason} (${tally(decision)})`);
     }
-    const narHash = fromHexStrict(decision.value) ?? Buffer.alloc(0);
-    if (narHash.length !== 32) {
-      this.log(`narinfo ${hashPart}: the decided value is not a SHA-256 NAR hash`);
-      return { ok: false, reason: 'the decided value is not a SHA-256 NAR hash' };
-    }
-    const candidates = await this.findCandidates(hashPart, narHash);
-    if (candidates.length === 0) {
-      this.log(`narinfo ${hashPart}: decided sha256:${encodeNix32(narHash)} but no upstream has it`);
-      return { ok: false, reason: 'decided, but no upstream has a narinfo with the decided NAR hash' };
+    const voted = votedPath(hashPart, decision, results);
+    if (typeof voted === 'string') return refuse(`no decision: ${voted}`);
+    const candidates = this.findCandidates(hashPart, voted);
+    const first = await candidates.first();
+    if (first === undefined) {
+      return refuse(
+        `decided sha256:${encodeNix32(voted.narHash)} (${decision.reason}), but no upstream has it: ${candidates.passed.join('; ')}`,
+      );
     }
     this.log(
-      `narinfo ${hashPart}: decided sha256:${encodeNix32(narHash)} (${decision.reason}); from ${candidates[0].upstream.cfg.url}`,
+      `narinfo ${hashPart}: decided sha256:${encodeNix32(voted.narHash)} (${decision.reason}); from ${first.upstream.url}`,
     );
-    return {
-      ok: true,
-      narHash,
-      decision,
-      candidates,
-      narinfo: this.servedNarinfo(hashPart, narHash, candidates[0].info),
-    };
+    return { ok: true, voted, decision, candidates, narinfo: this.servedNarinfo(voted) };
   }
 
-  /** The upstream narinfo as the proxy serves it: its own uncompressed NAR URL, its own signature only. */
-  private servedNarinfo(hashPart: string, narHash: Buffer, info: NarInfo): string {
+  /** The narinfo the proxy serves: the voted path, its own uncompressed NAR URL, its own signature only. */
+  private servedNarinfo(voted: VotedPath): string {
+    const hashPart = voted.storePath.slice(NIX_STORE_DIR.length + 1, NIX_STORE_DIR.length + 33);
     const served = signNarInfo(
       {
-        storePath: info.storePath,
-        url: narUrl(hashPart, narHash),
+        storePath: voted.storePath,
+        url: narUrl(hashPart, voted.narHash),
         compression: 'none',
-        fileHash: narHash,
-        fileSize: info.narSize,
-        narHash,
-        narSize: info.narSize,
-        references: info.references,
-        ...(info.deriver !== undefined ? { deriver: info.deriver } : {}),
-        ...(info.system !== undefined ? { system: info.system } : {}),
-        ...(info.ca !== undefined ? { ca: info.ca } : {}),
+        fileHash: voted.narHash,
+        fileSize: voted.narSize,
+        narHash: voted.narHash,
+        narSize: voted.narSize,
+        references: voted.references,
+        ...(voted.deriver !== undefined ? { deriver: voted.deriver } : {}),
         sigs: [],
         extra: [],
       },
@@ -373,44 +473,34 @@ export class CacheProxy {
   }
 
   /**
-   * Asks every upstream at once and settles on the first that has a narinfo for this store path
-   * with the decided NAR hash, so a slow or dead upstream delays nothing once another answered.
-   * Later matches are appended for NAR fallback.
+   * Asks every upstream at once for its narinfo; those that match the vote become candidates as
+   * they answer, so a slow or dead upstream delays nothing once another answered.
    */
-  private findCandidates(hashPart: string, narHash: Buffer): Promise<Candidate[]> {
-    const found: Candidate[] = [];
-    return new Promise((resolve) => {
-      let pending = this.upstreams.length;
-      const settle = () => {
-        if (--pending === 0 || found.length === 1) resolve(found);
-      };
-      for (const upstream of this.upstreams) {
-        upstream.narinfo(hashPart).then(
-          (info) => {
-            if (info === undefined) return settle();
-            if (parseStorePath(info.storePath).hashPart !== hashPart) {
-              this.log(
-                `narinfo ${hashPart}: ${upstream.cfg.url} answered for another path (${info.storePath})`,
-              );
-            } else if (!info.narHash.equals(narHash)) {
-              this.log(`narinfo ${hashPart}: ${upstream.cfg.url} has a different NAR (not the decided one)`);
-            } else {
-              try {
-                parseCompression(info.compression);
-                found.push({ upstream, info });
-              } catch (err) {
-                this.log(`narinfo ${hashPart}: ${upstream.cfg.url}: ${(err as Error).message}`);
-              }
-            }
-            settle();
-          },
-          (err: unknown) => {
-            this.log(`narinfo ${hashPart}: ${(err as Error).message}`);
-            settle();
-          },
-        );
-      }
-    });
+  private findCandidates(hashPart: string, voted: VotedPath): Candidates {
+    const out = new Candidates();
+    let pending = this.upstreams.length;
+    const settle = () => {
+      if (--pending === 0) out.settle();
+    };
+    for (const upstream of this.upstreams) {
+      upstream.narinfo(hashPart).then(
+        (info) => {
+          const why = info === undefined ? 'no narinfo' : contradiction(info, voted);
+          if (why === undefined) out.add({ upstream, info: info! });
+          else {
+            out.passed.push(`${upstream.url}: ${why}`);
+            if (info !== undefined) this.log(`narinfo ${hashPart}: skipped ${upstream.url}: ${why}`);
+          }
+          settle();
+        },
+        (err: unknown) => {
+          out.passed.push((err as Error).message);
+          this.log(`narinfo ${hashPart}: ${(err as Error).message}`);
+          settle();
+        },
+      );
+    }
+    return out;
   }
 }
 
@@ -425,19 +515,59 @@ function send(res: ServerResponse, status: number, type: string, body: string, h
 }
 
 /**
- * Streams `source` through `decompress` into `res` while hashing; the final chunk is written only
- * after the size and SHA-256 matched. Throws (after headers went out) on any mismatch.
+ * Runs `source` through `decompress`, hashing, and hands every chunk but the last to `emit`; the
+ * last is returned once size and SHA-256 matched. BadNarError on any mismatch.
+ */
+async function verify(
+  source: Readable,
+  decompress: Transform,
+  narHash: Buffer,
+  narSize: number,
+  emit: (chunk: Buffer) => void | Promise<void>,
+): Promise<Buffer | undefined> {
+  const hash = createHash('sha256');
+  let seen = 0;
+  let held: Buffer | undefined;
+  await pipeline(source, decompress, async (chunks: AsyncIterable<Buffer>) => {
+    for await (const chunk of chunks) {
+      seen += chunk.length;
+      if (seen > narSize) throw new BadNarError(`NAR is larger than its NarSize ${narSize}`);
+      hash.update(chunk);
+      if (held) await emit(held);
+      held = chunk;
+    }
+  });
+  if (seen !== narSize) throw new BadNarError(`NAR is ${seen} bytes, NarSize says ${narSize}`);
+  if (!hash.digest().equals(narHash)) throw new BadNarError('NAR hash mismatch: not the decided NAR');
+  return held;
+}
+
+/** The whole NAR, checked before any of it is sent. */
+async function readVerified(
+  source: Readable,
+  decompress: Transform,
+  narHash: Buffer,
+  narSize: number,
+): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  const last = await verify(source, decompress, narHash, narSize, (c) => {
+    chunks.push(c);
+  });
+  if (last) chunks.push(last);
+  return chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, narSize);
+}
+
+/**
+ * Streams the NAR into `res` as it is checked; the final chunk is written only after the size and
+ * SHA-256 matched. Throws (after headers went out) on any mismatch.
  */
 async function streamVerified(
-  source: IncomingMessage,
+  source: Readable,
   decompress: Transform,
   narHash: Buffer,
   narSize: number,
   res: ServerResponse,
 ): Promise<void> {
-  const hash = createHash('sha256');
-  let seen = 0;
-  let held: Buffer | undefined;
   const write = async (chunk: Buffer) => {
     if (!res.headersSent) {
       res.writeHead(200, { 'content-type': 'application/x-nix-nar', 'content-length': narSize });
@@ -456,17 +586,7 @@ async function streamVerified(
       });
     }
   };
-  await pipeline(source, decompress, async (chunks: AsyncIterable<Buffer>) => {
-    for await (const chunk of chunks) {
-      seen += chunk.length;
-      if (seen > narSize) throw new UpstreamError(`NAR is larger than its NarSize ${narSize}`);
-      hash.update(chunk);
-      if (held) await write(held);
-      held = chunk;
-    }
-  });
-  if (seen !== narSize) throw new UpstreamError(`NAR is ${seen} bytes, NarSize says ${narSize}`);
-  if (!hash.digest().equals(narHash)) throw new UpstreamError('NAR hash mismatch: not the decided NAR');
-  if (held) await write(held);
+  const last = await verify(source, decompress, narHash, narSize, write);
+  if (last) await write(last);
   res.end();
 }

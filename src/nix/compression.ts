@@ -282,38 +282,99 @@ const ZSTD_UNEXPECTED_EOF = 5;
 // 64 KiB piece takes milliseconds.
 const ZSTD_STALL_MS = 30_000;
 
-// The worker's side, as CommonJS source: decode each piece, answer with its output blocks.
+// The worker's side, as CommonJS source: decode each piece, answer with its output blocks. A
+// worker serves one stream at a time and is reused for the next: a piece with a new `gen` starts a
+// new decoder, and every answer carries the `gen` it belongs to.
 const ZSTD_WORKER = `
 const { parentPort, workerData } = require('node:worker_threads');
 const { Decompress } = require(workerData);
 let out = [];
-const decoder = new Decompress((block) => { if (block.length > 0) out.push(block); });
-parentPort.on('message', ({ input, final }) => {
+let gen = -1;
+let decoder;
+parentPort.on('message', (msg) => {
+  if (msg.gen !== gen) {
+    gen = msg.gen;
+    out = [];
+    decoder = new Decompress((block) => { if (block.length > 0) out.push(block); });
+  }
   try {
-    decoder.push(input, final);
+    decoder.push(msg.input, msg.final);
     const blocks = out;
     out = [];
-    parentPort.postMessage({ blocks });
+    parentPort.postMessage({ gen, blocks });
   } catch (err) {
-    parentPort.postMessage({ error: String(err && err.message), code: err && err.code });
+    out = [];
+    parentPort.postMessage({ gen, error: String(err && err.message), code: err && err.code });
   }
 });
 `;
 
+// Starting a worker thread costs tens of milliseconds, more than decoding a small NAR: idle
+// workers are kept (unreferenced, so they never hold the process open) for the next streams. Nix
+// fetches up to 16 paths at once, so up to 16 are kept; one idle for 30 s is stopped.
+const MAX_IDLE_ZSTD_WORKERS = 16;
+const ZSTD_WORKER_IDLE_MS = 30_000;
+const idleZstdWorkers: Array<{ worker: Worker; timer: NodeJS.Timeout }> = [];
+let zstdGen = 0;
+/**
+ * How many zstd worker threads were started so far (each is reused while it stays healthy), and
+ * how many pieces were sent to them (each a round trip between threads).
+ */
+export const zstdWorkerStats = { started: 0, messages: 0 };
+
+function takeZstdWorker(): Worker {
+  const idle = idleZstdWorkers.pop();
+  if (idle !== undefined) {
+    clearTimeout(idle.timer);
+    idle.worker.ref();
+    return idle.worker;
+  }
+  const worker = new Worker(ZSTD_WORKER, { eval: true, workerData: require.resolve('fzstd') });
+  zstdWorkerStats.started++;
+  // a worker that dies is never handed out again
+  worker.once('exit', () => {
+    const i = idleZstdWorkers.findIndex((w) => w.worker === worker);
+    if (i >= 0) {
+      clearTimeout(idleZstdWorkers[i].timer);
+      idleZstdWorkers.splice(i, 1);
+    }
+  });
+  return worker;
+}
+
+function returnZstdWorker(worker: Worker): void {
+  if (idleZstdWorkers.length >= MAX_IDLE_ZSTD_WORKERS) {
+    void worker.terminate();
+    return;
+  }
+  worker.unref();
+  const timer = setTimeout(() => void worker.terminate(), ZSTD_WORKER_IDLE_MS);
+  timer.unref();
+  idleZstdWorkers.push({ worker, timer });
+}
+
 interface ZstdReply {
+  gen: number;
   blocks?: Uint8Array[];
   error?: string;
   code?: unknown;
 }
 
 /**
- * zstd through fzstd (pure JS) in a worker thread, one piece at a time. Node's own zstd (22.15+)
- * is not used: it stops silently after the first frame, and Node 20 has none.
+ * zstd through fzstd (pure JS) in a pooled worker thread, one piece at a time. Node's own zstd
+ * (22.15+) is not used: it stops silently after the first frame, and Node 20 has none.
  */
 class ZstdDecompressor extends Transform {
   readonly #stallMs: number;
+  readonly #gen = zstdGen++;
   #worker: Worker | null = null;
+  /** A piece is in the worker and not answered yet. */
+  #busy = false;
+  #onError = (err: Error): void => {
+    this.destroy(corrupt('zstd', err));
+  };
   #sawInput = false;
+  #held: Buffer | null = null;
   #resume: (() => void) | null = null;
   #timer: NodeJS.Timeout | undefined;
   /** A `_read` came and nothing has been pushed since. */
@@ -325,8 +386,8 @@ class ZstdDecompressor extends Transform {
   }
 
   #start(): Worker {
-    const worker = new Worker(ZSTD_WORKER, { eval: true, workerData: require.resolve('fzstd') });
-    worker.on('error', (err) => this.destroy(corrupt('zstd', err)));
+    const worker = takeZstdWorker();
+    worker.on('error', this.#onError);
     this.#worker = worker;
     return worker;
   }
@@ -334,6 +395,7 @@ class ZstdDecompressor extends Transform {
   /** Decodes one piece in the worker; pushes the output and reports whether the reader has room. */
   #decode(input: Buffer, final: boolean, done: (err: FormatError | null, room: boolean) => void): void {
     const worker = this.#worker ?? this.#start();
+    this.#busy = true;
     this.#timer = setTimeout(() => {
       worker.off('message', onMessage);
       done(
@@ -342,7 +404,9 @@ class ZstdDecompressor extends Transform {
       );
     }, this.#stallMs);
     const onMessage = (reply: ZstdReply): void => {
+      if (reply.gen !== this.#gen) return; // a late answer to the worker's previous stream
       clearTimeout(this.#timer);
+      this.#busy = false;
       worker.off('message', onMessage);
       if (reply.error !== undefined) {
         done(
@@ -361,15 +425,28 @@ class ZstdDecompressor extends Transform {
       done(null, room);
     };
     worker.on('message', onMessage);
-    worker.postMessage({ input, final });
+    zstdWorkerStats.messages++;
+    worker.postMessage({ gen: this.#gen, input, final });
   }
 
+  /**
+   * The latest chunk is held until the next one (or the end) arrives, so the last piece goes to
+   * the worker together with the end of input: a small NAR costs one round trip to the worker.
+   */
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
-    if (chunk.length > 0) this.#sawInput = true;
-    this.#feed(chunk, 0, callback);
+    if (chunk.length === 0) {
+      callback();
+      return;
+    }
+    this.#sawInput = true;
+    const previous = this.#held;
+    this.#held = chunk;
+    if (previous === null) callback();
+    else this.#feed(previous, 0, false, callback);
   }
 
-  #feed(chunk: Buffer, offset: number, callback: TransformCallback): void {
+  /** Decodes `chunk` from `offset` piece by piece; with `final`, its last piece ends the input. */
+  #feed(chunk: Buffer, offset: number, final: boolean, callback: TransformCallback): void {
     if (offset >= chunk.length) {
       callback();
       // As in SyncDecompressor._read: a `_read` that no push has answered yet will not be
@@ -378,10 +455,10 @@ class ZstdDecompressor extends Transform {
       return;
     }
     const end = Math.min(chunk.length, offset + SLICE);
-    this.#decode(chunk.subarray(offset, end), false, (err, room) => {
+    this.#decode(chunk.subarray(offset, end), final && end >= chunk.length, (err, room) => {
       if (err !== null) callback(err);
-      else if (room || end >= chunk.length) this.#feed(chunk, end, callback);
-      else this.#resume = () => this.#feed(chunk, end, callback);
+      else if (room || end >= chunk.length) this.#feed(chunk, end, final, callback);
+      else this.#resume = () => this.#feed(chunk, end, final, callback);
     });
   }
 
@@ -401,7 +478,9 @@ class ZstdDecompressor extends Transform {
       callback(truncated('zstd', 'empty input'));
       return;
     }
-    this.#decode(Buffer.alloc(0), true, (err) => {
+    const last = this.#held!;
+    this.#held = null;
+    this.#feed(last, 0, true, (err) => {
       this.#stop();
       callback(err);
     });
@@ -412,10 +491,15 @@ class ZstdDecompressor extends Transform {
     callback(err);
   }
 
+  /** Gives the worker back for the next stream, unless it is still decoding (it may be stuck). */
   #stop(): void {
     clearTimeout(this.#timer);
     const worker = this.#worker;
     this.#worker = null;
-    if (worker !== null) void worker.terminate();
+    if (worker === null) return;
+    worker.off('error', this.#onError);
+    worker.removeAllListeners('message');
+    if (this.#busy) void worker.terminate();
+    else returnZstdWorker(worker);
   }
 }

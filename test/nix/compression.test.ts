@@ -11,7 +11,12 @@ import { pipeline } from 'node:stream/promises';
 import { after, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import { FormatError } from '../../src/core/errors.js';
-import { createDecompressor, type NarCompression, parseCompression } from '../../src/nix/compression.js';
+import {
+  createDecompressor,
+  type NarCompression,
+  parseCompression,
+  zstdWorkerStats,
+} from '../../src/nix/compression.js';
 import { parseNarInfo } from '../../src/nix/narinfo.js';
 import { writeNixConf } from '../fixtures/nix-conf.js';
 
@@ -247,6 +252,43 @@ describe('corrupt and truncated input', () => {
         err instanceof FormatError && /^zstd data is corrupt: the decoder made no progress/.test(err.message),
     );
     assert.ok(Date.now() - t0 < 15_000);
+  });
+});
+
+describe('zstd worker reuse', () => {
+  test('streams one after another share a worker thread; a corrupt or abandoned stream does not spoil the next', async () => {
+    const plain = sampleData(200_000);
+    const good = compressWithTool('zstd', plain);
+    const want = sha256hex(plain);
+    // one stream first, so a worker exists (and is idle) before counting
+    assert.equal((await decompress('zstd', good)).sha256, want);
+    const started = zstdWorkerStats.started;
+    for (let i = 0; i < 5; i++)
+      assert.equal((await decompress('zstd', randomChunks(good, 5000))).sha256, want);
+    await expectFormatError('zstd', good.subarray(0, good.length >> 1), /^zstd data is (truncated|corrupt)/);
+    assert.equal((await decompress('zstd', good)).sha256, want);
+    // abandoned after its first piece: the worker comes back only once it is idle
+    const d = createDecompressor('zstd');
+    d.write(good.subarray(0, 70_000));
+    await new Promise((r) => setTimeout(r, 50));
+    d.destroy();
+    assert.equal((await decompress('zstd', good)).sha256, want);
+    assert.equal(zstdWorkerStats.started, started, 'no new worker thread per stream');
+  });
+  test('as many concurrent streams as Nix fetches at once reuse their workers the next time', async () => {
+    const plain = sampleData(50_000);
+    const good = compressWithTool('zstd', plain);
+    const round = () => Promise.all(Array.from({ length: 16 }, () => decompress('zstd', good)));
+    await round();
+    const started = zstdWorkerStats.started;
+    for (const r of await round()) assert.equal(r.sha256, sha256hex(plain));
+    assert.equal(zstdWorkerStats.started, started);
+  });
+  test('a small NAR in one chunk is one round trip to the worker: its only piece carries the end of input', async () => {
+    const plain = sampleData(20_000);
+    const messages = zstdWorkerStats.messages;
+    assert.equal((await decompress('zstd', compressWithTool('zstd', plain))).sha256, sha256hex(plain));
+    assert.equal(zstdWorkerStats.messages - messages, 1);
   });
 });
 

@@ -8,6 +8,7 @@ import { loadDecideConfig } from '../../decide/config.js';
 import { Decider } from '../../decide/decide.js';
 import { type CacheConfig, loadCacheConfig } from '../../nix/cache-config.js';
 import { CacheProxy } from '../../nix/cache-proxy.js';
+import { CachedTrustStore } from '../../nix/cache-trust.js';
 import {
   formatNixPublicKey,
   formatNixSecretKey,
@@ -57,7 +58,7 @@ export function registerNixCacheCommand(nix: Command): void {
       '-l, --listen <host:port>',
       'listen here instead of the configured address (port 0: any free port)',
     )
-    .option('-q, --quiet', 'no line per narinfo decision')
+    .option('-q, --quiet', 'no stderr line per decision or refusal (404 bodies still say why)')
     .addHelpText(
       'after',
       `
@@ -69,8 +70,17 @@ Example cache.toml:
   listen = "127.0.0.1:37515"
   secret_key_file = "cache-key.sec"     # created on first start
   decide_config = "decide.toml"         # the logs and the procedure (see trustix decide --help)
+  verify_first_max = 4194304            # NARs up to this size are checked whole before sending
+  bad_upstream_ttl = 600                # seconds a cache that served bad bytes is tried last
   [[upstream]]
-  url = "https://cache.example.org"`,
+  url = "https://cache.example.org"
+  [[upstream]]
+  url = "file:///srv/cache"             # a directory written by nix copy --to file://...
+
+At start the proxy checks every upstream (nix-cache-info) and every log (a verified
+lookup) and prints one "check:" line each before "ready". A 404 body, and the log line
+beside it, says why a path is refused: no decision (with each log's answer), decided but
+no upstream has a matching narinfo, or bad bytes from an upstream.`,
     )
     .action(async (o: { config?: string; listen?: string; quiet?: boolean }) => {
       const say = (line: string) => process.stdout.write(`${line}\n`);
@@ -95,7 +105,9 @@ Example cache.toml:
       }
       const key = loadOrCreateKey(cfg, say);
       const trustDir = cfg.trustDir ?? decideCfg.trustDir ?? defaultTrustDir();
-      const decider = new Decider(decideCfg, { trustStore: new FileTrustStore(trustDir) });
+      const decider = new Decider(decideCfg, {
+        trustStore: new CachedTrustStore(new FileTrustStore(trustDir)),
+      });
       const proxy = new CacheProxy({
         config: cfg,
         decider,
@@ -110,6 +122,7 @@ Example cache.toml:
         `deciding with ${cfg.decideConfig} over ${decideCfg.logs.length} log(s); upstreams: ${cfg.upstreams.map((u) => u.url).join(' ')}`,
       );
       say(`listening ${url.href}`);
+      for (const line of await proxy.check()) say(`check: ${line}`);
       say('ready');
       await new Promise<void>((done) => {
         const stop = () => {
