@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { registerDashboardCommand } from './dashboard.js';
 import { registerDecideCommands } from './decide.js';
 import { registerLocalCommands } from './local.js';
 import { registerNixCommands } from './nix.js';
@@ -12,4 +13,5 @@ export function registerCommands(program: Command): void {
   registerServeCommand(program);
   registerDecideCommands(program);
   registerNixCommands(program);
+  registerDashboardCommand(program);
 }
