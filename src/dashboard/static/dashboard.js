@@ -12,6 +12,13 @@ function el(tag, text, attrs = {}) {
   return e;
 }
 
+/** A log name: shown whole up to a width, then cut with an ellipsis; the whole name on hover. */
+function nameEl(tag, name, attrs = {}) {
+  const e = el(tag, name, { ...attrs, title: name });
+  e.classList.add('name');
+  return e;
+}
+
 function svg(tag, attrs = {}) {
   const e = document.createElementNS(SVG, tag);
   for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
@@ -96,7 +103,7 @@ async function loadOverview() {
   const rows = o.logs.map((log) => {
     const tr = el('tr');
     const name = el('td');
-    name.append(el('strong', log.name, { class: 'name' }), el('div', log.origin, { class: 'origin' }));
+    name.append(nameEl('strong', log.name), el('div', log.origin, { class: 'origin' }));
     tr.append(name, stateCell(log), sizeCell(log), el('td', age(log.age)));
     const chart = el('td');
     chart.append(growthChart(log.history, log.name));
@@ -135,10 +142,10 @@ function shareBar(a) {
 function matrixTable(a) {
   const head = el('tr');
   head.append(el('th'));
-  for (const n of a.logs) head.append(el('th', n, { scope: 'col' }));
+  for (const n of a.logs) head.append(nameEl('th', n, { scope: 'col' }));
   const rows = a.logs.map((n, i) => {
     const tr = el('tr');
-    tr.append(el('th', n, { scope: 'row' }));
+    tr.append(nameEl('th', n, { scope: 'row' }));
     a.matrix[i].forEach((c, j) => {
       if (i === j) {
         tr.append(el('td', '—', { class: 'num' }));
@@ -190,7 +197,7 @@ async function loadAgreement() {
   $('dis-total').textContent = `(${d.total.toLocaleString('en')})`;
   const head = el('tr');
   head.append(sortHeader('Key', 'key'), sortHeader('Logs', 'logs'), sortHeader('Decided', 'decided'));
-  for (const n of a.logs) head.append(el('th', n, { scope: 'col' }));
+  for (const n of a.logs) head.append(nameEl('th', n, { scope: 'col' }));
   $('disagreeing').tHead.replaceChildren(head);
   const rows = d.rows.map((r) => {
     const tr = el('tr');
@@ -253,7 +260,7 @@ async function search(q) {
   for (const l of d.logs) {
     const tr = el('tr');
     tr.append(
-      el('td', l.name, { class: 'name' }),
+      nameEl('td', l.name),
       el('td', l.status, { class: `state ${l.status}` }),
       el('td', l.value ?? '', { class: 'mono' }),
       el('td', l.index ?? '', { class: 'num' }),
