@@ -4,9 +4,10 @@
  * values, pairwise agreement between logs, and the keys they disagree on.
  */
 import { isUtf8 } from 'node:buffer';
+import { type ProcedureSpec, procedureFor } from '../decide/config.js';
 import { type Decider, decideWith, type LogResult } from '../decide/decide.js';
 import type { LogStatus } from './follow.js';
-import { type DashboardStore, splitKey } from './store.js';
+import { type DashboardStore, decodeHeld, splitKey } from './store.js';
 
 export interface DisagreeingKey {
   protocol: string;
@@ -37,14 +38,23 @@ export function keyText(key: Buffer): string {
   return isUtf8(key) ? key.toString('utf8') : `hex:${key.toString('hex')}`;
 }
 
-/** Computes the figures from the index; logs never indexed count as failed, not as absent. */
+/** Whether a procedure runs a script, which may look at keys and values themselves. */
+function scripted(spec: ProcedureSpec): boolean {
+  return spec.type === 'lua' || spec.type === 'js' || (spec.type === 'chain' && spec.steps.some(scripted));
+}
+
+/**
+ * Computes the figures from the index; logs never indexed count as failed, not as absent. A
+ * built-in procedure sees only which logs agree with which, so its outcome is computed once per
+ * pattern of answers (e.g. "0,0,1,-") and reused; a script procedure runs for every key.
+ */
 export async function computeAgreement(
   store: DashboardStore,
   logs: readonly LogStatus[],
   decider: Decider,
 ): Promise<Agreement> {
   const n = logs.length;
-  const byId = new Map(logs.map((l, i) => [l.id, i]));
+  const bySlot = new Map(logs.map((l, i) => [store.slot(l.id), i]));
   const matrix = logs.map(() => logs.map(() => ({ both: 0, same: 0 })));
   const weights = new Map(decider.config.logs.map((l) => [l.name, l.weight]));
   const out: Agreement = {
@@ -56,42 +66,21 @@ export async function computeAgreement(
     matrix,
     disagreeing: [],
   };
-  const values: Array<string | undefined> = new Array(n);
-  for (const { key, value } of store.allKeys()) {
-    values.fill(undefined);
-    let held = 0;
-    for (const [id, v] of Object.entries(value)) {
-      const i = byId.get(id);
-      if (i !== undefined) {
-        values[i] = v[0];
-        held++;
-      }
-    }
-    if (held < 2) continue;
-    out.keys++;
-    let same = true;
-    for (let i = 0; i < n; i++) {
-      if (values[i] === undefined) continue;
-      for (let j = i + 1; j < n; j++) {
-        if (values[j] === undefined) continue;
-        const eq = values[i] === values[j];
-        if (!eq) same = false;
-        for (const [a, b] of [
-          [i, j],
-          [j, i],
-        ]) {
-          matrix[a][b].both++;
-          if (eq) matrix[a][b].same++;
-        }
-      }
-    }
-    if (same) out.agree++;
-    const { protocol, key: k } = splitKey(key);
-    const text = keyText(k);
+  const memo = new Map<string, number | undefined>();
+  const values: Array<Buffer | undefined> = new Array(n);
+  /** Per log: the class of its value (equal values, equal class), or -1 absent, -2 not indexed. */
+  const cls: number[] = new Array(n);
+
+  /** The winning class, if the procedure decides; `hex` gives each class's value as the procedure sees it. */
+  const decide = async (
+    protocol: string,
+    text: string,
+    hex: readonly string[],
+  ): Promise<number | undefined> => {
     const results: LogResult[] = logs.map((l, i) => {
       const base = { name: l.name, origin: l.origin, vkey: '', weight: '', ms: 0 };
-      if (values[i] !== undefined) return { ...base, status: 'present', value: values[i] };
-      if (l.size === 0) {
+      if (cls[i] >= 0) return { ...base, status: 'present', value: hex[cls[i]] };
+      if (cls[i] === -2) {
         return {
           ...base,
           status: 'failed',
@@ -102,14 +91,76 @@ export async function computeAgreement(
       return { ...base, status: 'absent', size: l.size };
     });
     const d = await decideWith(decider.procedure(protocol), results, weights, protocol, text);
-    if (d.decided) out.decided++;
+    if (!d.decided) return undefined;
+    const w = hex.indexOf(d.value ?? '');
+    return w < 0 ? undefined : w;
+  };
+
+  for (const { key, value } of store.allKeys()) {
+    values.fill(undefined);
+    let held = 0;
+    for (const h of decodeHeld(value)) {
+      const i = bySlot.get(h.slot);
+      if (i !== undefined) {
+        values[i] = h.value;
+        held++;
+      }
+    }
+    if (held < 2) continue;
+    out.keys++;
+    const reps: Buffer[] = [];
+    for (let i = 0; i < n; i++) {
+      const v = values[i];
+      if (v === undefined) {
+        cls[i] = logs[i].size === 0 ? -2 : -1;
+        continue;
+      }
+      let c = reps.findIndex((r) => r.equals(v));
+      if (c < 0) c = reps.push(v) - 1;
+      cls[i] = c;
+    }
+    for (let i = 0; i < n; i++) {
+      if (cls[i] < 0) continue;
+      for (let j = i + 1; j < n; j++) {
+        if (cls[j] < 0) continue;
+        const eq = cls[i] === cls[j] ? 1 : 0;
+        matrix[i][j].both++;
+        matrix[j][i].both++;
+        matrix[i][j].same += eq;
+        matrix[j][i].same += eq;
+      }
+    }
+    const same = reps.length === 1;
+    if (same) out.agree++;
+    const { protocol, key: k } = splitKey(key);
+    let winner: number | undefined;
+    if (scripted(procedureFor(decider.config, protocol).spec)) {
+      winner = await decide(
+        protocol,
+        keyText(k),
+        reps.map((r) => r.toString('hex')),
+      );
+    } else {
+      const pattern = `${protocol}\0${cls.join(',')}`;
+      if (memo.has(pattern)) winner = memo.get(pattern);
+      else {
+        // the values stand for their classes: a built-in procedure only compares them
+        winner = await decide(
+          protocol,
+          '',
+          reps.map((_, c) => c.toString(16).padStart(64, '0')),
+        );
+        memo.set(pattern, winner);
+      }
+    }
+    if (winner !== undefined) out.decided++;
     else out.undecided++;
     if (!same) {
-      const row: DisagreeingKey = { protocol, key: text, values: {}, logs: held };
+      const row: DisagreeingKey = { protocol, key: keyText(k), values: {}, logs: held };
       logs.forEach((l, i) => {
-        row.values[l.name] = values[i] ?? null;
+        row.values[l.name] = values[i]?.toString('hex') ?? null;
       });
-      if (d.decided && d.value !== undefined) row.decided = d.value;
+      if (winner !== undefined) row.decided = reps[winner].toString('hex');
       out.disagreeing.push(row);
     }
   }

@@ -15,7 +15,7 @@
  */
 import { LogClient } from '../client/client.js';
 import { logFileStem, MemoryTrustStore } from '../client/trust-store.js';
-import { equalBytes, toHex } from '../core/bytes.js';
+import { equalBytes } from '../core/bytes.js';
 import { decodeEntry } from '../core/entry.js';
 import { VerificationError } from '../core/errors.js';
 import { HASH_SIZE } from '../core/hash.js';
@@ -208,7 +208,7 @@ export class LogFollower {
       } catch (err) {
         throw new VerificationError('entry.malformed', `entry ${start + i}: ${(err as Error).message}`);
       }
-      return { protocol: e.protocol, key: e.key, value: toHex(e.value), index: start + i };
+      return { protocol: e.protocol, key: e.key, value: e.value, index: start + i };
     });
     const next: LogRecord = {
       ...rec,

@@ -3,9 +3,11 @@
  * far it is indexed (size, the verified checkpoint of that size, the right edge of its Merkle tree
  * to extend and re-check it) and, for every key seen in any log, each log's latest value there.
  *
- * Layout: `logs` (log id -> LogRecord), `keys` (protocol \0 key bytes -> { log id: [value hex,
- * entry index] }). A log id is the trust store's file stem (origin and verifier key), so renaming
- * a log in the config keeps its index, and another key starts afresh.
+ * Layout: `logs` (log id -> LogRecord), `meta` (`slots` -> { log id: slot }), `keys` (protocol \0 key
+ * bytes -> one binary record per log holding the key: slot (u16), value length (u8), value,
+ * entry index (u48), all big-endian). A log id is the trust store's file stem (origin and
+ * verifier key), so renaming a log in the config keeps its index, and another key starts afresh.
+ * Binary records keep a scan of a million keys to a few hundred milliseconds.
  */
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -32,16 +34,49 @@ export interface LogRecord {
   history: Array<[number, number]>;
 }
 
-/** Per key: log id -> [value hex, entry index]. */
-export type KeyRecord = Record<string, [string, number]>;
+/** One log's part of a key record: its slot, its value (a view), its entry index. */
+export interface Held {
+  slot: number;
+  value: Buffer;
+  index: number;
+}
 
 const MAX_HISTORY = 512;
 
 export interface IndexedEntry {
   protocol: string;
   key: Uint8Array;
-  value: string;
+  value: Uint8Array;
   index: number;
+}
+
+/** The logs' parts of a key record. */
+export function decodeHeld(rec: Buffer): Held[] {
+  const out: Held[] = [];
+  let off = 0;
+  while (off < rec.length) {
+    const slot = rec.readUInt16BE(off);
+    const n = rec[off + 2];
+    const value = rec.subarray(off + 3, off + 3 + n);
+    out.push({ slot, value, index: rec.readUIntBE(off + 3 + n, 6) });
+    off += 9 + n;
+  }
+  return out;
+}
+
+/** `rec` with the part of `slot` set to (value, index). */
+function withHeld(rec: Buffer | undefined, slot: number, value: Uint8Array, index: number): Buffer {
+  const kept = rec ? decodeHeld(rec).filter((h) => h.slot !== slot) : [];
+  kept.push({ slot, value: Buffer.from(value.buffer, value.byteOffset, value.byteLength), index });
+  const out = Buffer.allocUnsafe(kept.reduce((a, h) => a + 9 + h.value.length, 0));
+  let off = 0;
+  for (const h of kept) {
+    off = out.writeUInt16BE(h.slot, off);
+    out[off++] = h.value.length;
+    off += h.value.copy(out, off);
+    off = out.writeUIntBE(h.index, off, 6);
+  }
+  return out;
 }
 
 export function keyBytes(protocol: string, key: Uint8Array): Buffer {
@@ -56,14 +91,29 @@ export function splitKey(k: Buffer): { protocol: string; key: Buffer } {
 export class DashboardStore {
   private readonly root: RootDatabase;
   private readonly logs: Database<LogRecord, string>;
-  private readonly keys: Database<KeyRecord, Buffer>;
+  private readonly keys: Database<Buffer, Buffer>;
+  private readonly meta: Database<Record<string, number>, string>;
+  private readonly slots: Record<string, number>;
   /** Bumped on every write, so derived figures know when to recompute. */
   generation = 0;
 
   private constructor(root: RootDatabase) {
     this.root = root;
     this.logs = root.openDB({ name: 'logs' });
-    this.keys = root.openDB({ name: 'keys', keyEncoding: 'binary' });
+    this.keys = root.openDB({ name: 'keys', keyEncoding: 'binary', encoding: 'binary' });
+    this.meta = root.openDB({ name: 'meta' });
+    this.slots = this.meta.get('slots') ?? {};
+  }
+
+  /** The slot of log `id` in key records, given on first use and kept. */
+  slot(id: string): number {
+    let s = this.slots[id];
+    if (s === undefined) {
+      s = Object.keys(this.slots).length;
+      this.slots[id] = s;
+      this.meta.putSync('slots', this.slots);
+    }
+    return s;
   }
 
   static open(dir: string): DashboardStore {
@@ -88,12 +138,11 @@ export class DashboardStore {
    * entries beyond the verified size it records.
    */
   async append(id: string, entries: readonly IndexedEntry[], next: LogRecord): Promise<void> {
+    const slot = this.slot(id);
     await this.keys.transaction(() => {
       for (const e of entries) {
         const k = keyBytes(e.protocol, e.key);
-        const rec = this.keys.get(k) ?? {};
-        rec[id] = [e.value, e.index];
-        this.keys.put(k, rec);
+        this.keys.put(k, withHeld(this.keys.get(k), slot, e.value, e.index));
       }
       const h = next.history;
       if (h.length === 0 || h[h.length - 1][1] !== next.size) h.push([Date.now(), next.size]);
@@ -108,12 +157,8 @@ export class DashboardStore {
     this.generation++;
   }
 
-  get(protocol: string, key: Uint8Array): KeyRecord | undefined {
-    return this.keys.get(keyBytes(protocol, key));
-  }
-
-  /** Every key in key order. */
-  *allKeys(): Iterable<{ key: Buffer; value: KeyRecord }> {
+  /** Every key in key order, with its record (decodeHeld reads it). */
+  *allKeys(): Iterable<{ key: Buffer; value: Buffer }> {
     for (const { key, value } of this.keys.getRange()) yield { key, value };
   }
 

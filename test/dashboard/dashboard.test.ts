@@ -137,6 +137,31 @@ describe('dashboard over real logs', () => {
     assert.equal((await get(dash, '/api/agreement?per=100000')).status, 400);
   });
 
+  test('a script procedure runs for every key, with the key and the values', async () => {
+    const script = `function decide(answers, query) {
+  if (!query.key.startsWith('split')) return null;
+  return answers.filter((a) => a.status === 'present')[0].value;
+}`;
+    const procedure = `[procedure.nix]\ntype = "js"\nsource = '''\n${script}\n'''\n\n`;
+    const d = new Dashboard(parseDecideConfig(trustToml(logs, procedure)), {
+      stateDir: join(dir, 'state-script'),
+    });
+    try {
+      await d.follower.pollAll();
+      const a = (await get(d, '/api/agreement')).json;
+      assert.deepEqual([a.keys, a.decided, a.undecided], [6, 1, 5]);
+      assert.deepEqual(
+        a.disagreeing.rows.map((r) => [r.key, r.decided]),
+        [
+          [SPLIT, value(SPLIT)],
+          [TIE, undefined],
+        ],
+      );
+    } finally {
+      await d.close();
+    }
+  });
+
   test('search: the decision exactly as trustix decide --json gives it, and the evidence', async () => {
     const r = (await get(dash, `/api/search?q=${SPLIT}`)).json;
     assert.equal(r.decision.decided, true);
