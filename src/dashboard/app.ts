@@ -58,6 +58,7 @@ export function searchKey(protocol: string, q: string): string {
 
 export interface DashboardOptions {
   stateDir: string;
+  /** Between two polls of a log, and at least between two computations of the agreement figures. Default 5 s. */
   intervalMs?: number;
   /** Entry bundles verified together (see FollowOptions). */
   chunkBundles?: number;
@@ -69,7 +70,8 @@ export class Dashboard {
   readonly follower: Follower;
   readonly decider: Decider;
   readonly app: FastifyInstance;
-  private agreement: { generation: number; value: Promise<Agreement> } | undefined;
+  private agreement: { generation: number; at: number; value: Promise<Agreement> } | undefined;
+  private readonly agreementEveryMs: number;
 
   constructor(
     readonly config: DecideConfig,
@@ -83,20 +85,27 @@ export class Dashboard {
       ...(opts.fetch ? { fetch: opts.fetch } : {}),
     });
     this.decider = new Decider(config, opts.fetch ? { fetch: opts.fetch } : {});
+    this.agreementEveryMs = opts.intervalMs ?? 5000;
     this.app = this.routes();
   }
 
-  /** The agreement figures, recomputed only when the index changed since. */
-  agreementNow(): Promise<Agreement> {
+  /**
+   * The agreement figures, recomputed when the index changed since, but at most once per poll
+   * interval: while logs catch up, every chunk changes the index, and each computation scans it.
+   */
+  agreementNow(): Promise<{ agreement: Agreement; at: number }> {
     const generation = this.store.generation;
-    if (this.agreement?.generation !== generation) {
+    const now = Date.now();
+    const a = this.agreement;
+    if (!a || (a.generation !== generation && now - a.at >= this.agreementEveryMs)) {
       const value = computeAgreement(this.store, this.follower.statuses(), this.decider);
       value.catch(() => {
         this.agreement = undefined;
       });
-      this.agreement = { generation, value };
+      this.agreement = { generation, at: now, value };
     }
-    return this.agreement.value;
+    const { at, value } = this.agreement!;
+    return value.then((agreement) => ({ agreement, at }));
   }
 
   private routes(): FastifyInstance {
@@ -146,10 +155,11 @@ export class Dashboard {
         },
       },
       async (req) => {
-        const a = await this.agreementNow();
+        const { agreement: a, at } = await this.agreementNow();
         const { page, per, sort } = req.query;
         const share = (x: number) => (a.keys === 0 ? 0 : x / a.keys);
         return {
+          computedAt: at,
           logs: a.logs,
           keys: a.keys,
           agree: a.agree,

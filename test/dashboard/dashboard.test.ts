@@ -54,6 +54,7 @@ interface Api {
   decision: Decision;
   evidence: string;
   type: string;
+  computedAt: number;
 }
 
 async function get(
@@ -222,6 +223,7 @@ describe('dashboard over real logs', () => {
     dash = new Dashboard(parseDecideConfig(trustToml(logs)), {
       stateDir: join(dir, 'state'),
       fetch: counting,
+      intervalMs: 0,
     });
     // before asking any log: what was indexed is there
     const o = (await get(dash, '/api/overview')).json;
@@ -249,6 +251,25 @@ describe('dashboard over real logs', () => {
     // unchanged logs cost one checkpoint request each
     assert.equal(fetched.filter((u) => u.startsWith(logs[0].url)).length, 1);
     assert.equal((await get(dash, '/api/agreement')).json.keys, 7);
+  });
+
+  test('the agreement figures are computed at most once per poll interval', async () => {
+    await dash.close();
+    dash = new Dashboard(parseDecideConfig(trustToml(logs)), {
+      stateDir: join(dir, 'state'),
+      intervalMs: 60_000,
+    });
+    const first = (await get(dash, '/api/agreement')).json;
+    assert.equal(first.keys, 7);
+    await logs[0].client.submit([entry('later')], { token: token(logs[0].dir) });
+    await logs[1].client.submit([entry('later')], { token: token(logs[1].dir) });
+    await dash.follower.pollAll();
+    assert.deepEqual(
+      dash.follower.statuses().map((l) => l.size),
+      [8, 8, 5],
+    );
+    const second = (await get(dash, '/api/agreement')).json;
+    assert.deepEqual([second.keys, second.computedAt], [7, first.computedAt]);
   });
 
   test('a log that goes down is unreachable; its indexed entries still count', async () => {

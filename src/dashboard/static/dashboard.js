@@ -190,6 +190,7 @@ async function loadAgreement() {
     el('span', ' by the configured procedure, '),
     el('strong', `${pct(a.shares.undecided)} undecided`, { class: 'bad-text' }),
     el('span', '.'),
+    el('span', ` As of ${new Date(a.computedAt).toLocaleTimeString('en-GB')}.`, { class: 'check' }),
   );
   $('agree-bar').replaceChildren(shareBar(a));
   matrixTable(a);
