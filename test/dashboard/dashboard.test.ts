@@ -277,7 +277,8 @@ describe('dashboard over real logs', () => {
       trustToml([
         ...logs.slice(0, 2),
         { name: 'gone', url: 'http://127.0.0.1:9/logs/default/', vkey: generateKey('gone.test/log').vkey },
-      ]),
+      ]) +
+        `\n[[log]]\nname = "local"\nstate = "${join(dir, 'nowhere')}"\nvkey = "${generateKey('local.test/log').vkey}"\n`,
     );
     const d = new Dashboard(down, { stateDir: join(dir, 'state') });
     try {
@@ -286,6 +287,11 @@ describe('dashboard over real logs', () => {
       assert.equal(gone.state, 'unreachable');
       assert.equal(gone.check, 'http.network');
       assert.equal(gone.size, 0);
+      const local = (await get(d, '/api/overview')).json.logs[3];
+      assert.equal(local.state, 'unsupported');
+      // the keys alpha and beta both hold still count (SHARED, SPLIT, TIE, ONLY_A, later); the
+      // other two logs have nothing indexed
+      assert.equal((await get(d, '/api/agreement')).json.keys, SHARED.length + 4);
     } finally {
       await d.close();
     }
@@ -326,6 +332,41 @@ describe('dashboard against lying logs', () => {
     fake.tamper = undefined;
     const s = await follow('honest', 1);
     assert.deepEqual([s.state, s.size, s.target], ['ok', 600, 600]);
+  });
+
+  test('a log that stops answering while it is followed: progress kept, then resumed', async () => {
+    fake.tamper = ({ path }) => (path.startsWith('tile/entries/001') ? 'hang' : undefined);
+    const config = parseDecideConfig(
+      trustToml([{ name: 'slow', url: fake.url, vkey: log.vkey }], 'timeout = 0.5\n'),
+    );
+    const state = join(dir, 'slow');
+    let d = new Dashboard(config, { stateDir: state, chunkBundles: 1 });
+    try {
+      await d.follower.pollAll();
+      const o = (await d.app.inject({ method: 'GET', url: '/api/overview' })).json();
+      const s = o.logs[0];
+      assert.deepEqual(
+        [s.state, s.check, s.size, s.target, s.catchingUp],
+        ['unreachable', 'http.timeout', 256, 600, true],
+      );
+    } finally {
+      await d.close();
+    }
+    fake.tamper = undefined;
+    d = new Dashboard(config, { stateDir: state, chunkBundles: 1 });
+    const before = fake.requests.length;
+    try {
+      await d.follower.pollAll();
+      assert.deepEqual(
+        d.follower.statuses().map((s) => [s.state, s.size]),
+        [['ok', 600]],
+      );
+    } finally {
+      await d.close();
+    }
+    const again = fake.requests.slice(before);
+    assert.ok(again.includes('tile/entries/001'));
+    assert.ok(!again.includes('tile/entries/000'), 'the verified first chunk is not fetched again');
   });
 
   test('an entry bundle that does not hash to the tile leaves: follow.leaf-mismatch, nothing indexed', async () => {
