@@ -164,6 +164,13 @@ describe('dashboard in a browser', {
     await page.screenshot({ path: join(shots, 'log-down.png'), fullPage: true });
   });
 
+  test('readable on a phone: the page itself does not scroll sideways', async () => {
+    await page.setViewportSize({ width: 390, height: 844 });
+    await page.waitForFunction(() => document.documentElement.scrollWidth <= 390);
+    await page.screenshot({ path: join(shots, 'phone.png'), fullPage: true });
+    await page.setViewportSize({ width: 1100, height: 900 });
+  });
+
   test('no console errors, failed requests or page errors', () => {
     assert.deepEqual(problems, []);
   });
