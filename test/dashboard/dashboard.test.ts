@@ -369,6 +369,32 @@ describe('dashboard against lying logs', () => {
     assert.ok(!again.includes('tile/entries/000'), 'the verified first chunk is not fetched again');
   });
 
+  test('a log that rolls back behind what was verified before a restart fails trust.rollback', async () => {
+    const { skey, vkey } = generateKey('rollback.test/log');
+    const long = await Log.create(clientTempDir(), 'rollback.test/log', { skey, batchDelayMs: 1 });
+    const short = await Log.create(clientTempDir(), 'rollback.test/log', { skey, batchDelayMs: 1 });
+    await long.submit(KEYS.slice(0, 20).map((k) => entry(k)));
+    await short.submit(KEYS.slice(0, 10).map((k) => entry(k)));
+    const servers = [await startFakeServer(long), await startFakeServer(short)];
+    const state = join(dir, 'rollback');
+    const run = async (url: string) => {
+      const d = new Dashboard(parseDecideConfig(trustToml([{ name: 'r', url, vkey }])), { stateDir: state });
+      await d.follower.pollAll();
+      const s = d.follower.statuses()[0];
+      await d.close();
+      return s;
+    };
+    try {
+      assert.deepEqual([(await run(servers[0].url)).size], [20]);
+      const s = await run(servers[1].url);
+      assert.deepEqual([s.state, s.check, s.size], ['failed', 'trust.rollback', 20]);
+    } finally {
+      for (const f of servers) await f.close();
+      await long.close();
+      await short.close();
+    }
+  });
+
   test('an entry bundle that does not hash to the tile leaves: follow.leaf-mismatch, nothing indexed', async () => {
     fake.tamper = ({ path }, a) => {
       if (!path.startsWith('tile/entries/001')) return undefined;
