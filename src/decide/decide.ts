@@ -296,7 +296,8 @@ export async function decideWith(
   return explain(outcome, results, protocol, key);
 }
 
-function failure(err: unknown): { check: string; reason: string } {
+/** The check and reason of a log's failure, as a decision reports them. */
+export function failure(err: unknown): { check: string; reason: string } {
   if (err instanceof VerificationError) return { check: err.check, reason: err.message };
   const c = (err as { check?: unknown }).check;
   if (err instanceof TrustixError) {

@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { registerDashboardCommand } from './dashboard.js';
 import { registerDecideCommands } from './decide.js';
 import { registerLocalCommands } from './local.js';
 import { registerNixCommands } from './nix.js';
@@ -14,4 +15,5 @@ export function registerCommands(program: Command): void {
   registerDecideCommands(program);
   registerNixCommands(program);
   registerWitnessCommand(program);
+  registerDashboardCommand(program);
 }

@@ -1,0 +1,267 @@
+/**
+ * Follows the logs of a trust config through their C2SP tlog-tiles endpoints and indexes their
+ * entries (docs/dashboard.md, "What is verified"). Per poll and log:
+ *
+ * 1. the latest checkpoint: its signature by the configured key, and its consistency with the
+ *    last one verified (the verifying client; rollback and fork are failed checks);
+ * 2. the new entries, in chunks of entry bundles: each entry must hash to its leaf in the level-0
+ *    hash tile of the same tree (`follow.leaf-mismatch`);
+ * 3. the tree recomputed from every indexed entry (the stored right edge extended by the chunk)
+ *    must be the signed tree: at the checkpoint's size, the same root (`follow.root-mismatch`);
+ *    before it, a prefix of it by the log's consistency proof (`follow.inconsistent`).
+ *
+ * Only then is a chunk written to the index, in one transaction with the new size, so the index
+ * never holds an entry that was not verified, and a restart resumes where the last chunk ended.
+ */
+import { LogClient } from '../client/client.js';
+import { logFileStem, MemoryTrustStore } from '../client/trust-store.js';
+import { equalBytes } from '../core/bytes.js';
+import { decodeEntry } from '../core/entry.js';
+import { VerificationError } from '../core/errors.js';
+import { HASH_SIZE } from '../core/hash.js';
+import { leafHash, treeRoot, verifyConsistency } from '../core/merkle.js';
+import { appendToTiles, hashReaderFromTiles, TILE_WIDTH, type TileGetter } from '../core/tiles.js';
+import type { LogConfig } from '../decide/config.js';
+import { failure } from '../decide/decide.js';
+import type { DashboardStore, FrontierTile, IndexedEntry, LogRecord } from './store.js';
+
+/** Entry bundles per verified chunk, by default. */
+const CHUNK_BUNDLES = 32;
+
+export type LogState = 'starting' | 'ok' | 'unreachable' | 'failed' | 'unsupported';
+
+export interface LogStatus {
+  name: string;
+  id: string;
+  origin: string;
+  url?: string;
+  state: LogState;
+  /** The failed check (state failed or unreachable). */
+  check?: string;
+  reason?: string;
+  /** Entries indexed (verified). */
+  size: number;
+  /** Size of the latest verified checkpoint; above `size` while catching up. */
+  target: number;
+  /** When the latest checkpoint size was first verified, ms since the epoch. */
+  seenAt?: number;
+  /** When the log was last asked, ms since the epoch. */
+  polledAt?: number;
+  history: Array<[number, number]>;
+}
+
+export interface FollowOptions {
+  timeoutMs?: number;
+  /** Entry bundles fetched and verified together (one consistency proof each). Default 32. */
+  chunkBundles?: number;
+  fetch?: typeof globalThis.fetch;
+}
+
+export class LogFollower {
+  readonly id: string;
+  readonly client: LogClient | undefined;
+  private readonly trust = new MemoryTrustStore();
+  private seeded = false;
+  private readonly chunkBundles: number;
+  private status: Omit<LogStatus, 'history'>;
+
+  constructor(
+    readonly cfg: LogConfig,
+    private readonly store: DashboardStore,
+    opts: FollowOptions = {},
+  ) {
+    const origin = cfg.vkey.split('+')[0];
+    this.chunkBundles = opts.chunkBundles ?? CHUNK_BUNDLES;
+    if (cfg.url !== undefined) {
+      this.client = new LogClient({
+        url: cfg.url,
+        vkey: cfg.vkey,
+        trustStore: this.trust,
+        ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
+        ...(opts.fetch ? { fetch: opts.fetch } : {}),
+      });
+    }
+    this.id = logFileStem({ origin, vkey: cfg.vkey });
+    const rec = store.log(this.id);
+    this.status = {
+      name: cfg.name,
+      id: this.id,
+      origin,
+      ...(cfg.url !== undefined ? { url: cfg.url } : {}),
+      state: cfg.url === undefined ? 'unsupported' : 'starting',
+      ...(cfg.url === undefined
+        ? { reason: 'local logs (state = DIR) are not followed; serve them with trustix serve' }
+        : {}),
+      size: rec.size,
+      target: rec.size,
+      ...(rec.seenAt !== undefined ? { seenAt: rec.seenAt } : {}),
+    };
+  }
+
+  snapshot(): LogStatus {
+    return { ...this.status, history: this.store.log(this.id).history };
+  }
+
+  /** One round: the latest checkpoint, then every new entry. Never throws; the outcome is in `snapshot()`. */
+  async poll(): Promise<void> {
+    if (!this.client) return;
+    this.status.polledAt = Date.now();
+    try {
+      let rec = this.store.log(this.id);
+      if (!this.seeded && rec.note !== undefined) {
+        // what was verified before a restart stays the reference: a rollback or fork since is caught
+        await this.trust.compareAndSet(this.client.identity, undefined, rec.note);
+      }
+      this.seeded = true;
+      const t = await this.client.checkpoint();
+      const n = t.checkpoint.size;
+      if (rec.note === undefined || this.client.open(rec.note).size !== n) {
+        rec = { ...rec, note: t.note, seenAt: Date.now() };
+        // the checkpoint is verified now, entries or not
+        await this.store.append(this.id, [], rec);
+      }
+      this.status.seenAt = rec.seenAt!;
+      this.status.target = n;
+      while (rec.size < n) rec = await this.chunk(rec, t.checkpoint.rootHash, n);
+      this.status = { ...this.status, state: 'ok', size: rec.size };
+      delete this.status.check;
+      delete this.status.reason;
+    } catch (err) {
+      const f = failure(err);
+      this.status = {
+        ...this.status,
+        state: err instanceof VerificationError ? 'failed' : 'unreachable',
+        check: f.check,
+        reason: f.reason,
+      };
+    }
+  }
+
+  /** Fetches, verifies and indexes the next chunk of entries of the tree of size `n`. */
+  private async chunk(rec: LogRecord, root: Uint8Array, n: number): Promise<LogRecord> {
+    const client = this.client!;
+    const start = rec.size;
+    const end = Math.min(n, (Math.floor(start / TILE_WIDTH) + this.chunkBundles) * TILE_WIDTH);
+    const first = Math.floor(start / TILE_WIDTH);
+    const last = Math.floor((end - 1) / TILE_WIDTH);
+    const tiles = new Map<number, Promise<Buffer>>();
+    for (let i = first; i <= last; i++) {
+      const p = client.tile(0, i, Math.min(TILE_WIDTH, n - i * TILE_WIDTH));
+      p.catch(() => {});
+      tiles.set(i, p);
+    }
+    const leaves = Buffer.allocUnsafe((end - start) * HASH_SIZE);
+    const data: Buffer[] = [];
+    let at = start;
+    for await (const bundle of client.entries(start, end, { treeSize: n })) {
+      const tile = await tiles.get(Math.floor(at / TILE_WIDTH))!;
+      for (const e of bundle) {
+        const leaf = leafHash(e);
+        const off = (at % TILE_WIDTH) * HASH_SIZE;
+        if (!equalBytes(leaf, tile.subarray(off, off + HASH_SIZE))) {
+          throw new VerificationError(
+            'follow.leaf-mismatch',
+            `entry ${at} does not hash to its leaf in hash tile 0/${Math.floor(at / TILE_WIDTH)}`,
+          );
+        }
+        leaf.copy(leaves, (at - start) * HASH_SIZE);
+        data.push(e);
+        at++;
+      }
+    }
+    const frontier = new Map(rec.frontier.map((t) => [t.level, t]));
+    const getTile: TileGetter = (level, index) => {
+      const t = frontier.get(level);
+      return t && t.index === index ? { expanded: t.expanded, width: t.width } : undefined;
+    };
+    for (const t of appendToTiles(start, leaves, getTile)) {
+      frontier.set(t.tileLevel, {
+        level: t.tileLevel,
+        index: t.tileIndex,
+        width: t.width,
+        expanded: t.expanded,
+      });
+    }
+    const ours = treeRoot(end, hashReaderFromTiles(getTile));
+    if (end === n) {
+      if (!equalBytes(ours, root)) {
+        throw new VerificationError(
+          'follow.root-mismatch',
+          `the ${n} entries served do not make the tree of the signed checkpoint of size ${n}`,
+        );
+      }
+    } else {
+      const proof = await client.consistencyProof(end, n);
+      try {
+        verifyConsistency(end, n, proof, ours, root);
+      } catch (err) {
+        throw new VerificationError(
+          'follow.inconsistent',
+          `the first ${end} entries served are not a prefix of the signed tree of size ${n} (${(err as Error).message})`,
+        );
+      }
+    }
+    const entries: IndexedEntry[] = data.map((d, i) => {
+      let e: ReturnType<typeof decodeEntry>;
+      try {
+        e = decodeEntry(d);
+      } catch (err) {
+        throw new VerificationError('entry.malformed', `entry ${start + i}: ${(err as Error).message}`);
+      }
+      return { protocol: e.protocol, key: e.key, value: e.value, index: start + i };
+    });
+    const next: LogRecord = {
+      ...rec,
+      size: end,
+      frontier: [...frontier.values()].sort((a, b) => a.level - b.level) as FrontierTile[],
+    };
+    await this.store.append(this.id, entries, next);
+    this.status.size = end;
+    return next;
+  }
+}
+
+/** Follows every log of a config, each in its own loop. */
+export class Follower {
+  readonly logs: LogFollower[];
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<void> | undefined;
+  private stopped = false;
+
+  constructor(
+    logs: readonly LogConfig[],
+    store: DashboardStore,
+    opts: FollowOptions & { intervalMs?: number } = {},
+  ) {
+    this.logs = logs.map((cfg) => new LogFollower(cfg, store, opts));
+    this.intervalMs = opts.intervalMs ?? 5000;
+  }
+
+  private readonly intervalMs: number;
+
+  /** One round over every log, all at once. */
+  async pollAll(): Promise<void> {
+    await Promise.all(this.logs.map((l) => l.poll()));
+  }
+
+  /** Polls now and then every `intervalMs` after the previous round ended. */
+  start(): void {
+    const round = () => {
+      if (this.stopped) return;
+      this.running = this.pollAll().then(() => {
+        if (!this.stopped) this.timer = setTimeout(round, this.intervalMs);
+      });
+    };
+    round();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    await this.running;
+  }
+
+  statuses(): LogStatus[] {
+    return this.logs.map((l) => l.snapshot());
+  }
+}
