@@ -32,6 +32,8 @@ export interface GrowthRow {
   size: number;
   entries_per_s: number;
   cpu_us_per_entry: number;
+  /** The part of cpu_us_per_entry spent in the kernel (page faults, writeback, fsync). */
+  sys_us_per_entry: number;
   written_bytes_per_entry: number;
   written_mib_per_batch: number;
   read_bytes_per_entry: number;
@@ -73,7 +75,9 @@ export function growthRatios(small: GrowthRow, large: GrowthRow): GrowthRatios {
 export function ratiosOver(ratios: GrowthRatios, limit: number): string[] {
   return Object.entries(ratios)
     .filter(([, v]) => !(v <= limit))
-    .map(([k, v]) => `${k} grew ${v}x, above the ${limit}x limit`);
+    .map(([k, v]) =>
+      Number.isFinite(v) ? `${k} grew ${v}x, above the ${limit}x limit` : `${k} could not be compared (${v})`,
+    );
 }
 
 const int = (n: number) => Math.round(n).toLocaleString('en-US');
@@ -82,7 +86,7 @@ const int = (n: number) => Math.round(n).toLocaleString('en-US');
 export function formatRow(row: GrowthRow): string {
   return [
     `${int(row.size)}:`,
-    `ingest ${int(row.entries_per_s)}/s, ${row.cpu_us_per_entry} us CPU/entry,`,
+    `ingest ${int(row.entries_per_s)}/s, ${row.cpu_us_per_entry} us CPU/entry (${row.sys_us_per_entry} kernel),`,
     `${int(row.written_bytes_per_entry)} B written/entry (${int(row.written_mib_per_batch)} MiB/batch),`,
     `faults/entry ${row.minor_faults_per_entry} minor ${row.major_faults_per_entry} major;`,
     `lookups ${int(row.lookups_per_s)}/s, ${row.cpu_us_per_op} us CPU/op,`,

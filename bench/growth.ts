@@ -149,10 +149,11 @@ try {
     const step = Math.min(STEP, N - size);
     peak.anon = 0;
     const io = diskIo();
-    let ru = process.resourceUsage();
+    const ru = process.resourceUsage();
     let cpu = process.cpuUsage();
     const seconds = await ingest(log, step, keys);
     const ingestCpu = cpuMicros(cpu, step);
+    const ingestSys = process.cpuUsage(cpu).system;
     const ru2 = process.resourceUsage();
     const io2 = diskIo();
     size += step;
@@ -164,7 +165,7 @@ try {
       i % 4 === 3 ? nixKey() : keys[Math.floor(Math.random() * keys.length)],
     );
     const present = lookupKeys.filter((_, i) => i % 4 !== 3).length;
-    ru = process.resourceUsage();
+    const ruLookups = process.resourceUsage();
     cpu = process.cpuUsage();
     const t = process.hrtime.bigint();
     let bytes = 0;
@@ -190,6 +191,7 @@ try {
       size,
       entries_per_s: Math.round(step / seconds),
       cpu_us_per_entry: ingestCpu,
+      sys_us_per_entry: per(ingestSys, step, 1),
       written_bytes_per_entry: Math.round(written / step),
       written_mib_per_batch: per(written / 2 ** 20, Math.ceil(step / BATCH), 1),
       read_bytes_per_entry: Math.round((io2.readBytes - io.readBytes) / step),
@@ -197,8 +199,8 @@ try {
       minor_faults_per_entry: per(ru2.minorPageFault - ru.minorPageFault, step, 3),
       lookups_per_s: Math.round(LOOKUPS / lookupSeconds),
       cpu_us_per_op: lookupCpu,
-      minor_faults_per_op: per(ru3.minorPageFault - ru.minorPageFault, LOOKUPS),
-      major_faults_per_op: per(ru3.majorPageFault - ru.majorPageFault, LOOKUPS, 3),
+      minor_faults_per_op: per(ru3.minorPageFault - ruLookups.minorPageFault, LOOKUPS),
+      major_faults_per_op: per(ru3.majorPageFault - ruLookups.majorPageFault, LOOKUPS, 3),
       rss_mib: mib(process.memoryUsage().rss),
       anon_mib: mib(rssAnonBytes() ?? 0),
       peak_anon_mib: mib(peak.anon),
