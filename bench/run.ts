@@ -2,90 +2,18 @@
 // TRUSTIX_BENCH_N (entries in the first phase; the second phase adds as many again, unless
 // TRUSTIX_BENCH_SECOND=0). The read figures also give the process's CPU time per operation, which
 // on a shared machine says more than the wall-clock rate.
-import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Entry } from '../src/core/entry.js';
 import { type LookupAnswer, verifyLookup } from '../src/core/lookup.js';
 import { verifierFromVkey } from '../src/core/note.js';
 import { Log } from '../src/log/log.js';
+import { BATCH, cpuMicros, emit, ingest, nixKey, PeakMemory } from './common.js';
 
 const N = Number(process.env.TRUSTIX_BENCH_N ?? 1_000_000);
-const BATCH = 10_000;
 
-/** CPU time (user + system) of this process since `since`, in microseconds per operation. */
-function cpuMicros(since: NodeJS.CpuUsage, ops: number): number {
-  const u = process.cpuUsage(since);
-  return Math.round(((u.user + u.system) / ops) * 10) / 10;
-}
-
-function emit(name: string, value: number, unit: string, extra: Record<string, unknown> = {}): void {
-  console.log(JSON.stringify({ name, value: Math.round(value * 100) / 100, unit, ...extra }));
-}
-
-const NIX32 = '0123456789abcdfghijklmnpqrsvwxyz';
-function nixKey(r: Buffer = randomBytes(32), at = 0): Buffer {
-  let s = '';
-  for (let i = 0; i < 32; i++) s += NIX32[r[at + i] & 31];
-  return Buffer.from(s);
-}
-
-/**
- * The random bytes of a whole batch come from one call: one call per key and value cost the
- * submitting side (which shares the sequencer's thread here) about a fifth of its time.
- */
-function makeEntries(n: number): Entry[] {
-  const out: Entry[] = new Array(n);
-  const r = randomBytes(64 * n);
-  for (let i = 0; i < n; i++) {
-    out[i] = {
-      protocol: 'nix',
-      key: nixKey(r, 64 * i),
-      value: r.subarray(64 * i + 32, 64 * i + 64),
-      metadata: Buffer.from(`{"name":"pkg-${i}","narSize":${1000 + i}}`),
-    };
-  }
-  return out;
-}
-
-/** Feeds `count` entries with two batches in flight, as many concurrent submitters would. */
-async function ingest(log: Log, count: number, keys: Buffer[]): Promise<number> {
-  const start = process.hrtime.bigint();
-  const inFlight: Promise<unknown>[] = [];
-  for (let done = 0; done < count; done += BATCH) {
-    const entries = makeEntries(Math.min(BATCH, count - done));
-    // Copied out of the entry: a key is a slice of Node's shared 8 KB buffer pool, so keeping one
-    // key in 97 kept nearly every pool slab of the run alive (about 75 MB at a million entries),
-    // memory that belongs to the bench's bookkeeping, not to a submitter or to the log.
-    for (let i = 0; i < entries.length; i += 97) {
-      const key = Buffer.allocUnsafeSlow(entries[i].key.length);
-      entries[i].key.copy(key);
-      keys.push(key);
-    }
-    inFlight.push(log.submit(entries));
-    if (inFlight.length >= 3) await inFlight.shift();
-  }
-  await Promise.all(inFlight);
-  return Number(process.hrtime.bigint() - start) / 1e9;
-}
-
-/**
- * Peak resident memory, split as Linux reports it: anonymous memory (heap, buffers, LMDB's write
- * transaction) and file pages of the LMDB memory map, which the kernel can drop at will.
- */
-let peakRss = 0;
-let peakAnon = 0;
-function sampleMemory(): void {
-  peakRss = Math.max(peakRss, process.memoryUsage().rss);
-  try {
-    const m = /RssAnon:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'));
-    if (m) peakAnon = Math.max(peakAnon, Number(m[1]) * 1024);
-  } catch {
-    // not Linux: only the total is reported
-  }
-}
-const rssTimer = setInterval(sampleMemory, 50);
+// Peak RSS counts every resident page, the file pages of LMDB's memory map included.
+const peak = new PeakMemory().start();
 
 const dir = mkdtempSync(join(tmpdir(), 'trustix-bench-'));
 try {
@@ -95,7 +23,7 @@ try {
   const t1 = await ingest(log, N, keys);
   // all threads (the sparse index worker included) and the submitters' entry generation
   const ingestCpuUs = cpuMicros(ingestCpu, N);
-  sampleMemory();
+  peak.sample();
   emit('ingest_fresh_entries_per_s', N / t1, 'entries/s', {
     entries: N,
     seconds: t1,
@@ -103,9 +31,9 @@ try {
     durable: true,
     cpu_us_per_entry: ingestCpuUs,
   });
-  emit('ingest_fresh_peak_rss', peakRss / 2 ** 20, 'MiB', {
+  emit('ingest_fresh_peak_rss', peak.rss / 2 ** 20, 'MiB', {
     entries: N,
-    anonymous_mib: Math.round(peakAnon / 2 ** 20),
+    anonymous_mib: Math.round(peak.anon / 2 ** 20),
   });
 
   // lookups with both proofs, generated from disk, for present and absent keys
@@ -187,14 +115,14 @@ try {
     // scaling: from N to 2N
     const t2 = await ingest(log, N, keys);
     emit('ingest_second_entries_per_s', N / t2, 'entries/s', { from: N, to: 2 * N, seconds: t2 });
-    sampleMemory();
-    emit('peak_rss_after_second', peakRss / 2 ** 20, 'MiB', {
+    peak.sample();
+    emit('peak_rss_after_second', peak.rss / 2 ** 20, 'MiB', {
       entries: 2 * N,
-      anonymous_mib: Math.round(peakAnon / 2 ** 20),
+      anonymous_mib: Math.round(peak.anon / 2 ** 20),
     });
   }
   await log.close();
 } finally {
-  clearInterval(rssTimer);
+  peak.stop();
   rmSync(dir, { recursive: true, force: true });
 }
