@@ -1,5 +1,6 @@
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { InsecureSecretError, readSecretFile } from '../config/secret.js';
 import { equalBytes, toBase64 } from '../core/bytes.js';
 import { signCheckpoint } from '../core/checkpoint.js';
 import {
@@ -446,7 +447,8 @@ export class Log {
     dir: string,
     opts: LogOptions & { skey?: string; readOnly?: boolean } = {},
   ): Promise<Log> {
-    const store = LmdbLogStore.open(dir);
+    // a reader takes no writer lock (storage/lock.ts) and writes nothing
+    const store = LmdbLogStore.open(dir, { readOnly: opts.readOnly ?? false });
     try {
       const vkey = store.getMeta('vkey');
       const origin = store.getMeta('origin');
@@ -1350,8 +1352,9 @@ function unsettled(): void {}
 function readSigningKey(dir: string): string {
   const file = join(dir, SIGNING_KEY_FILE);
   try {
-    return readFileSync(file, 'utf8').trim();
-  } catch {
+    return readSecretFile(file, 'signing key');
+  } catch (err) {
+    if (err instanceof InsecureSecretError) throw err;
     throw new StateError(`no signing key at ${file}; pass one explicitly`);
   }
 }

@@ -1,7 +1,8 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { type Command, Option } from 'commander';
 import { LogClient, type SubmitAuth } from '../../client/client.js';
 import { defaultTrustDir, FileTrustStore } from '../../client/trust-store.js';
+import { InsecureSecretError, readSecretFile } from '../../config/secret.js';
 import { FormatError } from '../../core/errors.js';
 import { NixStoreError, toStorePath } from '../../nix/nix-query.js';
 import {
@@ -230,8 +231,9 @@ function cliAuth(o: RemoteOptions): SubmitAuth | undefined {
   if (o.writerKey) {
     let skey: string;
     try {
-      skey = readFileSync(o.writerKey, 'utf8').trim();
+      skey = readSecretFile(o.writerKey, 'writer key');
     } catch (err) {
+      if (err instanceof InsecureSecretError) throw err;
       throw new CliError(`--writer-key: cannot read ${o.writerKey}: ${(err as Error).message}`, EXIT.usage);
     }
     return { skey, ...(o.writer ? { writer: o.writer } : {}) };
