@@ -13,6 +13,7 @@ import { MAX_LOOKUP_KEYS } from '../core/lookup.js';
 import { receiptsJson } from '../core/receipts.js';
 import { parseTilePath } from '../core/tiles.js';
 import { type Log, PoolFullError, type SubmitReceipt } from '../log/log.js';
+import { StorageFullError } from '../storage/reserve.js';
 import { readEntryBundle, readHashTile } from '../log/serving.js';
 import { AuthError, SIGNATURE_HEADER, type Writer, WriterAuth } from './auth.js';
 import type { ApiName, Limits } from './config.js';
@@ -86,6 +87,9 @@ function toHttpError(err: unknown): HttpError {
     return new HttpError(err.status, err.code, err.message, headers);
   }
   if (err instanceof PoolFullError) return unavailable(err.message, err.retryAfterSeconds);
+  // the disk is full: writes are refused (nothing was written), reads go on
+  if (err instanceof StorageFullError)
+    return new HttpError(507, 'INSUFFICIENT_STORAGE', err.message, { 'retry-after': '60' });
   if (err instanceof StateError) return unavailable(err.message);
   if (err instanceof TrustixError && err.code === 'FORMAT')
     return new HttpError(400, 'BAD_REQUEST', err.message);
@@ -651,6 +655,7 @@ function queueSubmission(
 
 function toHttpErrorStatus(err: unknown): number {
   if (err instanceof PoolFullError || err instanceof StateError) return 503;
+  if (err instanceof StorageFullError) return 507;
   if (err instanceof TrustixError && err.code === 'FORMAT') return 400;
   return 500;
 }
