@@ -17,7 +17,7 @@ export class InsecureSecretError extends TrustixError {
     super(
       'INSECURE_SECRET',
       `${what} ${file} is accessible by other users (mode ${(mode & 0o777).toString(8).padStart(4, '0')}); ` +
-        `a secret must be readable by its owner only: run  chmod 600 ${file}`,
+        `a secret must be readable by its owner only; fix it with: chmod 600 ${file}`,
     );
   }
 }
