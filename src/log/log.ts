@@ -486,8 +486,9 @@ export class Log {
     dir: string,
     opts: LogOptions & { skey?: string; readOnly?: boolean } = {},
   ): Promise<Log> {
-    // a reader takes no writer lock (storage/lock.ts) and writes nothing
-    const store = LmdbLogStore.open(dir, { readOnly: opts.readOnly ?? false });
+    // A reader takes no writer lock (storage/lock.ts) and writes nothing. Its LMDB environment is
+    // not opened read-only: several read-only opens at once failed now and then with EINVAL.
+    const store = LmdbLogStore.open(dir, { lock: !opts.readOnly });
     try {
       const vkey = store.getMeta('vkey');
       const origin = store.getMeta('origin');

@@ -4,7 +4,7 @@ import { type Database, open, type RootDatabase } from 'lmdb';
 import { StorageError, TrustixError } from '../core/errors.js';
 import { asBuffer } from '../core/smt-strata.js';
 import { lockStore, type StoreLock } from './lock.js';
-import { commitPagesBound, type DbShape, type DbWrites, SpaceReserve } from './reserve.js';
+import { checkFreeSpace, commitPagesBound, type DbShape, type DbWrites, SpaceReserve } from './reserve.js';
 import type { CommitBatch, LogHead, LogSnapshot, LogStore, StoredTile } from './store.js';
 
 /**
@@ -42,8 +42,9 @@ export class LmdbLogStore implements LogStore {
 
   /**
    * Opens the store of `dir`. A writer (not `readOnly`) first takes the directory's writer lock
-   * (storage/lock.ts) and keeps it until `close`; `lock: false` is for a second handle of a process
-   * that holds it already (the sparse index worker, which never writes).
+   * (storage/lock.ts) and keeps it until `close`; `lock: false` opens without it, for a handle that
+   * never writes: a reader (Log.open with readOnly), or the sparse index worker of the process that
+   * holds it.
    */
   static open(
     dir: string,
@@ -60,6 +61,9 @@ export class LmdbLogStore implements LogStore {
     let root: RootDatabase | undefined;
     try {
       if (exists) checkLmdbHeader(file);
+      // LMDB's own first writes (meta pages, lock file) fail badly on a full disk: a crash in
+      // lmdb-js, not an error. A store is only made with room for them and its first commits.
+      else if (!readOnly) checkFreeSpace(file, NEW_STORE_BYTES + (64 << 10));
       root = open({
         path: file,
         maxDbs: 8,

@@ -15,6 +15,7 @@
  * Pages before it were all written once, so they have their blocks.
  */
 import { closeSync, openSync, statfsSync, writeSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { StorageError, TrustixError } from '../core/errors.js';
 
 /** The disk holding a store is too full for a commit; nothing was written. */
@@ -26,7 +27,7 @@ export class StorageFullError extends TrustixError {
   ) {
     super(
       'STORAGE_FULL',
-      `not enough disk space for the next commit to ${file} (${Math.ceil(bytes / 1048576)} MiB needed: ${
+      `not enough disk space to write ${file} (${Math.ceil(bytes / 1048576)} MiB needed: ${
         (cause as Error).message
       }); writes are refused until space is freed, reads go on`,
       { cause },
@@ -116,6 +117,15 @@ export class SpaceReserve {
 
   close(): void {
     closeSync(this.fd);
+  }
+}
+
+/** Throws StorageFullError unless the file system of `file` (to be created) has `bytes` free. */
+export function checkFreeSpace(file: string, bytes: number): void {
+  const fs = statfsSync(dirname(file));
+  if (fs.bavail * fs.bsize < bytes) {
+    const err = Object.assign(new Error(`${fs.bavail * fs.bsize} bytes free`), { code: 'ENOSPC' });
+    throw new StorageFullError(file, bytes, err);
   }
 }
 
