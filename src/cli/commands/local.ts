@@ -50,7 +50,10 @@ export function registerLocalCommands(program: Command): void {
     .description('create a new, empty log in DIR with a fresh signing key (mode 0600)')
     .addOption(stateOption())
     .option('--origin <name>', 'the log origin (checkpoint first line)', 'trustix.local/log')
-    .option('--key-file <file>', 'use this signing key instead of generating one')
+    .option(
+      '--key-file <file>',
+      'use this signing key instead of generating one (a file only its owner may access: chmod 600)',
+    )
     .addHelpText('after', '\nExample:\n  trustix init --state ./mylog --origin example.com/builder1')
     .action(async (o: { state: string; origin: string; keyFile?: string }) => {
       const skey = o.keyFile ? readSecretFile(o.keyFile, 'signing key') : undefined;
