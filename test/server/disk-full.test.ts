@@ -1,26 +1,20 @@
 // A full disk refuses writes with 507 and a JSON error; reads go on; the node takes writes again once
 // space is freed, and never dies. Run on a 20 MiB tmpfs (needs root to mount; skipped otherwise).
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, rmdirSync, rmSync, writeSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { closeSync, openSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { verifyLookup } from '../../src/core/lookup.js';
 import { verifierFromVkey } from '../../src/core/note.js';
-import { type EntryJson, makeEntries, startServer, submit, token } from '../fixtures/server-helpers.js';
-
-/** The mount point, or why there is none. */
-function mountTmpfs(): string {
-  if (process.getuid?.() !== 0) return 'not root: mounting a small tmpfs needs root (CI runs as root)';
-  const dir = mkdtempSync(join(tmpdir(), 'trustix-full-'));
-  const r = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=20m', 'tmpfs', dir], { encoding: 'utf8' });
-  if (r.status !== 0) {
-    rmdirSync(dir);
-    return `cannot mount a tmpfs here: ${r.stderr || r.error?.message}`;
-  }
-  return dir;
-}
+import {
+  type EntryJson,
+  makeEntries,
+  mountTmpfs,
+  startServer,
+  submit,
+  token,
+  unmount,
+} from '../fixtures/server-helpers.js';
 
 /** Writes zeros to `file` until the file system is full. */
 function fill(file: string): void {
@@ -35,14 +29,14 @@ function fill(file: string): void {
   }
 }
 
-const mounted = mountTmpfs();
-const skip = mounted.startsWith('/') ? false : mounted;
-
 test('a full disk: writes get 507, reads go on, writes resume when space returns', {
-  skip,
   timeout: 300_000,
-}, async () => {
-  const mnt = mounted;
+}, async (t) => {
+  const mnt = mountTmpfs('20m');
+  if (!mnt.startsWith('/')) {
+    t.skip(mnt);
+    return;
+  }
   const state = join(mnt, 'state');
   const srv = await startServer(['--state', state, '--listen', '127.0.0.1:0']);
   try {
@@ -90,7 +84,6 @@ test('a full disk: writes get 507, reads go on, writes resume when space returns
     assert.equal(srv.proc.signalCode, null);
   } finally {
     await srv.stop();
-    spawnSync('umount', [mnt]);
-    rmdirSync(mnt);
+    unmount(mnt);
   }
 });

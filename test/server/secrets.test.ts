@@ -2,25 +2,19 @@
 // signing key (serve, local submit), a serve key_file, a writer token of the node, a writer key, a
 // publish token_file.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { chmodSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { InsecureSecretError, readSecretFile } from '../../src/config/secret.js';
 import { generateKey } from '../../src/core/note.js';
 import { parsePublishConfig } from '../../src/nix/publish.js';
-import { cleanup, runServeExpectingFailure, startServer, tempDir } from '../fixtures/server-helpers.js';
-
-const MAIN = new URL('../../src/cli/main.ts', import.meta.url).pathname;
-
-function cli(args: string[]): Promise<{ code: number | null; stderr: string }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], { stdio: 'pipe' });
-  let stderr = '';
-  child.stderr.on('data', (d: Buffer) => {
-    stderr += d.toString();
-  });
-  return new Promise((resolve) => child.on('exit', (code) => resolve({ code, stderr })));
-}
+import {
+  cleanup,
+  runCli,
+  runServeExpectingFailure,
+  startServer,
+  tempDir,
+} from '../fixtures/server-helpers.js';
 
 function assertRefused(r: { code: number | null; stderr: string }, file: string): void {
   assert.equal(r.code, 1, r.stderr);
@@ -65,9 +59,9 @@ test('serve and local submit refuse a loose signing.key or writer token', { time
     chmodSync(key, 0o644);
     assertRefused(await runServeExpectingFailure(args), key);
     chmodSync(key, 0o666);
-    assertRefused(await cli(['submit', '--state', logDir, 'k=aa']), key);
+    assertRefused(await runCli(['submit', '--state', logDir, 'k=aa']), key);
     // readers need no key
-    assert.equal((await cli(['info', '--state', logDir])).code, 0);
+    assert.equal((await runCli(['info', '--state', logDir])).code, 0);
     chmodSync(key, 0o600);
 
     const tokenFile = join(dir, 'writers', 'default.token');
@@ -89,7 +83,15 @@ test('a loose key_file, --key-file, --writer-key or publish token_file is refuse
     writeFileSync(keyFile, `${skey}\n`, { mode: 0o644 });
     chmodSync(keyFile, 0o644);
     assertRefused(
-      await cli(['init', '--state', join(dir, 'log'), '--origin', 'example.com/log', '--key-file', keyFile]),
+      await runCli([
+        'init',
+        '--state',
+        join(dir, 'log'),
+        '--origin',
+        'example.com/log',
+        '--key-file',
+        keyFile,
+      ]),
       keyFile,
     );
     const config = join(dir, 'node.toml');
@@ -102,7 +104,7 @@ test('a loose key_file, --key-file, --writer-key or publish token_file is refuse
     writeFileSync(writerKey, `${generateKey('writer').skey}\n`);
     chmodSync(writerKey, 0o640);
     assertRefused(
-      await cli([
+      await runCli([
         'submit',
         '--url',
         'http://127.0.0.1:9/logs/default/',

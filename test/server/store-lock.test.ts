@@ -2,7 +2,6 @@
 // refused with the holder's PID; readers go on; a SIGKILLed holder leaves no stale lock; two
 // [[log]] entries that reach one directory through a symbolic link are refused.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdirSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -11,26 +10,12 @@ import { LmdbLogStore } from '../../src/storage/lmdb.js';
 import { StoreLockedError } from '../../src/storage/lock.js';
 import {
   cleanup,
+  runCli,
   runServeExpectingFailure,
   startServer,
   tempDir,
   writeConfig,
 } from '../fixtures/server-helpers.js';
-
-const MAIN = new URL('../../src/cli/main.ts', import.meta.url).pathname;
-
-function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], { stdio: 'pipe' });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (d: Buffer) => {
-    stdout += d.toString();
-  });
-  child.stderr.on('data', (d: Buffer) => {
-    stderr += d.toString();
-  });
-  return new Promise((resolve) => child.on('exit', (code) => resolve({ code, stdout, stderr })));
-}
 
 function assertRefusedBy(r: { code: number | null; stderr: string }, pid: number): void {
   assert.equal(r.code, 1, r.stderr);
@@ -49,12 +34,12 @@ test('a second writer on a served store is refused with the PID; readers go on; 
     const logDir = join(dir, 'logs', 'default');
 
     assertRefusedBy(await runServeExpectingFailure(args), pid);
-    assertRefusedBy(await cli(['submit', '--state', logDir, 'k1=aa']), pid);
+    assertRefusedBy(await runCli(['submit', '--state', logDir, 'k1=aa']), pid);
     // read-only users take no lock
-    const info = await cli(['info', '--state', logDir, '--json']);
+    const info = await runCli(['info', '--state', logDir, '--json']);
     assert.equal(info.code, 0, info.stderr);
     assert.equal(JSON.parse(info.stdout).size, 0);
-    const lookup = await cli(['lookup', '--state', logDir, 'k1']);
+    const lookup = await runCli(['lookup', '--state', logDir, 'k1']);
     assert.equal(lookup.code, 3, lookup.stderr);
     // the running node still takes writes
     assert.equal(first.proc.exitCode, null);
@@ -65,7 +50,7 @@ test('a second writer on a served store is refused with the PID; readers go on; 
     assert.ok(second.stdout.some((l) => l.startsWith('log default: opened')));
     await second.stop();
     // and after a clean stop, a local writer gets the store
-    const submitted = await cli(['submit', '--state', logDir, 'k1=aa']);
+    const submitted = await runCli(['submit', '--state', logDir, 'k1=aa']);
     assert.equal(submitted.code, 0, submitted.stderr);
   } finally {
     cleanup(dir);
