@@ -84,7 +84,8 @@ export class LmdbLogStore implements LogStore {
         // Default is a 1 MiB initial map that grows by remapping; start bigger to remap rarely.
         mapSize: 1 << 30,
       });
-      const reserve = lock ? new SpaceReserve(file) : undefined;
+      // a handle that may commit: the lock holder, or one that creates the store (Log.create)
+      const reserve = lock !== undefined || (opts.create && !readOnly) ? new SpaceReserve(file) : undefined;
       const store = new LmdbLogStore(root, lock, reserve);
       return store;
     } catch (err) {
