@@ -52,9 +52,14 @@ export function lockStore(dir: string): StoreLock {
     closeSync(fd);
     throw new StoreLockedError(dir, holderOf(file));
   }
-  // the PID is for the message of a writer refused later; the lock itself is what counts
-  ftruncateSync(fd, 0);
-  writeSync(fd, `${process.pid}\n`, 0);
+  // the PID is for the message of a writer refused later; the lock itself is what counts, so a
+  // PID that cannot be written (a full disk) is left out
+  try {
+    ftruncateSync(fd, 0);
+    writeSync(fd, `${process.pid}\n`, 0);
+  } catch {
+    // the message will say "another process"
+  }
   let released = false;
   return {
     release() {
