@@ -1,5 +1,6 @@
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
+import { InsecureSecretError, readSecretFile } from '../config/secret.js';
 import { equalBytes, toBase64 } from '../core/bytes.js';
 import { signCheckpoint } from '../core/checkpoint.js';
 import {
@@ -45,7 +46,9 @@ import {
   TILE_WIDTH,
   type TileGetter,
 } from '../core/tiles.js';
+import { fsyncPath, isTempName, tempNameFor, writeFileDurably } from '../storage/durable.js';
 import { LmdbLogStore } from '../storage/lmdb.js';
+import { LOCK_FILE, lockStore } from '../storage/lock.js';
 import type { LogHead, LogSnapshot, LogStore, StoredTile } from '../storage/store.js';
 import { SmtOffload } from './smt-offload.js';
 
@@ -415,30 +418,67 @@ export class Log {
     this.onBatch = opts.onBatch;
   }
 
-  /** Creates a new log in an empty directory: store, signing key (mode 0600) and the empty checkpoint. */
+  /**
+   * Creates a new log in an empty directory: store, signing key (mode 0600) and the empty
+   * checkpoint. Atomic: the store is made whole in a temporary directory inside `dir` (its identity
+   * and first checkpoint committed, fsynced), the signing key written durably beside it, and only
+   * then is `log.mdb` renamed into place, so `dir` holds a complete log or none. A creation that
+   * was killed or ran out of disk space leaves only what the next one cleans up or reuses: the
+   * temporary directory, the lock file, and its signing key (used again if no other key is given).
+   */
   static async create(dir: string, origin: string, opts: LogOptions & { skey?: string } = {}): Promise<Log> {
     if (existsSync(join(dir, 'log.mdb'))) throw new StateError(`a log already exists in ${dir}`);
-    const skey = opts.skey ?? generateKey(origin).skey;
-    const signer = signerFromSkey(skey);
-    if (signer.name !== origin) throw new StateError(`signing key is for ${signer.name}, not ${origin}`);
-    const store = LmdbLogStore.open(dir, { create: true });
+    mkdirSync(dir, { recursive: true });
+    const lock = lockStore(dir);
+    let skey: string;
     try {
-      writeFileSync(join(dir, SIGNING_KEY_FILE), `${skey}\n`, { mode: 0o600, flag: 'wx' });
-    } catch (err) {
-      await store.close();
-      throw new StateError(`cannot write signing key in ${dir}: ${(err as Error).message}`);
+      if (existsSync(join(dir, 'log.mdb'))) throw new StateError(`a log already exists in ${dir}`);
+      for (const name of readdirSync(dir)) {
+        if (isTempName(name)) rmSync(join(dir, name), { recursive: true, force: true });
+        else if (name !== LOCK_FILE && name !== SIGNING_KEY_FILE) {
+          throw new StateError(`${dir} is not empty (${name}); a new log needs an empty directory`);
+        }
+      }
+      const keyFile = join(dir, SIGNING_KEY_FILE);
+      const leftKey = existsSync(keyFile) ? readSecretFile(keyFile, 'signing key') : undefined;
+      if (leftKey !== undefined && opts.skey !== undefined && leftKey !== opts.skey.trim()) {
+        throw new StateError(`cannot write signing key in ${dir}: ${keyFile} already holds another key`);
+      }
+      skey = opts.skey ?? leftKey ?? generateKey(origin).skey;
+      const signer = signerFromSkey(skey);
+      if (signer.name !== origin) throw new StateError(`signing key is for ${signer.name}, not ${origin}`);
+      const tmp = tempNameFor(join(dir, 'log'));
+      const store = LmdbLogStore.open(tmp, { create: true, lock: false });
+      try {
+        await store.setMeta('origin', origin);
+        await store.setMeta('vkey', signer.vkey);
+        const cp = { origin, size: 0, rootHash: EMPTY_ROOT, mapRoot: SMT_EMPTY, extensions: [] };
+        const head: LogHead = {
+          size: 0,
+          rootHash: EMPTY_ROOT,
+          mapRoot: SMT_EMPTY,
+          checkpoint: signCheckpoint(cp, signer),
+        };
+        await store.commit({
+          firstIndex: 0,
+          entries: [],
+          tiles: [],
+          strataWrites: [],
+          strataDeletes: [],
+          head,
+        });
+      } finally {
+        await store.close();
+      }
+      if (leftKey === undefined) writeFileDurably(keyFile, `${skey}\n`, 0o600);
+      fsyncPath(join(tmp, 'log.mdb'));
+      renameSync(join(tmp, 'log.mdb'), join(dir, 'log.mdb'));
+      fsyncPath(dir);
+      rmSync(tmp, { recursive: true, force: true });
+    } finally {
+      lock.release();
     }
-    await store.setMeta('origin', origin);
-    await store.setMeta('vkey', signer.vkey);
-    const cp = { origin, size: 0, rootHash: EMPTY_ROOT, mapRoot: SMT_EMPTY, extensions: [] };
-    const head: LogHead = {
-      size: 0,
-      rootHash: EMPTY_ROOT,
-      mapRoot: SMT_EMPTY,
-      checkpoint: signCheckpoint(cp, signer),
-    };
-    await store.commit({ firstIndex: 0, entries: [], tiles: [], strataWrites: [], strataDeletes: [], head });
-    return new Log(store, signer, head, opts, { origin, vkey: signer.vkey }, dir);
+    return Log.open(dir, { ...opts, skey });
   }
 
   /** Opens an existing log. The signing key defaults to the one stored beside it. */
@@ -446,7 +486,9 @@ export class Log {
     dir: string,
     opts: LogOptions & { skey?: string; readOnly?: boolean } = {},
   ): Promise<Log> {
-    const store = LmdbLogStore.open(dir);
+    // A reader takes no writer lock (storage/lock.ts) and writes nothing. Its LMDB environment is
+    // not opened read-only: several read-only opens at once failed now and then with EINVAL.
+    const store = LmdbLogStore.open(dir, { lock: !opts.readOnly });
     try {
       const vkey = store.getMeta('vkey');
       const origin = store.getMeta('origin');
@@ -1350,8 +1392,9 @@ function unsettled(): void {}
 function readSigningKey(dir: string): string {
   const file = join(dir, SIGNING_KEY_FILE);
   try {
-    return readFileSync(file, 'utf8').trim();
-  } catch {
+    return readSecretFile(file, 'signing key');
+  } catch (err) {
+    if (err instanceof InsecureSecretError) throw err;
     throw new StateError(`no signing key at ${file}; pass one explicitly`);
   }
 }

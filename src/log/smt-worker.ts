@@ -12,7 +12,8 @@ import { packItems, packRows } from './smt-offload.js';
 
 const port = parentPort;
 if (port === null) throw new Error('smt-worker must run in a worker thread');
-const store = LmdbLogStore.open((workerData as { dir: string }).dir);
+// the sequencer of this process holds the store's writer lock
+const store = LmdbLogStore.open((workerData as { dir: string }).dir, { lock: false });
 /**
  * Rows of results the sequencer has not committed yet, by request seq, so that the next batch can
  * be computed on top of them while they are being committed. Forgotten when a request stops

@@ -3,13 +3,14 @@
  * publisher's configuration, delivering the spool, the post-build hook and publishing existing
  * store paths. The CLI (src/cli/commands/nix.ts) is a thin layer over this.
  */
-import { existsSync, type FSWatcher, readFileSync, watch } from 'node:fs';
+import { existsSync, type FSWatcher, watch } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { LogClient, SubmitAuth, VerifiedReceipt } from '../client/client.js';
 import { RemoteError } from '../client/errors.js';
+import { InsecureSecretError, readSecretFile } from '../config/secret.js';
 import { loadTomlFile, nonEmptyString, onlyFields, parseTomlTable } from '../config/toml.js';
 import type { Entry } from '../core/entry.js';
 import { FormatError, TrustixError } from '../core/errors.js';
@@ -66,8 +67,9 @@ export function defaultSpoolDir(env: NodeJS.ProcessEnv = process.env): string {
 
 function readSmallFile(file: string, where: string): string {
   try {
-    return readFileSync(file, 'utf8').trim();
+    return readSecretFile(file, where);
   } catch (err) {
+    if (err instanceof InsecureSecretError) throw err;
     throw new FormatError(`${where}: cannot read ${file}: ${(err as Error).message}`);
   }
 }

@@ -24,6 +24,7 @@ import { receiptsJson } from '../core/receipts.js';
 import { parseTilePath } from '../core/tiles.js';
 import { type Log, PoolFullError, type SubmitReceipt } from '../log/log.js';
 import { readEntryBundle, readHashTile } from '../log/serving.js';
+import { StorageFullError } from '../storage/reserve.js';
 import { AuthError, SIGNATURE_HEADER, type SignedRequest, type Writer, WriterAuth } from './auth.js';
 import type { ApiName, Limits } from './config.js';
 import type { LookupCache } from './lookup-cache.js';
@@ -185,6 +186,9 @@ function toHttpError(err: unknown): HttpError {
     return new HttpError(err.status, err.code, err.message, headers);
   }
   if (err instanceof PoolFullError) return unavailable(err.message, err.retryAfterSeconds);
+  // the disk is full: writes are refused (nothing was written), reads go on
+  if (err instanceof StorageFullError)
+    return new HttpError(507, 'INSUFFICIENT_STORAGE', err.message, { 'retry-after': '60' });
   if (err instanceof StateError) return unavailable(err.message);
   if (err instanceof TrustixError && err.code === 'FORMAT')
     return new HttpError(400, 'BAD_REQUEST', err.message);
@@ -936,6 +940,7 @@ async function queueSubmission(
 
 function toHttpErrorStatus(err: unknown): number {
   if (err instanceof PoolFullError || err instanceof StateError) return 503;
+  if (err instanceof StorageFullError) return 507;
   if (err instanceof TrustixError && err.code === 'FORMAT') return 400;
   return 500;
 }

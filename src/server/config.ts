@@ -4,8 +4,8 @@
  * `config /etc/trustix.toml: log[1].origin: must be a valid note key name`. See docs/server.md.
  */
 import { createPublicKey, type KeyObject } from 'node:crypto';
-import { readFileSync } from 'node:fs';
-import { dirname, isAbsolute, resolve } from 'node:path';
+import { readFileSync, realpathSync, statSync } from 'node:fs';
+import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import { parse as parseToml, TomlError } from 'smol-toml';
 import { decodeBase64Strict } from '../core/bytes.js';
 import { TrustixError } from '../core/errors.js';
@@ -241,7 +241,8 @@ export function parseConfig(
 
   const logs: LogConfig[] = [];
   const ids = new Set<string>();
-  const dirs = new Set<string>();
+  /** Each log directory's identities (see dirIdentities) -> the log that has it. */
+  const dirs = new Map<string, string>();
   c.tables(root, 'log').forEach((t, i) => {
     const w = `log[${i}]`;
     c.onlyKeys(t, w, ['id', 'origin', 'dir', 'key_file']);
@@ -255,8 +256,12 @@ export function parseConfig(
     }
     const dirText = c.string(t, 'dir', w, false);
     const dir = dirText === undefined ? resolve(opts.stateDir, 'logs', id) : path(dirText);
-    if (dirs.has(dir)) c.fail(`${w}.dir`, `directory ${dir} is used by another log`);
-    dirs.add(dir);
+    for (const key of dirIdentities(dir)) {
+      const other = dirs.get(key);
+      if (other !== undefined)
+        c.fail(`${w}.dir`, `directory ${dir} is used by another log (${other}: ${key})`);
+      dirs.set(key, `log[${i}] ${dir}`);
+    }
     const keyFile = c.string(t, 'key_file', w, false);
     logs.push({ id, origin, dir, ...(keyFile !== undefined ? { keyFile: path(keyFile) } : {}) });
   });
@@ -383,6 +388,37 @@ export function parseConfig(
   }
 
   return { logs, writers, listeners, limits };
+}
+
+/**
+ * What makes two log directories one: the real path (symbolic links resolved, for a directory not
+ * created yet those of its nearest existing parent) and, once it exists, its device and inode (a
+ * bind mount). Two logs in one directory would be two writers of one store.
+ */
+function dirIdentities(dir: string): string[] {
+  const rest: string[] = [];
+  let head = dir;
+  let real: string | undefined;
+  while (real === undefined) {
+    try {
+      real = realpathSync(head);
+    } catch {
+      const up = dirname(head);
+      if (up === head) real = head;
+      else {
+        rest.unshift(basename(head));
+        head = up;
+      }
+    }
+  }
+  const ids = [`real path ${join(real, ...rest)}`];
+  try {
+    const st = statSync(dir);
+    ids.push(`device ${st.dev} inode ${st.ino}`);
+  } catch {
+    // not created yet: its real path says it all
+  }
+  return ids;
 }
 
 export function loadConfig(file: string, stateDir?: string): ServerConfig {

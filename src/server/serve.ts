@@ -4,9 +4,10 @@
  * connections, every entry already queued is sequenced, committed and acknowledged (Log.close
  * drains), and only then do the stores close.
  */
-import { chmodSync, existsSync, lstatSync, readFileSync, unlinkSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
+import { InsecureSecretError, readSecretFile } from '../config/secret.js';
 import { StateError } from '../core/errors.js';
 import { type BatchInfo, Log, type LogOptions } from '../log/log.js';
 import { type AppContext, buildApp, type ServedLog } from './app.js';
@@ -205,8 +206,9 @@ export class TrustixServer {
 
 function readKeyFile(file: string, key: string): string {
   try {
-    return readFileSync(file, 'utf8').trim();
+    return readSecretFile(file, 'signing key');
   } catch (err) {
+    if (err instanceof InsecureSecretError) throw err;
     throw new ConfigError(`${key}: cannot read ${file}: ${(err as Error).message}`);
   }
 }

@@ -5,10 +5,12 @@
  * directory when it is empty.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { hostname } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
+import { readSecretFile } from '../config/secret.js';
 import { isValidKeyName } from '../core/note.js';
+import { fsyncPath, isTempName, writeFileDurably } from '../storage/durable.js';
 import { API_NAMES, ConfigError, loadConfig, parseAddress, type ServerConfig, tomlString } from './config.js';
 
 export const CONFIG_FILE = 'trustix.toml';
@@ -66,7 +68,7 @@ export function prepareState(opts: ServeOptions): PreparedState {
     const dir = resolve(opts.state);
     configFile = join(dir, CONFIG_FILE);
     if (!existsSync(configFile)) {
-      if (existsSync(dir) && readdirSync(dir).length > 0) {
+      if (existsSync(dir) && !onlyInitLeftovers(dir)) {
         throw new ConfigError(`${dir} is not empty and has no ${CONFIG_FILE}; refusing to initialise it`);
       }
       notes.push(...initState(dir, opts.origin ?? defaultOrigin(), opts.listen ?? DEFAULT_LISTEN));
@@ -78,6 +80,7 @@ export function prepareState(opts: ServeOptions): PreparedState {
       );
     }
   }
+  checkTokenFiles(join(dirname(configFile), 'writers'));
   if (listen)
     config.listeners = [{ kind: 'tcp', host: listen.host, port: listen.port, api: new Set(API_NAMES) }];
   if (config.listeners.length === 0) {
@@ -87,14 +90,35 @@ export function prepareState(opts: ServeOptions): PreparedState {
   return { config, configFile, notes };
 }
 
-/** Writes a fresh state directory: one writer token and a config declaring one log (created at start). */
+/**
+ * Whether `dir` holds nothing but what a first start that did not finish (killed, disk full) can
+ * leave: writer tokens and temporary files. Its config is written last (writeFileDurably), so such a
+ * start never created a log, and its tokens, whose hashes no config holds, are replaced.
+ */
+function onlyInitLeftovers(dir: string): boolean {
+  for (const name of readdirSync(dir)) {
+    if (isTempName(name)) continue;
+    if (name !== 'writers') return false;
+    for (const w of readdirSync(join(dir, name))) if (!isTempName(w) && !w.endsWith('.token')) return false;
+  }
+  return true;
+}
+
+/**
+ * Writes a fresh state directory: one writer token and a config declaring one log (created at
+ * start). Each file is written whole (writeFileDurably), the config last: a state directory has a
+ * config only once its token is on disk.
+ */
 function initState(dir: string, origin: string, listen: string): string[] {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   const writers = join(dir, 'writers');
   mkdirSync(writers, { recursive: true, mode: 0o700 });
+  for (const d of [dir, writers]) {
+    for (const name of readdirSync(d)) if (isTempName(name)) rmSync(join(d, name), { force: true });
+  }
   const token = randomBytes(32).toString('hex');
   const tokenFile = join(writers, `${DEFAULT_WRITER}.token`);
-  writeFileSync(tokenFile, `${token}\n`, { mode: 0o600, flag: 'wx' });
+  writeFileDurably(tokenFile, `${token}\n`, 0o600);
   const tokenSha256 = createHash('sha256').update(token).digest('hex');
   const text = `# Trustix node configuration, written on first start. Reference: docs/server.md
 
@@ -120,6 +144,18 @@ max_pending = 200000
 batch_delay_ms = 20
 max_batch = 10000
 `;
-  writeFileSync(join(dir, CONFIG_FILE), text, { mode: 0o600, flag: 'wx' });
+  fsyncPath(dir);
+  writeFileDurably(join(dir, CONFIG_FILE), text, 0o600);
   return [`initialised ${dir}`, `writer ${DEFAULT_WRITER} token: ${tokenFile}`];
+}
+
+/**
+ * The writer tokens beside the config (`writers/*.token`): the node keeps only their hashes, but a
+ * token that other users can read lets them write to the log, so a node does not start beside one.
+ */
+function checkTokenFiles(dir: string): void {
+  if (!existsSync(dir)) return;
+  for (const name of readdirSync(dir)) {
+    if (name.endsWith('.token')) readSecretFile(join(dir, name), 'writer token');
+  }
 }

@@ -1,8 +1,10 @@
-import { closeSync, existsSync, mkdirSync, openSync, readSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { type Database, open, type RootDatabase } from 'lmdb';
-import { StorageError } from '../core/errors.js';
+import { StorageError, TrustixError } from '../core/errors.js';
 import { asBuffer } from '../core/smt-strata.js';
+import { lockStore, type StoreLock } from './lock.js';
+import { checkFreeSpace, commitPagesBound, type DbShape, type DbWrites, SpaceReserve } from './reserve.js';
 import type { CommitBatch, LogHead, LogSnapshot, LogStore, StoredTile } from './store.js';
 
 /**
@@ -25,8 +27,16 @@ export class LmdbLogStore implements LogStore {
   /** Unix second of the last sweep of expired nonces. */
   private noncesSwept = 0;
 
-  private constructor(root: RootDatabase) {
+  private constructor(
+    root: RootDatabase,
+    /** The writer lock, held until close (undefined for a reader or the index worker). */
+    private readonly lock: StoreLock | undefined,
+    /** Disk space secured ahead of each commit (the writer only: see reserve.ts). */
+    private readonly reserve: SpaceReserve | undefined,
+  ) {
     this.root = root;
+    // the first commits of a new store (its DBs, its identity, the empty head) are secured here
+    if (reserve) reserve.ensure(pagesInUse(root).used, NEW_STORE_BYTES);
     this.entriesDb = root.openDB({ name: 'entries', encoding: 'binary' });
     this.tilesDb = root.openDB({ name: 'tiles', encoding: 'binary' });
     this.strataDb = root.openDB({ name: 'strata', encoding: 'binary', keyEncoding: 'binary' });
@@ -40,16 +50,30 @@ export class LmdbLogStore implements LogStore {
     return this.noncesDbOpened;
   }
 
-  static open(dir: string, opts: { create?: boolean; readOnly?: boolean } = {}): LmdbLogStore {
+  /**
+   * Opens the store of `dir`. A writer (not `readOnly`) first takes the directory's writer lock
+   * (storage/lock.ts) and keeps it until `close`; `lock: false` opens without it, for a handle that
+   * never writes: a reader (Log.open with readOnly), or the sparse index worker of the process that
+   * holds it.
+   */
+  static open(
+    dir: string,
+    opts: { create?: boolean; readOnly?: boolean; lock?: boolean } = {},
+  ): LmdbLogStore {
     const file = join(dir, 'log.mdb');
-    if (!existsSync(file)) {
+    const readOnly = opts.readOnly ?? false;
+    const exists = existsSync(file);
+    if (!exists) {
       if (!opts.create) throw new StorageError(`no log store at ${dir} (expected ${file})`);
       mkdirSync(dir, { recursive: true });
-    } else {
-      checkLmdbHeader(file);
     }
-    let root: RootDatabase;
+    const lock = !readOnly && opts.lock !== false ? lockStore(dir) : undefined;
+    let root: RootDatabase | undefined;
     try {
+      if (exists) checkLmdbHeader(file);
+      // LMDB's own first writes (meta pages, lock file) fail badly on a full disk: a crash in
+      // lmdb-js, not an error. A store is only made with room for them and its first commits.
+      else if (!readOnly) checkFreeSpace(file, NEW_STORE_BYTES + (64 << 10));
       root = open({
         path: file,
         maxDbs: 8,
@@ -57,22 +81,34 @@ export class LmdbLogStore implements LogStore {
         overlappingSync: false,
         noSync: false,
         compression: false,
-        readOnly: opts.readOnly ?? false,
+        readOnly,
         // A writer changes pages in the map itself instead of in a private copy of each page it
         // touches: without it, every commit's dirty pages (about 45 MB per 10k-entry batch at a
         // million entries, most of them strata rows) were allocated on lmdb-js's write thread and
         // kept by LMDB and the allocator afterwards, 60-100 MB of anonymous memory. The file pages
         // it writes are the ones later reads map anyway (docs/performance.md, "Memory"). Commits
         // stay as durable: LMDB msyncs the pages before it writes the meta page. The file is sized
-        // to the map (sparse). Never for a read-only open, which cannot resize the file.
-        useWritemap: !(opts.readOnly ?? false),
+        // to the map (sparse): reserve.ts secures the disk space of each commit. Never for a
+        // read-only open, which cannot resize the file.
+        useWritemap: !readOnly,
         // Default is a 1 MiB initial map that grows by remapping; start bigger to remap rarely.
         mapSize: 1 << 30,
       });
+      // a handle that may commit: the lock holder, or one that creates the store (Log.create)
+      const reserve = lock !== undefined || (opts.create && !readOnly) ? new SpaceReserve(file) : undefined;
+      const store = new LmdbLogStore(root, lock, reserve);
+      return store;
     } catch (err) {
+      // a failed open leaves nothing behind: no lock, and no new store file
+      void root?.close();
+      lock?.release();
+      if (!exists && !readOnly) {
+        rmSync(file, { force: true });
+        rmSync(`${file}-lock`, { force: true });
+      }
+      if (err instanceof TrustixError) throw err;
       throw new StorageError(`cannot open log store ${file}: ${(err as Error).message}`, { cause: err });
     }
-    return new LmdbLogStore(root);
   }
 
   /**
@@ -250,6 +286,7 @@ export class LmdbLogStore implements LogStore {
       throw new StorageError(`commit at index ${batch.firstIndex} but the log has ${current} entries`);
     }
     const head = batch.head;
+    this.reserveFor(batch);
     // One asynchronous batch: lmdb-js runs all of its writes in one transaction on its own write
     // thread and resolves after that transaction is committed and synced. (A `transaction`
     // callback put every row into the B-trees on this thread: about a sixth of its time in ingest.)
@@ -274,6 +311,49 @@ export class LmdbLogStore implements LogStore {
     });
   }
 
+  /**
+   * Secures the disk space that committing `batch` can take (undefined: a small write such as
+   * setMeta), or throws StorageFullError before anything is written.
+   */
+  private reserveFor(batch: CommitBatch | undefined): void {
+    if (this.reserve === undefined) return;
+    const shape = (db: { getStats(): object }): DbShape => {
+      const s = db.getStats() as {
+        treeDepth: number;
+        treeBranchPageCount: number;
+        treeLeafPageCount: number;
+      };
+      return { depth: s.treeDepth, branchPages: s.treeBranchPageCount, leafPages: s.treeLeafPageCount };
+    };
+    const writes: Array<[DbShape, DbWrites]> = [];
+    if (batch === undefined) writes.push([shape(this.metaDb), { records: 1, bytes: 4096 }]);
+    else {
+      // 16 bytes of record header per key and value; ids of parts are one byte longer
+      let bytes = 0;
+      for (const e of batch.entries) bytes += e.length + 24;
+      writes.push([shape(this.entriesDb), { records: batch.entries.length, bytes, appendOnly: true }]);
+      bytes = 0;
+      for (const t of batch.tiles) bytes += t.expanded.length + 34;
+      writes.push([shape(this.tilesDb), { records: batch.tiles.length, bytes }]);
+      let records = 0;
+      bytes = 0;
+      for (const s of batch.strataWrites) {
+        const parts =
+          s.data.length <= STRATUM_PART_BYTES ? 1 : 1 + Math.ceil(s.data.length / STRATUM_PART_BYTES);
+        records += parts;
+        bytes += s.data.length + parts * (s.id.length + 19);
+      }
+      // a removed row may have parts: they are looked up, not counted here, so each counts as a few
+      records += 4 * batch.strataDeletes.length;
+      writes.push([shape(this.strataDb), { records, bytes }]);
+      const cp = batch.head.checkpoint.length;
+      writes.push([shape(this.checkpointsDb), { records: 1, bytes: cp + 24, appendOnly: true }]);
+      writes.push([shape(this.metaDb), { records: 1, bytes: 2 * cp + 256 }]);
+    }
+    const { pageSize, used } = pagesInUse(this.root);
+    this.reserve.ensure(used, commitPagesBound(pageSize, writes) * pageSize);
+  }
+
   *checkpoints(): Iterable<{ size: number; checkpoint: string }> {
     for (const { key, value } of this.checkpointsDb.getRange()) yield { size: key, checkpoint: value };
   }
@@ -293,6 +373,7 @@ export class LmdbLogStore implements LogStore {
   }
 
   async setMeta(name: string, value: string): Promise<void> {
+    this.reserveFor(undefined);
     await this.metaDb.put(`config:${name}`, value);
   }
 
@@ -312,7 +393,12 @@ export class LmdbLogStore implements LogStore {
   }
 
   async close(): Promise<void> {
-    await this.root.close();
+    try {
+      await this.root.close();
+    } finally {
+      this.reserve?.close();
+      this.lock?.release();
+    }
   }
 }
 
@@ -325,6 +411,15 @@ const STRATUM_PARTS = 0xfe;
  * possible row, a band of 256 leaves with 255-byte values, is about 82 KB).
  */
 const STRATUM_PART_BYTES = 1984;
+
+/** LMDB's page size and the end of the last page it uses in the store file (see reserve.ts). */
+function pagesInUse(root: RootDatabase): { pageSize: number; used: number } {
+  const env = root.getStats() as { pageSize: number; lastPageNumber: number };
+  return { pageSize: env.pageSize, used: (env.lastPageNumber + 1) * env.pageSize };
+}
+
+/** Disk space secured when a store is opened: more than a new store's first commits write. */
+const NEW_STORE_BYTES = 1 << 20;
 
 function partKey(id: Buffer, k: number): Buffer {
   const key = Buffer.allocUnsafe(id.length + 1);

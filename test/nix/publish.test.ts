@@ -177,7 +177,7 @@ describe('the Nix entry', () => {
 describe('publish config', () => {
   const dir = join(root, 'cfg');
   mkdirSync(dir, { recursive: true });
-  writeFileSync(join(dir, 'token'), 'sekrit\n');
+  writeFileSync(join(dir, 'token'), 'sekrit\n', { mode: 0o600 });
   const vkey = 'PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW';
 
   test('fields, relative paths, defaults', () => {

@@ -2,6 +2,7 @@ import { isUtf8 } from 'node:buffer';
 import { readFileSync } from 'node:fs';
 import { type Command, Option } from 'commander';
 import { listLogs, type SubmitAuth, serverRootOf } from '../../client/client.js';
+import { readSecretFile } from '../../config/secret.js';
 import { toHex } from '../../core/bytes.js';
 import { type Entry, keyFromText } from '../../core/entry.js';
 import { VerificationError } from '../../core/errors.js';
@@ -52,10 +53,13 @@ export function registerLocalCommands(program: Command): void {
     .description('create a new, empty log in DIR with a fresh signing key (mode 0600)')
     .addOption(stateOption())
     .option('--origin <name>', 'the log origin (checkpoint first line)', 'trustix.local/log')
-    .option('--key-file <file>', 'use this signing key instead of generating one')
+    .option(
+      '--key-file <file>',
+      'use this signing key instead of generating one (a file only its owner may access: chmod 600)',
+    )
     .addHelpText('after', '\nExample:\n  trustix init --state ./mylog --origin example.com/builder1')
     .action(async (o: { state: string; origin: string; keyFile?: string }) => {
-      const skey = o.keyFile ? readFileSync(o.keyFile, 'utf8').trim() : undefined;
+      const skey = o.keyFile ? readSecretFile(o.keyFile, 'signing key') : undefined;
       const log = await Log.create(o.state, o.origin, skey ? { skey } : {});
       console.log(`created log ${log.origin} in ${o.state}`);
       console.log(`verifier key: ${log.vkey}`);
@@ -403,7 +407,7 @@ export function registerLocalCommands(program: Command): void {
 /** `--token` or `--writer-key` for remote submissions. */
 function submitAuth(o: RemoteOptions): SubmitAuth {
   if (o.writerKey) {
-    const skey = readFileSync(o.writerKey, 'utf8').trim();
+    const skey = readSecretFile(o.writerKey, 'writer key');
     return { skey, ...(o.writer ? { writer: o.writer } : {}) };
   }
   if (o.token) return { token: o.token };

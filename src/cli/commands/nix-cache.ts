@@ -1,8 +1,9 @@
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import { type Command, Option } from 'commander';
 import { defaultTrustDir, FileTrustStore } from '../../client/trust-store.js';
+import { InsecureSecretError, readSecretFile } from '../../config/secret.js';
 import { FormatError } from '../../core/errors.js';
 import { loadDecideConfig } from '../../decide/config.js';
 import { Decider } from '../../decide/decide.js';
@@ -36,8 +37,9 @@ function loadOrCreateKey(cfg: CacheConfig, say: (line: string) => void): NixSecr
     return sk;
   }
   try {
-    return parseNixSecretKey(readFileSync(cfg.secretKeyFile, 'utf8').trim());
+    return parseNixSecretKey(readSecretFile(cfg.secretKeyFile, 'Nix signing key'));
   } catch (err) {
+    if (err instanceof InsecureSecretError) throw err;
     throw new CliError(`${cfg.secretKeyFile}: not a Nix secret key: ${(err as Error).message}`, EXIT.usage);
   }
 }

@@ -1,16 +1,9 @@
-import {
-  accessSync,
-  constants,
-  existsSync,
-  mkdirSync,
-  readFileSync,
-  renameSync,
-  writeFileSync,
-} from 'node:fs';
+import { accessSync, constants, existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { delimiter, dirname, isAbsolute, join, resolve } from 'node:path';
 import { type Command, Option } from 'commander';
 import { LogClient, type SubmitAuth } from '../../client/client.js';
 import { defaultTrustDir, FileTrustStore } from '../../client/trust-store.js';
+import { InsecureSecretError, readSecretFile } from '../../config/secret.js';
 import { FormatError } from '../../core/errors.js';
 import { NixStoreError, toStorePath } from '../../nix/nix-query.js';
 import {
@@ -320,8 +313,9 @@ function cliAuth(o: RemoteOptions): SubmitAuth | undefined {
   if (o.writerKey) {
     let skey: string;
     try {
-      skey = readFileSync(o.writerKey, 'utf8').trim();
+      skey = readSecretFile(o.writerKey, 'writer key');
     } catch (err) {
+      if (err instanceof InsecureSecretError) throw err;
       throw new CliError(`--writer-key: cannot read ${o.writerKey}: ${(err as Error).message}`, EXIT.usage);
     }
     return { skey, ...(o.writer ? { writer: o.writer } : {}) };

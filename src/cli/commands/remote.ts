@@ -59,7 +59,10 @@ export function addRemoteOptions(cmd: Command, opts: { submit?: boolean } = {}):
     cmd
       .addOption(new Option('--token <token>', 'bearer token of a writer').env('TRUSTIX_TOKEN'))
       .addOption(
-        new Option('--writer-key <file>', "sign the request with this writer's key file instead of a token"),
+        new Option(
+          '--writer-key <file>',
+          "sign the request with this writer's key file instead of a token (mode 0600)",
+        ),
       )
       .addOption(new Option('--writer <name>', 'writer name for signed requests (default: the key name)'));
   }
