@@ -76,3 +76,35 @@ function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: st
     });
   });
 }
+
+test('witness_policy: global for every log, a log of its own overrides it, bad files name the line', () => {
+  const dir = tempDir();
+  // a witness key: type 0x04 and the key id computed for that type
+  const pub = Buffer.from(generateKey('w.test/witness').vkey.split('+')[2], 'base64').subarray(1);
+  const wkey = `w.test/witness+${keyId('w.test/witness', pub, 4).toString(16).padStart(8, '0')}+${Buffer.concat([Buffer.from([4]), pub]).toString('base64')}`;
+  writeFileSync(join(dir, 'global.txt'), `witness W ${wkey}\nquorum W\n`);
+  writeFileSync(join(dir, 'none.txt'), 'quorum none\n');
+  writeFileSync(join(dir, 'only-two.txt'), `log ${two}\nquorum none\n`);
+  writeFileSync(join(dir, 'bad.txt'), '# fine\ngroup g any X\nquorum g\n');
+  const c = parseDecideConfig(
+    `witness_policy = "global.txt"\n${block('a', one)}[[log]]\nname = "b"\nurl = "http://127.0.0.1:9/"\nvkey = "${two}"\nwitness_policy = "none.txt"\n`,
+    dir,
+  );
+  assert.equal(c.logs[0].witnessPolicy?.quorum, 'W');
+  assert.equal(c.logs[0].witnessPolicyFile, join(dir, 'global.txt'));
+  assert.equal(c.logs[1].witnessPolicy?.quorum, undefined);
+  assert.equal(c.logs[1].witnessPolicyFile, join(dir, 'none.txt'));
+  assert.equal(parseDecideConfig(block('a', one)).logs[0].witnessPolicy, undefined);
+  assert.throws(
+    () => parseDecideConfig(`witness_policy = "bad.txt"\n${block('a', one)}`, dir),
+    /witness_policy: .*bad\.txt: line 2: member "X" is not a witness or group defined on an earlier line/,
+  );
+  assert.throws(
+    () => parseDecideConfig(`witness_policy = "missing.txt"\n${block('a', one)}`, dir),
+    /witness_policy: cannot read .*missing\.txt/,
+  );
+  assert.throws(
+    () => parseDecideConfig(`witness_policy = "only-two.txt"\n${block('a', one)}`, dir),
+    /log\[0\] \("a"\): its witness policy .*only-two\.txt lists logs, and this log's key is not one of them/,
+  );
+});
