@@ -4,7 +4,7 @@ import { execFile } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { generateKey, keyId } from '../../src/core/note.js';
+import { cosignerFromSkey, generateKey, keyId } from '../../src/core/note.js';
 import {
   parseDecideConfig,
   parseProcedureJson,
@@ -79,9 +79,7 @@ function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: st
 
 test('witness_policy: global for every log, a log of its own overrides it, bad files name the line', () => {
   const dir = tempDir();
-  // a witness key: type 0x04 and the key id computed for that type
-  const pub = Buffer.from(generateKey('w.test/witness').vkey.split('+')[2], 'base64').subarray(1);
-  const wkey = `w.test/witness+${keyId('w.test/witness', pub, 4).toString(16).padStart(8, '0')}+${Buffer.concat([Buffer.from([4]), pub]).toString('base64')}`;
+  const wkey = cosignerFromSkey(generateKey('w.test/witness').skey).vkey;
   writeFileSync(join(dir, 'global.txt'), `witness W ${wkey}\nquorum W\n`);
   writeFileSync(join(dir, 'none.txt'), 'quorum none\n');
   writeFileSync(join(dir, 'only-two.txt'), `log ${two}\nquorum none\n`);
