@@ -13,10 +13,12 @@ import { after, before, describe, test } from 'node:test';
 import { LogClient } from '../../src/client/client.js';
 import { WitnessQuorumError } from '../../src/client/errors.js';
 import { MemoryTrustStore } from '../../src/client/trust-store.js';
+import { VerificationError } from '../../src/core/errors.js';
 import { cosignerFromSkey, formatSignatureLine, generateKey, parseNote } from '../../src/core/note.js';
 import { parsePolicy } from '../../src/core/policy.js';
 import { parseDecideConfig } from '../../src/decide/config.js';
 import { Decider } from '../../src/decide/decide.js';
+import { decisionBundle, verifyDecisionBundle } from '../../src/decide/evidence.js';
 import { entry } from '../client/helpers.js';
 import {
   cleanup,
@@ -332,9 +334,24 @@ quorum two-of-three
       );
     proxy.mode = { ask: [witnesses[0], witnesses[1]] };
     let d = new Decider(config(`witness_policy = "${policyFile}"`));
-    const ok = (await d.decide('a', 'nix')).decision;
+    const withPolicy = config(`witness_policy = "${policyFile}"`);
+    const { decision: ok, results } = await d.decide('a', 'nix');
     assert.equal(ok.decided, true, JSON.stringify(ok));
     await d.close();
+    // the evidence bundle re-checks the quorum offline under the trust config
+    const bundle = decisionBundle(ok, results, withPolicy);
+    assert.equal((await verifyDecisionBundle(bundle, { config: withPolicy })).decided, true);
+    const stripped = JSON.parse(JSON.stringify(bundle)) as {
+      logs: Array<{ answer: { checkpoint: string } }>;
+    };
+    const cp = stripped.logs[0].answer.checkpoint;
+    stripped.logs[0].answer.checkpoint = cp.slice(0, cp.indexOf('\u2014 w1.example/witness'));
+    await assert.rejects(verifyDecisionBundle(stripped, { config: withPolicy }), (err: unknown) => {
+      assert.ok(err instanceof VerificationError, String(err));
+      assert.equal(err.check, 'witness.quorum');
+      return true;
+    });
+    assert.equal((await verifyDecisionBundle(stripped, { config: config('') })).decided, true);
     proxy.mode = { ask: [witnesses[0]] };
     d = new Decider(config(`witness_policy = "${policyFile}"`));
     const r = (await d.decide('a', 'nix')).decision;
