@@ -15,6 +15,7 @@ import { FormatError, StorageError, TrustixError, VerificationError } from '../c
 import { type LookupAnswer, MAX_LOOKUP_KEYS, parseLookupAnswer, verifyLookup } from '../core/lookup.js';
 import { leafHash, verifyConsistency, verifyInclusion } from '../core/merkle.js';
 import { type NoteVerifier, signerFromSkey, verifierFromVkey } from '../core/note.js';
+import { policyCoversLog, requireQuorum, type WitnessPolicy } from '../core/policy.js';
 import { type ParsedReceipt, parseReceipts } from '../core/receipts.js';
 import { decodeEntryBundle, entriesPath, TILE_WIDTH, tilePath } from '../core/tiles.js';
 import {
@@ -26,6 +27,7 @@ import {
   RollbackError,
   UnprovenGrowthError,
   UnreachableError,
+  WitnessQuorumError,
 } from './errors.js';
 import { encodePathSegment, type FetchFn, httpRequest, isDotSegment, parseJsonBody } from './http.js';
 import { type LogIdentity, MemoryTrustStore, type TrustStore } from './trust-store.js';
@@ -51,6 +53,11 @@ export interface LogClientOptions {
    * sends every lookup as its own GET.
    */
   maxLookupBatch?: number;
+  /**
+   * A C2SP tlog-policy (core/policy.ts): every checkpoint must carry cosignatures that meet its
+   * quorum, else WitnessQuorumError ('witness.quorum') and the checkpoint is not trusted.
+   */
+  witnessPolicy?: WitnessPolicy;
 }
 
 /** A lookup waiting to be sent in a `POST lookup` request. */
@@ -134,6 +141,9 @@ export class LogClient {
   private lookupFlushScheduled = false;
   /** Set when the server has no `POST lookup` (an older server): every lookup is a GET then. */
   private lookupBatchUnsupported = false;
+  private readonly witnessPolicy: WitnessPolicy | undefined;
+  /** Notes whose cosignatures met the witness policy (bounded like openedNotes). */
+  private readonly witnessedNotes = new Set<string>();
 
   constructor(opts: LogClientOptions) {
     const url = new URL(opts.url);
@@ -158,6 +168,12 @@ export class LogClient {
       throw new FormatError(`maxLookupBatch must be 1..${MAX_LOOKUP_KEYS}`);
     }
     this.maxLookupBatch = batch;
+    if (opts.witnessPolicy && !policyCoversLog(opts.witnessPolicy, this.verifier)) {
+      throw new FormatError(
+        `the witness policy lists logs, and ${this.vkey} is not one of them (same name and key)`,
+      );
+    }
+    this.witnessPolicy = opts.witnessPolicy;
   }
 
   get identity(): LogIdentity {
@@ -312,6 +328,7 @@ export class LogClient {
     // An answer under exactly the checkpoint trusted now is consistent with it by identity (this is
     // reconcile's same-size case without waiting for other trust updates of this client)
     const t = { note: answer.checkpoint, checkpoint: verdict.checkpoint };
+    this.requireWitnesses(t);
     if (before === undefined || t.note !== before.note || (await this.trust.get(this.identity)) !== t.note) {
       await this.accept(t, before);
     }
@@ -641,9 +658,33 @@ export class LogClient {
    * is a race, not an attack, and only needs to be consistent with it.
    */
   private accept(t: TrustedCheckpoint, before: TrustedCheckpoint | undefined): Promise<void> {
+    try {
+      this.requireWitnesses(t);
+    } catch (err) {
+      return Promise.reject(err);
+    }
     const run = this.trustChain.then(() => this.reconcile(t, before));
     this.trustChain = run.catch(() => {});
     return run;
+  }
+
+  /** WitnessQuorumError unless `t`'s cosignatures meet the witness policy (if one is set). */
+  private requireWitnesses(t: TrustedCheckpoint): void {
+    if (!this.witnessPolicy || this.witnessedNotes.has(t.note)) return;
+    try {
+      requireQuorum(
+        this.witnessPolicy,
+        t.note,
+        `the checkpoint of ${this.origin} at size ${t.checkpoint.size}`,
+      );
+    } catch (err) {
+      if (err instanceof VerificationError)
+        throw new WitnessQuorumError(err.check, err.message, { cause: err });
+      throw err;
+    }
+    if (this.witnessedNotes.size >= 32)
+      this.witnessedNotes.delete(this.witnessedNotes.values().next().value!);
+    this.witnessedNotes.add(t.note);
   }
 
   private async reconcile(t: TrustedCheckpoint, before: TrustedCheckpoint | undefined): Promise<void> {

@@ -59,6 +59,12 @@ export class UnprovenGrowthError extends VerificationError {
 export class InvalidCheckpointError extends VerificationError {}
 
 /**
+ * A checkpoint whose cosignatures do not meet the client's witness policy (C2SP tlog-policy):
+ * 'witness.quorum'. The message names the witnesses that signed and what the quorum needs.
+ */
+export class WitnessQuorumError extends VerificationError {}
+
+/**
  * A proof that does not verify: inclusion ('inclusion.*'), consistency ('consistency.*'), sparse
  * index ('smt.*') or the lookup answer's binding to the query ('lookup.*').
  */

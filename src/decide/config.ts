@@ -9,6 +9,7 @@ import { toHex } from '../core/bytes.js';
 import { FormatError } from '../core/errors.js';
 import { sha256 } from '../core/hash.js';
 import { verifierFromVkey } from '../core/note.js';
+import { parsePolicy, policyCoversLog, type WitnessPolicy } from '../core/policy.js';
 import { type Base, chain, type Procedure, percentage, trustLog, weighted } from './procedures.js';
 import { parseShare, parseWeight, type Rat } from './rational.js';
 import { ScriptProcedure } from './sandbox.js';
@@ -22,6 +23,10 @@ export interface LogConfig {
   vkey: string;
   weight: Rat;
   weightText: string;
+  /** The C2SP tlog-policy its checkpoints' cosignatures must meet (its own, else the global one). */
+  witnessPolicy?: WitnessPolicy;
+  /** The file `witnessPolicy` was read from. */
+  witnessPolicyFile?: string;
 }
 
 export type ProcedureSpec =
@@ -158,7 +163,23 @@ function parseProcedure(
  */
 export function parseDecideConfig(text: string, dir = process.cwd()): DecideConfig {
   const doc = parseTomlTable(text);
-  onlyFields(doc, ['timeout', 'trust_dir', 'protocol', 'log', 'procedure'], 'config');
+  onlyFields(doc, ['timeout', 'trust_dir', 'protocol', 'witness_policy', 'log', 'procedure'], 'config');
+  const policies = new Map<string, WitnessPolicy>();
+  const policyAt = (
+    x: unknown,
+    where: string,
+  ): { witnessPolicy: WitnessPolicy; witnessPolicyFile: string } => {
+    const f = nonEmptyString(x, where);
+    const path = isAbsolute(f) ? f : resolve(dir, f);
+    let p = policies.get(path);
+    if (!p) {
+      p = loadWitnessPolicy(path, where);
+      policies.set(path, p);
+    }
+    return { witnessPolicy: p, witnessPolicyFile: path };
+  };
+  const globalPolicy =
+    doc.witness_policy === undefined ? undefined : policyAt(doc.witness_policy, 'witness_policy');
   if (!Array.isArray(doc.log) || doc.log.length === 0)
     throw new FormatError('config: needs at least one [[log]]');
   const names = new Set<string>();
@@ -166,7 +187,7 @@ export function parseDecideConfig(text: string, dir = process.cwd()): DecideConf
   const logs = doc.log.map((l, i): LogConfig => {
     const where = `log[${i}]`;
     const o = tableAt(l, where);
-    onlyFields(o, ['name', 'url', 'state', 'vkey', 'weight'], where);
+    onlyFields(o, ['name', 'url', 'state', 'vkey', 'weight', 'witness_policy'], where);
     const vkeyText = nonEmptyString(o.vkey, `${where}.vkey`);
     let vkey: string;
     try {
@@ -188,7 +209,14 @@ export function parseDecideConfig(text: string, dir = process.cwd()): DecideConf
     if ((o.url === undefined) === (o.state === undefined))
       throw new FormatError(`${where}: give either url or state`);
     const weight = parseWeight(o.weight, `${where}.weight`);
-    const out: LogConfig = { name, vkey, weight, weightText: String(o.weight ?? 1) };
+    const policy =
+      o.witness_policy === undefined ? globalPolicy : policyAt(o.witness_policy, `${where}.witness_policy`);
+    if (policy && !policyCoversLog(policy.witnessPolicy, verifierFromVkey(vkey))) {
+      throw new FormatError(
+        `${entry}: its witness policy ${policy.witnessPolicyFile} lists logs, and this log's key is not one of them`,
+      );
+    }
+    const out: LogConfig = { name, vkey, weight, weightText: String(o.weight ?? 1), ...policy };
     if (o.url !== undefined) {
       const u = nonEmptyString(o.url, `${where}.url`);
       try {
@@ -281,6 +309,20 @@ export function exactFraction(r: Rat): string {
 /** Reads `procedureJson`'s output (FormatError if it is not one); `logs` are the names a `log` step may name. */
 export function parseProcedureJson(x: unknown, logs: ReadonlySet<string>): ProcedureSpec {
   return parseProcedure(x, 'procedure', undefined, logs);
+}
+
+/**
+ * Reads a C2SP tlog-policy file (core/policy.ts). FormatError naming `where`, the file and the
+ * line when it cannot be read or is not a valid policy.
+ */
+export function loadWitnessPolicy(path: string, where = 'witness policy'): WitnessPolicy {
+  let bytes: Buffer;
+  try {
+    bytes = readFileSync(path);
+  } catch (err) {
+    throw new FormatError(`${where}: cannot read ${path}: ${(err as Error).message}`);
+  }
+  return parsePolicy(bytes, `${where}: ${path}`);
 }
 
 export function loadDecideConfig(file: string): DecideConfig {

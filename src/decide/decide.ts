@@ -170,6 +170,7 @@ export class Decider {
           vkey: cfg.vkey,
           trustStore,
           timeoutMs: config.timeoutMs,
+          ...(cfg.witnessPolicy ? { witnessPolicy: cfg.witnessPolicy } : {}),
           ...(opts.fetch ? { fetch: opts.fetch } : {}),
         });
         return { cfg, client, close: async () => {} };
@@ -180,6 +181,7 @@ export class Decider {
         vkey: cfg.vkey,
         trustStore,
         timeoutMs: config.timeoutMs,
+        ...(cfg.witnessPolicy ? { witnessPolicy: cfg.witnessPolicy } : {}),
         fetch: local.fetch,
       });
       return { cfg, client, ready: local.open, close: local.close };

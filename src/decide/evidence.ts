@@ -12,6 +12,7 @@
 import { toHex } from '../core/bytes.js';
 import { TrustixError, VerificationError } from '../core/errors.js';
 import { type LookupAnswer, parseLookupAnswer, verifyLookup } from '../core/lookup.js';
+import { requireQuorum } from '../core/policy.js';
 import { verifierFromVkey } from '../core/note.js';
 import {
   buildProcedure,
@@ -170,7 +171,8 @@ function parseBundle(input: unknown): DecisionBundle {
  * Re-checks a decision bundle offline (see the module comment); `pins` binds it to keys and a
  * trust config the caller trusts. Throws a VerificationError on any failed check:
  * 'bundle.malformed', 'bundle.unsupported-version', 'bundle.duplicate-log', 'bundle.vkey-mismatch',
- * 'bundle.config-mismatch', a failed answer's own check, 'decision.status-mismatch' or
+ * 'bundle.config-mismatch', a failed answer's own check, 'witness.quorum' (an answer whose
+ * checkpoint lacks the quorum of its log's witness policy in `pins.config`), 'decision.status-mismatch' or
  * 'decision.mismatch' (the procedure, re-run, does not reach the recorded decision).
  */
 export async function verifyDecisionBundle(input: unknown, pins: DecisionPins = {}): Promise<DecisionCheck> {
@@ -238,6 +240,11 @@ export async function verifyDecisionBundle(input: unknown, pins: DecisionPins = 
     }
     const v = verifyLookup(answer, verifierFromVkey(l.vkey), { protocol: o.protocol, key });
     if (v.status === 'invalid') throw new VerificationError(v.check, `log ${l.name}: ${v.reason}`);
+    // under the caller's trust config, the log's witness policy holds offline too
+    const policy = pins.config?.logs.find((c) => c.name === l.name)?.witnessPolicy;
+    if (policy) {
+      requireQuorum(policy, answer.checkpoint, `log ${l.name}: the checkpoint at size ${v.checkpoint.size}`);
+    }
     if (v.status !== l.status) {
       throw new VerificationError(
         'decision.status-mismatch',

@@ -4,7 +4,7 @@ import { execFile } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { generateKey, keyId } from '../../src/core/note.js';
+import { cosignerFromSkey, generateKey, keyId } from '../../src/core/note.js';
 import {
   parseDecideConfig,
   parseProcedureJson,
@@ -76,3 +76,33 @@ function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: st
     });
   });
 }
+
+test('witness_policy: global for every log, a log of its own overrides it, bad files name the line', () => {
+  const dir = tempDir();
+  const wkey = cosignerFromSkey(generateKey('w.test/witness').skey).vkey;
+  writeFileSync(join(dir, 'global.txt'), `witness W ${wkey}\nquorum W\n`);
+  writeFileSync(join(dir, 'none.txt'), 'quorum none\n');
+  writeFileSync(join(dir, 'only-two.txt'), `log ${two}\nquorum none\n`);
+  writeFileSync(join(dir, 'bad.txt'), '# fine\ngroup g any X\nquorum g\n');
+  const c = parseDecideConfig(
+    `witness_policy = "global.txt"\n${block('a', one)}[[log]]\nname = "b"\nurl = "http://127.0.0.1:9/"\nvkey = "${two}"\nwitness_policy = "none.txt"\n`,
+    dir,
+  );
+  assert.equal(c.logs[0].witnessPolicy?.quorum, 'W');
+  assert.equal(c.logs[0].witnessPolicyFile, join(dir, 'global.txt'));
+  assert.equal(c.logs[1].witnessPolicy?.quorum, undefined);
+  assert.equal(c.logs[1].witnessPolicyFile, join(dir, 'none.txt'));
+  assert.equal(parseDecideConfig(block('a', one)).logs[0].witnessPolicy, undefined);
+  assert.throws(
+    () => parseDecideConfig(`witness_policy = "bad.txt"\n${block('a', one)}`, dir),
+    /witness_policy: .*bad\.txt: line 2: member "X" is not a witness or group defined on an earlier line/,
+  );
+  assert.throws(
+    () => parseDecideConfig(`witness_policy = "missing.txt"\n${block('a', one)}`, dir),
+    /witness_policy: cannot read .*missing\.txt/,
+  );
+  assert.throws(
+    () => parseDecideConfig(`witness_policy = "only-two.txt"\n${block('a', one)}`, dir),
+    /log\[0\] \("a"\): its witness policy .*only-two\.txt lists logs, and this log's key is not one of them/,
+  );
+});

@@ -5,6 +5,7 @@ import { LogClient, type SubmitAuth } from '../../client/client.js';
 import { defaultTrustDir, FileTrustStore } from '../../client/trust-store.js';
 import { InsecureSecretError, readSecretFile } from '../../config/secret.js';
 import { FormatError } from '../../core/errors.js';
+import type { WitnessPolicy } from '../../core/policy.js';
 import { NixStoreError, toStorePath } from '../../nix/nix-query.js';
 import {
   checkLogUrl,
@@ -27,7 +28,14 @@ import {
 import { REJECTED_DIR, Spool } from '../../nix/spool.js';
 import { CliError, EXIT, progress } from '../output.js';
 import { registerNixCacheCommand } from './nix-cache.js';
-import { addRemoteOptions, invalidExits, type RemoteOptions, readVkey, timeoutMs } from './remote.js';
+import {
+  addRemoteOptions,
+  invalidExits,
+  type RemoteOptions,
+  readVkey,
+  timeoutMs,
+  witnessPolicyOf,
+} from './remote.js';
 
 /** `trustix nix ...`: the group, and every Nix subcommand registered on it (one line each). */
 export function registerNixCommands(program: Command): Command {
@@ -51,8 +59,14 @@ export function createNixCommand(program: Command): Command {
 const CONFIG_HELP =
   'publish config (default: $TRUSTIX_PUBLISH_CONFIG or $XDG_CONFIG_HOME/trustix/publish.toml)';
 
-function clientFor(c: PublishConfig, timeout: number, trustDir?: string): LogClient {
+function clientFor(
+  c: PublishConfig,
+  timeout: number,
+  trustDir?: string,
+  policy: { witnessPolicy?: WitnessPolicy } = {},
+): LogClient {
   return new LogClient({
+    ...policy,
     url: c.log,
     vkey: c.vkey,
     timeoutMs: timeout,
@@ -290,7 +304,7 @@ export function registerNixPublishCommands(nix: Command): void {
       });
       bar?.stop();
       for (const s of skipped) process.stderr.write(`trustix: not publishing ${s.path}: ${s.reason}\n`);
-      const client = clientFor(config, timeoutMs(o), o.trustDir);
+      const client = usageConfig(() => clientFor(config, timeoutMs(o), o.trustDir, witnessPolicyOf(o)));
       bar = big ? progress('submitting', entries.length) : undefined;
       const receipts = await invalidExits(() =>
         client.submit(entries, config.auth, { onProgress: (d) => bar?.update(d), batchSize: chunk }),

@@ -15,6 +15,8 @@ import { toHex } from '../../core/bytes.js';
 import { openCheckpoint } from '../../core/checkpoint.js';
 import { FormatError, VerificationError } from '../../core/errors.js';
 import { verifierFromVkey } from '../../core/note.js';
+import type { WitnessPolicy } from '../../core/policy.js';
+import { loadWitnessPolicy } from '../../decide/config.js';
 import { Log } from '../../log/log.js';
 import { KEY_ARG_HELP, lookupKeyArg } from '../lookup-key.js';
 import { CliError, EXIT } from '../output.js';
@@ -29,6 +31,7 @@ export interface RemoteOptions {
   token?: string;
   writerKey?: string;
   writer?: string;
+  witnessPolicy?: string;
 }
 
 /** Adds `--url`, `--vkey`, `--trust-dir`, `--timeout` (and for submit `--token`, `--writer-key`). */
@@ -52,8 +55,12 @@ export function addRemoteOptions(cmd: Command, opts: { submit?: boolean } = {}):
         .env('TRUSTIX_TRUST_DIR')
         .default(undefined, '$XDG_STATE_HOME/trustix/trusted'),
     )
+    .addOption(new Option('--timeout <seconds>', 'deadline for each request to the remote log').default('10'))
     .addOption(
-      new Option('--timeout <seconds>', 'deadline for each request to the remote log').default('10'),
+      new Option(
+        '--witness-policy <file>',
+        'a C2SP tlog-policy file (witness, group, quorum lines): refuse any checkpoint of the log whose witness cosignatures do not meet its quorum (check witness.quorum, exit 4); see docs/witness.md',
+      ).env('TRUSTIX_WITNESS_POLICY'),
     );
   if (opts.submit) {
     cmd
@@ -129,12 +136,30 @@ export function openClient(o: RemoteOptions, opts: { vkey?: string; remember?: b
   } catch {
     throw new CliError(`--url: not a URL: ${o.url}`, EXIT.usage);
   }
-  return new LogClient({
-    url,
-    vkey,
-    timeoutMs: timeoutMs(o),
-    ...(opts.remember === false ? {} : { trustStore: new FileTrustStore(o.trustDir ?? defaultTrustDir()) }),
-  });
+  const policy = witnessPolicyOf(o);
+  try {
+    return new LogClient({
+      url,
+      vkey,
+      timeoutMs: timeoutMs(o),
+      ...(opts.remember === false ? {} : { trustStore: new FileTrustStore(o.trustDir ?? defaultTrustDir()) }),
+      ...policy,
+    });
+  } catch (err) {
+    if (err instanceof FormatError) throw new CliError(err.message, EXIT.usage);
+    throw err;
+  }
+}
+
+/** `--witness-policy FILE` read as LogClient options (a bad file is a usage error). */
+export function witnessPolicyOf(o: RemoteOptions): { witnessPolicy?: WitnessPolicy } {
+  if (!o.witnessPolicy) return {};
+  try {
+    return { witnessPolicy: loadWitnessPolicy(o.witnessPolicy, '--witness-policy') };
+  } catch (err) {
+    if (err instanceof FormatError) throw new CliError(err.message, EXIT.usage);
+    throw err;
+  }
 }
 
 /** Turns a failed verification into a one-line error that exits with the "invalid" code. */
