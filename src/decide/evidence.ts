@@ -12,8 +12,8 @@
 import { toHex } from '../core/bytes.js';
 import { TrustixError, VerificationError } from '../core/errors.js';
 import { type LookupAnswer, parseLookupAnswer, verifyLookup } from '../core/lookup.js';
-import { requireQuorum } from '../core/policy.js';
 import { verifierFromVkey } from '../core/note.js';
+import { requireQuorum } from '../core/policy.js';
 import {
   buildProcedure,
   type DecideConfig,
