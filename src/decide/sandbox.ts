@@ -49,8 +49,13 @@ export interface ScriptOptions {
  * worker starts, when a loaded machine can stall the thread far longer than a call's limit.
  */
 export const LOAD_TIMEOUT_MS = 5000;
-/** How long past its own time limit a call may run before its worker is terminated: half the limit, within [20, 500] ms. */
-const graceMs = (timeoutMs: number) => Math.min(500, Math.max(20, timeoutMs / 2));
+/**
+ * How long past its own time limit a call may run before its worker is terminated: the limit
+ * again, within [250, 1000] ms. The in-worker limits stop scripts on time; the watchdog only
+ * catches native code that never polls, and a thin grace would kill honest calls whose thread a
+ * loaded machine did not schedule for a few tens of milliseconds.
+ */
+const graceMs = (timeoutMs: number) => Math.min(1000, Math.max(250, timeoutMs));
 /** Starting a worker and a WebAssembly engine takes well under a second; this is a backstop only. */
 const STARTUP_LIMIT_MS = 15_000;
 
