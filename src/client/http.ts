@@ -113,6 +113,7 @@ function nodeRequest(url: URL, req: HttpRequest, opts: HttpOptions): Promise<Buf
       if (err === undefined) resolve(body!);
       else reject(isTyped(err) ? err : transportError(err, firstWhere, timeoutMs));
     };
+    let retried = false;
     const send = (target: URL, hops: number) => {
       const where = `${method} ${target.href}`;
       const https = target.protocol === 'https:';
@@ -133,8 +134,26 @@ function nodeRequest(url: URL, req: HttpRequest, opts: HttpOptions): Promise<Buf
         return;
       }
       current = r;
-      r.on('error', (err) => done(err));
+      let answered = false;
+      r.on('error', (err) => {
+        // A kept-alive socket the server closed as idle just as this request went out: the
+        // request never reached the server, so a GET is sent again once on a new connection.
+        const code = (err as NodeJS.ErrnoException).code;
+        if (
+          !answered &&
+          !retried &&
+          r.reusedSocket &&
+          method === 'GET' &&
+          (code === 'ECONNRESET' || code === 'EPIPE')
+        ) {
+          retried = true;
+          send(target, hops);
+          return;
+        }
+        done(err);
+      });
       r.on('response', (res) => {
+        answered = true;
         const status = res.statusCode ?? 0;
         const location = res.headers.location;
         if (

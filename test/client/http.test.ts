@@ -98,3 +98,40 @@ describe('node:http transport', () => {
     assert.equal((await httpRequest(new URL('/ok', base), { maxBytes: 100 }, opts)).toString(), 'hello');
   });
 });
+
+test('a GET on a kept-alive socket the server reset before answering is sent again on a new one', async () => {
+  // Each connection answers its first request (keeping the connection open) and resets itself on
+  // its second, as a server does that closes an idle socket just as a client reuses it.
+  const { createServer: createTcpServer } = await import('node:net');
+  let connections = 0;
+  const open = new Set<import('node:net').Socket>();
+  const server = createTcpServer((sock) => {
+    connections++;
+    open.add(sock);
+    sock.on('close', () => open.delete(sock));
+    let requests = 0;
+    let buffered = '';
+    sock.on('data', (d: Buffer) => {
+      buffered += d.toString('latin1');
+      while (buffered.includes('\r\n\r\n')) {
+        buffered = buffered.slice(buffered.indexOf('\r\n\r\n') + 4);
+        requests++;
+        if (requests === 1)
+          sock.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok');
+        else sock.resetAndDestroy();
+      }
+    });
+    sock.on('error', () => {});
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const url = new URL(`http://127.0.0.1:${(server.address() as AddressInfo).port}/x`);
+  try {
+    const opts = { timeoutMs: 5000 };
+    assert.equal((await httpRequest(url, { maxBytes: 100 }, opts)).toString(), 'ok');
+    assert.equal((await httpRequest(url, { maxBytes: 100 }, opts)).toString(), 'ok');
+    assert.equal(connections, 2, 'the second GET went out on the kept-alive socket, then on a new one');
+  } finally {
+    server.close();
+    for (const sock of open) sock.destroy();
+  }
+});
