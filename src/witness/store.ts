@@ -6,20 +6,13 @@
  * - `evidence/<id>.json`: misbehaviour records (see evidence.ts), written to a temporary file,
  *   fsynced and renamed.
  */
-import {
-  closeSync,
-  fsyncSync,
-  mkdirSync,
-  openSync,
-  readdirSync,
-  readFileSync,
-  renameSync,
-  writeSync,
-} from 'node:fs';
+
+import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { open, type RootDatabase } from 'lmdb';
 import { decodeBase64Strict } from '../core/bytes.js';
 import { StorageError } from '../core/errors.js';
+import { writeFileDurably } from '../storage/durable.js';
 import { evidenceId, formatEvidence, type MisbehaviourEvidence } from './evidence.js';
 import type { CosignedState } from './protocol.js';
 
@@ -97,21 +90,7 @@ export class WitnessStore {
     const name = `${evidenceId(e)}.json`;
     const file = join(this.evidenceDir, name);
     if (this.evidenceNames().includes(name)) return name;
-    const tmp = `${file}.tmp-${process.pid}`;
-    const fd = openSync(tmp, 'w', 0o600);
-    try {
-      writeSync(fd, formatEvidence(e));
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-    renameSync(tmp, file);
-    const dfd = openSync(this.evidenceDir, 'r');
-    try {
-      fsyncSync(dfd);
-    } finally {
-      closeSync(dfd);
-    }
+    writeFileDurably(file, formatEvidence(e), 0o600);
     return name;
   }
 

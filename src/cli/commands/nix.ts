@@ -1,4 +1,4 @@
-import { accessSync, constants, existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, existsSync, mkdirSync } from 'node:fs';
 import { delimiter, dirname, isAbsolute, join, resolve } from 'node:path';
 import { type Command, Option } from 'commander';
 import { LogClient, type SubmitAuth } from '../../client/client.js';
@@ -26,6 +26,7 @@ import {
   runPublisher,
 } from '../../nix/publish.js';
 import { REJECTED_DIR, Spool } from '../../nix/spool.js';
+import { writeFileDurably } from '../../storage/durable.js';
 import { CliError, EXIT, progress } from '../output.js';
 import { registerNixCacheCommand } from './nix-cache.js';
 import {
@@ -155,9 +156,7 @@ export function registerNixPublishCommands(nix: Command): void {
       });
       try {
         mkdirSync(dirname(out), { recursive: true });
-        const tmp = `${out}.tmp-${process.pid}`;
-        writeFileSync(tmp, script, { mode: 0o755 });
-        renameSync(tmp, out);
+        writeFileDurably(out, script, 0o755);
       } catch (err) {
         throw new CliError(`cannot write ${out}: ${(err as Error).message}`);
       }
