@@ -582,8 +582,10 @@ export function buildApp(
 
   // Counting per (route, status) with bound children: prom-client's label hashing is not free.
   const counters = new Map<string, Counter.Internal>();
-  app.addHook('onSend', (_req, reply, payload, done) => {
+  app.addHook('onSend', (req, reply, payload, done) => {
     if (ctx.draining()) reply.header('connection', 'close');
+    else if (!req.raw.complete && reply.getHeader('connection') === 'close')
+      drainBeforeClosing(req.raw, reply);
     done(null, payload);
   });
   app.addHook('onResponse', (req, reply, done) => {
@@ -617,6 +619,27 @@ export function buildApp(
   }
   if (listener.api.has('write')) registerWriteRoutes(app, ctx, getLog);
   return app;
+}
+
+/** How long the rest of a refused upload is read (and dropped) before the connection is closed. */
+const REFUSED_UPLOAD_DRAIN_MS = 2_000;
+
+/**
+ * A body refused before it was read (over the cap, or a parser error): Fastify answers with
+ * `connection: close`, and closing a socket whose receive buffer still holds the client's upload
+ * makes the kernel send a reset, which can discard the answer before the client reads it. So the
+ * answer goes out without `connection: close`; Node then reads and drops the rest of the body, and
+ * the connection is cut only if the client has not finished sending within a short time.
+ */
+function drainBeforeClosing(req: IncomingMessage, reply: FastifyReply): void {
+  reply.removeHeader('connection');
+  const socket = req.socket;
+  const timer = setTimeout(() => {
+    if (!req.complete) socket.destroy();
+  }, REFUSED_UPLOAD_DRAIN_MS);
+  timer.unref();
+  socket.once('close', () => clearTimeout(timer));
+  req.once('end', () => clearTimeout(timer));
 }
 
 /** Only JSON bodies; everything else is 415. The raw bytes are kept for signed requests. */
