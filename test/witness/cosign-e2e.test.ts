@@ -5,7 +5,10 @@
 // the quorum, and the clients refuse the newer ones, naming who signed. A witness that is ahead of
 // what the node remembers answers 409 and the node catches up from the size it gives.
 import assert from 'node:assert/strict';
-import { appendFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { appendFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { LogClient } from '../../src/client/client.js';
@@ -13,7 +16,16 @@ import { WitnessQuorumError } from '../../src/client/errors.js';
 import { MemoryTrustStore } from '../../src/client/trust-store.js';
 import { parseNote } from '../../src/core/note.js';
 import { evaluateQuorum, parsePolicy, type WitnessPolicy } from '../../src/core/policy.js';
+import { parseDecideConfig } from '../../src/decide/config.js';
+import { Decider } from '../../src/decide/decide.js';
 import { Log } from '../../src/log/log.js';
+import { encodeNix32 } from '../../src/nix/base32.js';
+import { parseCacheConfig } from '../../src/nix/cache-config.js';
+import { CacheProxy } from '../../src/nix/cache-proxy.js';
+import { nixEntry } from '../../src/nix/entry.js';
+import { generateNixSecretKey } from '../../src/nix/keys.js';
+import { narBytes } from '../../src/nix/nar.js';
+import { formatNarInfo } from '../../src/nix/narinfo.js';
 import { entry } from '../client/helpers.js';
 import {
   cleanup,
@@ -183,5 +195,78 @@ quorum two-of-three
     assert.ok((await c.checkpoint()).checkpoint.size >= size);
     assert.equal((await c.lookup('nix', 'down-1')).status, 'present');
     assert.match(node.stderr(), /witness quorum met again/);
+  });
+
+  test('the Nix proxy with a witness_policy substitutes while the quorum holds, and refuses (404, witness.quorum) without it', async () => {
+    // a binary cache holding two store paths (uncompressed NARs), published in the log
+    const files = new Map<string, Buffer>();
+    const cache = createServer((req, res) => {
+      const body = files.get((req.url ?? '/').slice(1));
+      if (body === undefined) res.writeHead(404).end();
+      else res.writeHead(200, { 'content-length': body.length }).end(body);
+    });
+    await new Promise<void>((r) => cache.listen(0, '127.0.0.1', r));
+    const publish = async (hashPart: string) => {
+      const tree = join(dir, `tree-${hashPart}`);
+      mkdirSync(tree);
+      writeFileSync(join(tree, 'file'), hashPart);
+      const nar = await narBytes(tree);
+      const narHash = createHash('sha256').update(nar).digest();
+      const url = `nar/${encodeNix32(narHash)}.nar`;
+      files.set(url, nar);
+      const storePath = `/nix/store/${hashPart}-demo`;
+      files.set(
+        `${hashPart}.narinfo`,
+        Buffer.from(
+          formatNarInfo({
+            storePath,
+            url,
+            compression: 'none',
+            narHash,
+            narSize: nar.length,
+            references: [],
+            sigs: [],
+            extra: [],
+          }),
+        ),
+      );
+      return nixEntry({ storePath, narHash, narSize: nar.length, references: [] });
+    };
+    const decideFile = writeConfig(
+      dir,
+      `witness_policy = "${policyFile}"\n[[log]]\nname = "node"\nurl = "${prefix}"\nvkey = "${vkey}"\n[procedure.default]\ntype = "log"\nlog = "node"\n`,
+      'decide.toml',
+    );
+    const decider = new Decider(parseDecideConfig(readFileSync(decideFile, 'utf8'), dir));
+    const proxy = new CacheProxy({
+      config: parseCacheConfig(
+        `listen = "127.0.0.1:0"\nnegative_ttl = 0\n[[upstream]]\nurl = "http://127.0.0.1:${(cache.address() as AddressInfo).port}/"\n`,
+        dir,
+        { decideConfig: decideFile },
+      ),
+      decider,
+      key: generateNixSecretKey('proxy-test-1'),
+    });
+    const base = await proxy.listen();
+    try {
+      const ok = '0c8i2ww2dwk5hn8dywdzx6l0lrz0sb4k';
+      const lacking = '1c8i2ww2dwk5hn8dywdzx6l0lrz0sb4k';
+      const c = client();
+      await c.submit([await publish(ok)], { token: token(state) });
+      const served = await fetch(new URL(`${ok}.narinfo`, base));
+      assert.equal(served.status, 200, await served.clone().text());
+      assert.match(await served.text(), new RegExp(`StorePath: /nix/store/${ok}-demo`));
+      witnesses[1].proc.kill('SIGKILL');
+      witnesses[2].proc.kill('SIGKILL');
+      await Promise.all([witnesses[1].exited, witnesses[2].exited]);
+      await new LogClient({ url: prefix, vkey }).submit([await publish(lacking)], { token: token(state) });
+      const refused = await fetch(new URL(`${lacking}.narinfo`, base));
+      assert.equal(refused.status, 404);
+      assert.match(await refused.text(), /no decision: .*witness\.quorum/);
+    } finally {
+      await proxy.close();
+      await decider.close();
+      cache.close();
+    }
   });
 });
