@@ -75,6 +75,8 @@ export interface CheckpointPublisher {
   committed(head: LogHead): Promise<string>;
   /** The note lookup answers carry for `head`: its checkpoint with the lines gathered so far. */
   note(head: LogHead): string;
+  /** Called by close() after the last acknowledgement, before the store closes. */
+  close(): Promise<void>;
 }
 
 export interface BatchInfo {
@@ -1382,6 +1384,7 @@ export class Log {
       await this.running;
     }
     if (this.storeClosed) return;
+    await this.publisher?.close();
     this.storeClosed = true;
     await this.offload?.close();
     await this.store.close();

@@ -168,12 +168,7 @@ export class TrustixServer {
       return server;
     } catch (err) {
       await Promise.allSettled(apps.map((a) => a.close()));
-      await Promise.allSettled(
-        [...logs.values()].map(async (sl) => {
-          await sl.log.close();
-          await sl.cosign?.close();
-        }),
-      );
+      await Promise.allSettled([...logs.values()].map((sl) => sl.log.close()));
       auth?.close();
       throw err;
     }
@@ -211,7 +206,6 @@ export class TrustixServer {
       [...this.logs.values()].map(async (sl) => {
         sl.closed = true;
         await sl.log.close();
-        await sl.cosign?.close();
       }),
     );
     let timer: NodeJS.Timeout | undefined;
