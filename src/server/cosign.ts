@@ -99,7 +99,8 @@ export class Cosigning implements CheckpointPublisher {
   private quorumOk = true;
   private readonly loops: Promise<void>[] = [];
   private readonly dirty = new Map<string, string>();
-  private writing = false;
+  /** The writes of `dirty` in progress, if any. */
+  private writing: Promise<void> | undefined;
   private readonly labels: { log: string };
 
   constructor(private readonly opts: CosignOptions) {
@@ -206,7 +207,10 @@ export class Cosigning implements CheckpointPublisher {
     for (const h of this.heads.values()) this.settle(h);
     for (const l of this.links) l.wake?.();
     await Promise.all(this.loops);
-    await this.flush();
+    await this.writing;
+    // lmdb-js resets its shared read transaction in a 0 ms timer after a read or a commit; the
+    // store must not close before that timer has run
+    await new Promise<void>((r) => setTimeout(r, 1));
   }
 
   // -------------------------------------------------------------------------------------------
@@ -463,12 +467,10 @@ export class Cosigning implements CheckpointPublisher {
 
   private persist(key: string, value: string): void {
     this.dirty.set(key, value);
-    if (!this.writing) void this.flush();
+    this.writing ??= this.flush();
   }
 
   private async flush(): Promise<void> {
-    if (this.writing) return;
-    this.writing = true;
     try {
       while (this.dirty.size > 0) {
         const [key, value] = this.dirty.entries().next().value!;
@@ -481,7 +483,7 @@ export class Cosigning implements CheckpointPublisher {
         }
       }
     } finally {
-      this.writing = false;
+      this.writing = undefined;
     }
   }
 }

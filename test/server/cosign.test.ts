@@ -81,7 +81,7 @@ describe('cosigning against fake witnesses', () => {
     const { log, policy, cosign, metrics, warnings } = await setup(
       [good, hang],
       'group both all W1 W2\nquorum both',
-      400,
+      1500,
     );
     const [r] = await log.submit([entry('a')]);
     const q = evaluateQuorum(policy, r.checkpoint);
@@ -94,7 +94,7 @@ describe('cosigning against fake witnesses', () => {
     assert.match(text, /trustix_cosign_requests_total\{log="t",witness="W2",outcome="timeout"\} 1/);
     assert.match(text, /trustix_cosign_quorum_met\{log="t"\} 0/);
     assert.ok(
-      warnings.some((w) => /witness W2 .* is not cosigning: no answer within 400 ms/.test(w)),
+      warnings.some((w) => /witness W2 .* is not cosigning: no answer within 1500 ms/.test(w)),
       warnings.join('\n'),
     );
   });
