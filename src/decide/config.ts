@@ -5,11 +5,12 @@
 import { readFileSync } from 'node:fs';
 import { isAbsolute, resolve } from 'node:path';
 import { loadTomlFile, nonEmptyString, onlyFields, parseTomlTable, tableAt } from '../config/toml.js';
+import { loadWitnessPolicy } from '../config/witness-policy.js';
 import { toHex } from '../core/bytes.js';
 import { FormatError } from '../core/errors.js';
 import { sha256 } from '../core/hash.js';
 import { verifierFromVkey } from '../core/note.js';
-import { parsePolicy, policyCoversLog, type WitnessPolicy } from '../core/policy.js';
+import { policyCoversLog, type WitnessPolicy } from '../core/policy.js';
 import { type Base, chain, type Procedure, percentage, trustLog, weighted } from './procedures.js';
 import { parseShare, parseWeight, type Rat } from './rational.js';
 import { ScriptProcedure } from './sandbox.js';
@@ -309,20 +310,6 @@ export function exactFraction(r: Rat): string {
 /** Reads `procedureJson`'s output (FormatError if it is not one); `logs` are the names a `log` step may name. */
 export function parseProcedureJson(x: unknown, logs: ReadonlySet<string>): ProcedureSpec {
   return parseProcedure(x, 'procedure', undefined, logs);
-}
-
-/**
- * Reads a C2SP tlog-policy file (core/policy.ts). FormatError naming `where`, the file and the
- * line when it cannot be read or is not a valid policy.
- */
-export function loadWitnessPolicy(path: string, where = 'witness policy'): WitnessPolicy {
-  let bytes: Buffer;
-  try {
-    bytes = readFileSync(path);
-  } catch (err) {
-    throw new FormatError(`${where}: cannot read ${path}: ${(err as Error).message}`);
-  }
-  return parsePolicy(bytes, `${where}: ${path}`);
 }
 
 export function loadDecideConfig(file: string): DecideConfig {

@@ -63,6 +63,22 @@ export interface LogOptions {
   onBatch?: (batch: BatchInfo) => void;
 }
 
+/**
+ * Publishes committed checkpoints with more signature lines (server/cosign.ts: witness
+ * cosignatures). Without one, a checkpoint is served and acknowledged as the log signed it.
+ */
+export interface CheckpointPublisher {
+  /**
+   * Called once a batch's checkpoint is committed, before its submissions are acknowledged;
+   * resolves (never rejects) to the note the receipts carry. Must not wait forever.
+   */
+  committed(head: LogHead): Promise<string>;
+  /** The note lookup answers carry for `head`: its checkpoint with the lines gathered so far. */
+  note(head: LogHead): string;
+  /** Called by close() after the last acknowledgement, before the store closes. */
+  close(): Promise<void>;
+}
+
 export interface BatchInfo {
   /** Submissions answered by this batch, duplicates included. */
   submissions: number;
@@ -398,6 +414,8 @@ export class Log {
   private planTable = new Int32Array(0);
   /** Runs big batches' sparse index updates on another core (undefined for a read-only log). */
   private readonly offload: SmtOffload | undefined;
+  /** Set once by attachPublisher. */
+  private publisher: CheckpointPublisher | undefined;
 
   private constructor(
     private readonly store: LogStore,
@@ -521,6 +539,16 @@ export class Log {
   head(): LogHead {
     if (this.storeClosed) return this.sequenced;
     return this.store.read((snap) => this.snapshotHead(snap));
+  }
+
+  /** From now on, checkpoints are published through `p` (see CheckpointPublisher). */
+  attachPublisher(p: CheckpointPublisher): void {
+    this.publisher = p;
+  }
+
+  /** The note served with `head`: as published (e.g. with cosignatures), or as signed. */
+  private noteOf(head: LogHead): string {
+    return this.publisher?.note(head) ?? head.checkpoint;
   }
 
   /** Every read goes through here, so none reaches a store that is closing. */
@@ -950,8 +978,10 @@ export class Log {
     const committed = this.commitPrepared(prepared);
     const acknowledged = committed.then(async (head) => {
       if (head === undefined) return;
+      const published = this.publisher?.committed(head);
       await new Promise<void>((resolve) => setImmediate(resolve));
-      this.acknowledgeBatch(prepared, head, started);
+      const note = published === undefined ? head.checkpoint : await published;
+      this.acknowledgeBatch(prepared, { ...head, checkpoint: note }, started);
     });
     return { committed: committed.then((head) => head !== undefined), acknowledged };
   }
@@ -1094,7 +1124,7 @@ export class Log {
       const head = this.snapshotHead(snap);
       const found = this.lookupIn(snap, head, path);
       const answer: LookupAnswer = {
-        checkpoint: head.checkpoint,
+        checkpoint: this.noteOf(head),
         protocol,
         key: toBase64(key),
         mapProof: found.mapProof,
@@ -1179,9 +1209,10 @@ export class Log {
    */
   private answerPrefix(head: LogHead, protocol: string): { text: string; bytes: Buffer } {
     const p = this.prefixCache;
-    if (p !== undefined && p.checkpoint === head.checkpoint && p.protocol === protocol) return p;
-    const text = `{"checkpoint":${JSON.stringify(head.checkpoint)},"protocol":${JSON.stringify(protocol)},"key":"`;
-    this.prefixCache = { checkpoint: head.checkpoint, protocol, text, bytes: Buffer.from(text, 'utf8') };
+    const note = this.noteOf(head);
+    if (p !== undefined && p.checkpoint === note && p.protocol === protocol) return p;
+    const text = `{"checkpoint":${JSON.stringify(note)},"protocol":${JSON.stringify(protocol)},"key":"`;
+    this.prefixCache = { checkpoint: note, protocol, text, bytes: Buffer.from(text, 'utf8') };
     return this.prefixCache;
   }
 
@@ -1353,6 +1384,7 @@ export class Log {
       await this.running;
     }
     if (this.storeClosed) return;
+    await this.publisher?.close();
     this.storeClosed = true;
     await this.offload?.close();
     await this.store.close();

@@ -27,6 +27,7 @@ import { readEntryBundle, readHashTile } from '../log/serving.js';
 import { StorageFullError } from '../storage/reserve.js';
 import { AuthError, SIGNATURE_HEADER, type SignedRequest, type Writer, WriterAuth } from './auth.js';
 import type { ApiName, Limits } from './config.js';
+import type { Cosigning } from './cosign.js';
 import type { LookupCache } from './lookup-cache.js';
 import type { LogMetrics, Metrics } from './metrics.js';
 
@@ -51,6 +52,13 @@ export interface ServedLog {
   lookupCache: LookupCache<Buffer>;
   /** Gzipped full entry bundles (immutable) by their path; see answerTile. */
   gzipBundles: LookupCache<Buffer>;
+  /** Gathers witness cosignatures when the log has a witness policy. */
+  cosign?: Cosigning;
+}
+
+/** The note served at `<prefix>/checkpoint`: with cosignatures once the witness quorum is met. */
+function servedCheckpoint(sl: ServedLog): string {
+  return sl.cosign?.checkpoint() ?? sl.log.head().checkpoint;
 }
 
 export interface AppContext {
@@ -693,6 +701,8 @@ function fastReads(ctx: AppContext, listener: string): FastRead {
     let extra: readonly string[] = [];
     try {
       if (rest.startsWith('lookup/')) {
+        // an answer waits for the cosignatures of the checkpoint it carries (the routes below)
+        if (sl.cosign?.pending()) return false;
         body = answerLookup(sl, rest);
         type = JSON_TYPE;
         cache = NO_STORE;
@@ -703,7 +713,7 @@ function fastReads(ctx: AppContext, listener: string): FastRead {
         cache = IMMUTABLE;
         count = tiles;
       } else if (rest === 'checkpoint') {
-        body = sl.log.head().checkpoint;
+        body = servedCheckpoint(sl);
         type = TEXT_TYPE;
         cache = NO_STORE;
         count = checkpoints;
@@ -741,7 +751,7 @@ function registerReadRoutes(app: FastifyInstance, ctx: AppContext, getLog: (id: 
   });
 
   app.get<{ Params: { id: string } }>('/logs/:id/checkpoint', (req, reply) => {
-    reply.headers(CHECKPOINT_HEADERS).send(getLog(req.params.id).log.head().checkpoint);
+    reply.headers(CHECKPOINT_HEADERS).send(servedCheckpoint(getLog(req.params.id)));
   });
 
   app.get<{ Params: { id: string } }>('/logs/:id/tile/*', (req, reply) => {
@@ -755,9 +765,11 @@ function registerReadRoutes(app: FastifyInstance, ctx: AppContext, getLog: (id: 
     reply.send(body);
   });
 
-  app.get<{ Params: { id: string } }>('/logs/:id/lookup/*', (req, reply) => {
-    const body = answerLookup(getLog(req.params.id), pathInLog(req.raw.url ?? ''));
-    reply.headers(LOOKUP_HEADERS).send(body);
+  app.get<{ Params: { id: string } }>('/logs/:id/lookup/*', async (req, reply) => {
+    const sl = getLog(req.params.id);
+    await sl.cosign?.ready();
+    const body = answerLookup(sl, pathInLog(req.raw.url ?? ''));
+    return reply.headers(LOOKUP_HEADERS).send(body);
   });
 
   app.post<{ Params: { id: string }; Body: { protocol: string; keys: string[] } }>(
@@ -778,9 +790,11 @@ function registerReadRoutes(app: FastifyInstance, ctx: AppContext, getLog: (id: 
         done();
       },
     },
-    (req, reply) => {
-      const body = answerLookupMany(getLog(req.params.id), req.body.protocol, req.body.keys);
-      reply.headers(LOOKUP_HEADERS).send(body);
+    async (req, reply) => {
+      const sl = getLog(req.params.id);
+      await sl.cosign?.ready();
+      const body = answerLookupMany(sl, req.body.protocol, req.body.keys);
+      return reply.headers(LOOKUP_HEADERS).send(body);
     },
   );
 

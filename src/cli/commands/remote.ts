@@ -2,6 +2,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { type Command, Option } from 'commander';
 import { LogClient } from '../../client/client.js';
 import { defaultTrustDir, FileTrustStore } from '../../client/trust-store.js';
+import { loadWitnessPolicy } from '../../config/witness-policy.js';
 import {
   type Bundle,
   type BundleResult,
@@ -16,7 +17,6 @@ import { openCheckpoint } from '../../core/checkpoint.js';
 import { FormatError, VerificationError } from '../../core/errors.js';
 import { verifierFromVkey } from '../../core/note.js';
 import type { WitnessPolicy } from '../../core/policy.js';
-import { loadWitnessPolicy } from '../../decide/config.js';
 import { Log } from '../../log/log.js';
 import { KEY_ARG_HELP, lookupKeyArg } from '../lookup-key.js';
 import { CliError, EXIT } from '../output.js';
