@@ -3,7 +3,7 @@
  * - `witness.mdb`: per log origin, the latest cosigned checkpoint (LMDB, fsync at every commit, so a
  *   200 is only answered once the new state is on disk). Check-and-set runs in one LMDB write
  *   transaction, which LMDB also serialises across processes sharing the directory.
- * - `evidence/<id>.json`: misbehaviour records (see evidence.ts), written to a temporary file,
+ * - `evidence/<id>.json`: misbehaviour records (core/misbehaviour.ts), written to a temporary file,
  *   fsynced and renamed.
  */
 
@@ -12,8 +12,14 @@ import { join } from 'node:path';
 import { open, type RootDatabase } from 'lmdb';
 import { decodeBase64Strict } from '../core/bytes.js';
 import { StorageError } from '../core/errors.js';
+import {
+  formatProof,
+  type MisbehaviourProof,
+  parseProof,
+  proofFileName,
+  verifyProof,
+} from '../core/misbehaviour.js';
 import { writeFileDurably } from '../storage/durable.js';
-import { evidenceId, formatEvidence, type MisbehaviourEvidence } from './evidence.js';
 import type { CosignedState } from './protocol.js';
 
 export const STATE_FILE = 'witness.mdb';
@@ -85,12 +91,26 @@ export class WitnessStore {
     return [...this.db.getKeys()] as string[];
   }
 
-  /** Writes a record (once per pair of checkpoints); returns its file name. */
-  saveEvidence(e: MisbehaviourEvidence): string {
-    const name = `${evidenceId(e)}.json`;
+  /**
+   * Writes a record (once per pair of checkpoints); returns its file name. A kept record whose
+   * unsigned part (the proof hashes) proves nothing is replaced by one that proves the fork, so
+   * a wrong proof sent first cannot hide the right one.
+   */
+  saveEvidence(e: MisbehaviourProof): string {
+    const name = proofFileName(e);
     const file = join(this.evidenceDir, name);
-    if (this.evidenceNames().includes(name)) return name;
-    writeFileDurably(file, formatEvidence(e), 0o600);
+    if (this.evidenceNames().includes(name)) {
+      const kept = this.readEvidence(name);
+      const proven = (text: string | undefined) => {
+        try {
+          return text !== undefined && verifyProof(parseProof(text), e.vkeys).proven;
+        } catch {
+          return false;
+        }
+      };
+      if (proven(kept) || !verifyProof(e, e.vkeys).proven) return name;
+    }
+    writeFileDurably(file, formatProof(e), 0o600);
     return name;
   }
 
