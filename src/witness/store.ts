@@ -8,18 +8,12 @@
  */
 
 import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { open, type RootDatabase } from 'lmdb';
 import { decodeBase64Strict } from '../core/bytes.js';
 import { StorageError } from '../core/errors.js';
-import {
-  formatProof,
-  type MisbehaviourProof,
-  parseProof,
-  proofFileName,
-  verifyProof,
-} from '../core/misbehaviour.js';
-import { writeFileDurably } from '../storage/durable.js';
+import type { MisbehaviourProof } from '../core/misbehaviour.js';
+import { writeProofFile } from '../misbehaviour/files.js';
 import type { CosignedState } from './protocol.js';
 
 export const STATE_FILE = 'witness.mdb';
@@ -91,27 +85,9 @@ export class WitnessStore {
     return [...this.db.getKeys()] as string[];
   }
 
-  /**
-   * Writes a record (once per pair of checkpoints); returns its file name. A kept record whose
-   * unsigned part (the proof hashes) proves nothing is replaced by one that proves the fork, so
-   * a wrong proof sent first cannot hide the right one.
-   */
+  /** Writes a record (once per pair of checkpoints, see writeProofFile); returns its file name. */
   saveEvidence(e: MisbehaviourProof): string {
-    const name = proofFileName(e);
-    const file = join(this.evidenceDir, name);
-    if (this.evidenceNames().includes(name)) {
-      const kept = this.readEvidence(name);
-      const proven = (text: string | undefined) => {
-        try {
-          return text !== undefined && verifyProof(parseProof(text), e.vkeys).proven;
-        } catch {
-          return false;
-        }
-      };
-      if (proven(kept) || !verifyProof(e, e.vkeys).proven) return name;
-    }
-    writeFileDurably(file, formatProof(e), 0o600);
-    return name;
+    return basename(writeProofFile(this.evidenceDir, e));
   }
 
   evidenceNames(): string[] {

@@ -18,6 +18,7 @@ import { verifierFromVkey } from '../../core/note.js';
 import type { WitnessPolicy } from '../../core/policy.js';
 import { loadWitnessPolicy } from '../../decide/config.js';
 import { Log } from '../../log/log.js';
+import { proofDirOf } from '../../misbehaviour/files.js';
 import { KEY_ARG_HELP, lookupKeyArg } from '../lookup-key.js';
 import { CliError, EXIT } from '../output.js';
 import { loadTrustConfig, verifyDecisionBundleText } from './decide.js';
@@ -142,7 +143,12 @@ export function openClient(o: RemoteOptions, opts: { vkey?: string; remember?: b
       url,
       vkey,
       timeoutMs: timeoutMs(o),
-      ...(opts.remember === false ? {} : { trustStore: new FileTrustStore(o.trustDir ?? defaultTrustDir()) }),
+      ...(opts.remember === false
+        ? {}
+        : {
+            trustStore: new FileTrustStore(o.trustDir ?? defaultTrustDir()),
+            proofDir: proofDirOf(o.trustDir ?? defaultTrustDir()),
+          }),
       ...policy,
     });
   } catch (err) {
