@@ -491,6 +491,26 @@ export class LogClient {
   }
 
   /**
+   * Checks a signed checkpoint of this log that someone else holds (a witness, a mirror, another
+   * user) against the trusted one, without trusting it or changing the trust store: the log's
+   * signature, then one root per size and, between two sizes, the log's own consistency proof.
+   * ForkError (with the misbehaviour proof, written to `proofDir`) when both cannot be true;
+   * UnprovenGrowthError when the log does not give the proof. Returns the two sizes compared.
+   */
+  async crossCheck(note: string): Promise<{ trusted: TrustedCheckpoint; theirs: TrustedCheckpoint }> {
+    const theirs = { note, checkpoint: this.open(note) };
+    const trusted = (await this.trusted()) ?? (await this.checkpoint());
+    const a = trusted.checkpoint.size;
+    const b = theirs.checkpoint.size;
+    const [older, newer] = a <= b ? [trusted, theirs] : [theirs, trusted];
+    const lo = older.checkpoint.size;
+    const hi = newer.checkpoint.size;
+    const proof = lo === 0 || lo === hi ? [] : await this.growthProof(lo, hi, a);
+    await this.verifyConsistent(older, newer, proof, a);
+    return { trusted, theirs };
+  }
+
+  /**
    * A verified consistency proof from `oldNote` (a signed checkpoint of this log, e.g. a saved or
    * remembered one) to the latest checkpoint.
    */
