@@ -147,14 +147,18 @@ export function formatProof(p: MisbehaviourProof): string {
 }
 
 /**
- * A content-addressed file name: `<kind>-<24 hex of SHA-256 over the kind and the signed notes>`
- * `.json` (two notes of one size in either order), so the same contradiction is one file whoever
- * saw it and whenever. Proof hashes and entries are not signed and not part of the name: they
- * follow from the notes (for entries, the signed root fixes them).
+ * A content-addressed file name: `<kind>-<24 hex of SHA-256 over the kind and the checkpoint
+ * bodies>.json` (two bodies of one size in either order). Signature lines are left out, so the
+ * same contradiction is one file whoever saw it, whoever cosigned the notes, and whenever. Proof
+ * hashes and entries are not part of the name: they follow from the checkpoints.
  */
 export function proofFileName(p: MisbehaviourProof): string {
-  const notes = p.kind === 'same-size-different-root' ? [...p.checkpoints].sort() : p.checkpoints;
-  const material = `${p.kind}\n${notes.join('\0')}`;
+  const bodies = p.checkpoints.map((n) => {
+    const end = n.indexOf('\n\n');
+    return end < 0 ? n : n.slice(0, end + 1);
+  });
+  if (p.kind === 'same-size-different-root') bodies.sort();
+  const material = `${p.kind}\n${bodies.join('\0')}`;
   return `${p.kind}-${sha256(Buffer.from(material, 'utf8')).toString('hex').slice(0, 24)}.json`;
 }
 

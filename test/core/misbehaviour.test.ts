@@ -55,6 +55,9 @@ test('two signed trees of one size: proven with only the log key, one name for t
     'named by the pair, not who saw it or in what order',
   );
   assert.match(proofFileName(p), /^same-size-different-root-[0-9a-f]{24}\.json$/);
+  // a witness's cosignature on one of the notes does not make it another contradiction
+  const cosigned = log.checkpoint(20, { signers: [log.key, new SpecLog('w.example').key] });
+  assert.equal(proofFileName(sameSizeProof(vkey, cosigned, forkNote(20))), proofFileName(p));
 
   notProven(sameSizeProof(vkey, log.checkpoint(20), log.checkpoint(20)), /same roots/);
   notProven(sameSizeProof(vkey, log.checkpoint(20), forkNote(21)), /not one size/);
