@@ -187,4 +187,16 @@ describe('a log that forks is caught by the witnesses and by a client, with proo
     const malformed = await cli(['verify', tampered, '--vkey', vkey]);
     assert.equal(malformed.code, 2, malformed.stdout + malformed.stderr);
   });
+  test('the user then shown fork A: the client refuses it and prints where the proof is', async () => {
+    // A grows past the size the user trusts in B (8), so A's own proof from 8 shows the fork
+    await submit(prefixA, vkey, stateA, ['a7', 'a8']);
+    const trustDir = join(dir, 'trust-b');
+    const r = await cli(['info', '--url', prefixA, '--vkey', vkey, '--trust-dir', trustDir]);
+    assert.equal(r.code, 4, r.stdout + r.stderr);
+    const m = /trust\.fork-inconsistent: log forked: .*; proof written to (\S+\.json)/.exec(r.stderr);
+    assert.ok(m, r.stderr);
+    const v = await cli(['verify', m[1], '--vkey', vkey]);
+    assert.equal(v.code, 0, v.stdout + v.stderr);
+    assert.match(v.stdout, /PROVEN: .* signed a tree of size 9 that does not extend its tree of size 8/);
+  });
 });
