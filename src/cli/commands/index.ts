@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { registerDashboardCommand } from './dashboard.js';
 import { registerDecideCommands } from './decide.js';
 import { registerLocalCommands } from './local.js';
+import { registerMisbehaviourCommands } from './misbehaviour.js';
 import { registerNixCommands } from './nix.js';
 import { registerRemoteCommands } from './remote.js';
 import { registerServeCommand } from './serve.js';
@@ -15,5 +16,6 @@ export function registerCommands(program: Command): void {
   registerDecideCommands(program);
   registerNixCommands(program);
   registerWitnessCommand(program);
+  registerMisbehaviourCommands(program);
   registerDashboardCommand(program);
 }
