@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { registerDashboardCommand } from './dashboard.js';
 import { registerDecideCommands } from './decide.js';
 import { registerLocalCommands } from './local.js';
+import { registerMirrorCommand } from './mirror.js';
 import { registerNixCommands } from './nix.js';
 import { registerRemoteCommands } from './remote.js';
 import { registerServeCommand } from './serve.js';
@@ -16,4 +17,5 @@ export function registerCommands(program: Command): void {
   registerNixCommands(program);
   registerWitnessCommand(program);
   registerDashboardCommand(program);
+  registerMirrorCommand(program);
 }

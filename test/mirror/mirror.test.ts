@@ -1,0 +1,178 @@
+// The auditing mirror against real `trustix serve` logs: the copy it serves verifies against the
+// origin's key, carries the mirror's cosignature that a witness policy can require, and a log whose
+// signed map line is not the index of its entries is caught with a proof file.
+import assert from 'node:assert/strict';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { LogClient } from '../../src/client/client.js';
+import { WitnessQuorumError } from '../../src/client/errors.js';
+import { toHex } from '../../src/core/bytes.js';
+import { cosignerFromSkey, generateKey, parseNote } from '../../src/core/note.js';
+import { parsePolicy } from '../../src/core/policy.js';
+import { parseDecideConfig } from '../../src/decide/config.js';
+import { Log } from '../../src/log/log.js';
+import { Mirror } from '../../src/mirror/mirror.js';
+import { verifyMapMismatchProof } from '../../src/mirror/proof.js';
+import { entry } from '../client/helpers.js';
+import {
+  cleanup,
+  type RunningServer,
+  startServer,
+  tempDir,
+  writeConfig,
+} from '../fixtures/server-helpers.js';
+import { appendWithLyingMap, entries, honestLog } from './fixtures.js';
+
+function trust(logs: Array<{ name: string; url: string; vkey: string }>) {
+  return parseDecideConfig(
+    logs.map((l) => `[[log]]\nname = "${l.name}"\nurl = "${l.url}"\nvkey = "${l.vkey}"\n`).join('\n'),
+  );
+}
+
+/** Serves the log in `dir` (made by honestLog) as the node's `default` log. */
+async function serve(dir: string, origin: string, listen = '127.0.0.1:0'): Promise<RunningServer> {
+  const config = writeConfig(
+    dir,
+    `[[log]]\nid = "default"\norigin = "${origin}"\ndir = "${dir}"\n`,
+    '../serve-' + origin.split('.')[0] + '.toml',
+  );
+  return startServer(['--config', config, '--listen', listen]);
+}
+
+describe('trustix mirror', () => {
+  const dir = tempDir('trustix-mirror-');
+  let honest: RunningServer;
+  let liar: RunningServer;
+  let honestVkey: string;
+  let liarVkey: string;
+  let mirror: Mirror;
+  const lines: string[] = [];
+
+  before(async () => {
+    honestVkey = await honestLog(join(dir, 'honest'), 'honest.test/log', [entries(700), entries(300, 'n')]);
+    liarVkey = await honestLog(join(dir, 'liar'), 'liar.test/log', [entries(600, 'l')]);
+    honest = await serve(join(dir, 'honest'), 'honest.test/log');
+    liar = await serve(join(dir, 'liar'), 'liar.test/log');
+    const config = trust([
+      { name: 'honest', url: `${honest.url}/logs/default/`, vkey: honestVkey },
+      { name: 'liar', url: `${liar.url}/logs/default/`, vkey: liarVkey },
+    ]);
+    mirror = await Mirror.open(
+      { stateDir: join(dir, 'mirror'), logs: config.logs, host: '127.0.0.1', port: 0, chunkBundles: 1 },
+      (l) => lines.push(l),
+    );
+  });
+
+  after(async () => {
+    await mirror?.close();
+    await honest?.stop();
+    await liar?.stop();
+    cleanup(dir);
+  });
+
+  test('creates its key 0600, copies and audits each log, and says so', async () => {
+    const key = join(dir, 'mirror', 'mirror.key');
+    assert.equal(statSync(key).mode & 0o777, 0o600);
+    assert.ok(mirror.keyCreated);
+    await mirror.pollAll();
+    const [h, l] = mirror.statuses();
+    assert.equal(h.state, 'ok', h.reason);
+    assert.equal(h.size, 1000);
+    assert.ok(h.audited);
+    assert.equal(l.size, 600);
+    assert.ok(l.audited);
+    // 1000 entries in chunks of one bundle: progress while catching up, then the audited size
+    assert.ok(
+      lines.some((x) => /^log honest: audited size 1000: map line matches/.test(x)),
+      lines.join('\n'),
+    );
+  });
+
+  test('serves the copy: lookups through the mirror verify against the origin key', async () => {
+    const prefix = mirror.statuses()[0].prefix;
+    const client = new LogClient({ url: prefix, vkey: honestVkey });
+    const present = await client.lookup('nix', 'm-5');
+    assert.equal(present.status, 'present');
+    assert.equal(present.status === 'present' && toHex(present.entry.value), toHex(entry('m-5').value));
+    const absent = await client.lookup('nix', 'never-logged');
+    assert.equal(absent.status, 'absent');
+    const cp = await client.checkpoint();
+    assert.equal(cp.checkpoint.size, 1000);
+    // the origin's signature and the mirror's cosignature
+    const sigs = parseNote(cp.note).signatures.map((s) => s.name);
+    assert.deepEqual(sigs, ['honest.test/log', mirror.cosigner.name]);
+    // tiles and entry bundles are served as the node serves them
+    const bundle = await client.entryBundle(0, 256);
+    assert.equal(bundle.length, 256);
+  });
+
+  test('a witness policy can require the mirror: met through the mirror, not by the bare log', async () => {
+    const policy = parsePolicy(`log ${honestVkey}\nwitness m ${mirror.vkey}\nquorum m\n`);
+    const viaMirror = new LogClient({
+      url: mirror.statuses()[0].prefix,
+      vkey: honestVkey,
+      witnessPolicy: policy,
+    });
+    assert.equal((await viaMirror.lookup('nix', 'm-6')).status, 'present');
+    const direct = new LogClient({
+      url: `${honest.url}/logs/default/`,
+      vkey: honestVkey,
+      witnessPolicy: policy,
+    });
+    await assert.rejects(
+      direct.checkpoint(),
+      (err) => err instanceof WitnessQuorumError && /lacks the witness quorum/.test(err.message),
+    );
+    // another cosigner's key is not the mirror's
+    const other = cosignerFromSkey(generateKey('other.test/mirror').skey);
+    const wrong = parsePolicy(`witness x ${other.vkey}\nquorum x\n`);
+    const client = new LogClient({
+      url: mirror.statuses()[0].prefix,
+      vkey: honestVkey,
+      witnessPolicy: wrong,
+    });
+    await assert.rejects(client.checkpoint(), WitnessQuorumError);
+  });
+
+  test('a log whose map line lies is caught, with a proof; the copy stays at what it audited', async () => {
+    const port = new URL(liar.url).port;
+    await liar.stop();
+    const { size } = await appendWithLyingMap(join(dir, 'liar'), entries(300, 'x'));
+    liar = await serve(join(dir, 'liar'), 'liar.test/log', `127.0.0.1:${port}`);
+    await mirror.pollAll();
+    const l = mirror.statuses()[1];
+    assert.equal(l.state, 'failed');
+    assert.equal(l.check, 'mirror.map-mismatch');
+    assert.ok(l.audited, 'the last audited checkpoint is still served');
+    const proofs = readdirSync(join(dir, 'mirror', 'proofs'));
+    assert.equal(proofs.length, 1);
+    const text = readFileSync(join(dir, 'mirror', 'proofs', proofs[0]), 'utf8');
+    const verdict = await verifyMapMismatchProof(text, liarVkey);
+    assert.equal(verdict.size, size);
+    // the proof proves nothing under another key
+    await assert.rejects(verifyMapMismatchProof(text, generateKey('liar.test/log').vkey));
+    // served: the copy's checkpoint is the one audited before the lie
+    const client = new LogClient({ url: l.prefix, vkey: liarVkey });
+    assert.equal((await client.checkpoint()).checkpoint.size, 600);
+    // later rounds keep failing
+    await mirror.pollAll();
+    assert.equal(mirror.statuses()[1].check, 'mirror.map-mismatch');
+    assert.ok(existsSync(join(dir, 'mirror', 'proofs', proofs[0])));
+  });
+
+  test('follows a growing log', async () => {
+    const port = new URL(honest.url).port;
+    await honest.stop();
+    const log = await Log.open(join(dir, 'honest'));
+    await log.submit(entries(50, 'g'));
+    await log.close();
+    honest = await serve(join(dir, 'honest'), 'honest.test/log', `127.0.0.1:${port}`);
+    await mirror.pollAll();
+    const h = mirror.statuses()[0];
+    assert.equal(h.size, 1050);
+    assert.ok(h.audited);
+    const viaMirror = new LogClient({ url: h.prefix, vkey: honestVkey });
+    assert.equal((await viaMirror.lookup('nix', 'g-49')).status, 'present');
+  });
+});
