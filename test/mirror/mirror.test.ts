@@ -11,6 +11,7 @@ import { toHex } from '../../src/core/bytes.js';
 import { cosignerFromSkey, generateKey, parseNote } from '../../src/core/note.js';
 import { parsePolicy } from '../../src/core/policy.js';
 import { parseDecideConfig } from '../../src/decide/config.js';
+import { Decider, formatDecision } from '../../src/decide/decide.js';
 import { Log } from '../../src/log/log.js';
 import { Mirror } from '../../src/mirror/mirror.js';
 import { verifyMapMismatchProof } from '../../src/mirror/proof.js';
@@ -174,5 +175,49 @@ describe('trustix mirror', () => {
     assert.ok(h.audited);
     const viaMirror = new LogClient({ url: h.prefix, vkey: honestVkey });
     assert.equal((await viaMirror.lookup('nix', 'g-49')).status, 'present');
+  });
+
+  test('the deciding config falls back on mirrors when the log is down; answers still verify against its key', async () => {
+    const prefix = mirror.statuses()[0].prefix;
+    const config = parseDecideConfig(
+      `[[log]]\nname = "honest"\nurl = "${honest.url}/logs/default/"\nvkey = "${honestVkey}"\nmirrors = ["http://127.0.0.1:9/logs/none/", "${prefix}"]\n[procedure.default]\ntype = "log"\nlog = "honest"\n`,
+    );
+    assert.deepEqual(config.logs[0].mirrors, ['http://127.0.0.1:9/logs/none/', prefix]);
+    await honest.stop();
+    const decider = new Decider(config);
+    try {
+      const { decision, results } = await decider.decide('m-7');
+      assert.equal(results[0].status, 'present', results[0].reason);
+      assert.equal(results[0].via, prefix);
+      assert.ok(decision.decided);
+      assert.equal(decision.value, toHex(entry('m-7').value));
+      assert.match(formatDecision(decision), /via mirror http/);
+    } finally {
+      await decider.close();
+    }
+    // a mirror that serves another log's copy does not verify against this log's key
+    const wrong = parseDecideConfig(
+      `[[log]]\nname = "honest"\nurl = "${honest.url}/logs/default/"\nvkey = "${honestVkey}"\nmirrors = ["${mirror.statuses()[1].prefix}"]\n`,
+    );
+    const d2 = new Decider(wrong);
+    try {
+      const { results } = await d2.decide('m-7');
+      assert.equal(results[0].status, 'failed');
+      assert.match(results[0].check ?? '', /^note\./);
+    } finally {
+      await d2.close();
+    }
+  });
+
+  test('config: mirrors must be URLs of a log given by url', () => {
+    const vkey = generateKey('x.test/log').vkey;
+    assert.throws(
+      () => parseDecideConfig(`[[log]]\nstate = "/tmp/x"\nvkey = "${vkey}"\nmirrors = ["http://m/"]\n`),
+      /log\[0\]\.mirrors: only a log given by url/,
+    );
+    assert.throws(
+      () => parseDecideConfig(`[[log]]\nurl = "http://l/"\nvkey = "${vkey}"\nmirrors = ["ftp://m/"]\n`),
+      /log\[0\]\.mirrors\[0\]: not an http\(s\) URL/,
+    );
   });
 });
