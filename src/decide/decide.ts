@@ -157,6 +157,8 @@ export interface DeciderOptions {
   /** Where the last trusted checkpoint of each log is kept. Default: in memory. */
   trustStore?: TrustStore;
   fetch?: typeof globalThis.fetch;
+  /** Where to write a misbehaviour proof when a log is caught forking (LogClient's proofDir). */
+  proofDir?: string;
 }
 
 export class Decider {
@@ -179,6 +181,7 @@ export class Decider {
             timeoutMs: config.timeoutMs,
             ...(cfg.witnessPolicy ? { witnessPolicy: cfg.witnessPolicy } : {}),
             ...(opts.fetch ? { fetch: opts.fetch } : {}),
+            ...(opts.proofDir !== undefined ? { proofDir: opts.proofDir } : {}),
           });
         return {
           cfg,
@@ -194,6 +197,7 @@ export class Decider {
         trustStore,
         timeoutMs: config.timeoutMs,
         ...(cfg.witnessPolicy ? { witnessPolicy: cfg.witnessPolicy } : {}),
+        ...(opts.proofDir !== undefined ? { proofDir: opts.proofDir } : {}),
         fetch: local.fetch,
       });
       return { cfg, client, mirrors: [], ready: local.open, close: local.close };

@@ -67,12 +67,11 @@ export class MapMismatchError extends VerificationError {
   }
 }
 
-/** Writes the proof of a map mismatch; returns the file written. See mirror.ts. */
+/** Writes the proof of a map mismatch (core/misbehaviour.ts); returns the file written. */
 export type ProofWriter = (args: {
   vkey: string;
   note: string;
   entries: () => Iterable<Uint8Array>;
-  computed: Buffer;
 }) => string;
 
 export class LogCopy {
@@ -312,7 +311,7 @@ export class LogCopy {
     let file: string | undefined;
     let why = '';
     try {
-      file = this.writeProof({ vkey: this.vkey, note, entries, computed });
+      file = this.writeProof({ vkey: this.vkey, note, entries });
     } catch (err) {
       why = ` (the proof could not be written: ${(err as Error).message})`;
     }

@@ -12,10 +12,12 @@ import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { logFileStem } from '../client/trust-store.js';
 import { StateError } from '../core/errors.js';
+import { mapMismatchProof } from '../core/misbehaviour.js';
 import type { Cosigner } from '../core/note.js';
 import { Follower, type FollowOptions, type LogStatus } from '../dashboard/follow.js';
 import type { LogConfig } from '../decide/config.js';
 import type { Log } from '../log/log.js';
+import { writeProofFile } from '../misbehaviour/files.js';
 import { type AppContext, buildApp, type ServedLog } from '../server/app.js';
 import { WriterAuth } from '../server/auth.js';
 import { DEFAULT_LIMITS, LOG_ID_RE } from '../server/config.js';
@@ -24,7 +26,6 @@ import { Metrics } from '../server/metrics.js';
 import { listen } from '../server/serve.js';
 import { loadOrCreateWitnessKey } from '../witness/key.js';
 import { type CopyProgress, CopySet, LogCopy, type ProofWriter } from './copy.js';
-import { writeMapMismatchProof } from './proof.js';
 
 export const MIRROR_KEY_FILE = 'mirror.key';
 
@@ -95,7 +96,11 @@ export class Mirror {
       role: 'mirror',
     });
     const proofsDir = join(opts.stateDir, 'proofs');
-    const writeProof: ProofWriter = (a) => writeMapMismatchProof(proofsDir, a, key.cosigner.vkey);
+    const writeProof: ProofWriter = (a) =>
+      writeProofFile(
+        proofsDir,
+        mapMismatchProof(a.vkey, a.note, [...a.entries()], { observer: key.cosigner.vkey }),
+      );
     const logs: MirroredLog[] = [];
     const ids = new Set<string>();
     let mirror: Mirror | undefined;
