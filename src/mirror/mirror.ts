@@ -137,6 +137,10 @@ export class Mirror {
             served.closedReason = catchingUp(p);
           },
         });
+        const at = copy.progress;
+        say(
+          `log ${cfg.name}: copy at size ${at.size}${at.audited ? ' (audited)' : at.size > 0 ? ' (catching up: resumed)' : ''}`,
+        );
         served.log = copy.served;
         served.closed = !copy.audited;
         served.closedReason = catchingUp(copy.progress);
