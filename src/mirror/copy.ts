@@ -39,7 +39,10 @@ const PENDING_META = 'mirror:pending';
 
 /** What a copy reports after each commit (for progress lines and the server). */
 export interface CopyProgress {
+  /** Entries verified and replayed. */
   size: number;
+  /** Of those, committed (a restart resumes from here). */
+  committed: number;
   /** Size of the latest verified checkpoint. */
   target: number;
   /** True when `size` is an audited checkpoint's. */
@@ -87,8 +90,12 @@ export class LogCopy {
    * append); dropped on any failure.
    */
   private overlay: Overlay | undefined;
+  /** A catch-up chunk's commit, running while the next chunk is fetched. */
+  private committing: Promise<void> | undefined;
   /** Most entries held uncommitted before a catch-up commits (and stops serving until audited). */
   maxUncommitted = 262_144;
+  /** While catching up (nothing served), entries per commit. */
+  commitEntries = 65_536;
 
   private constructor(
     readonly id: string,
@@ -118,6 +125,8 @@ export class LogCopy {
     vkey: string;
     cosigner: Cosigner;
     writeProof: ProofWriter;
+    /** While catching up, entries per commit (default 65,536). */
+    commitEntries?: number;
     onProgress?: (p: CopyProgress) => void;
   }): Promise<LogCopy> {
     mkdirSync(opts.dir, { recursive: true });
@@ -142,7 +151,7 @@ export class LogCopy {
         });
       }
       served = await Log.open(opts.dir, { readOnly: true });
-      return new LogCopy(
+      const copy = new LogCopy(
         opts.id,
         opts.dir,
         verifier.vkey,
@@ -152,6 +161,8 @@ export class LogCopy {
         opts.writeProof,
         opts.onProgress ?? (() => {}),
       );
+      if (opts.commitEntries !== undefined) copy.commitEntries = opts.commitEntries;
+      return copy;
     } catch (err) {
       await served?.close();
       await store.close();
@@ -159,19 +170,15 @@ export class LogCopy {
     }
   }
 
-  /** The head as served: an audited checkpoint, or undefined while catching up. */
+  /** Whether the committed head is an audited checkpoint (else the copy is catching up). */
   get audited(): boolean {
     return this.head.checkpoint !== '';
   }
 
   get progress(): CopyProgress {
     const audited = this.audited;
-    return {
-      size: this.head.size,
-      target: this.pendingCp?.size ?? this.head.size,
-      audited,
-      serving: audited,
-    };
+    const size = this.head.size;
+    return { size, committed: size, target: this.pendingCp?.size ?? size, audited, serving: audited };
   }
 
   /** The follower's record: where the copy stands and the checkpoint it verified last. */
@@ -210,6 +217,7 @@ export class LogCopy {
     chunk: VerifiedChunk | undefined,
   ): Promise<void> {
     if (this.failed) throw this.failed;
+    await this.settle();
     if (rec.note !== undefined && rec.note !== this.pending) {
       const cp = openCheckpoint(rec.note, this.verifier).checkpoint;
       if (cp.mapRoot === undefined) {
@@ -284,13 +292,21 @@ export class LogCopy {
       const base = this.head.size;
       this.checkMap(note, cp, smt.root, () => concatEntries(this.store.entries(0, base), o.entries));
       checkpoint = note;
-    } else if (this.audited && o.entries.length < this.maxUncommitted) {
-      // the audited head stays served until the next checkpoint is reached (or too much waits)
+    } else if (o.entries.length < (this.audited ? this.maxUncommitted : this.commitEntries)) {
+      // the audited head stays served until the next checkpoint is reached (or too much waits);
+      // while catching up, chunks are committed together (fewer, larger commits)
       this.overlay = o;
-      this.onProgress({ size: end, target: cp.size, audited: false, serving: true });
+      const served = this.audited;
+      this.onProgress({
+        size: end,
+        committed: this.head.size,
+        target: cp.size,
+        audited: false,
+        serving: served,
+      });
       return;
     }
-    await this.commit(
+    const committed = this.commit(
       end,
       o.entries,
       [...o.tiles.values()],
@@ -298,6 +314,26 @@ export class LogCopy {
       chunk.root,
       checkpoint,
     );
+    if (checkpoint !== '') return committed;
+    // catching up: the next chunk is fetched and verified while this one is committed (the next
+    // append, or settle, waits for it, and a failed commit fails it)
+    committed.catch(() => {});
+    this.committing = committed;
+    // one turn of the event loop before the next chunk's requests go out: the replay kept the
+    // thread busy for a while, and kept-alive connections that the log closed meanwhile must be
+    // seen closed first, else the next requests are sent on them and fail with a reset
+    await new Promise<void>((resolve) => setImmediate(resolve));
+  }
+
+  /** Waits for the chunk being committed, if any; rethrows its failure once. */
+  async settle(): Promise<void> {
+    const c = this.committing;
+    if (c === undefined) return;
+    try {
+      await c;
+    } finally {
+      if (this.committing === c) this.committing = undefined;
+    }
   }
 
   /** Throws MapMismatchError (after writing the proof) unless `computed` is the checkpoint's map root. */
@@ -356,6 +392,7 @@ export class LogCopy {
   }
 
   async close(): Promise<void> {
+    await this.settle().catch(() => {});
     await this.served.close();
     await this.store.close();
   }

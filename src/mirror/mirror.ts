@@ -14,6 +14,7 @@ import { logFileStem } from '../client/trust-store.js';
 import { StateError } from '../core/errors.js';
 import { mapMismatchProof } from '../core/misbehaviour.js';
 import type { Cosigner } from '../core/note.js';
+import { TILE_WIDTH } from '../core/tiles.js';
 import { Follower, type FollowOptions, type LogStatus } from '../dashboard/follow.js';
 import type { LogConfig } from '../decide/config.js';
 import type { Log } from '../log/log.js';
@@ -53,7 +54,7 @@ export interface MirrorOptions {
   name?: string;
   /** Between polls of each log, ms (default 5000). */
   intervalMs?: number;
-  /** Entry bundles per verified chunk (default 256: 65,536 entries). */
+  /** Entry bundles per verified chunk (default 32: 8,192 entries). */
   chunkBundles?: number;
   /** Parallel entry bundle downloads per log (default 8). */
   concurrency?: number;
@@ -101,6 +102,7 @@ export class Mirror {
         proofsDir,
         mapMismatchProof(a.vkey, a.note, [...a.entries()], { observer: key.cosigner.vkey }),
       );
+    const chunkBundles = opts.chunkBundles ?? 32;
     const logs: MirroredLog[] = [];
     const ids = new Set<string>();
     let mirror: Mirror | undefined;
@@ -131,6 +133,7 @@ export class Mirror {
           vkey: cfg.vkey,
           cosigner: key.cosigner,
           writeProof,
+          commitEntries: 8 * TILE_WIDTH * chunkBundles,
           onProgress: (p) => {
             progress(p);
             served.closed = !p.serving || draining();
@@ -155,7 +158,7 @@ export class Mirror {
       logs.map((l) => l.cfg),
       new CopySet(copies),
       {
-        chunkBundles: opts.chunkBundles ?? 256,
+        chunkBundles,
         concurrency: opts.concurrency ?? 8,
         intervalMs: opts.intervalMs ?? 5000,
         ...(opts.fetch ? { fetch: opts.fetch } : {}),
@@ -212,9 +215,11 @@ export class Mirror {
 
   private watch: NodeJS.Timeout | undefined;
 
-  /** One round over every log (for tests and the bench). */
-  pollAll(): Promise<void> {
-    return this.follower.pollAll();
+  /** One round over every log, every commit done (for tests and the bench). */
+  async pollAll(): Promise<void> {
+    await this.follower.pollAll();
+    // a commit still running belongs to a round that failed after it: the next round reports it
+    await Promise.allSettled(this.logs.map((l) => l.copy.settle()));
   }
 
   statuses(): Array<LogStatus & { prefix: string; audited: boolean }> {
@@ -237,7 +242,7 @@ export class Mirror {
 }
 
 function catchingUp(p: CopyProgress): string {
-  return `the mirror is catching up with this log: ${p.size} of ${p.target} entries copied and audited`;
+  return `the mirror is catching up with this log: ${p.size} of ${p.target} entries copied`;
 }
 
 /** Progress lines: at most one a second while catching up, and one per audited checkpoint. */
@@ -255,7 +260,7 @@ function progressReporter(name: string, say: (line: string) => void): (p: CopyPr
       last = now;
     } else if (now - last >= 1000) {
       const pct = p.target > 0 ? ` (${((100 * p.size) / p.target).toFixed(1)}%)` : '';
-      say(`log ${name}: catching up: ${p.size} of ${p.target} entries${pct}`);
+      say(`log ${name}: catching up: ${p.size} of ${p.target} entries${pct}, ${p.committed} committed`);
       last = now;
     }
   };

@@ -99,7 +99,7 @@ describe('trustix mirror (process)', () => {
     const vkeyLine = first.stdout.find((l) => / vkey /.test(l))!;
     assert.match(vkeyLine, /^mirror \S+ vkey \S+\+[0-9a-f]{8}\+/);
     assert.equal(statSync(join(state, 'mirror.key')).mode & 0o777, 0o600);
-    await lineMatching(first, /^log cli: catching up: [1-9]\d* of 20000 entries/);
+    await lineMatching(first, /^log cli: catching up: \d+ of 20000 entries.*, [1-9]\d* committed$/);
     first.proc.kill('SIGKILL');
     await first.exited;
 

@@ -22,8 +22,8 @@ export function registerMirrorCommand(program: Command): void {
     .option('--interval <seconds>', 'seconds between two polls of a log', '5')
     .option(
       '--chunk <bundles>',
-      'entry bundles (256 entries each) fetched, verified and replayed together',
-      '256',
+      'entry bundles (256 entries each) fetched, verified and replayed together; a catch-up commits every 8 chunks',
+      '32',
     )
     .addHelpText(
       'after',
