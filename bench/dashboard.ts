@@ -5,23 +5,22 @@
 // (skipped without /usr/bin/chromium), and a restart that resumes from the index. One JSON line
 // per figure.
 // Knobs: TRUSTIX_BENCH_DASH_LOGS (default 5), TRUSTIX_BENCH_DASH_ENTRIES (default 1000000).
-import { type ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import type { Entry } from '../src/core/entry.js';
 import { sha256 } from '../src/core/hash.js';
 import { Dashboard } from '../src/dashboard/app.js';
 import { parseDecideConfig } from '../src/decide/config.js';
 import { Log } from '../src/log/log.js';
+import { serveConfig } from './common.js';
 
 const LOGS = Number(process.env.TRUSTIX_BENCH_DASH_LOGS ?? 5);
 const ENTRIES = Number(process.env.TRUSTIX_BENCH_DASH_ENTRIES ?? 1_000_000);
 const BATCH = 10_000;
-const MAIN = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 const CHROMIUM = '/usr/bin/chromium';
 
 function emit(name: string, value: number, unit: string, extra: Record<string, unknown> = {}): void {
@@ -55,21 +54,6 @@ function entries(log: number, from: number, n: number): Entry[] {
   return out;
 }
 
-function serve(config: string): Promise<{ proc: ChildProcess; url: string }> {
-  const proc = spawn(process.execPath, [MAIN, 'serve', '--config', config, '--listen', '127.0.0.1:0'], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  let out = '';
-  return new Promise((resolve, reject) => {
-    proc.stdout!.on('data', (d: Buffer) => {
-      out += d.toString();
-      const m = /^listening (http\S+)/m.exec(out);
-      if (/^ready$/m.test(out) && m) resolve({ proc, url: m[1] });
-    });
-    proc.on('exit', (code) => reject(new Error(`trustix serve exited (${code}): ${out}`)));
-  });
-}
-
 const dir = mkdtempSync(join(tmpdir(), 'trustix-bench-dash-'));
 const servers: ChildProcess[] = [];
 try {
@@ -83,7 +67,7 @@ try {
     await log.close();
     const config = join(dir, `serve${l}.toml`);
     writeFileSync(config, `[[log]]\nid = "default"\norigin = "bench${l}.example/log"\ndir = "${logDir}"\n`);
-    const s = await serve(config);
+    const s = await serveConfig(config);
     servers.push(s.proc);
     logs.push({ name: `builder${l}`, url: `${s.url}/logs/default/`, vkey });
   }

@@ -23,7 +23,7 @@ import { leafHash, treeRoot, verifyConsistency } from '../core/merkle.js';
 import { appendToTiles, hashReaderFromTiles, TILE_WIDTH, type TileGetter } from '../core/tiles.js';
 import type { LogConfig } from '../decide/config.js';
 import { failure } from '../decide/decide.js';
-import type { DashboardStore, FrontierTile, IndexedEntry, LogRecord } from './store.js';
+import type { FrontierTile, IndexedEntry, LogRecord } from './store.js';
 
 /** Entry bundles per verified chunk, by default. */
 const CHUNK_BUNDLES = 32;
@@ -50,8 +50,30 @@ export interface LogStatus {
   history: Array<[number, number]>;
 }
 
+/**
+ * A chunk as it was verified, for a store that keeps more than the index (a mirror's copy): the
+ * entries' encodings from index `start`, their leaf hashes (32 bytes each, packed) and every tile
+ * the chunk wrote, as appendToTiles returns them, and the recomputed root.
+ */
+export interface VerifiedChunk {
+  start: number;
+  data: readonly Buffer[];
+  leaves: Buffer;
+  tiles: ReturnType<typeof appendToTiles>;
+  /** The root of the tree of the chunk's end, as recomputed. */
+  root: Buffer;
+}
+
+/** Where a follower keeps what it verified: the dashboard's index (DashboardStore), or a mirror. */
+export interface FollowStore {
+  log(id: string): LogRecord;
+  append(id: string, entries: IndexedEntry[], rec: LogRecord, chunk?: VerifiedChunk): Promise<void>;
+}
+
 export interface FollowOptions {
   timeoutMs?: number;
+  /** Parallel entry bundle downloads (the client's default: 4). */
+  concurrency?: number;
   /** Entry bundles fetched and verified together (one consistency proof each). Default 32. */
   chunkBundles?: number;
   fetch?: typeof globalThis.fetch;
@@ -67,7 +89,7 @@ export class LogFollower {
 
   constructor(
     readonly cfg: LogConfig,
-    private readonly store: DashboardStore,
+    private readonly store: FollowStore,
     opts: FollowOptions = {},
   ) {
     const origin = cfg.vkey.split('+')[0];
@@ -78,6 +100,7 @@ export class LogFollower {
         vkey: cfg.vkey,
         trustStore: this.trust,
         ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
+        ...(opts.concurrency !== undefined ? { concurrency: opts.concurrency } : {}),
         ...(opts.fetch ? { fetch: opts.fetch } : {}),
       });
     }
@@ -174,7 +197,8 @@ export class LogFollower {
       const t = frontier.get(level);
       return t && t.index === index ? { expanded: t.expanded, width: t.width } : undefined;
     };
-    for (const t of appendToTiles(start, leaves, getTile)) {
+    const written = appendToTiles(start, leaves, getTile);
+    for (const t of written) {
       frontier.set(t.tileLevel, {
         level: t.tileLevel,
         index: t.tileIndex,
@@ -215,7 +239,7 @@ export class LogFollower {
       size: end,
       frontier: [...frontier.values()].sort((a, b) => a.level - b.level) as FrontierTile[],
     };
-    await this.store.append(this.id, entries, next);
+    await this.store.append(this.id, entries, next, { start, data, leaves, tiles: written, root: ours });
     this.status.size = end;
     return next;
   }
@@ -230,7 +254,7 @@ export class Follower {
 
   constructor(
     logs: readonly LogConfig[],
-    store: DashboardStore,
+    store: FollowStore,
     opts: FollowOptions & { intervalMs?: number } = {},
   ) {
     this.logs = logs.map((cfg) => new LogFollower(cfg, store, opts));

@@ -48,6 +48,8 @@ export interface ServedLog {
   metrics: LogMetrics;
   /** Set once the log is closing: reads and writes get 503 from then on. */
   closed: boolean;
+  /** Why a closed log is unavailable, when not because the server shuts down (a mirror catching up). */
+  closedReason?: string;
   /** Answer bodies (UTF-8 JSON) by the raw path of their GET. */
   lookupCache: LookupCache<Buffer>;
   /** Gzipped full entry bundles (immutable) by their path; see answerTile. */
@@ -550,7 +552,7 @@ export function buildApp(
   const getLog = (id: string): ServedLog => {
     const sl = ctx.logs.get(id);
     if (!sl) throw notFound(`no log ${JSON.stringify(id)}`);
-    if (sl.closed) throw unavailable('server is shutting down');
+    if (sl.closed) throw unavailable(sl.closedReason ?? 'server is shutting down');
     return sl;
   };
 
