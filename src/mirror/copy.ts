@@ -31,7 +31,7 @@ import { TILE_WIDTH } from '../core/tiles.js';
 import type { FollowStore, VerifiedChunk } from '../dashboard/follow.js';
 import type { FrontierTile, IndexedEntry, LogRecord } from '../dashboard/store.js';
 import { Log } from '../log/log.js';
-import { LmdbLogStore } from '../storage/lmdb.js';
+import { LmdbLogStore } from '../storage/lmdb/lmdb.js';
 import type { LogHead } from '../storage/store.js';
 
 /** Store meta: the latest checkpoint of the origin that the follower verified (the trust reference). */

@@ -10,7 +10,7 @@ import { signerFromSkey } from '../../src/core/note.js';
 import { smtApplyBatch } from '../../src/core/smt.js';
 import { appendToTiles, hashReaderFromTiles, type TileGetter } from '../../src/core/tiles.js';
 import { Log } from '../../src/log/log.js';
-import { LmdbLogStore } from '../../src/storage/lmdb.js';
+import { LmdbLogStore } from '../../src/storage/lmdb/lmdb.js';
 import { entry } from '../client/helpers.js';
 
 export function entries(n: number, prefix = 'm'): Entry[] {
