@@ -10,8 +10,9 @@ import type { DecideConfig } from '../decide/config.js';
 import { Decider } from '../decide/decide.js';
 import { decisionBundle } from '../decide/evidence.js';
 import { parseStorePath } from '../nix/store-path.js';
-import { type Agreement, computeAgreement, type DisagreementSort, pageOf } from './agreement.js';
+import { type Agreement, type DisagreementSort, indexAgreement, pageOf } from './agreement.js';
 import { Follower } from './follow.js';
+import { hasScripts, ScriptDecisions } from './scripted.js';
 import { DashboardStore } from './store.js';
 
 const STATIC: Record<string, string> = {
@@ -70,6 +71,8 @@ export class Dashboard {
   readonly follower: Follower;
   readonly decider: Decider;
   readonly app: FastifyInstance;
+  /** Decisions of script procedures, when the config has one. */
+  readonly scripts: ScriptDecisions | undefined;
   private agreement: { generation: number; at: number; value: Promise<Agreement> } | undefined;
   private readonly agreementEveryMs: number;
 
@@ -77,28 +80,34 @@ export class Dashboard {
     readonly config: DecideConfig,
     opts: DashboardOptions,
   ) {
-    this.store = DashboardStore.open(opts.stateDir);
+    this.decider = new Decider(config, opts.fetch ? { fetch: opts.fetch } : {});
+    const scripts = hasScripts(this.decider);
+    this.store = DashboardStore.open(opts.stateDir, { trackChanged: scripts });
     this.follower = new Follower(config.logs, this.store, {
       timeoutMs: config.timeoutMs,
       ...(opts.intervalMs !== undefined ? { intervalMs: opts.intervalMs } : {}),
       ...(opts.chunkBundles !== undefined ? { chunkBundles: opts.chunkBundles } : {}),
       ...(opts.fetch ? { fetch: opts.fetch } : {}),
     });
-    this.decider = new Decider(config, opts.fetch ? { fetch: opts.fetch } : {});
+    this.scripts = scripts
+      ? new ScriptDecisions(this.store, this.decider, () => this.follower.statuses())
+      : undefined;
     this.agreementEveryMs = opts.intervalMs ?? 5000;
     this.app = this.routes();
   }
 
   /**
    * The agreement figures, recomputed when the index changed since, but at most once per poll
-   * interval: while logs catch up, every chunk changes the index, and each computation scans it.
+   * interval: they are read from what the index keeps as chunks are indexed (figures per shape of
+   * key, the disagreeing keys, script decisions), so this costs a read of the disagreeing keys.
    */
   agreementNow(): Promise<{ agreement: Agreement; at: number }> {
     const generation = this.store.generation;
     const now = Date.now();
     const a = this.agreement;
     if (!a || (a.generation !== generation && now - a.at >= this.agreementEveryMs)) {
-      const value = computeAgreement(this.store, this.follower.statuses(), this.decider);
+      const none = { decided: 0, undecided: 0, decisionOf: () => undefined };
+      const value = indexAgreement(this.store, this.follower.statuses(), this.decider, this.scripts ?? none);
       value.catch(() => {
         this.agreement = undefined;
       });
@@ -167,6 +176,7 @@ export class Dashboard {
           undecided: a.undecided,
           shares: { agree: share(a.agree), decided: share(a.decided), undecided: share(a.undecided) },
           matrix: a.matrix,
+          ...(this.scripts ? { pending: this.scripts.pending() } : {}),
           disagreeing: {
             total: a.disagreeing.length,
             page,
@@ -212,12 +222,14 @@ export class Dashboard {
   /** Starts following and serving; resolves with the URL it listens on. */
   async listen(host: string, port: number): Promise<string> {
     this.follower.start();
+    this.scripts?.start(this.agreementEveryMs);
     return this.app.listen({ host, port });
   }
 
   async close(): Promise<void> {
     await this.app.close();
     await this.follower.stop();
+    await this.scripts?.stop();
     await this.decider.close();
     await this.store.close();
   }

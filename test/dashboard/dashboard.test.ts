@@ -149,6 +149,9 @@ describe('dashboard over real logs', () => {
     });
     try {
       await d.follower.pollAll();
+      assert.ok(d.scripts!.pending() > 0, 'nothing decided yet');
+      await d.scripts!.settle();
+      assert.equal(d.scripts!.pending(), 0);
       const a = (await get(d, '/api/agreement')).json;
       assert.deepEqual([a.keys, a.decided, a.undecided], [6, 1, 5]);
       assert.deepEqual(

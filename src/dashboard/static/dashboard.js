@@ -192,6 +192,14 @@ async function loadAgreement() {
     el('span', '.'),
     el('span', ` As of ${new Date(a.computedAt).toLocaleTimeString('en-GB')}.`, { class: 'check' }),
   );
+  if (a.pending > 0) {
+    const p = el('div', null, { class: 'check', id: 'pending' });
+    p.append(
+      el('span', `Script procedure: ${a.pending.toLocaleString('en')} keys wait for a decision `),
+      el('progress', null, { max: String(a.keys + a.pending), value: String(a.keys) }),
+    );
+    $('agree-summary').append(p);
+  }
   $('agree-bar').replaceChildren(shareBar(a));
   matrixTable(a);
   const d = a.disagreeing;
