@@ -9,6 +9,8 @@
  * verifier key), so renaming a log in the config keeps its index, and another key starts afresh.
  * Binary records keep a scan of a million keys to a few hundred milliseconds.
  *
+ * `sets` (name -> PackageSet, sets.ts) holds the package sets and their history.
+ *
  * Derived, in the same transaction as every chunk, so the agreement figures never need a scan:
  * `meta` `patterns` (the number of keys of each shape, see shapeOf) and `disagree` (the records of
  * keys two slots hold with different values). With `trackChanged`, `changed` lists the keys whose
@@ -18,6 +20,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { type Database, open, type RootDatabase } from 'lmdb';
 import { StorageError } from '../core/errors.js';
+import type { PackageSet } from './sets.js';
 
 export interface FrontierTile {
   level: number;
@@ -87,6 +90,12 @@ function withHeld(rec: Buffer | undefined, slot: number, value: Uint8Array, inde
   return out;
 }
 
+/** A history of at most MAX_HISTORY points: the older half thinned, the newest points exact. */
+export function thinned<T>(h: T[]): T[] {
+  if (h.length <= MAX_HISTORY) return h;
+  return [...h.slice(0, h.length >> 1).filter((_, i) => i % 2 === 0), ...h.slice(h.length >> 1)];
+}
+
 /**
  * The shape of a key record: `protocol \0 slot:class slot:class ...`, slots ascending, values
  * numbered by first appearance (equal values, equal class); undefined when fewer than two slots
@@ -142,6 +151,7 @@ export class DashboardStore {
   private readonly logs: Database<LogRecord, string>;
   private readonly keys: Database<Buffer, Buffer>;
   private readonly disagree: Database<Buffer, Buffer>;
+  private readonly sets: Database<PackageSet, string>;
   /** Keys whose record changed since scripts decided them (only with trackChanged). */
   readonly changed: Database<Buffer, Buffer>;
   /** Script decisions (scripted.ts): key -> 1 byte decided or not, then the decided value. */
@@ -163,6 +173,7 @@ export class DashboardStore {
     this.changed = root.openDB({ name: 'changed', ...binary });
     this.decisions = root.openDB({ name: 'decisions', ...binary });
     this.meta = root.openDB({ name: 'meta' });
+    this.sets = root.openDB({ name: 'sets' });
     this.slots = this.meta.get('slots') ?? {};
     if (this.meta.get('derived') !== DERIVED) this.derive();
     // changes not tracked since: script decisions are stale, scripted.ts starts them over
@@ -254,12 +265,7 @@ export class DashboardStore {
       }
       const h = next.history;
       if (h.length === 0 || h[h.length - 1][1] !== next.size) h.push([Date.now(), next.size]);
-      // thin the older half, keep the newest points exact
-      if (h.length > MAX_HISTORY)
-        next.history = [
-          ...h.slice(0, h.length >> 1).filter((_, i) => i % 2 === 0),
-          ...h.slice(h.length >> 1),
-        ];
+      next.history = thinned(h);
       this.logs.put(id, next);
     });
     this.generation++;
@@ -292,6 +298,22 @@ export class DashboardStore {
   /** Keys in the whole index. */
   keyCount(): number {
     return (this.keys.getStats() as { entryCount: number }).entryCount;
+  }
+
+  set(name: string): PackageSet | undefined {
+    return this.sets.get(name);
+  }
+
+  allSets(): PackageSet[] {
+    return [...this.sets.getRange()].map((r) => r.value);
+  }
+
+  async putSet(set: PackageSet): Promise<void> {
+    await this.sets.put(set.name, set);
+  }
+
+  async removeSet(name: string): Promise<void> {
+    await this.sets.remove(name);
   }
 
   /** Runs `fn` in one write transaction and counts it as a change. */

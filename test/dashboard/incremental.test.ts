@@ -102,3 +102,20 @@ test('incremental figures equal a scan of the index, over random chunks (fast-ch
     cleanup(dir);
   }
 });
+
+test('set files: store paths stand for their hash parts, other lines are keys; errors name the line', async () => {
+  const { parseSetFile } = await import('../../src/dashboard/sets.js');
+  const h1 = '0c6kzph7l0dcbfmjap64f0czdafn3b7x';
+  const h2 = '1b9p07z77phvv2hf6gm9f28syp39f1ag';
+  assert.deepEqual(
+    parseSetFile(
+      `/nix/store/${h2}-glibc-2.39\n\n# comment\n/nix/store/${h1}-hello/bin/hello\n${h1}\n  other-key  \n`,
+      'nix',
+    ),
+    [h1, h2, 'other-key'].sort(),
+  );
+  assert.deepEqual(parseSetFile('/nix/store/x\n', 'git'), ['/nix/store/x']);
+  assert.throws(() => parseSetFile(`${h1}\n/nix/store/${h2}\n`, 'nix'), /^FormatError: line 2: /);
+  assert.throws(() => parseSetFile(`${h1}\n${h2} 1234\n`, 'nix'), /line 2: .*spaces/);
+  assert.throws(() => parseSetFile('#only\n', 'nix'), /lists no store path/);
+});
