@@ -1,10 +1,12 @@
 // npm run bench:dashboard: the dashboard at scale. Builds LOGS logs of ENTRIES entries each (the
 // same keys in every log; in each log 1% of the values differ), serves each with a `trustix
-// serve` process, then times: following them all from scratch (verified, indexed), the overview
-// and agreement API calls (first computation and cached), the page load in Debian's chromium
-// (skipped without /usr/bin/chromium), and a restart that resumes from the index. One JSON line
-// per figure.
-// Knobs: TRUSTIX_BENCH_DASH_LOGS (default 5), TRUSTIX_BENCH_DASH_ENTRIES (default 1000000).
+// serve` process, then times: following them all from scratch (verified, indexed, the agreement
+// figures kept as it goes), the overview and agreement API calls (first and cached), a package set
+// of SET keys (upload, figures), the page load in Debian's chromium (skipped without
+// /usr/bin/chromium), and a restart that resumes from the index and answers from the kept figures.
+// One JSON line per figure.
+// Knobs: TRUSTIX_BENCH_DASH_LOGS (default 5), TRUSTIX_BENCH_DASH_ENTRIES (default 1000000),
+// TRUSTIX_BENCH_DASH_SET (keys of the package set, default 2000, about a NixOS ISO closure).
 import type { ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -20,6 +22,7 @@ import { serveConfig } from './common.js';
 
 const LOGS = Number(process.env.TRUSTIX_BENCH_DASH_LOGS ?? 5);
 const ENTRIES = Number(process.env.TRUSTIX_BENCH_DASH_ENTRIES ?? 1_000_000);
+const SET = Number(process.env.TRUSTIX_BENCH_DASH_SET ?? 2000);
 const BATCH = 10_000;
 const CHROMIUM = '/usr/bin/chromium';
 
@@ -36,17 +39,18 @@ function emit(name: string, value: number, unit: string, extra: Record<string, u
   );
 }
 
+const keyOf = (i: number) =>
+  sha256(Buffer.from(`key ${i}`))
+    .toString('hex')
+    .slice(0, 32);
+
 function entries(log: number, from: number, n: number): Entry[] {
   const out: Entry[] = [];
   for (let i = from; i < from + n; i++) {
     const differs = i % 100 === log;
     out.push({
       protocol: 'nix',
-      key: Buffer.from(
-        sha256(Buffer.from(`key ${i}`))
-          .toString('hex')
-          .slice(0, 32),
-      ),
+      key: Buffer.from(keyOf(i)),
       value: sha256(Buffer.from(`value ${i}${differs ? ` of ${log}` : ''}`)),
       metadata: Buffer.alloc(0),
     });
@@ -94,6 +98,22 @@ try {
   await timed('dashboard_api_agreement_first', '/api/agreement');
   await timed('dashboard_api_agreement_cached', '/api/agreement?sort=-logs&page=3');
 
+  // a package set: every (ENTRIES / SET)-th key, as store paths
+  const step = Math.max(1, Math.floor(ENTRIES / SET));
+  const paths: string[] = [];
+  for (let i = 0; i < ENTRIES && paths.length < SET; i += step) paths.push(`/nix/store/${keyOf(i)}-p${i}`);
+  const t1 = performance.now();
+  const up = await dash.app.inject({
+    method: 'PUT',
+    url: '/api/sets/closure',
+    headers: { 'content-type': 'text/plain' },
+    body: `${paths.join('\n')}\n`,
+  });
+  if (up.statusCode !== 201) throw new Error(`set upload: ${up.statusCode} ${up.body}`);
+  emit('dashboard_api_set_upload', performance.now() - t1, 'ms', { keys: paths.length });
+  await dash.sets.recordAll();
+  await timed('dashboard_api_set', '/api/sets/closure');
+
   if (existsSync(CHROMIUM)) {
     const url = await dash.app.listen({ host: '127.0.0.1', port: 0 });
     const browser = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), 'trustix-chromium-')), {
@@ -125,6 +145,7 @@ try {
 
   await dash.close();
   dash = new Dashboard(trust, { stateDir: state });
+  await timed('dashboard_api_agreement_after_restart', '/api/agreement');
   t = performance.now();
   await dash.follower.pollAll();
   emit('dashboard_resume_poll', performance.now() - t, 'ms');

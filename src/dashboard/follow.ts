@@ -22,8 +22,8 @@ import { HASH_SIZE } from '../core/hash.js';
 import { leafHash, treeRoot, verifyConsistency } from '../core/merkle.js';
 import { appendToTiles, hashReaderFromTiles, TILE_WIDTH, type TileGetter } from '../core/tiles.js';
 import type { LogConfig } from '../decide/config.js';
-import { failure } from '../decide/decide.js';
-import type { FrontierTile, IndexedEntry, LogRecord } from './store.js';
+import { failure, localFetch } from '../decide/decide.js';
+import type { DashboardStore, FrontierTile, IndexedEntry, LogRecord } from './store.js';
 
 /** Entry bundles per verified chunk, by default. */
 const CHUNK_BUNDLES = 32;
@@ -35,6 +35,8 @@ export interface LogStatus {
   id: string;
   origin: string;
   url?: string;
+  /** A local log's directory. */
+  dir?: string;
   state: LogState;
   /** The failed check (state failed or unreachable). */
   check?: string;
@@ -82,6 +84,8 @@ export interface FollowOptions {
 export class LogFollower {
   readonly id: string;
   readonly client: LogClient | undefined;
+  /** A local log (`state = DIR`): opens it read-only (LocalLogError when it cannot), and closes it. */
+  private readonly local: ReturnType<typeof localFetch> | undefined;
   private readonly trust = new MemoryTrustStore();
   private seeded = false;
   private readonly chunkBundles: number;
@@ -94,16 +98,17 @@ export class LogFollower {
   ) {
     const origin = cfg.vkey.split('+')[0];
     this.chunkBundles = opts.chunkBundles ?? CHUNK_BUNDLES;
-    if (cfg.url !== undefined) {
-      this.client = new LogClient({
-        url: cfg.url,
-        vkey: cfg.vkey,
-        trustStore: this.trust,
-        ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
-        ...(opts.concurrency !== undefined ? { concurrency: opts.concurrency } : {}),
-        ...(opts.fetch ? { fetch: opts.fetch } : {}),
-      });
-    }
+    // a local log is read from its store through the same client, so verified the same way
+    if (cfg.state !== undefined) this.local = localFetch(cfg.state);
+    this.client = new LogClient({
+      url: cfg.url ?? 'http://local.invalid/',
+      vkey: cfg.vkey,
+      trustStore: this.trust,
+      ...(cfg.witnessPolicy ? { witnessPolicy: cfg.witnessPolicy } : {}),
+      ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
+      ...(opts.concurrency !== undefined ? { concurrency: opts.concurrency } : {}),
+      ...(this.local ? { fetch: this.local.fetch } : opts.fetch ? { fetch: opts.fetch } : {}),
+    });
     this.id = logFileStem({ origin, vkey: cfg.vkey });
     const rec = store.log(this.id);
     this.status = {
@@ -111,10 +116,8 @@ export class LogFollower {
       id: this.id,
       origin,
       ...(cfg.url !== undefined ? { url: cfg.url } : {}),
-      state: cfg.url === undefined ? 'unsupported' : 'starting',
-      ...(cfg.url === undefined
-        ? { reason: 'local logs (state = DIR) are not followed; serve them with trustix serve' }
-        : {}),
+      ...(cfg.state !== undefined ? { dir: cfg.state } : {}),
+      state: 'starting',
       size: rec.size,
       target: rec.size,
       ...(rec.seenAt !== undefined ? { seenAt: rec.seenAt } : {}),
@@ -130,6 +133,7 @@ export class LogFollower {
     if (!this.client) return;
     this.status.polledAt = Date.now();
     try {
+      await this.local?.open();
       let rec = this.store.log(this.id);
       if (!this.seeded && rec.note !== undefined) {
         // what was verified before a restart stays the reference: a rollback or fork since is caught
@@ -158,6 +162,11 @@ export class LogFollower {
         reason: f.reason,
       };
     }
+  }
+
+  /** Closes a local log's store. */
+  async close(): Promise<void> {
+    await this.local?.close();
   }
 
   /** Fetches, verifies and indexes the next chunk of entries of the tree of size `n`. */
@@ -283,6 +292,7 @@ export class Follower {
     this.stopped = true;
     clearTimeout(this.timer);
     await this.running;
+    await Promise.all(this.logs.map((l) => l.close()));
   }
 
   statuses(): LogStatus[] {

@@ -14,7 +14,9 @@ import { MemoryTrustStore, type TrustStore } from '../client/trust-store.js';
 import { toBase64, toHex } from '../core/bytes.js';
 import { TrustixError, VerificationError } from '../core/errors.js';
 import type { LookupAnswer } from '../core/lookup.js';
+import { parseTilePath } from '../core/tiles.js';
 import { Log } from '../log/log.js';
+import { readEntryBundle, readHashTile } from '../log/serving.js';
 import { buildProcedure, type DecideConfig, type LogConfig, procedureFor } from './config.js';
 import type { Answer, Outcome, Procedure } from './procedures.js';
 import { ONE, type Rat } from './rational.js';
@@ -82,8 +84,11 @@ export class LocalLogError extends TrustixError {
   }
 }
 
-/** Serves the HTTP lookup API from a local log, so local logs get the same client checks as remote ones. */
-function localFetch(dir: string): {
+/**
+ * Serves the HTTP lookup API and the C2SP tiles and entry bundles from a local log (opened
+ * read-only), so local logs get the same client checks as remote ones.
+ */
+export function localFetch(dir: string): {
   fetch: typeof globalThis.fetch;
   open(): Promise<Log>;
   close(): Promise<void>;
@@ -129,6 +134,17 @@ function localFetch(dir: string): {
         return new Response(body, { status: 200, headers: { 'content-type': 'application/json' } });
       }
       if (path === 'checkpoint') return new Response(log.head().checkpoint, { status: 200 });
+      if (path.startsWith('tile/')) {
+        const t = parseTilePath(path);
+        const size = log.head().size;
+        const body =
+          t.kind === 'hash'
+            ? readHashTile(log.storage, size, t.level, t.index, t.width)
+            : readEntryBundle(log.storage, size, t.index, t.width);
+        return body
+          ? new Response(new Uint8Array(body), { status: 200 })
+          : new Response('{}', { status: 404 });
+      }
       if (path.startsWith('lookup/')) {
         const [, p, k] = path.split('/');
         return json(log.lookup(decodeURIComponent(p), decodePathSegment(k)));
