@@ -233,7 +233,11 @@ export class Mirror {
   async close(): Promise<void> {
     this.draining = true;
     clearInterval(this.watch);
-    for (const l of this.logs) l.served.closed = true;
+    for (const l of this.logs) {
+      l.served.closed = true;
+      delete l.served.closedReason;
+      l.copy.stop();
+    }
     await this.follower.stop();
     await this.app.close();
     this.auth.close();

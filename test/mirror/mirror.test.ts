@@ -48,6 +48,8 @@ describe('trustix mirror', () => {
   const dir = tempDir('trustix-mirror-');
   let honest: RunningServer;
   let liar: RunningServer;
+  let empty: RunningServer;
+  let emptyVkey: string;
   let honestVkey: string;
   let liarVkey: string;
   let mirror: Mirror;
@@ -58,9 +60,12 @@ describe('trustix mirror', () => {
     liarVkey = await honestLog(join(dir, 'liar'), 'liar.test/log', [entries(600, 'l')]);
     honest = await serve(join(dir, 'honest'), 'honest.test/log');
     liar = await serve(join(dir, 'liar'), 'liar.test/log');
+    emptyVkey = await honestLog(join(dir, 'empty'), 'empty.test/log', []);
+    empty = await serve(join(dir, 'empty'), 'empty.test/log');
     const config = trust([
       { name: 'honest', url: `${honest.url}/logs/default/`, vkey: honestVkey },
       { name: 'liar', url: `${liar.url}/logs/default/`, vkey: liarVkey },
+      { name: 'empty.test/log', url: `${empty.url}/logs/default/`, vkey: emptyVkey },
     ]);
     mirror = await Mirror.open(
       { stateDir: join(dir, 'mirror'), logs: config.logs, host: '127.0.0.1', port: 0, chunkBundles: 1 },
@@ -72,6 +77,7 @@ describe('trustix mirror', () => {
     await mirror?.close();
     await honest?.stop();
     await liar?.stop();
+    await empty?.stop();
     cleanup(dir);
   });
 
@@ -86,6 +92,14 @@ describe('trustix mirror', () => {
     assert.ok(h.audited);
     assert.equal(l.size, 600);
     assert.ok(l.audited);
+    // an empty log is audited too (empty tree, empty index), and a name that is no log id is
+    // served under the origin hash
+    const e = mirror.statuses()[2];
+    assert.ok(e.audited, e.reason);
+    assert.match(e.prefix, /\/logs\/[0-9a-f]{64}\/$/);
+    const cp = await new LogClient({ url: e.prefix, vkey: emptyVkey }).checkpoint();
+    assert.equal(cp.checkpoint.size, 0);
+    assert.equal(parseNote(cp.note).signatures.length, 2);
     // 1000 entries in chunks of one bundle: progress while catching up, then the audited size
     assert.ok(
       lines.some((x) => /^log honest: audited size 1000: map line matches/.test(x)),
