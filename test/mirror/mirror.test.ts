@@ -14,7 +14,6 @@ import { cosignerFromSkey, generateKey, parseNote } from '../../src/core/note.js
 import { parsePolicy } from '../../src/core/policy.js';
 import { parseDecideConfig } from '../../src/decide/config.js';
 import { Decider, formatDecision } from '../../src/decide/decide.js';
-import { Log } from '../../src/log/log.js';
 import { Mirror } from '../../src/mirror/mirror.js';
 import { entry } from '../client/helpers.js';
 import {
@@ -24,7 +23,7 @@ import {
   tempDir,
   writeConfig,
 } from '../fixtures/server-helpers.js';
-import { appendWithLyingMap, entries, honestLog } from './fixtures.js';
+import { appendByHand, appendWithLyingMap, entries, honestLog } from './fixtures.js';
 
 const MAIN = new URL('../../src/cli/main.ts', import.meta.url).pathname;
 
@@ -189,19 +188,37 @@ describe('trustix mirror', () => {
     assert.ok(existsSync(join(dir, 'mirror', 'proofs', proofs[0])));
   });
 
-  test('follows a growing log', async () => {
+  test('follows a growing log; a policy can require witnesses and the mirror together', async () => {
     const port = new URL(honest.url).port;
     await honest.stop();
-    const log = await Log.open(join(dir, 'honest'));
-    await log.submit(entries(50, 'g'));
-    await log.close();
+    // the log gathered a witness's cosignature for its new checkpoint
+    const witness = cosignerFromSkey(generateKey('w1.test/witness').skey);
+    await appendByHand(join(dir, 'honest'), entries(50, 'g'), { cosigners: [witness] });
     honest = await serve(join(dir, 'honest'), 'honest.test/log', `127.0.0.1:${port}`);
     await mirror.pollAll();
     const h = mirror.statuses()[0];
     assert.equal(h.size, 1050);
     assert.ok(h.audited);
-    const viaMirror = new LogClient({ url: h.prefix, vkey: honestVkey });
+    const both = parsePolicy(
+      `log ${honestVkey}\nwitness w1 ${witness.vkey}\nwitness m ${mirror.vkey}\ngroup both all w1 m\nquorum both\n`,
+    );
+    const viaMirror = new LogClient({ url: h.prefix, vkey: honestVkey, witnessPolicy: both });
     assert.equal((await viaMirror.lookup('nix', 'g-49')).status, 'present');
+    const cp = await viaMirror.checkpoint();
+    assert.deepEqual(
+      parseNote(cp.note).signatures.map((s) => s.name),
+      ['honest.test/log', 'w1.test/witness', mirror.cosigner.name],
+    );
+    // the log alone has the witness but not the mirror
+    const direct = new LogClient({
+      url: `${honest.url}/logs/default/`,
+      vkey: honestVkey,
+      witnessPolicy: both,
+    });
+    await assert.rejects(
+      direct.checkpoint(),
+      (err) => err instanceof WitnessQuorumError && /signed by w1/.test(err.message),
+    );
   });
 
   test('the deciding config falls back on mirrors when the log is down; answers still verify against its key', async () => {
