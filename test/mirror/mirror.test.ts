@@ -3,6 +3,7 @@
 // signed map line is not the index of its entries is caught with a proof file.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -15,6 +16,7 @@ import { parsePolicy } from '../../src/core/policy.js';
 import { parseDecideConfig } from '../../src/decide/config.js';
 import { Decider, formatDecision } from '../../src/decide/decide.js';
 import { Mirror } from '../../src/mirror/mirror.js';
+import { gossipWith } from '../../src/misbehaviour/gossip.js';
 import { entry } from '../client/helpers.js';
 import {
   cleanup,
@@ -91,11 +93,11 @@ describe('trustix mirror', () => {
     assert.ok(h.audited);
     assert.equal(l.size, 600);
     assert.ok(l.audited);
-    // an empty log is audited too (empty tree, empty index), and a name that is no log id is
-    // served under the origin hash
+    // an empty log is audited too (empty tree, empty index); copies are served under the
+    // tlog-mirror origin hash
     const e = mirror.statuses()[2];
     assert.ok(e.audited, e.reason);
-    assert.match(e.prefix, /\/logs\/[0-9a-f]{64}\/$/);
+    assert.ok(e.prefix.endsWith(`/logs/${createHash('sha256').update('empty.test/log').digest('hex')}/`));
     const cp = await new LogClient({ url: e.prefix, vkey: emptyVkey }).checkpoint();
     assert.equal(cp.checkpoint.size, 0);
     assert.equal(parseNote(cp.note).signatures.length, 2);
@@ -219,6 +221,13 @@ describe('trustix mirror', () => {
       direct.checkpoint(),
       (err) => err instanceof WitnessQuorumError && /signed by w1/.test(err.message),
     );
+  });
+
+  test('trustix gossip reads the mirror as a tlog-mirror monitoring prefix', async () => {
+    const client = new LogClient({ url: `${honest.url}/logs/default/`, vkey: honestVkey });
+    const r = await gossipWith(client, { name: 'm', url: `${mirror.url}/logs` }, { timeoutMs: 10_000 });
+    assert.equal(r.status, 'agree', r.message);
+    assert.equal(r.theirSize, 1050);
   });
 
   test('the deciding config falls back on mirrors when the log is down; answers still verify against its key', async () => {
