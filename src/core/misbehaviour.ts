@@ -30,7 +30,7 @@ import { type Checkpoint, parseCheckpoint } from './checkpoint.js';
 import { decodeEntry, indexPath, indexValue } from './entry.js';
 import { FormatError, TrustixError } from './errors.js';
 import { sha256 } from './hash.js';
-import { leafHash, rootFromLeafHashes, rootsFromConsistencyProof } from './merkle.js';
+import { EMPTY_ROOT, leafHash, nodeHash, rootsFromConsistencyProof } from './merkle.js';
 import { type NoteVerifier, openNote, verifierFromVkey } from './note.js';
 import { SMT_EMPTY, smtApplyBatch } from './smt.js';
 import { decodeEntryBundle, encodeEntryBundle } from './tiles.js';
@@ -251,9 +251,15 @@ function mapLine(cp: Checkpoint): string {
   return cp.mapRoot ? toBase64(cp.mapRoot) : 'none';
 }
 
-/** The roots of a tree of `entries`: RFC 6962 log root and the sparse index root. */
+/**
+ * The roots of a tree of `entries`: its RFC 6962 log root (kept as a stack of perfect subtree
+ * roots, so memory is O(log n) for it) and the sparse index root after replaying them in order.
+ * FormatError when an entry does not decode.
+ */
 export function rootsOfEntries(entries: readonly Uint8Array[]): { logRoot: Buffer; mapRoot: Buffer } {
-  const leaves: Buffer[] = [];
+  // perfect subtrees of the leaves so far, largest first, with their sizes
+  const stack: Buffer[] = [];
+  const sizes: number[] = [];
   const strata = new Map<string, Buffer>();
   let mapRoot = SMT_EMPTY;
   const CHUNK = 10_000;
@@ -262,14 +268,23 @@ export function rootsOfEntries(entries: readonly Uint8Array[]): { logRoot: Buffe
     for (let i = start; i < Math.min(entries.length, start + CHUNK); i++) {
       const e = decodeEntry(entries[i]);
       const leaf = leafHash(entries[i]);
-      leaves.push(leaf);
       updates.push({ path: indexPath(e.protocol, e.key), value: indexValue(i, leaf) });
+      let h = leaf;
+      let n = 1;
+      while (sizes.length > 0 && sizes[sizes.length - 1] === n) {
+        h = nodeHash(stack.pop() as Buffer, h);
+        n += sizes.pop() as number;
+      }
+      stack.push(h);
+      sizes.push(n);
     }
     const r = smtApplyBatch(mapRoot, updates, (id) => strata.get(id.toString('hex')));
     for (const [k, w] of r.writes) strata.set(k, Buffer.from(w.data));
     mapRoot = Buffer.from(r.root);
   }
-  return { logRoot: rootFromLeafHashes(leaves), mapRoot };
+  let logRoot = stack.length === 0 ? Buffer.from(EMPTY_ROOT) : (stack[stack.length - 1] as Buffer);
+  for (let i = stack.length - 2; i >= 0; i--) logRoot = nodeHash(stack[i], logRoot);
+  return { logRoot, mapRoot };
 }
 
 function check(p: MisbehaviourProof, verifiers: readonly NoteVerifier[]): string {

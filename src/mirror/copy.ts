@@ -17,7 +17,7 @@ import { mkdirSync } from 'node:fs';
 import { equalBytes, toBase64 } from '../core/bytes.js';
 import { type Checkpoint, openCheckpoint } from '../core/checkpoint.js';
 import { indexPathInto, writeIndexValueIndex } from '../core/entry.js';
-import { StorageError, VerificationError } from '../core/errors.js';
+import { StateError, StorageError, VerificationError } from '../core/errors.js';
 import { EMPTY_ROOT } from '../core/merkle.js';
 import {
   type Cosigner,
@@ -90,6 +90,8 @@ export class LogCopy {
    * append); dropped on any failure.
    */
   private overlay: Overlay | undefined;
+  /** Set by stop(): the next chunk ends the round, so a shutdown does not wait for a whole catch-up. */
+  private closing = false;
   /** A catch-up chunk's commit, running while the next chunk is fetched. */
   private committing: Promise<void> | undefined;
   /** Most entries held uncommitted before a catch-up commits (and stops serving until audited). */
@@ -217,6 +219,7 @@ export class LogCopy {
     chunk: VerifiedChunk | undefined,
   ): Promise<void> {
     if (this.failed) throw this.failed;
+    if (this.closing) throw new StateError('the mirror is stopping');
     await this.settle();
     if (rec.note !== undefined && rec.note !== this.pending) {
       const cp = openCheckpoint(rec.note, this.verifier).checkpoint;
@@ -391,7 +394,13 @@ export class LogCopy {
     return note + formatSignatureLine(this.cosigner.name, this.cosigner.keyId, sig);
   }
 
+  /** Refuses further chunks (see closing). */
+  stop(): void {
+    this.closing = true;
+  }
+
   async close(): Promise<void> {
+    this.closing = true;
     await this.settle().catch(() => {});
     await this.served.close();
     await this.store.close();

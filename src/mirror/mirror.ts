@@ -21,7 +21,7 @@ import type { Log } from '../log/log.js';
 import { writeProofFile } from '../misbehaviour/files.js';
 import { type AppContext, buildApp, type ServedLog } from '../server/app.js';
 import { WriterAuth } from '../server/auth.js';
-import { DEFAULT_LIMITS, LOG_ID_RE } from '../server/config.js';
+import { DEFAULT_LIMITS } from '../server/config.js';
 import { LookupCache } from '../server/lookup-cache.js';
 import { Metrics } from '../server/metrics.js';
 import { listen } from '../server/serve.js';
@@ -37,11 +37,11 @@ export function defaultMirrorName(): string {
 }
 
 /**
- * The id a log is served under (`/logs/<id>/`): its configured name when that is a valid node log
- * id, else the tlog-mirror origin hash (SHA-256 of the origin, lower-case hex).
+ * The id a log is served under (`/logs/<id>/`): the tlog-mirror origin hash, SHA-256 of the log's
+ * origin in lower-case hex, so that `<mirror>/logs` is a tlog-mirror monitoring prefix (what
+ * `trustix gossip` asks a cosigner of the policy for).
  */
 export function mirrorLogId(cfg: LogConfig): string {
-  if (LOG_ID_RE.test(cfg.name)) return cfg.name;
   return createHash('sha256').update(cfg.vkey.split('+')[0]).digest('hex');
 }
 
@@ -114,7 +114,10 @@ export class Mirror {
           throw new StateError(`log[${i}] (${cfg.name}): a mirror follows logs by url, not local state`);
         }
         const id = mirrorLogId(cfg);
-        if (ids.has(id)) throw new StateError(`log[${i}] (${cfg.name}): two logs would be served as ${id}`);
+        if (ids.has(id))
+          throw new StateError(
+            `log[${i}] (${cfg.name}): a mirror serves one log per origin, and another log has the same origin`,
+          );
         ids.add(id);
         const origin = cfg.vkey.split('+')[0];
         const stem = logFileStem({ origin, vkey: cfg.vkey });
@@ -233,7 +236,11 @@ export class Mirror {
   async close(): Promise<void> {
     this.draining = true;
     clearInterval(this.watch);
-    for (const l of this.logs) l.served.closed = true;
+    for (const l of this.logs) {
+      l.served.closed = true;
+      delete l.served.closedReason;
+      l.copy.stop();
+    }
     await this.follower.stop();
     await this.app.close();
     this.auth.close();

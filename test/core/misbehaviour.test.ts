@@ -9,6 +9,7 @@ import { after, test } from 'node:test';
 import { parseCheckpoint, signCheckpoint } from '../../src/core/checkpoint.js';
 import { encodeEntry } from '../../src/core/entry.js';
 import { FormatError } from '../../src/core/errors.js';
+import { leafHash, rootFromLeafHashes } from '../../src/core/merkle.js';
 import {
   consistencyProof,
   formatProof,
@@ -16,6 +17,7 @@ import {
   mapMismatchProof,
   parseProof,
   proofFileName,
+  rootsOfEntries,
   sameSizeProof,
   verifyProof,
 } from '../../src/core/misbehaviour.js';
@@ -123,6 +125,25 @@ test('malformed records are FormatErrors', () => {
     assert.throws(() => parseProof(text), FormatError, text);
   }
   assert.throws(() => verifyProof(parseProof(JSON.stringify(good)), 'not a key'), FormatError);
+});
+
+test('the log root of the entries is the RFC 6962 root at every size', () => {
+  const all = Array.from({ length: 21 }, (_, i) =>
+    encodeEntry({
+      protocol: 'nix',
+      key: Buffer.from(`k${i}`),
+      value: Buffer.alloc(32, i),
+      metadata: Buffer.alloc(0),
+    }),
+  );
+  for (let n = 0; n <= all.length; n++) {
+    const some = all.slice(0, n);
+    assert.deepEqual(
+      rootsOfEntries(some).logRoot,
+      rootFromLeafHashes(some.map((e) => leafHash(e))),
+      `size ${n}`,
+    );
+  }
 });
 
 const dirs: string[] = [];

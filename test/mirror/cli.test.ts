@@ -99,6 +99,11 @@ describe('trustix mirror (process)', () => {
     const vkeyLine = first.stdout.find((l) => / vkey /.test(l))!;
     assert.match(vkeyLine, /^mirror \S+ vkey \S+\+[0-9a-f]{8}\+/);
     assert.equal(statSync(join(state, 'mirror.key')).mode & 0o777, 0o600);
+    // nothing audited yet: the copy is not served, and says why
+    const firstPrefix = first.stdout.find((l) => l.startsWith('log cli prefix '))!.split(' ')[3];
+    const early = await fetch(`${firstPrefix}checkpoint`);
+    assert.equal(early.status, 503);
+    assert.match(await early.text(), /catching up with this log/);
     await lineMatching(first, /^log cli: catching up: \d+ of 20000 entries.*, [1-9]\d* committed$/);
     first.proc.kill('SIGKILL');
     await first.exited;

@@ -6,7 +6,7 @@ import { signCheckpoint } from '../../src/core/checkpoint.js';
 import { type Entry, encodeEntry, indexPath, indexValue } from '../../src/core/entry.js';
 import { sha256 } from '../../src/core/hash.js';
 import { leafHash, treeRoot } from '../../src/core/merkle.js';
-import { signerFromSkey } from '../../src/core/note.js';
+import { type Cosigner, formatSignatureLine, parseNote, signerFromSkey } from '../../src/core/note.js';
 import { smtApplyBatch } from '../../src/core/smt.js';
 import { appendToTiles, hashReaderFromTiles, type TileGetter } from '../../src/core/tiles.js';
 import { Log } from '../../src/log/log.js';
@@ -30,7 +30,20 @@ export async function honestLog(dir: string, origin: string, batches: Entry[][])
  * Appends `more` to the (closed) log in `dir` as a node would, index and all, but signs a
  * checkpoint whose `map` line is not the index's root: the lie a mirror must catch.
  */
-export async function appendWithLyingMap(dir: string, more: Entry[]): Promise<{ size: number }> {
+export function appendWithLyingMap(dir: string, more: Entry[]): Promise<{ size: number }> {
+  return appendByHand(dir, more, { lie: true });
+}
+
+/**
+ * Appends `more` to the (closed) log in `dir` as a node would, index and all, and signs the new
+ * checkpoint with the log's key, then `cosigners` (a log that gathered witness cosignatures), with
+ * a `map` line that is the index's root unless `lie`.
+ */
+export async function appendByHand(
+  dir: string,
+  more: Entry[],
+  opts: { lie?: boolean; cosigners?: Cosigner[] } = {},
+): Promise<{ size: number }> {
   const skey = readFileSync(join(dir, 'signing.key'), 'utf8').trim();
   const signer = signerFromSkey(skey);
   const store = LmdbLogStore.open(dir);
@@ -51,11 +64,12 @@ export async function appendWithLyingMap(dir: string, more: Entry[]): Promise<{ 
       value: indexValue(head.size + i, leaves.subarray(32 * i, 32 * i + 32)),
     }));
     const smt = store.read((s) => smtApplyBatch(head.mapRoot, updates, (id) => s.stratum(id)));
-    const lie = sha256(Buffer.from('not the index'));
-    const checkpoint = signCheckpoint(
-      { origin: signer.name, size, rootHash, mapRoot: lie, extensions: [] },
-      signer,
-    );
+    const mapRoot = opts.lie ? sha256(Buffer.from('not the index')) : smt.root;
+    let checkpoint = signCheckpoint({ origin: signer.name, size, rootHash, mapRoot, extensions: [] }, signer);
+    const { text } = parseNote(checkpoint);
+    for (const c of opts.cosigners ?? []) {
+      checkpoint += formatSignatureLine(c.name, c.keyId, c.sign(Buffer.from(text, 'utf8')));
+    }
     await store.commit({
       firstIndex: head.size,
       entries: data,

@@ -3,6 +3,7 @@
 // signed map line is not the index of its entries is caught with a proof file.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -14,8 +15,8 @@ import { cosignerFromSkey, generateKey, parseNote } from '../../src/core/note.js
 import { parsePolicy } from '../../src/core/policy.js';
 import { parseDecideConfig } from '../../src/decide/config.js';
 import { Decider, formatDecision } from '../../src/decide/decide.js';
-import { Log } from '../../src/log/log.js';
 import { Mirror } from '../../src/mirror/mirror.js';
+import { gossipWith } from '../../src/misbehaviour/gossip.js';
 import { entry } from '../client/helpers.js';
 import {
   cleanup,
@@ -24,7 +25,7 @@ import {
   tempDir,
   writeConfig,
 } from '../fixtures/server-helpers.js';
-import { appendWithLyingMap, entries, honestLog } from './fixtures.js';
+import { appendByHand, appendWithLyingMap, entries, honestLog } from './fixtures.js';
 
 const MAIN = new URL('../../src/cli/main.ts', import.meta.url).pathname;
 
@@ -48,6 +49,8 @@ describe('trustix mirror', () => {
   const dir = tempDir('trustix-mirror-');
   let honest: RunningServer;
   let liar: RunningServer;
+  let empty: RunningServer;
+  let emptyVkey: string;
   let honestVkey: string;
   let liarVkey: string;
   let mirror: Mirror;
@@ -58,9 +61,12 @@ describe('trustix mirror', () => {
     liarVkey = await honestLog(join(dir, 'liar'), 'liar.test/log', [entries(600, 'l')]);
     honest = await serve(join(dir, 'honest'), 'honest.test/log');
     liar = await serve(join(dir, 'liar'), 'liar.test/log');
+    emptyVkey = await honestLog(join(dir, 'empty'), 'empty.test/log', []);
+    empty = await serve(join(dir, 'empty'), 'empty.test/log');
     const config = trust([
       { name: 'honest', url: `${honest.url}/logs/default/`, vkey: honestVkey },
       { name: 'liar', url: `${liar.url}/logs/default/`, vkey: liarVkey },
+      { name: 'empty.test/log', url: `${empty.url}/logs/default/`, vkey: emptyVkey },
     ]);
     mirror = await Mirror.open(
       { stateDir: join(dir, 'mirror'), logs: config.logs, host: '127.0.0.1', port: 0, chunkBundles: 1 },
@@ -72,6 +78,7 @@ describe('trustix mirror', () => {
     await mirror?.close();
     await honest?.stop();
     await liar?.stop();
+    await empty?.stop();
     cleanup(dir);
   });
 
@@ -86,6 +93,14 @@ describe('trustix mirror', () => {
     assert.ok(h.audited);
     assert.equal(l.size, 600);
     assert.ok(l.audited);
+    // an empty log is audited too (empty tree, empty index); copies are served under the
+    // tlog-mirror origin hash
+    const e = mirror.statuses()[2];
+    assert.ok(e.audited, e.reason);
+    assert.ok(e.prefix.endsWith(`/logs/${createHash('sha256').update('empty.test/log').digest('hex')}/`));
+    const cp = await new LogClient({ url: e.prefix, vkey: emptyVkey }).checkpoint();
+    assert.equal(cp.checkpoint.size, 0);
+    assert.equal(parseNote(cp.note).signatures.length, 2);
     // 1000 entries in chunks of one bundle: progress while catching up, then the audited size
     assert.ok(
       lines.some((x) => /^log honest: audited size 1000: map line matches/.test(x)),
@@ -175,19 +190,44 @@ describe('trustix mirror', () => {
     assert.ok(existsSync(join(dir, 'mirror', 'proofs', proofs[0])));
   });
 
-  test('follows a growing log', async () => {
+  test('follows a growing log; a policy can require witnesses and the mirror together', async () => {
     const port = new URL(honest.url).port;
     await honest.stop();
-    const log = await Log.open(join(dir, 'honest'));
-    await log.submit(entries(50, 'g'));
-    await log.close();
+    // the log gathered a witness's cosignature for its new checkpoint
+    const witness = cosignerFromSkey(generateKey('w1.test/witness').skey);
+    await appendByHand(join(dir, 'honest'), entries(50, 'g'), { cosigners: [witness] });
     honest = await serve(join(dir, 'honest'), 'honest.test/log', `127.0.0.1:${port}`);
     await mirror.pollAll();
     const h = mirror.statuses()[0];
     assert.equal(h.size, 1050);
     assert.ok(h.audited);
-    const viaMirror = new LogClient({ url: h.prefix, vkey: honestVkey });
+    const both = parsePolicy(
+      `log ${honestVkey}\nwitness w1 ${witness.vkey}\nwitness m ${mirror.vkey}\ngroup both all w1 m\nquorum both\n`,
+    );
+    const viaMirror = new LogClient({ url: h.prefix, vkey: honestVkey, witnessPolicy: both });
     assert.equal((await viaMirror.lookup('nix', 'g-49')).status, 'present');
+    const cp = await viaMirror.checkpoint();
+    assert.deepEqual(
+      parseNote(cp.note).signatures.map((s) => s.name),
+      ['honest.test/log', 'w1.test/witness', mirror.cosigner.name],
+    );
+    // the log alone has the witness but not the mirror
+    const direct = new LogClient({
+      url: `${honest.url}/logs/default/`,
+      vkey: honestVkey,
+      witnessPolicy: both,
+    });
+    await assert.rejects(
+      direct.checkpoint(),
+      (err) => err instanceof WitnessQuorumError && /signed by w1/.test(err.message),
+    );
+  });
+
+  test('trustix gossip reads the mirror as a tlog-mirror monitoring prefix', async () => {
+    const client = new LogClient({ url: `${honest.url}/logs/default/`, vkey: honestVkey });
+    const r = await gossipWith(client, { name: 'm', url: `${mirror.url}/logs` }, { timeoutMs: 10_000 });
+    assert.equal(r.status, 'agree', r.message);
+    assert.equal(r.theirSize, 1050);
   });
 
   test('the deciding config falls back on mirrors when the log is down; answers still verify against its key', async () => {

@@ -154,6 +154,9 @@ describe('a log that forks is caught by the witnesses and by a client, with proo
   test('trustix verify proves both files with only the log key; a tampered proof is not proven', async () => {
     const ok = await cli(['verify', clientProof, witnessProof, '--vkey', vkey]);
     assert.equal(ok.code, 0, ok.stdout + ok.stderr);
+    // or with the log key from the trust config
+    const byConfig = await cli(['verify', clientProof, '--config', join(dir, 'b.toml')]);
+    assert.equal(byConfig.code, 0, byConfig.stdout + byConfig.stderr);
     assert.equal(
       ok.stdout.match(/: PROVEN: .* signed a tree of size 8 that does not extend its tree of size 7/g)
         ?.length,
@@ -187,6 +190,7 @@ describe('a log that forks is caught by the witnesses and by a client, with proo
     const malformed = await cli(['verify', tampered, '--vkey', vkey]);
     assert.equal(malformed.code, 2, malformed.stdout + malformed.stderr);
   });
+
   test('the user then shown fork A: the client refuses it and prints where the proof is', async () => {
     // A grows past the size the user trusts in B (8), so A's own proof from 8 shows the fork
     await submit(prefixA, vkey, stateA, ['a7', 'a8']);
