@@ -287,7 +287,7 @@ export class Cosigning implements CheckpointPublisher {
       this.opts.warn(
         h.met
           ? `log ${this.opts.id}: witness quorum met again at size ${h.head.size} (signed by ${signed})`
-          : `log ${this.opts.id}: checkpoint ${h.head.size} did not meet the witness quorum within ${seconds.toFixed(1)} s: signed by ${signed}; the policy needs ${quorumDescription(this.opts.policy)}. ${this.published ? `Still serving checkpoint ${this.published.size} at /checkpoint` : 'No checkpoint has met it yet'}`,
+          : `log ${this.opts.id}: checkpoint ${h.head.size} did not meet the witness quorum (gave up after ${seconds.toFixed(1)} s): signed by ${signed}; the policy needs ${quorumDescription(this.opts.policy)}. ${this.published ? `Still serving checkpoint ${this.published.size} at /checkpoint` : 'No checkpoint has met it yet'}`,
       );
     }
     this.forget();
