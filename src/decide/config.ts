@@ -21,6 +21,11 @@ export interface LogConfig {
   url?: string;
   /** ...a local log directory. */
   state?: string;
+  /**
+   * URL prefixes of mirrors serving a copy of the log (`trustix mirror`), asked in order when the
+   * log itself cannot be reached; their answers must verify against `vkey` all the same.
+   */
+  mirrors?: string[];
   vkey: string;
   weight: Rat;
   weightText: string;
@@ -188,7 +193,7 @@ export function parseDecideConfig(text: string, dir = process.cwd()): DecideConf
   const logs = doc.log.map((l, i): LogConfig => {
     const where = `log[${i}]`;
     const o = tableAt(l, where);
-    onlyFields(o, ['name', 'url', 'state', 'vkey', 'weight', 'witness_policy'], where);
+    onlyFields(o, ['name', 'url', 'state', 'vkey', 'weight', 'witness_policy', 'mirrors'], where);
     const vkeyText = nonEmptyString(o.vkey, `${where}.vkey`);
     let vkey: string;
     try {
@@ -219,15 +224,15 @@ export function parseDecideConfig(text: string, dir = process.cwd()): DecideConf
     }
     const out: LogConfig = { name, vkey, weight, weightText: String(o.weight ?? 1), ...policy };
     if (o.url !== undefined) {
-      const u = nonEmptyString(o.url, `${where}.url`);
-      try {
-        const parsed = new URL(u);
-        if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw new Error('not http');
-      } catch {
-        throw new FormatError(`${where}.url: not an http(s) URL: ${u}`);
+      out.url = httpUrl(o.url, `${where}.url`);
+      if (o.mirrors !== undefined) {
+        if (!Array.isArray(o.mirrors)) throw new FormatError(`${where}.mirrors: must be an array of URLs`);
+        out.mirrors = o.mirrors.map((m, j) => httpUrl(m, `${where}.mirrors[${j}]`));
       }
-      out.url = u;
     } else {
+      if (o.mirrors !== undefined) {
+        throw new FormatError(`${where}.mirrors: only a log given by url has mirrors to fall back on`);
+      }
       const s = nonEmptyString(o.state, `${where}.state`);
       out.state = isAbsolute(s) ? s : resolve(dir, s);
     }
@@ -250,6 +255,18 @@ export function parseDecideConfig(text: string, dir = process.cwd()): DecideConf
       : {}),
     protocol: doc.protocol === undefined ? 'nix' : nonEmptyString(doc.protocol, 'protocol'),
   };
+}
+
+/** An http(s) URL, or FormatError naming `where`. */
+function httpUrl(x: unknown, where: string): string {
+  const u = nonEmptyString(x, where);
+  try {
+    const parsed = new URL(u);
+    if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw new Error('not http');
+  } catch {
+    throw new FormatError(`${where}: not an http(s) URL: ${u}`);
+  }
+  return u;
 }
 
 /**

@@ -48,6 +48,8 @@ export interface ServedLog {
   metrics: LogMetrics;
   /** Set once the log is closing: reads and writes get 503 from then on. */
   closed: boolean;
+  /** Why a closed log is unavailable, when not because the server shuts down (a mirror catching up). */
+  closedReason?: string;
   /** Answer bodies (UTF-8 JSON) by the raw path of their GET. */
   lookupCache: LookupCache<Buffer>;
   /** Gzipped full entry bundles (immutable) by their path; see answerTile. */
@@ -550,7 +552,7 @@ export function buildApp(
   const getLog = (id: string): ServedLog => {
     const sl = ctx.logs.get(id);
     if (!sl) throw notFound(`no log ${JSON.stringify(id)}`);
-    if (sl.closed) throw unavailable('server is shutting down');
+    if (sl.closed) throw unavailable(sl.closedReason ?? 'server is shutting down');
     return sl;
   };
 
@@ -590,8 +592,10 @@ export function buildApp(
 
   // Counting per (route, status) with bound children: prom-client's label hashing is not free.
   const counters = new Map<string, Counter.Internal>();
-  app.addHook('onSend', (_req, reply, payload, done) => {
+  app.addHook('onSend', (req, reply, payload, done) => {
     if (ctx.draining()) reply.header('connection', 'close');
+    else if (!req.raw.complete && reply.getHeader('connection') === 'close')
+      drainBeforeClosing(req.raw, reply);
     done(null, payload);
   });
   app.addHook('onResponse', (req, reply, done) => {
@@ -625,6 +629,27 @@ export function buildApp(
   }
   if (listener.api.has('write')) registerWriteRoutes(app, ctx, getLog);
   return app;
+}
+
+/** How long the rest of a refused upload is read (and dropped) before the connection is closed. */
+const REFUSED_UPLOAD_DRAIN_MS = 2_000;
+
+/**
+ * A body refused before it was read (over the cap, or a parser error): Fastify answers with
+ * `connection: close`, and closing a socket whose receive buffer still holds the client's upload
+ * makes the kernel send a reset, which can discard the answer before the client reads it. So the
+ * answer goes out without `connection: close`; Node then reads and drops the rest of the body, and
+ * the connection is cut only if the client has not finished sending within a short time.
+ */
+function drainBeforeClosing(req: IncomingMessage, reply: FastifyReply): void {
+  reply.removeHeader('connection');
+  const socket = req.socket;
+  const timer = setTimeout(() => {
+    if (!req.complete) socket.destroy();
+  }, REFUSED_UPLOAD_DRAIN_MS);
+  timer.unref();
+  socket.once('close', () => clearTimeout(timer));
+  req.once('end', () => clearTimeout(timer));
 }
 
 /** Only JSON bodies; everything else is 415. The raw bytes are kept for signed requests. */

@@ -247,7 +247,7 @@ function removeSocket(path: string): void {
   }
 }
 
-async function listen(app: FastifyInstance, l: ListenConfig, i: number): Promise<string> {
+export async function listen(app: FastifyInstance, l: ListenConfig, i: number): Promise<string> {
   try {
     if (l.kind === 'tcp') {
       await app.listen({ host: l.host, port: l.port });
