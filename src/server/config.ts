@@ -271,14 +271,21 @@ export function parseConfig(
     }
     const keyFile = c.string(t, 'key_file', w, false);
     const policyFile = c.string(t, 'witness_policy', w, false);
+    let witnessPolicy: LogConfig['witnessPolicy'];
+    if (policyFile !== undefined) {
+      try {
+        witnessPolicy = readPolicy(path(policyFile), 'policy file');
+      } catch (err) {
+        if (err instanceof ConfigError) c.fail(`${w}.witness_policy`, err.message);
+        throw err;
+      }
+    }
     logs.push({
       id,
       origin,
       dir,
       ...(keyFile !== undefined ? { keyFile: path(keyFile) } : {}),
-      ...(policyFile !== undefined
-        ? { witnessPolicy: readPolicy(path(policyFile), `${w}.witness_policy`) }
-        : {}),
+      ...(witnessPolicy !== undefined ? { witnessPolicy } : {}),
     });
   });
   if (logs.length === 0) c.fail('log', 'at least one [[log]] is required');

@@ -174,28 +174,30 @@ export class Cosigning implements CheckpointPublisher {
     return this.published?.note ?? this.latest.note;
   }
 
-  /** Whether the latest checkpoint is still waiting for its quorum. */
+  /**
+   * Whether a lookup now would carry a checkpoint still waiting for its quorum: the latest one is,
+   * or the store already holds a newer one that the log has not handed over yet.
+   */
   pending(): boolean {
-    return !this.latest.settled;
+    return !this.latest.settled || this.opts.log.head().size > this.latest.head.size;
   }
 
   /**
-   * Resolves once the latest checkpoint has settled (met its quorum, or given up on), waiting at
-   * most the timeout: a lookup answered then carries the cosignatures of the checkpoint it reads.
+   * Resolves once the checkpoint a lookup would carry has settled (met its quorum, or given up on),
+   * waiting at most the timeout: an answer built then carries that checkpoint's cosignatures.
    */
   async ready(): Promise<void> {
-    if (this.latest.settled) return;
-    let timer: NodeJS.Timeout | undefined;
-    const expired = new Promise<void>((r) => {
-      timer = setTimeout(r, this.opts.timeoutMs);
-    });
-    let over = false;
-    void expired.then(() => {
-      over = true;
-    });
-    try {
-      while (!this.latest.settled && !over && !this.closed) await Promise.race([this.latest.done, expired]);
-    } finally {
+    const deadline = performance.now() + this.opts.timeoutMs;
+    while (!this.closed && this.pending()) {
+      const left = deadline - performance.now();
+      if (left <= 0) return;
+      // a commit the log has not handed over yet is a few event-loop turns away
+      const ahead = this.opts.log.head().size > this.latest.head.size;
+      let timer: NodeJS.Timeout | undefined;
+      const sleep = new Promise<void>((r) => {
+        timer = setTimeout(r, ahead ? Math.min(2, left) : left);
+      });
+      await (ahead ? sleep : Promise.race([this.latest.done, sleep]));
       clearTimeout(timer);
     }
   }
@@ -287,7 +289,7 @@ export class Cosigning implements CheckpointPublisher {
       this.opts.warn(
         h.met
           ? `log ${this.opts.id}: witness quorum met again at size ${h.head.size} (signed by ${signed})`
-          : `log ${this.opts.id}: checkpoint ${h.head.size} did not meet the witness quorum within ${seconds.toFixed(1)} s: signed by ${signed}; the policy needs ${quorumDescription(this.opts.policy)}. ${this.published ? `Still serving checkpoint ${this.published.size} at /checkpoint` : 'No checkpoint has met it yet'}`,
+          : `log ${this.opts.id}: checkpoint ${h.head.size} did not meet the witness quorum (gave up after ${seconds.toFixed(1)} s): signed by ${signed}; the policy needs ${quorumDescription(this.opts.policy)}. ${this.published ? `Still serving checkpoint ${this.published.size} at /checkpoint` : 'No checkpoint has met it yet'}`,
       );
     }
     this.forget();

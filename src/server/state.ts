@@ -62,6 +62,11 @@ export function prepareState(opts: ServeOptions): PreparedState {
       `--origin: ${JSON.stringify(opts.origin)} is not a valid log origin (no spaces, no "+")`,
     );
   }
+  // read before anything is written, so a bad file leaves a new state directory untouched
+  const policy =
+    opts.witnessPolicy === undefined
+      ? undefined
+      : readPolicy(resolve(opts.witnessPolicy), '--witness-policy');
   const notes: string[] = [];
   let configFile: string;
   let config: ServerConfig;
@@ -91,10 +96,7 @@ export function prepareState(opts: ServeOptions): PreparedState {
     }
   }
   checkTokenFiles(join(dirname(configFile), 'writers'));
-  if (opts.witnessPolicy !== undefined) {
-    const policy = readPolicy(resolve(opts.witnessPolicy), '--witness-policy');
-    for (const l of config.logs) l.witnessPolicy = policy;
-  }
+  if (policy !== undefined) for (const l of config.logs) l.witnessPolicy = policy;
   if (listen)
     config.listeners = [{ kind: 'tcp', host: listen.host, port: listen.port, api: new Set(API_NAMES) }];
   if (config.listeners.length === 0) {

@@ -25,7 +25,7 @@ interface FakeWitness {
 /** `sign`: the key whose cosignature it answers with (its own unless a test says otherwise); no answer when `hang`. */
 async function fakeWitness(
   name: string,
-  opts: { hang?: boolean; signWith?: Cosigner } = {},
+  opts: { hang?: boolean; signWith?: Cosigner; delayMs?: number } = {},
 ): Promise<FakeWitness> {
   const cosigner = cosignerFromSkey(generateKey(name).skey);
   const requests: string[] = [];
@@ -42,11 +42,16 @@ async function fakeWitness(
         parseNote(note).text,
         Math.floor(Date.now() / 1000),
       );
-      res.writeHead(200, { 'content-type': 'text/plain' }).end(line);
+      setTimeout(() => res.writeHead(200, { 'content-type': 'text/plain' }).end(line), opts.delayMs ?? 0);
     });
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   return { cosigner, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, requests, server };
+}
+
+/** The checkpoint note of a lookup answer, as the server sends it. */
+function lookupNote(log: Log): string {
+  return (JSON.parse(log.lookupJson('nix', Buffer.from('a')).body) as { checkpoint: string }).checkpoint;
 }
 
 describe('cosigning against fake witnesses', () => {
@@ -97,6 +102,22 @@ describe('cosigning against fake witnesses', () => {
       warnings.some((w) => /witness W2 .* is not cosigning: no answer within 1500 ms/.test(w)),
       warnings.join('\n'),
     );
+  });
+
+  test('a lookup made while a checkpoint waits for its witnesses carries their cosignatures once ready() resolves', async () => {
+    const slow = await fakeWitness('slow.example/w', { delayMs: 1000 });
+    const { log, policy, cosign } = await setup([slow], 'quorum W1', 10_000);
+    await cosign.ready();
+    const submitted = log.submit([entry('a')]);
+    while (log.head().size < 1) await new Promise((r) => setTimeout(r, 1));
+    // committed, not witnessed yet: an answer now would lack the quorum
+    assert.equal(cosign.pending(), true);
+    assert.equal(evaluateQuorum(policy, lookupNote(log)).met, false);
+    await cosign.ready();
+    assert.equal(cosign.pending(), false);
+    const note = lookupNote(log);
+    assert.equal(evaluateQuorum(policy, note).met, true);
+    assert.equal((await submitted)[0].checkpoint, note);
   });
 
   test('a cosignature by another key is not appended; /checkpoint keeps the last checkpoint that met the quorum', async () => {

@@ -37,19 +37,17 @@ import {
   writeConfig,
 } from '../fixtures/server-helpers.js';
 
-const TIMEOUT_MS = 3000;
+/** witness_timeout_ms: generous, as witnesses that just started on a loaded machine can be slow. */
+const TIMEOUT_MS = 20_000;
+/** Process start-up on a loaded machine (tsx compiles on start) can take a while. */
+const START_MS = 90_000;
 
 function startWitness(dir: string, i: number, logVkey: string, listen = '127.0.0.1:0') {
-  return startCommand('witness', [
-    '--state',
-    join(dir, `w${i}`),
-    '--listen',
-    listen,
-    '--log',
-    logVkey,
-    '--name',
-    `w${i}.example/witness`,
-  ]);
+  return startCommand(
+    'witness',
+    ['--state', join(dir, `w${i}`), '--listen', listen, '--log', logVkey, '--name', `w${i}.example/witness`],
+    START_MS,
+  );
 }
 
 async function metric(url: string, name: string, labels: string): Promise<number | undefined> {
@@ -64,14 +62,14 @@ describe('a node that gathers cosignatures from three real witnesses', () => {
   const dir = tempDir('trustix-cosign-');
   const state = join(dir, 'node');
   let node: RunningServer;
-  let witnesses: RunningServer[] = [];
+  const witnesses: RunningServer[] = [];
   let policy: WitnessPolicy;
   let policyFile: string;
   let prefix: string;
   let vkey: string;
 
   const serve = () =>
-    startServer(['--state', state, '--listen', '127.0.0.1:0', '--witness-policy', policyFile]);
+    startServer(['--state', state, '--listen', '127.0.0.1:0', '--witness-policy', policyFile], START_MS);
   const client = (trustStore = new MemoryTrustStore()) =>
     new LogClient({ url: prefix, vkey, trustStore, witnessPolicy: policy });
   const write = (keys: string[]) =>
@@ -82,11 +80,12 @@ describe('a node that gathers cosignatures from three real witnesses', () => {
 
   before(async () => {
     // first start without witnesses: it creates the log, whose key the witnesses need
-    const first = await startServer(['--state', state, '--listen', '127.0.0.1:0']);
+    const first = await startServer(['--state', state, '--listen', '127.0.0.1:0'], START_MS);
     vkey = first.vkey;
     await first.stop();
     appendFileSync(join(state, 'trustix.toml'), `witness_timeout_ms = ${TIMEOUT_MS}\n`);
-    witnesses = await Promise.all([1, 2, 3].map((i) => startWitness(dir, i, vkey)));
+    // one by one, so that after() stops those that started even if one does not
+    for (const i of [1, 2, 3]) witnesses.push(await startWitness(dir, i, vkey));
     policyFile = writeConfig(
       dir,
       `${witnesses.map((w, i) => `witness W${i + 1} ${w.vkey} ${w.url}`).join('\n')}
@@ -185,10 +184,12 @@ quorum two-of-three
     }
     const c = client();
     // the node asks them again after its back-off; a new write gives it a new checkpoint to send
+    // (its back-off doubles up to 30 s while they are down)
     let receipts = await write(['back-1']);
-    for (let i = 0; i < 40 && !evaluateQuorum(policy, receipts[0].checkpoint).met; i++) {
-      await new Promise((r) => setTimeout(r, 250));
-      receipts = await write([`back-${i + 2}`]);
+    const deadline = Date.now() + 90_000;
+    for (let i = 2; Date.now() < deadline && !evaluateQuorum(policy, receipts[0].checkpoint).met; i++) {
+      await new Promise((r) => setTimeout(r, 500));
+      receipts = await write([`back-${i}`]);
     }
     assert.equal(evaluateQuorum(policy, receipts[0].checkpoint).met, true);
     const size = Number(receipts[0].checkpoint.split('\n')[1]);
