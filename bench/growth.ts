@@ -136,6 +136,15 @@ function countingStore(store: LogStore, reads: StoreReads): () => void {
   };
 }
 
+/** Bytes of sparse index rows the commits hand to the store, counted by wrapping its commit. */
+function countingCommits(store: LogStore, written: { strataBytes: number }): void {
+  const original = store.commit;
+  store.commit = (batch) => {
+    for (const s of batch.strataWrites) written.strataBytes += s.data.length;
+    return original.call(store, batch);
+  };
+}
+
 const mib = (b: number) => Math.round(b / 2 ** 20);
 const per = (x: number, n: number, digits = 2) => Math.round((x / n) * 10 ** digits) / 10 ** digits;
 
@@ -152,10 +161,13 @@ const rows: GrowthRow[] = [];
 try {
   const log = await Log.create(dir, 'bench.example/log', { maxBatch: BATCH, batchDelayMs: 5 });
   const keys: Buffer[] = [];
+  const committed = { strataBytes: 0 };
+  countingCommits(log.storage, committed);
   for (let size = 0; size < N; ) {
     const step = Math.min(STEP, N - size);
     peak.anon = 0;
     const io = diskIo();
+    const strataBefore = committed.strataBytes;
     const ru = process.resourceUsage();
     let cpu = process.cpuUsage();
     const seconds = await ingest(log, step, keys);
@@ -201,6 +213,7 @@ try {
       sys_us_per_entry: per(ingestSys, step, 1),
       written_bytes_per_entry: Math.round(written / step),
       written_mib_per_batch: per(written / 2 ** 20, Math.ceil(step / BATCH), 1),
+      strata_bytes_per_entry: Math.round((committed.strataBytes - strataBefore) / step),
       read_bytes_per_entry: Math.round((io2.readBytes - io.readBytes) / step),
       major_faults_per_entry: per(ru2.majorPageFault - ru.majorPageFault, step, 3),
       minor_faults_per_entry: per(ru2.minorPageFault - ru.minorPageFault, step, 3),
