@@ -59,6 +59,11 @@ export interface LogOptions {
   batchDelayMs?: number;
   /** Most submissions waiting to be sequenced; beyond it `submit` fails with PoolFullError. */
   maxPending?: number;
+  /**
+   * Full tiles kept in memory (default 4096: 64 MiB of leaf tiles, every leaf tile up to a million
+   * entries). Once it is full, a lookup reads a leaf tile it misses in place from the store instead.
+   */
+  cachedTiles?: number;
   /** Called after each sequenced batch (for metrics). */
   onBatch?: (batch: BatchInfo) => void;
 }
@@ -285,8 +290,11 @@ class Prepared {
 }
 
 const SIGNING_KEY_FILE = 'signing.key';
-/** 4096 full tiles: about 8 MiB of hashes, enough for every upper-level tile of a huge log. */
-const MAX_CACHED_TILES = 4096;
+/**
+ * Full tiles cached by default (LogOptions.cachedTiles): 16 KiB each, 64 MiB in all; every leaf tile
+ * of a million entries, and every upper tile of a huge log.
+ */
+const CACHED_TILES = 4096;
 /** Upper audit-path parts remembered for one tree size (about 0.6 KB each at a million leaves). */
 const MAX_PROOF_TOPS = 65_536;
 /**
@@ -361,6 +369,7 @@ export class Log {
   private readonly onBatch: ((b: BatchInfo) => void) | undefined;
   /** Full tiles never change, so they are cached across snapshots (bounded, oldest dropped first). */
   private readonly fullTiles = new Map<number, StoredTile>();
+  private readonly cachedTiles: number;
   /**
    * The top two strata levels (at most 257 rows: slot 0 is the root stratum, slot 1 + b the
    * depth-8 stratum under first byte b) are read by every lookup and every batch. They are
@@ -415,6 +424,7 @@ export class Log {
     this.maxBatch = opts.maxBatch ?? 10_000;
     this.batchDelayMs = opts.batchDelayMs ?? 20;
     this.maxPending = opts.maxPending ?? 200_000;
+    this.cachedTiles = opts.cachedTiles ?? CACHED_TILES;
     this.onBatch = opts.onBatch;
   }
 
@@ -545,7 +555,7 @@ export class Log {
       t = snap.tile(level, index);
       memo.set(k, t);
       if (t && t.width === TILE_WIDTH && (leafTiles || level > 0)) {
-        if (this.fullTiles.size >= MAX_CACHED_TILES)
+        if (this.fullTiles.size >= this.cachedTiles)
           this.fullTiles.delete(this.fullTiles.keys().next().value!);
         this.fullTiles.set(k, t);
       }
@@ -1250,9 +1260,17 @@ export class Log {
   private proofBelowB64(snap: LogSnapshot, index: number, top: ProofTop, out: string[]): number {
     const tile = Math.floor(index / TILE_WIDTH);
     // Inside a full tile the audit path is one stored hash per row, encoded straight from the tile
-    // (usually from the cache of full tiles, without a getter for this one lookup).
+    // (usually from the cache of full tiles, without a getter for this one lookup). Once the cache
+    // is full, a missed tile is read in place (peekTile) and not cached: copying its 16 KiB and
+    // dropping another tile made a lookup that missed cost about half as much again as one that
+    // hit, where reading in place costs about what a hit does, and a random key's tile is as
+    // likely in the cache either way (docs/performance.md, "Growth").
     if (top.n === TILE_WIDTH) {
-      const t = this.fullTiles.get(tileKey(0, tile)) ?? this.tileGetter(snap)(0, tile);
+      const t =
+        this.fullTiles.get(tileKey(0, tile)) ??
+        (this.fullTiles.size >= this.cachedTiles && snap.peekTile
+          ? snap.peekTile(0, tile)
+          : this.tileGetter(snap)(0, tile));
       if (t !== undefined && t.width === TILE_WIDTH && t.expanded.length === expandedTileSize(TILE_WIDTH)) {
         const ex = Buffer.isBuffer(t.expanded)
           ? t.expanded
