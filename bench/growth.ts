@@ -38,6 +38,8 @@ Environment:
   TRUSTIX_BENCH_GROWTH_BARS=1   reach 4 steps (1M and 4M by default): the ${LIMIT}x check of
                                 CPU per entry and per lookup between the first and the last step
   TRUSTIX_BENCH_GROWTH_DIR      where the throwaway store goes (default: the temporary directory)
+  TRUSTIX_BENCH_GROWTH_TILES    full tiles the log caches (default 4096, every leaf tile of 1M
+                                entries): a smaller cache shows at 1M the hit rate of a larger log
 
 Options:
   --check   exit with status 1 if CPU per entry or per lookup of the last step is more than
@@ -72,6 +74,9 @@ const STEP = positiveInt('TRUSTIX_BENCH_GROWTH_STEP', 1_000_000);
 const BARS = process.env.TRUSTIX_BENCH_GROWTH_BARS === '1';
 const N = BARS ? 4 * STEP : positiveInt('TRUSTIX_BENCH_GROWTH_N', 10_000_000);
 const LOOKUPS = positiveInt('TRUSTIX_BENCH_GROWTH_LOOKUPS', 50_000);
+const TILES = process.env.TRUSTIX_BENCH_GROWTH_TILES
+  ? positiveInt('TRUSTIX_BENCH_GROWTH_TILES', 0)
+  : undefined;
 const parent = process.env.TRUSTIX_BENCH_GROWTH_DIR || tmpdir();
 
 const free = (() => {
@@ -159,7 +164,11 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
 const peak = new PeakMemory().start();
 const rows: GrowthRow[] = [];
 try {
-  const log = await Log.create(dir, 'bench.example/log', { maxBatch: BATCH, batchDelayMs: 5 });
+  const log = await Log.create(dir, 'bench.example/log', {
+    maxBatch: BATCH,
+    batchDelayMs: 5,
+    cachedTiles: TILES,
+  });
   const keys: Buffer[] = [];
   const committed = { strataBytes: 0 };
   countingCommits(log.storage, committed);
