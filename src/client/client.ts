@@ -13,11 +13,18 @@ import { type Checkpoint, openCheckpoint } from '../core/checkpoint.js';
 import { type Entry, encodeEntry } from '../core/entry.js';
 import { FormatError, StorageError, TrustixError, VerificationError } from '../core/errors.js';
 import { type LookupAnswer, MAX_LOOKUP_KEYS, parseLookupAnswer, verifyLookup } from '../core/lookup.js';
-import { leafHash, verifyConsistency, verifyInclusion } from '../core/merkle.js';
+import { leafHash, rootFromLeafHashes, verifyConsistency, verifyInclusion } from '../core/merkle.js';
+import {
+  consistencyProof as consistencyMisbehaviour,
+  type MisbehaviourProof,
+  sameSizeProof,
+  verifyProof,
+} from '../core/misbehaviour.js';
 import { type NoteVerifier, signerFromSkey, verifierFromVkey } from '../core/note.js';
 import { policyCoversLog, requireQuorum, type WitnessPolicy } from '../core/policy.js';
 import { type ParsedReceipt, parseReceipts } from '../core/receipts.js';
-import { decodeEntryBundle, entriesPath, TILE_WIDTH, tilePath } from '../core/tiles.js';
+import { decodeEntryBundle, entriesPath, TILE_HEIGHT, TILE_WIDTH, tilePath } from '../core/tiles.js';
+import { writeProofFile } from '../misbehaviour/files.js';
 import {
   BadResponseError,
   ForkError,
@@ -58,6 +65,11 @@ export interface LogClientOptions {
    * quorum, else WitnessQuorumError ('witness.quorum') and the checkpoint is not trusted.
    */
   witnessPolicy?: WitnessPolicy;
+  /**
+   * Where to write a misbehaviour proof (core/misbehaviour.ts) when the log is caught forking
+   * (ForkError); its path is then in the error's message and `proofFile`. Default: not written.
+   */
+  proofDir?: string;
 }
 
 /** A lookup waiting to be sent in a `POST lookup` request. */
@@ -144,6 +156,7 @@ export class LogClient {
   private readonly witnessPolicy: WitnessPolicy | undefined;
   /** Notes whose cosignatures met the witness policy (bounded like openedNotes). */
   private readonly witnessedNotes = new Set<string>();
+  private readonly proofDir: string | undefined;
 
   constructor(opts: LogClientOptions) {
     const url = new URL(opts.url);
@@ -174,6 +187,7 @@ export class LogClient {
       );
     }
     this.witnessPolicy = opts.witnessPolicy;
+    this.proofDir = opts.proofDir;
   }
 
   get identity(): LogIdentity {
@@ -477,6 +491,26 @@ export class LogClient {
   }
 
   /**
+   * Checks a signed checkpoint of this log that someone else holds (a witness, a mirror, another
+   * user) against the trusted one, without trusting it or changing the trust store: the log's
+   * signature, then one root per size and, between two sizes, the log's own consistency proof.
+   * ForkError (with the misbehaviour proof, written to `proofDir`) when both cannot be true;
+   * UnprovenGrowthError when the log does not give the proof. Returns the two sizes compared.
+   */
+  async crossCheck(note: string): Promise<{ trusted: TrustedCheckpoint; theirs: TrustedCheckpoint }> {
+    const theirs = { note, checkpoint: this.open(note) };
+    const trusted = (await this.trusted()) ?? (await this.checkpoint());
+    const a = trusted.checkpoint.size;
+    const b = theirs.checkpoint.size;
+    const [older, newer] = a <= b ? [trusted, theirs] : [theirs, trusted];
+    const lo = older.checkpoint.size;
+    const hi = newer.checkpoint.size;
+    const proof = lo === 0 || lo === hi ? [] : await this.growthProof(lo, hi, a);
+    await this.verifyConsistent(older, newer, proof, a);
+    return { trusted, theirs };
+  }
+
+  /**
    * A verified consistency proof from `oldNote` (a signed checkpoint of this log, e.g. a saved or
    * remembered one) to the latest checkpoint.
    */
@@ -494,7 +528,7 @@ export class LogClient {
       latest.checkpoint.size === old.checkpoint.size
         ? []
         : await this.growthProof(old.checkpoint.size, latest.checkpoint.size, old.checkpoint.size);
-    this.verifyConsistent(old, latest, proof, old.checkpoint.size);
+    await this.verifyConsistent(old, latest, proof, old.checkpoint.size);
     return { old, new: latest, proof };
   }
 
@@ -701,18 +735,18 @@ export class LogClient {
       const c = current.checkpoint;
       const n = t.checkpoint;
       if (n.size === c.size) {
-        this.verifyConsistent(current, t, [], c.size);
+        await this.verifyConsistent(current, t, [], c.size);
         return;
       }
       if (n.size > c.size) {
         const proof = c.size === 0 ? [] : await this.growthProof(c.size, n.size, c.size);
-        this.verifyConsistent(current, t, proof, c.size);
+        await this.verifyConsistent(current, t, proof, c.size);
         const r = await this.trust.compareAndSet(this.identity, current.note, t.note, this.recordInfo(t));
         if (r.ok) return;
         continue;
       }
       const proof = n.size === 0 ? [] : await this.growthProof(n.size, c.size, c.size);
-      this.verifyConsistent(t, current, proof, c.size);
+      await this.verifyConsistent(t, current, proof, c.size);
       return;
     }
     throw new StorageError('the trust store keeps changing; too many concurrent updates');
@@ -741,8 +775,76 @@ export class LogClient {
     }
   }
 
-  /** Throws ForkError or InvalidProofError unless `older` is a prefix of `newer` by `proof`. */
-  private verifyConsistent(
+  /**
+   * Throws ForkError or InvalidProofError unless `older` is a prefix of `newer` by `proof`. A
+   * ForkError carries the misbehaviour proof of the two checkpoints, written to `proofDir` if set.
+   */
+  private async verifyConsistent(
+    older: TrustedCheckpoint,
+    newer: TrustedCheckpoint,
+    proof: Buffer[],
+    trustedSize: number,
+  ): Promise<void> {
+    try {
+      this.checkConsistent(older, newer, proof, trustedSize);
+    } catch (err) {
+      if (err instanceof ForkError) throw await this.withProof(err, older, newer, proof);
+      throw err;
+    }
+  }
+
+  /**
+   * Adds the misbehaviour proof of a fork to `err` (core/misbehaviour.ts) and writes it to
+   * `proofDir`. From a power-of-two size the log's proof leaves out the older root, so the newer
+   * tree's root at that size is fetched from its tiles to complete it (best effort: the fork is
+   * reported either way).
+   */
+  private async withProof(
+    err: ForkError,
+    older: TrustedCheckpoint,
+    newer: TrustedCheckpoint,
+    proof: Buffer[],
+  ): Promise<ForkError> {
+    const by = { observer: `client of ${this.url.href}` };
+    const a = older.checkpoint.size;
+    const b = newer.checkpoint.size;
+    let p: MisbehaviourProof;
+    if (a === b) p = sameSizeProof(this.vkey, older.note, newer.note, by);
+    else {
+      p = consistencyMisbehaviour(this.vkey, older.note, newer.note, proof, by);
+      if (!verifyProof(p, this.vkey).proven && (a & (a - 1)) === 0 && a > 0) {
+        try {
+          const seed = await this.prefixRoot(a, b);
+          p = consistencyMisbehaviour(this.vkey, older.note, newer.note, [seed, ...proof], by);
+        } catch {
+          // the fork stands without it
+        }
+      }
+    }
+    err.proof = p;
+    if (this.proofDir !== undefined) {
+      try {
+        err.proofFile = writeProofFile(this.proofDir, p);
+        err.message += `; proof written to ${err.proofFile}`;
+      } catch (e) {
+        err.message += `; cannot write its proof: ${(e as Error).message}`;
+      }
+    }
+    return err;
+  }
+
+  /** The root of the first `size` (a power of two) leaves of the log's tree of `treeSize`, from a tile. */
+  private async prefixRoot(size: number, treeSize: number): Promise<Buffer> {
+    const level = Math.log2(size);
+    const tileLevel = Math.floor(level / TILE_HEIGHT);
+    const width = Math.min(TILE_WIDTH, Math.floor(treeSize / 2 ** (TILE_HEIGHT * tileLevel)));
+    const tile = await this.tile(tileLevel, 0, width);
+    const count = 2 ** (level - TILE_HEIGHT * tileLevel);
+    const hashes = Array.from({ length: count }, (_, i) => tile.subarray(32 * i, 32 * i + 32));
+    return rootFromLeafHashes(hashes);
+  }
+
+  private checkConsistent(
     older: TrustedCheckpoint,
     newer: TrustedCheckpoint,
     proof: Buffer[],

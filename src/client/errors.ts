@@ -5,6 +5,7 @@
  * answer, nothing learned).
  */
 import { TrustixError, VerificationError } from '../core/errors.js';
+import type { MisbehaviourProof } from '../core/misbehaviour.js';
 
 /** The log presented a checkpoint smaller than one this client already trusted. check: 'trust.rollback'. */
 export class RollbackError extends VerificationError {
@@ -27,6 +28,10 @@ export class RollbackError extends VerificationError {
  * does not connect to the trusted one ('trust.fork-inconsistent').
  */
 export class ForkError extends VerificationError {
+  /** The two checkpoints (and the log's proof) as a misbehaviour proof, once the client made it. */
+  proof?: MisbehaviourProof;
+  /** Where that proof was written, if the client writes proofs. */
+  proofFile?: string;
   constructor(
     check: 'trust.fork-same-size' | 'trust.fork-inconsistent',
     readonly trustedSize: number,

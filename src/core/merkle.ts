@@ -503,26 +503,61 @@ export function verifyConsistency(
   checkHash(root1, 'consistency.hash-length', 'old root');
   checkHash(root2, 'consistency.hash-length', 'new root');
   checkProofHashes(proof, 'consistency.hash-length');
-
-  // The old tree's rightmost perfect subtree, node (shift, index), is also complete in the new
-  // tree. The proof is that node's hash (omitted when it is the whole old tree, i.e. when size1
-  // is a power of two) followed by its audit path among the level-`shift` nodes of the new tree.
-  // The path's left siblings are exactly the old tree's other perfect subtrees.
-  const shift = trailingZeros(size1);
-  const unit = POW2[shift];
-  const index = size1 / unit - 1;
-  const last = Math.floor((size2 - 1) / unit);
-  const inner = xorBitLength(index, last);
-  const border = popcount(Math.floor(index / POW2[inner]));
-  const seeded = index !== 0;
-  const expected = (seeded ? 1 : 0) + inner + border;
-  if (proof.length !== expected) {
+  const { count } = consistencyShape(size1, size2);
+  if (proof.length !== count) {
     throw new VerificationError(
       'consistency.proof-length',
-      `consistency proof from ${size1} to ${size2} needs ${expected} hashes, got ${proof.length}`,
+      `consistency proof from ${size1} to ${size2} needs ${count} hashes, got ${proof.length}`,
     );
   }
-  const seed = seeded ? proof[0] : root1;
+  const { oldRoot: r1, newRoot: r2 } = rootsFromConsistencyProof(size1, size2, proof, root1);
+  if (!equalBytes(r1, root1)) {
+    throw new VerificationError(
+      'consistency.root1-mismatch',
+      `consistency proof does not lead to the root of the old tree of size ${size1}`,
+    );
+  }
+  if (!equalBytes(r2, root2)) {
+    throw new VerificationError(
+      'consistency.root2-mismatch',
+      `consistency proof does not lead to the root of the new tree of size ${size2}`,
+    );
+  }
+}
+
+/**
+ * The two roots that a consistency proof from size1 to size2 (0 < size1 < size2) leads to, by the
+ * RFC 9162 2.1.4.2 algorithm: the proof's hashes placed where the sizes say and folded up. The
+ * old tree's rightmost perfect subtree, node (shift, index), is also complete in the new tree. The
+ * proof is that node's hash (omitted when it is the whole old tree, i.e. when size1 is a power of
+ * two) followed by its audit path among the level-`shift` nodes of the new tree; the path's left
+ * siblings are exactly the old tree's other perfect subtrees.
+ *
+ * When size1 is a power of two the fold starts from `seedOldRoot`, or, if the proof has one hash
+ * more than the RFC's, from that first hash: the new tree's own root at size1, which a
+ * misbehaviour proof needs (core/misbehaviour.ts) to show that the new tree's prefix is not the
+ * old tree. VerificationError 'consistency.proof-length' when the count fits neither form.
+ */
+export function rootsFromConsistencyProof(
+  size1: number,
+  size2: number,
+  proof: readonly Uint8Array[],
+  seedOldRoot?: Uint8Array,
+): { oldRoot: Buffer; newRoot: Buffer } {
+  const { index, inner, count } = consistencyShape(size1, size2);
+  checkProofHashes(proof, 'consistency.hash-length');
+  const seeded = index !== 0 || proof.length === count + 1;
+  if (proof.length !== count && !(seeded && index === 0)) {
+    throw new VerificationError(
+      'consistency.proof-length',
+      `consistency proof from ${size1} to ${size2} needs ${count} hashes, got ${proof.length}`,
+    );
+  }
+  if (!seeded && seedOldRoot === undefined) {
+    throw new VerificationError('consistency.proof-length', `a proof from ${size1} needs the old root first`);
+  }
+  const seed = seeded ? proof[0] : (seedOldRoot as Uint8Array);
+  checkHash(seed, 'consistency.hash-length', 'old root');
   let r1: Buffer = Buffer.from(seed);
   let r2: Buffer = r1;
   let p = seeded ? 1 : 0;
@@ -538,16 +573,24 @@ export function verifyConsistency(
     r1 = nodeHash(proof[p], r1);
     r2 = nodeHash(proof[p], r2);
   }
-  if (!equalBytes(r1, root1)) {
+  return { oldRoot: r1, newRoot: r2 };
+}
+
+/** Where a consistency proof from size1 to size2 starts, and its RFC 9162 length (`count`). */
+function consistencyShape(size1: number, size2: number): { index: number; inner: number; count: number } {
+  checkCount(size1, 'old tree size');
+  checkCount(size2, 'new tree size');
+  if (!(size1 > 0 && size1 < size2)) {
     throw new VerificationError(
-      'consistency.root1-mismatch',
-      `consistency proof does not lead to the root of the old tree of size ${size1}`,
+      'consistency.size-order',
+      `a consistency proof needs 0 < ${size1} < ${size2}`,
     );
   }
-  if (!equalBytes(r2, root2)) {
-    throw new VerificationError(
-      'consistency.root2-mismatch',
-      `consistency proof does not lead to the root of the new tree of size ${size2}`,
-    );
-  }
+  const shift = trailingZeros(size1);
+  const unit = POW2[shift];
+  const index = size1 / unit - 1;
+  const last = Math.floor((size2 - 1) / unit);
+  const inner = xorBitLength(index, last);
+  const border = popcount(Math.floor(index / POW2[inner]));
+  return { index, inner, count: (index !== 0 ? 1 : 0) + inner + border };
 }

@@ -6,8 +6,8 @@
 import { decodeBase64Strict, equalBytes } from '../core/bytes.js';
 import { FormatError, VerificationError } from '../core/errors.js';
 import { EMPTY_ROOT, verifyConsistency } from '../core/merkle.js';
+import type { MisbehaviourKind } from '../core/misbehaviour.js';
 import { type Cosigner, formatSignatureLine, type NoteVerifier, openNote, parseNote } from '../core/note.js';
-import type { ConflictKind } from './evidence.js';
 import { type CheckpointHead, parseCheckpointHead } from './head.js';
 
 /** A log the witness follows: its origin (the checkpoint's first line) and the keys it trusts for it. */
@@ -134,7 +134,7 @@ export function openSubmittedCheckpoint(
 
 /** A validly signed checkpoint that cannot be true together with the one the witness cosigned. */
 export interface Contradiction {
-  kind: ConflictKind;
+  kind: Exclude<MisbehaviourKind, 'map-mismatch'>;
   /** The stored note the witness cosigned. */
   cosigned: string;
 }

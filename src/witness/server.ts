@@ -10,8 +10,8 @@ import { createHash } from 'node:crypto';
 import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import { Counter, Gauge, Registry } from 'prom-client';
 import { StateError } from '../core/errors.js';
+import { consistencyProof, type MisbehaviourProof, sameSizeProof } from '../core/misbehaviour.js';
 import type { Cosigner } from '../core/note.js';
-import { EVIDENCE_TYPE, type MisbehaviourEvidence } from './evidence.js';
 import { loadOrCreateWitnessKey } from './key.js';
 import {
   type AddCheckpointRequest,
@@ -124,18 +124,12 @@ function evidenceOf(
   req: AddCheckpointRequest,
   signed: SignedCheckpoint,
   cosigner: Cosigner,
-): MisbehaviourEvidence {
-  return {
-    type: EVIDENCE_TYPE,
-    kind: c.kind,
-    origin: signed.log.origin,
-    vkeys: signed.log.verifiers.map((v) => v.vkey),
-    accepted: c.cosigned,
-    refused: req.note,
-    proof: c.kind === 'consistency-proof-failed' ? req.proof.map((h) => h.toString('base64')) : [],
-    observer: `witness ${cosigner.vkey}`,
-    observed: new Date().toISOString(),
-  };
+): MisbehaviourProof {
+  const vkeys = signed.log.verifiers.map((v) => v.vkey);
+  const by = { observer: `witness ${cosigner.vkey}` };
+  return c.kind === 'consistency-proof-failed'
+    ? consistencyProof(vkeys, c.cosigned, req.note, req.proof, by)
+    : sameSizeProof(vkeys, c.cosigned, req.note, by);
 }
 
 function buildApp(

@@ -3,17 +3,17 @@
  * - `witness.mdb`: per log origin, the latest cosigned checkpoint (LMDB, fsync at every commit, so a
  *   200 is only answered once the new state is on disk). Check-and-set runs in one LMDB write
  *   transaction, which LMDB also serialises across processes sharing the directory.
- * - `evidence/<id>.json`: misbehaviour records (see evidence.ts), written to a temporary file,
+ * - `evidence/<id>.json`: misbehaviour records (core/misbehaviour.ts), written to a temporary file,
  *   fsynced and renamed.
  */
 
 import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { open, type RootDatabase } from 'lmdb';
 import { decodeBase64Strict } from '../core/bytes.js';
 import { StorageError } from '../core/errors.js';
-import { writeFileDurably } from '../storage/durable.js';
-import { evidenceId, formatEvidence, type MisbehaviourEvidence } from './evidence.js';
+import type { MisbehaviourProof } from '../core/misbehaviour.js';
+import { writeProofFile } from '../misbehaviour/files.js';
 import type { CosignedState } from './protocol.js';
 
 export const STATE_FILE = 'witness.mdb';
@@ -85,13 +85,9 @@ export class WitnessStore {
     return [...this.db.getKeys()] as string[];
   }
 
-  /** Writes a record (once per pair of checkpoints); returns its file name. */
-  saveEvidence(e: MisbehaviourEvidence): string {
-    const name = `${evidenceId(e)}.json`;
-    const file = join(this.evidenceDir, name);
-    if (this.evidenceNames().includes(name)) return name;
-    writeFileDurably(file, formatEvidence(e), 0o600);
-    return name;
+  /** Writes a record (once per pair of checkpoints, see writeProofFile); returns its file name. */
+  saveEvidence(e: MisbehaviourProof): string {
+    return basename(writeProofFile(this.evidenceDir, e));
   }
 
   evidenceNames(): string[] {

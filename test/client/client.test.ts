@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { LogClient, listLogs, serverRootOf } from '../../src/client/client.js';
 import {
@@ -16,6 +17,7 @@ import { FileTrustStore } from '../../src/client/trust-store.js';
 import { toBase64 } from '../../src/core/bytes.js';
 import { decodeEntry } from '../../src/core/entry.js';
 import { VerificationError } from '../../src/core/errors.js';
+import { parseProof, verifyProof } from '../../src/core/misbehaviour.js';
 import { generateKey, verifierFromVkey } from '../../src/core/note.js';
 import { auditEntries } from '../../src/log/audit.js';
 import type { Log } from '../../src/log/log.js';
@@ -23,6 +25,18 @@ import { bodyJson, type FakeAnswer, type FakeServer, json, startFakeServer } fro
 import { addBatches, entry, makeLog, ORIGIN, rejectsWith, tempDir } from './helpers.js';
 
 const { skey, vkey } = generateKey(ORIGIN);
+
+/** The fork's misbehaviour proof proves it with only the log key; its file, if written, too. */
+function assertProven(err: ForkError, what: RegExp): void {
+  assert.ok(err.proof, 'the error carries a proof');
+  const v = verifyProof(err.proof, vkey);
+  assert.equal(v.proven, true, JSON.stringify(v));
+  if (v.proven) assert.match(v.what, what);
+  if (err.proofFile !== undefined) {
+    assert.match(err.message, /proof written to /);
+    assert.equal(verifyProof(parseProof(readFileSync(err.proofFile, 'utf8')), vkey).proven, true);
+  }
+}
 
 describe('verifying client against a real log over HTTP', () => {
   let log: Log;
@@ -162,13 +176,17 @@ describe('verifying client against a real log over HTTP', () => {
     logs.push(forkSame, forkBig);
     assert.equal(forkSame.head().size, size);
 
-    const c = client();
+    const proofDir = join(tempDir(), 'misbehaviour');
+    const c = client({ proofDir });
     await c.checkpoint();
     server.log = forkSame;
     try {
-      await rejectsWith(c.checkpoint(), ForkError, 'trust.fork-same-size');
+      const same = await rejectsWith(c.checkpoint(), ForkError, 'trust.fork-same-size');
+      assertProven(same as ForkError, /two different trees of size/);
       server.log = forkBig;
-      await rejectsWith(c.checkpoint(), ForkError, 'trust.fork-inconsistent');
+      const big = await rejectsWith(c.checkpoint(), ForkError, 'trust.fork-inconsistent');
+      assertProven(big as ForkError, /does not extend its tree of size/);
+      assert.equal(readdirSync(proofDir).length, 2, 'one proof file per fork');
       // the lookup path catches it too
       await rejectsWith(c.lookup('nix', 'fork0-0-0'), ForkError, 'trust.fork-inconsistent');
     } finally {
@@ -187,7 +205,9 @@ describe('verifying client against a real log over HTTP', () => {
       const c = new LogClient({ url: fake.url, vkey, timeoutMs: 2000 });
       assert.equal((await c.checkpoint()).checkpoint.size, 64);
       fake.log = fork;
-      await rejectsWith(c.checkpoint(), ForkError, 'trust.fork-inconsistent');
+      const err = await rejectsWith(c.checkpoint(), ForkError, 'trust.fork-inconsistent');
+      // the log's proof from 64 leaves out the old root: the client completes it from a tile
+      assertProven(err as ForkError, /does not extend its tree of size 64/);
       assert.equal((await c.trusted())?.checkpoint.size, 64);
     } finally {
       await fake.close();

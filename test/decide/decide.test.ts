@@ -1,12 +1,13 @@
 // Deciding across real `trustix serve` processes and hostile fake logs on loopback.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { LogClient } from '../../src/client/client.js';
 import { FileTrustStore, MemoryTrustStore } from '../../src/client/trust-store.js';
 import { toHex } from '../../src/core/bytes.js';
+import { parseProof, verifyProof } from '../../src/core/misbehaviour.js';
 import { generateKey, signerFromSkey } from '../../src/core/note.js';
 import { parseDecideConfig } from '../../src/decide/config.js';
 import { Decider } from '../../src/decide/decide.js';
@@ -229,12 +230,19 @@ describe('decide against real and hostile logs', () => {
     assert.equal(r1.decision.decided, false);
     // the second client (same trust dir) is shown the other tree
     fork.fake.log = (fork as { other?: Log }).other!;
-    const b = new Decider(cfg, { trustStore: new FileTrustStore(trust) });
+    const proofDir = join(trust, 'misbehaviour');
+    const b = new Decider(cfg, { trustStore: new FileTrustStore(trust), proofDir });
     try {
       const r2 = await b.decide('hk-0');
       const f = r2.decision.logs.find((l) => l.name === 'fork')!;
       assert.equal(f.status, 'failed');
       assert.equal(f.check, 'trust.fork-same-size');
+      // the decider keeps a proof of the fork that the log's key alone verifies
+      assert.match(f.reason ?? '', /proof written to /);
+      const files = readdirSync(proofDir);
+      assert.equal(files.length, 1);
+      const proof = parseProof(readFileSync(join(proofDir, files[0]), 'utf8'));
+      assert.equal(verifyProof(proof, fork.vkey).proven, true);
       // of the responding logs, 3 of 3 agree: the honest value, never the forked one
       const resp = parseDecideConfig(config('type = "percentage"\nmin = "2/3"\nof = "responding"'));
       const c = new Decider(resp, { trustStore: new FileTrustStore(trust) });

@@ -23,8 +23,8 @@ import { entry } from '../client/helpers.js';
 import {
   cleanup,
   type RunningServer,
-  startCommand,
   startServer,
+  startWitnesses,
   tempDir,
   token,
   writeConfig,
@@ -189,20 +189,7 @@ describe('witness policy against a real log and three real witnesses', () => {
     await new LogClient({ url: prefix, vkey: log.vkey }).submit([entry('a'), entry('b')], {
       token: token(join(dir, 'node')),
     });
-    witnesses = await Promise.all(
-      [1, 2, 3].map((i) =>
-        startCommand('witness', [
-          '--state',
-          join(dir, `w${i}`),
-          '--listen',
-          '127.0.0.1:0',
-          '--log',
-          log.vkey,
-          '--name',
-          `w${i}.example/witness`,
-        ]),
-      ),
-    );
+    witnesses = await startWitnesses(dir, log.vkey);
     policyFile = writeConfig(
       dir,
       `# two of three witnesses

@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import { chmodSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { parseEvidence, verifyEvidence } from '../../src/witness/evidence.js';
+import { parseProof, verifyProof } from '../../src/core/misbehaviour.js';
 import {
   cleanup,
   type RunningServer,
@@ -175,9 +175,13 @@ describe('add-checkpoint answers', () => {
     assert.equal((await add(w.url, addCheckpointBody(20, proof.slice(1), logA.checkpoint(30)))).status, 422);
     const names = readdirSync(join(dir, 'state', 'evidence')).filter((n) => n.startsWith('consistency'));
     assert.equal(names.length, 1, 'one record per pair of checkpoints');
-    const e = parseEvidence(readFileSync(join(dir, 'state', 'evidence', names[0]), 'utf8'));
-    const { accepted, refused } = verifyEvidence(e, [logA.key.vkey]);
-    assert.deepEqual([accepted.size, refused.size], [20, 30]);
+    const e = parseProof(readFileSync(join(dir, 'state', 'evidence', names[0]), 'utf8'));
+    assert.equal(e.kind, 'consistency-proof-failed');
+    assert.deepEqual(e.checkpoints[1], logA.checkpoint(30));
+    // A wrong proof of a genuine checkpoint is a lead, not a proof that the log forked.
+    const v = verifyProof(e, logA.key.vkey);
+    assert.equal(v.proven, false);
+    if (!v.proven) assert.match(v.reason, /bad proof, not a fork/);
   });
 
   test('422 for a different root at the cosigned size; evidence kept and served', async () => {
@@ -189,10 +193,10 @@ describe('add-checkpoint answers', () => {
     const list = await (await fetch(`${w.url}/evidence`)).text();
     const names = list.split('\n').filter((n) => n.startsWith('same-size'));
     assert.equal(names.length, 1, list);
-    const e = parseEvidence(await (await fetch(`${w.url}/evidence/${names[0]}`)).text());
+    const e = parseProof(await (await fetch(`${w.url}/evidence/${names[0]}`)).text());
     assert.equal(e.origin, logA.origin);
-    assert.equal(e.refused, forked);
-    verifyEvidence(e, [logA.key.vkey]);
+    assert.equal(e.checkpoints[1], forked);
+    assert.equal(verifyProof(e, logA.key.vkey).proven, true);
     // The witness's state did not move.
     cosigned(await add(w.url, request(logA, 20, 22)), logA.body(22));
   });

@@ -7,6 +7,7 @@ import { FormatError, VerificationError } from '../../core/errors.js';
 import { type DecideConfig, loadDecideConfig } from '../../decide/config.js';
 import { Decider, formatDecision } from '../../decide/decide.js';
 import { decisionBundle, verifyDecisionBundle } from '../../decide/evidence.js';
+import { proofDirOf } from '../../misbehaviour/files.js';
 import { KEY_ARG_HELP, lookupKeyArg } from '../lookup-key.js';
 import { CliError, EXIT } from '../output.js';
 
@@ -64,7 +65,10 @@ export function registerDecideCommands(program: Command): void {
       ) => {
         const config = loadTrustConfig(o.config ?? defaultDecideConfig());
         const trustDir = o.trustDir ?? config.trustDir ?? defaultTrustDir();
-        const decider = new Decider(config, { trustStore: new FileTrustStore(trustDir) });
+        const decider = new Decider(config, {
+          trustStore: new FileTrustStore(trustDir),
+          proofDir: proofDirOf(trustDir),
+        });
         try {
           const protocol = o.protocol ?? config.protocol;
           const { decision, results } = await decider.decide(await lookupKeyArg(protocol, key), protocol);

@@ -2,6 +2,8 @@ import type { Command } from 'commander';
 import { registerDashboardCommand } from './dashboard.js';
 import { registerDecideCommands } from './decide.js';
 import { registerLocalCommands } from './local.js';
+import { registerMirrorCommand } from './mirror.js';
+import { registerMisbehaviourCommands } from './misbehaviour.js';
 import { registerNixCommands } from './nix.js';
 import { registerRemoteCommands } from './remote.js';
 import { registerServeCommand } from './serve.js';
@@ -15,5 +17,7 @@ export function registerCommands(program: Command): void {
   registerDecideCommands(program);
   registerNixCommands(program);
   registerWitnessCommand(program);
+  registerMisbehaviourCommands(program);
   registerDashboardCommand(program);
+  registerMirrorCommand(program);
 }

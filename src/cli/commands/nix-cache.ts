@@ -7,6 +7,7 @@ import { InsecureSecretError, readSecretFile } from '../../config/secret.js';
 import { FormatError } from '../../core/errors.js';
 import { loadDecideConfig } from '../../decide/config.js';
 import { Decider } from '../../decide/decide.js';
+import { proofDirOf } from '../../misbehaviour/files.js';
 import { type CacheConfig, loadCacheConfig } from '../../nix/cache-config.js';
 import { CacheProxy } from '../../nix/cache-proxy.js';
 import { CachedTrustStore } from '../../nix/cache-trust.js';
@@ -109,6 +110,7 @@ no upstream has a matching narinfo, or bad bytes from an upstream.`,
       const trustDir = cfg.trustDir ?? decideCfg.trustDir ?? defaultTrustDir();
       const decider = new Decider(decideCfg, {
         trustStore: new CachedTrustStore(new FileTrustStore(trustDir)),
+        proofDir: proofDirOf(trustDir),
       });
       const proxy = new CacheProxy({
         config: cfg,

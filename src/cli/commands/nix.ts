@@ -6,6 +6,7 @@ import { defaultTrustDir, FileTrustStore } from '../../client/trust-store.js';
 import { InsecureSecretError, readSecretFile } from '../../config/secret.js';
 import { FormatError } from '../../core/errors.js';
 import type { WitnessPolicy } from '../../core/policy.js';
+import { proofDirOf } from '../../misbehaviour/files.js';
 import { NixStoreError, toStorePath } from '../../nix/nix-query.js';
 import {
   checkLogUrl,
@@ -73,6 +74,7 @@ function clientFor(
     timeoutMs: timeout,
     submitTimeoutMs: Math.max(timeout, 1000),
     trustStore: new FileTrustStore(trustDir ?? c.trustDir ?? defaultTrustDir()),
+    proofDir: proofDirOf(trustDir ?? c.trustDir ?? defaultTrustDir()),
   });
 }
 

@@ -2,6 +2,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { type Command, Option } from 'commander';
 import { LogClient } from '../../client/client.js';
 import { defaultTrustDir, FileTrustStore } from '../../client/trust-store.js';
+import { loadWitnessPolicy } from '../../config/witness-policy.js';
 import {
   type Bundle,
   type BundleResult,
@@ -16,11 +17,13 @@ import { openCheckpoint } from '../../core/checkpoint.js';
 import { FormatError, VerificationError } from '../../core/errors.js';
 import { verifierFromVkey } from '../../core/note.js';
 import type { WitnessPolicy } from '../../core/policy.js';
-import { loadWitnessPolicy } from '../../decide/config.js';
+import type { DecideConfig } from '../../decide/config.js';
 import { Log } from '../../log/log.js';
+import { proofDirOf } from '../../misbehaviour/files.js';
 import { KEY_ARG_HELP, lookupKeyArg } from '../lookup-key.js';
 import { CliError, EXIT } from '../output.js';
 import { loadTrustConfig, verifyDecisionBundleText } from './decide.js';
+import { isMisbehaviourText, verifyProofFile } from './misbehaviour.js';
 
 /** Options shared by every command that can work on a remote log. */
 export interface RemoteOptions {
@@ -142,7 +145,12 @@ export function openClient(o: RemoteOptions, opts: { vkey?: string; remember?: b
       url,
       vkey,
       timeoutMs: timeoutMs(o),
-      ...(opts.remember === false ? {} : { trustStore: new FileTrustStore(o.trustDir ?? defaultTrustDir()) }),
+      ...(opts.remember === false
+        ? {}
+        : {
+            trustStore: new FileTrustStore(o.trustDir ?? defaultTrustDir()),
+            proofDir: proofDirOf(o.trustDir ?? defaultTrustDir()),
+          }),
       ...policy,
     });
   } catch (err) {
@@ -317,9 +325,9 @@ export function registerRemoteCommands(program: Command): void {
   program
     .command('verify')
     .description(
-      'check a proof or decision bundle offline; exit 0 if valid, 4 if not. Pin the logs with --vkey or --config, else the keys inside the bundle are used (and the output says so)',
+      "check proof bundles, decision bundles or misbehaviour proofs offline. Bundles: exit 0 if valid, 4 if not; pin the logs with --vkey or --config, else the keys inside the bundle are used (and the output says so). Misbehaviour proofs (written by witnesses, clients, deciders, mirrors): checked with the log's key from --vkey or --config only; exit 0 if proven, 1 if not, 2 on bad input. With several files, the highest exit code",
     )
-    .argument('<bundle>', 'bundle file, or - for stdin')
+    .argument('<files...>', 'bundle or proof files, or - for stdin')
     .addOption(
       new Option(
         '-k, --vkey <vkey>',
@@ -335,36 +343,62 @@ export function registerRemoteCommands(program: Command): void {
     .option('--json', 'JSON output')
     .addHelpText(
       'after',
-      '\nExamples:\n  trustix verify entry42.json --vkey "$VKEY"\n  trustix verify evidence.json --config ~/.config/trustix/decide.toml\n  trustix verify evidence.json --vkey "$VKEY1" --vkey "$VKEY2" --vkey "$VKEY3"',
+      '\nExamples:\n  trustix verify entry42.json --vkey "$VKEY"\n  trustix verify evidence.json --config ~/.config/trustix/decide.toml\n  trustix verify evidence.json --vkey "$VKEY1" --vkey "$VKEY2" --vkey "$VKEY3"\n  trustix verify ~/.local/state/trustix/trusted/misbehaviour/*.json --vkey "$VKEY"\n\nA misbehaviour proof is PROVEN when the log\'s own signatures show two things that cannot both\nbe true: two trees of one size, a newer tree whose first entries are not the older tree (by the\nproof hashes the log gave), or a map line that is not the index of the entries (docs/misbehaviour.md).',
     )
-    .action(async (file: string, o: { vkey?: string[]; config?: string; json?: boolean }) => {
-      const text = readFileSync(file === '-' ? 0 : file);
+    .action(async (files: string[], o: { vkey?: string[]; config?: string; json?: boolean }) => {
       const config = o.config ? loadTrustConfig(o.config) : undefined;
       const vkeys = (o.vkey ?? []).map(readVkey);
-      if (await verifyDecisionBundleText(text, { vkeys, ...(config ? { config } : {}), json: o.json }))
-        return;
       const pinned = [...vkeys, ...(config?.logs.map((l) => l.vkey) ?? [])];
-      let r: BundleResult;
-      try {
-        r = verifyBundle(text, pinned.length > 0 ? { vkeys: pinned } : {});
-      } catch (err) {
-        if (!(err instanceof VerificationError)) {
-          if (err instanceof FormatError) throw new CliError(err.message, EXIT.usage);
-          throw err;
+      let worst = 0;
+      for (const file of files) {
+        const text = readFileSync(file === '-' ? 0 : file);
+        let code: number;
+        if (isMisbehaviourText(text.toString('utf8'))) {
+          code = verifyProofFile(file, text.toString('utf8'), pinned, {
+            json: o.json,
+            prefix: files.length > 1,
+          });
+        } else {
+          if (files.length > 1 && !o.json) console.log(`${file}:`);
+          code = await verifyBundleFile(text, vkeys, config, pinned, o.json);
         }
-        if (o.json) console.log(JSON.stringify({ valid: false, check: err.check, reason: err.message }));
-        else console.log(`INVALID: ${err.check}: ${err.message}`);
-        process.exitCode = EXIT.invalid;
-        return;
+        worst = Math.max(worst, code);
       }
-      if (pinned.length === 0) {
-        process.stderr.write(
-          `note: checked with the key inside the bundle (${r.vkey}); pass --vkey or --config to pin the log\n`,
-        );
-      }
-      if (o.json) console.log(JSON.stringify({ valid: true, pinned: pinned.length > 0, ...summary(r) }));
-      else console.log(`valid: ${describe(r)}`);
+      process.exitCode = worst;
     });
+}
+
+/** `trustix verify` of one proof or decision bundle; returns the exit code. */
+async function verifyBundleFile(
+  text: Buffer,
+  vkeys: string[],
+  config: DecideConfig | undefined,
+  pinned: string[],
+  json: boolean | undefined,
+): Promise<number> {
+  process.exitCode = 0;
+  if (await verifyDecisionBundleText(text, { vkeys, ...(config ? { config } : {}), json }))
+    return Number(process.exitCode ?? 0);
+  let r: BundleResult;
+  try {
+    r = verifyBundle(text, pinned.length > 0 ? { vkeys: pinned } : {});
+  } catch (err) {
+    if (!(err instanceof VerificationError)) {
+      if (err instanceof FormatError) throw new CliError(err.message, EXIT.usage);
+      throw err;
+    }
+    if (json) console.log(JSON.stringify({ valid: false, check: err.check, reason: err.message }));
+    else console.log(`INVALID: ${err.check}: ${err.message}`);
+    return EXIT.invalid;
+  }
+  if (pinned.length === 0) {
+    process.stderr.write(
+      `note: checked with the key inside the bundle (${r.vkey}); pass --vkey or --config to pin the log\n`,
+    );
+  }
+  if (json) console.log(JSON.stringify({ valid: true, pinned: pinned.length > 0, ...summary(r) }));
+  else console.log(`valid: ${describe(r)}`);
+  return 0;
 }
 
 function emit(bundle: Bundle, output: string | undefined, what: string): void {
