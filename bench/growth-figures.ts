@@ -36,6 +36,8 @@ export interface GrowthRow {
   sys_us_per_entry: number;
   written_bytes_per_entry: number;
   written_mib_per_batch: number;
+  /** Bytes of sparse index rows committed per entry (rows are rewritten whole when they change). */
+  strata_bytes_per_entry: number;
   read_bytes_per_entry: number;
   major_faults_per_entry: number;
   minor_faults_per_entry: number;
@@ -88,6 +90,7 @@ export function formatRow(row: GrowthRow): string {
     `${int(row.size)}:`,
     `ingest ${int(row.entries_per_s)}/s, ${row.cpu_us_per_entry} us CPU/entry (${row.sys_us_per_entry} kernel),`,
     `${int(row.written_bytes_per_entry)} B written/entry (${int(row.written_mib_per_batch)} MiB/batch),`,
+    `index rows ${int(row.strata_bytes_per_entry)} B/entry,`,
     `faults/entry ${row.minor_faults_per_entry} minor ${row.major_faults_per_entry} major;`,
     `lookups ${int(row.lookups_per_s)}/s, ${row.cpu_us_per_op} us CPU/op,`,
     `leaf tile hits ${Math.round(row.leaf_tile_hit_rate * 100)}%;`,

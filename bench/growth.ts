@@ -38,6 +38,8 @@ Environment:
   TRUSTIX_BENCH_GROWTH_BARS=1   reach 4 steps (1M and 4M by default): the ${LIMIT}x check of
                                 CPU per entry and per lookup between the first and the last step
   TRUSTIX_BENCH_GROWTH_DIR      where the throwaway store goes (default: the temporary directory)
+  TRUSTIX_BENCH_GROWTH_TILES    full tiles the log caches (default 4096, every leaf tile of 1M
+                                entries): a smaller cache shows at 1M the hit rate of a larger log
 
 Options:
   --check   exit with status 1 if CPU per entry or per lookup of the last step is more than
@@ -72,6 +74,9 @@ const STEP = positiveInt('TRUSTIX_BENCH_GROWTH_STEP', 1_000_000);
 const BARS = process.env.TRUSTIX_BENCH_GROWTH_BARS === '1';
 const N = BARS ? 4 * STEP : positiveInt('TRUSTIX_BENCH_GROWTH_N', 10_000_000);
 const LOOKUPS = positiveInt('TRUSTIX_BENCH_GROWTH_LOOKUPS', 50_000);
+const TILES = process.env.TRUSTIX_BENCH_GROWTH_TILES
+  ? positiveInt('TRUSTIX_BENCH_GROWTH_TILES', 0)
+  : undefined;
 const parent = process.env.TRUSTIX_BENCH_GROWTH_DIR || tmpdir();
 
 const free = (() => {
@@ -136,6 +141,15 @@ function countingStore(store: LogStore, reads: StoreReads): () => void {
   };
 }
 
+/** Bytes of sparse index rows the commits hand to the store, counted by wrapping its commit. */
+function countingCommits(store: LogStore, written: { strataBytes: number }): void {
+  const original = store.commit;
+  store.commit = (batch) => {
+    for (const s of batch.strataWrites) written.strataBytes += s.data.length;
+    return original.call(store, batch);
+  };
+}
+
 const mib = (b: number) => Math.round(b / 2 ** 20);
 const per = (x: number, n: number, digits = 2) => Math.round((x / n) * 10 ** digits) / 10 ** digits;
 
@@ -150,12 +164,19 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
 const peak = new PeakMemory().start();
 const rows: GrowthRow[] = [];
 try {
-  const log = await Log.create(dir, 'bench.example/log', { maxBatch: BATCH, batchDelayMs: 5 });
+  const log = await Log.create(dir, 'bench.example/log', {
+    maxBatch: BATCH,
+    batchDelayMs: 5,
+    cachedTiles: TILES,
+  });
   const keys: Buffer[] = [];
+  const committed = { strataBytes: 0 };
+  countingCommits(log.storage, committed);
   for (let size = 0; size < N; ) {
     const step = Math.min(STEP, N - size);
     peak.anon = 0;
     const io = diskIo();
+    const strataBefore = committed.strataBytes;
     const ru = process.resourceUsage();
     let cpu = process.cpuUsage();
     const seconds = await ingest(log, step, keys);
@@ -201,6 +222,7 @@ try {
       sys_us_per_entry: per(ingestSys, step, 1),
       written_bytes_per_entry: Math.round(written / step),
       written_mib_per_batch: per(written / 2 ** 20, Math.ceil(step / BATCH), 1),
+      strata_bytes_per_entry: Math.round((committed.strataBytes - strataBefore) / step),
       read_bytes_per_entry: Math.round((io2.readBytes - io.readBytes) / step),
       major_faults_per_entry: per(ru2.majorPageFault - ru.majorPageFault, step, 3),
       minor_faults_per_entry: per(ru2.minorPageFault - ru.minorPageFault, step, 3),

@@ -25,6 +25,11 @@ export interface LogOptions {
   batchDelayMs?: number;
   /** Most submissions waiting to be sequenced; beyond it `submit` fails with PoolFullError. */
   maxPending?: number;
+  /**
+   * Full tiles kept in memory (default 4096: 64 MiB of leaf tiles, every leaf tile up to a million
+   * entries). Once it is full, a lookup reads a leaf tile it misses in place from the store instead.
+   */
+  cachedTiles?: number;
   /** Called after each sequenced batch (for metrics). */
   onBatch?: (batch: BatchInfo) => void;
 }

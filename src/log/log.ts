@@ -53,7 +53,7 @@ export class Log {
   ) {
     this.origin = identity.origin;
     this.vkey = identity.vkey;
-    this.reader = new Reader(store, head);
+    this.reader = new Reader(store, head, opts.cachedTiles);
     this.appender = signer
       ? new Appender(store, this.reader, signer, this.origin, head, opts, new SmtOffload(dir))
       : undefined;

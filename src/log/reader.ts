@@ -34,8 +34,11 @@ import {
 import type { LogHead, LogSnapshot, LogStore, StoredTile } from '../storage/store.js';
 import type { CheckpointPublisher } from './publisher.js';
 
-/** 4096 full tiles: about 8 MiB of hashes, enough for every upper-level tile of a huge log. */
-const MAX_CACHED_TILES = 4096;
+/**
+ * Full tiles cached by default (LogOptions.cachedTiles): 16 KiB each, 64 MiB in all; every leaf tile
+ * of a million entries, and every upper tile of a huge log.
+ */
+const CACHED_TILES = 4096;
 /** Upper audit-path parts remembered for one tree size (about 0.6 KB each at a million leaves). */
 const MAX_PROOF_TOPS = 65_536;
 
@@ -116,6 +119,7 @@ export class Reader {
   constructor(
     private readonly store: LogStore,
     head: LogHead,
+    private readonly cachedTiles = CACHED_TILES,
   ) {
     this.last = head;
   }
@@ -157,7 +161,7 @@ export class Reader {
       t = snap.tile(level, index);
       memo.set(k, t);
       if (t && t.width === TILE_WIDTH && (leafTiles || level > 0)) {
-        if (this.fullTiles.size >= MAX_CACHED_TILES)
+        if (this.fullTiles.size >= this.cachedTiles)
           this.fullTiles.delete(this.fullTiles.keys().next().value!);
         this.fullTiles.set(k, t);
       }
@@ -452,7 +456,15 @@ export class Reader {
     // Inside a full tile the audit path is one stored hash per row, encoded straight from the tile
     // (usually from the cache of full tiles, without a getter for this one lookup).
     if (top.n === TILE_WIDTH) {
-      const t = this.fullTiles.get(tileKey(0, tile)) ?? this.tileGetter(snap)(0, tile);
+      // Once the cache is full, a missed tile is read in place (peekTile) and not cached: copying its
+      // 16 KiB and dropping another tile made a lookup that missed cost about 20 us more than one
+      // that hit, reading in place about 4 us, and a random key's tile is as likely in the cache
+      // either way (docs/performance.md, "Growth").
+      const t =
+        this.fullTiles.get(tileKey(0, tile)) ??
+        (this.fullTiles.size >= this.cachedTiles && snap.peekTile
+          ? snap.peekTile(0, tile)
+          : this.tileGetter(snap)(0, tile));
       if (t !== undefined && t.width === TILE_WIDTH && t.expanded.length === expandedTileSize(TILE_WIDTH)) {
         const ex = Buffer.isBuffer(t.expanded)
           ? t.expanded

@@ -38,6 +38,8 @@ export interface LogSnapshot {
   peekStratum?(id: Uint8Array): Uint8Array | undefined;
   /** `entry` in a buffer that the next read of this store may reuse, like `peekStratum`. Optional. */
   peekEntry?(index: number): Uint8Array | undefined;
+  /** `tile` in a buffer that the next read of this store may reuse, like `peekStratum`. Optional. */
+  peekTile?(tileLevel: number, tileIndex: number): StoredTile | undefined;
 }
 
 export interface CommitBatch {

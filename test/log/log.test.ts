@@ -15,6 +15,7 @@ import { encodeSmtProof, smtLookup } from '../../src/core/smt.js';
 import { hashReaderFromTiles } from '../../src/core/tiles.js';
 import { auditStore } from '../../src/log/audit.js';
 import { Log, type SubmitReceipt } from '../../src/log/log.js';
+import type { LogSnapshot } from '../../src/storage/store.js';
 
 const dirs: string[] = [];
 function tempDir(): string {
@@ -267,6 +268,43 @@ describe('log', () => {
       assert.equal(ro.lookupJson('nix', Buffer.from(k)).body, JSON.stringify(fresh(ro, Buffer.from(k))));
     }
     await ro.close();
+  });
+
+  test('with the tile cache full, a lookup reads a missed leaf tile in place and answers the same', async () => {
+    const dir = tempDir();
+    const log = await Log.create(dir, 'test.example/tiles', { batchDelayMs: 1, maxBatch: 2000 });
+    const verifier = verifierFromVkey(log.vkey);
+    // 1,300 entries: five full leaf tiles and a partial one
+    const entries = Array.from({ length: 1300 }, (_, i) => entry(`t${i}`, randomBytes(32)));
+    await log.submit(entries);
+    // one cached tile: the first lookups fill it, the rest miss
+    const small = await Log.open(dir, { readOnly: true, cachedTiles: 1 });
+    let peeks = 0;
+    const read = small.storage.read;
+    small.storage.read = <T>(fn: (snap: LogSnapshot) => T): T =>
+      read.call(small.storage, (snap: LogSnapshot) =>
+        fn({
+          ...snap,
+          peekTile: (level, index) => {
+            peeks++;
+            return snap.peekTile!(level, index);
+          },
+        }),
+      ) as T;
+    try {
+      for (let i = 0; i < entries.length; i += 97) {
+        const key = entries[i].key;
+        const answer = small.lookup('nix', key);
+        assert.deepEqual(answer, log.lookup('nix', key), `key ${i}`);
+        assert.equal(small.lookupJson('nix', key).body, JSON.stringify(answer));
+        assert.equal(verifyLookup(answer, verifier, { protocol: 'nix', key }).status, 'present');
+      }
+    } finally {
+      small.storage.read = read;
+    }
+    assert.ok(peeks > 0, 'leaf tiles were read in place');
+    await small.close();
+    await log.close();
   });
 
   test('receipt proofs across full and partial tiles equal fresh proofs and verify', async () => {

@@ -149,6 +149,10 @@ export class LmdbLogStore implements LogStore {
       const row = b.subarray(0, b.length);
       return row[0] !== STRATUM_PARTS ? row : this.joinParts(key, row, true);
     },
+    peekTile: (level, index) => {
+      const b = this.tilesDb.getBinaryFast([level, index]);
+      return b === undefined ? undefined : decodeTileRecord(b.subarray(0, b.length));
+    },
     peekEntry: (i) => {
       const b = this.entriesDb.getBinaryFast(i);
       return b === undefined ? undefined : b.subarray(0, b.length);
