@@ -23,7 +23,7 @@ import { leafHash, treeRoot, verifyConsistency } from '../core/merkle.js';
 import { appendToTiles, hashReaderFromTiles, TILE_WIDTH, type TileGetter } from '../core/tiles.js';
 import type { LogConfig } from '../decide/config.js';
 import { failure, localFetch } from '../decide/decide.js';
-import type { DashboardStore, FrontierTile, IndexedEntry, LogRecord } from './store.js';
+import type { FrontierTile, IndexedEntry, LogRecord } from './store.js';
 
 /** Entry bundles per verified chunk, by default. */
 const CHUNK_BUNDLES = 32;
