@@ -114,4 +114,19 @@ describe('postgres driver', { skip }, () => {
     await old.close();
     await standby.close();
   });
+
+  test("a lease that ran out while its holder was busy, and that nobody took, is still its holder's", async () => {
+    const url = await cluster!.createDatabase();
+    const store = await PgLogStore.open(url, { sequencer: true, leaseMs: 60_000, holder: 'busy' });
+    await store.commit(emptyBatch(0));
+    await lapseLease(url, store);
+    // the commit goes through at the same epoch and extends the lease, so no standby can take it now
+    await store.commit(emptyBatch(0, [Buffer.from('e0')]));
+    assert.equal(store.leaseEpoch, 1);
+    await assert.rejects(PgLogStore.open(url, { sequencer: true, holder: 'standby' }), FencedError);
+    await lapseLease(url, store);
+    assert.equal(await store.renewLease(), true);
+    await assert.rejects(PgLogStore.open(url, { sequencer: true, holder: 'standby' }), FencedError);
+    await store.close();
+  });
 });

@@ -2,9 +2,10 @@
  * The PostgreSQL driver: one database per log, any number of nodes over it, exactly one of them
  * sequencing at a time. The sequencer holds a lease row (`sequencer`: holder, epoch, expiry);
  * taking it over from a holder whose lease ran out raises the epoch, and every commit checks, in
- * its own transaction and under a row lock, that the lease is still its holder's, at its epoch,
- * and unexpired. So a sequencer that was paused past its lease can never commit after another
- * took over: its commit is refused with FencedError and nothing of it is written.
+ * its own transaction and under a row lock, that the lease is still its holder's at its epoch. So
+ * a sequencer that was paused past its lease can never commit after another took over: its
+ * commit is refused with FencedError and nothing of it is written. Each commit also extends the
+ * lease.
  *
  * A commit is one transaction (bulk inserts through `unnest`), durable when COMMIT returns with
  * synchronous_commit on. Reads are synchronous (sync-reads.ts), one REPEATABLE READ transaction
@@ -126,12 +127,15 @@ export class PgLogStore implements LogStore {
     this.renewTimer.unref();
   }
 
-  /** Extends the lease; false (and no longer sequencing) when another holder took it over. */
+  /**
+   * Extends the lease; false (and no longer sequencing) when another holder took it over. A lease
+   * that ran out (this thread was busy past it) but that nobody took is extended as well.
+   */
   async renewLease(): Promise<boolean> {
     if (this.epoch === undefined) return false;
     const r = await this.client().query(
       `UPDATE ${SCHEMA}.sequencer SET expires = now() + $3 * interval '1 millisecond'
-       WHERE holder = $1 AND epoch = $2 AND expires >= now()`,
+       WHERE holder = $1 AND epoch = $2`,
       [this.holder, this.epoch, this.leaseMs],
     );
     if (r.rowCount === 0) {
@@ -180,16 +184,18 @@ export class PgLogStore implements LogStore {
     const head = batch.head;
     await c.query('BEGIN');
     try {
-      const lease = await c.query<{ holder: string | null; epoch: string; live: boolean }>(
-        `SELECT holder, epoch, expires >= now() AS live FROM ${SCHEMA}.sequencer FOR UPDATE`,
+      // Holder and epoch decide: a node takes the lease over only by changing them, in an update
+      // that waits for this row lock, so none can have committed since they were this node's. An
+      // expired lease that nobody took is still this node's; the commit extends it.
+      const lease = await c.query<{ holder: string | null; epoch: string }>(
+        `SELECT holder, epoch FROM ${SCHEMA}.sequencer FOR UPDATE`,
       );
       const l = lease.rows[0];
       if (
         this.epoch === undefined ||
         l === undefined ||
         l.holder !== this.holder ||
-        Number(l.epoch) !== this.epoch ||
-        !l.live
+        Number(l.epoch) !== this.epoch
       ) {
         throw new FencedError(
           this.epoch === undefined
@@ -197,6 +203,9 @@ export class PgLogStore implements LogStore {
             : `the sequencer lease (epoch ${this.epoch}) was lost${l && Number(l.epoch) !== this.epoch ? ` to epoch ${l.epoch}` : ''}; the commit is refused`,
         );
       }
+      await c.query(`UPDATE ${SCHEMA}.sequencer SET expires = now() + $1 * interval '1 millisecond'`, [
+        this.leaseMs,
+      ]);
       const cur = await c.query<{ size: string }>(`SELECT size FROM ${SCHEMA}.head FOR UPDATE`);
       const current = cur.rows.length === 0 ? 0 : Number(cur.rows[0].size);
       if (batch.firstIndex !== current) {
