@@ -128,6 +128,22 @@ export function stratumId(depth: number, path: Uint8Array, at = 0, out?: Buffer)
   return id;
 }
 
+/** Ids of the strata of levels 0 .. levels - 1 along each 32-byte path of `paths`, each once. */
+export function strataAlong(paths: Buffer, levels: number): Buffer[] {
+  const seen = new Set<string>();
+  const out: Buffer[] = [];
+  for (let at = 0; at < paths.length; at += 32) {
+    for (let level = 0; level < levels; level++) {
+      const id = stratumId(8 * level, paths, at);
+      const k = id.toString('latin1');
+      if (seen.has(k)) continue;
+      seen.add(k);
+      out.push(id);
+    }
+  }
+  return out;
+}
+
 export const ROOT_STRATUM_ID: Buffer = Buffer.from([0]);
 
 export function asBuffer(b: Uint8Array): Buffer {

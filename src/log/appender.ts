@@ -10,6 +10,7 @@ import { StateError, StorageError } from '../core/errors.js';
 import { treeRoot } from '../core/merkle.js';
 import type { NoteSigner } from '../core/note.js';
 import { type StratumReader, smtApplyBatch } from '../core/smt.js';
+import { strataAlong } from '../core/smt-strata.js';
 import { appendToTiles, hashReaderFromTiles, type TileGetter } from '../core/tiles.js';
 import type { LogHead, LogSnapshot, LogStore, StoredTile } from '../storage/store.js';
 import { appendedEntries, type BatchPlan, PathMap, Planner, type StoredValue, valueEnds } from './plan.js';
@@ -100,6 +101,12 @@ class Prepared {
  * round trip (packing, messages, a fresh read transaction) costs more than the overlap gains.
  */
 const OFFLOAD_MIN_UPDATES = 2048;
+
+/**
+ * Strata levels whose rows a batch asks a store that fetches ahead (LogSnapshot.prefetchStrata)
+ * for, along each of its paths: the levels that hold rows up to about 4 billion keys.
+ */
+const PREFETCH_STRATA_LEVELS = 4;
 
 /** A batch on its way to the store: see Appender.finish. */
 interface Finishing {
@@ -262,6 +269,7 @@ export class Appender {
         ? this.offload.applyPacked(oldRoot, plan.paths, plan.values, valueEnds(plan.count), keep)
         : undefined;
     const applyHere = (snap: LogSnapshot) => {
+      if (snap.prefetchStrata) snap.prefetchStrata(strataAlong(plan.paths, PREFETCH_STRATA_LEVELS));
       const committed = this.reader.stratumReader(snap, this.sequenced.mapRoot);
       const rows = tip?.strata.writes;
       const read: StratumReader =

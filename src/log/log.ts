@@ -49,13 +49,13 @@ export class Log {
     head: LogHead,
     opts: LogOptions,
     identity: { origin: string; vkey: string },
-    dir: string,
+    offload: (() => SmtOffload) | undefined,
   ) {
     this.origin = identity.origin;
     this.vkey = identity.vkey;
     this.reader = new Reader(store, head, opts.cachedTiles);
     this.appender = signer
-      ? new Appender(store, this.reader, signer, this.origin, head, opts, new SmtOffload(dir))
+      ? new Appender(store, this.reader, signer, this.origin, head, opts, offload?.())
       : undefined;
   }
 
@@ -91,23 +91,7 @@ export class Log {
       const tmp = tempNameFor(join(dir, 'log'));
       const store = LmdbLogStore.open(tmp, { create: true, lock: false });
       try {
-        await store.setMeta('origin', origin);
-        await store.setMeta('vkey', signer.vkey);
-        const cp = { origin, size: 0, rootHash: EMPTY_ROOT, mapRoot: SMT_EMPTY, extensions: [] };
-        const head: LogHead = {
-          size: 0,
-          rootHash: EMPTY_ROOT,
-          mapRoot: SMT_EMPTY,
-          checkpoint: signCheckpoint(cp, signer),
-        };
-        await store.commit({
-          firstIndex: 0,
-          entries: [],
-          tiles: [],
-          strataWrites: [],
-          strataDeletes: [],
-          head,
-        });
+        await initialize(store, origin, signer);
       } finally {
         await store.close();
       }
@@ -131,27 +115,68 @@ export class Log {
     // not opened read-only: several read-only opens at once failed now and then with EINVAL.
     const store = LmdbLogStore.open(dir, { lock: !opts.readOnly });
     try {
-      const vkey = store.getMeta('vkey');
-      const origin = store.getMeta('origin');
-      if (vkey === undefined || origin === undefined) {
-        throw new StorageError(`log store in ${dir} has no origin or verifier key recorded`);
-      }
-      let signer: NoteSigner | undefined;
-      if (!opts.readOnly) {
-        signer = signerFromSkey(opts.skey ?? readSigningKey(dir));
-        if (vkey !== signer.vkey) {
-          throw new StateError(
-            `the signing key does not belong to this log (log key ${vkey}, given ${signer.vkey})`,
-          );
-        }
-      }
-      const head = store.read((s) => s.head());
-      if (!head) throw new StorageError(`log store in ${dir} has no head`);
-      return new Log(store, signer, head, opts, { origin, vkey }, dir);
+      return Log.over(
+        store,
+        dir,
+        opts,
+        () => opts.skey ?? readSigningKey(dir),
+        () => new SmtOffload(dir),
+      );
     } catch (err) {
       await store.close();
       throw err;
     }
+  }
+
+  /**
+   * Creates a log in an empty store of any driver (one that has no head yet) and opens it for
+   * writing with `skey`, whose name must be `origin`.
+   */
+  static async createIn(store: LogStore, origin: string, opts: LogOptions & { skey: string }): Promise<Log> {
+    if (store.read((s) => s.head()) !== undefined) throw new StateError('a log already exists in this store');
+    const signer = signerFromSkey(opts.skey);
+    if (signer.name !== origin) throw new StateError(`signing key is for ${signer.name}, not ${origin}`);
+    await initialize(store, origin, signer);
+    return Log.openIn(store, opts);
+  }
+
+  /**
+   * Opens the log in a store of any driver: read-only, or for writing with `skey`. The store stays
+   * the caller's until the log is opened, then the log's (closed by `close`). Without the LMDB
+   * driver's directory, big batches' index updates run on this thread.
+   */
+  static openIn(store: LogStore, opts: LogOptions & { skey?: string; readOnly?: boolean } = {}): Log {
+    return Log.over(store, 'the store', opts, () => {
+      if (opts.skey === undefined) throw new StateError('a signing key is needed to write to this log');
+      return opts.skey;
+    });
+  }
+
+  /** A log over `store` (described as `where` in errors), checked against its recorded identity. */
+  private static over(
+    store: LogStore,
+    where: string,
+    opts: LogOptions & { readOnly?: boolean },
+    skey: () => string,
+    offload?: () => SmtOffload,
+  ): Log {
+    const vkey = store.getMeta('vkey');
+    const origin = store.getMeta('origin');
+    if (vkey === undefined || origin === undefined) {
+      throw new StorageError(`log store in ${where} has no origin or verifier key recorded`);
+    }
+    let signer: NoteSigner | undefined;
+    if (!opts.readOnly) {
+      signer = signerFromSkey(skey());
+      if (vkey !== signer.vkey) {
+        throw new StateError(
+          `the signing key does not belong to this log (log key ${vkey}, given ${signer.vkey})`,
+        );
+      }
+    }
+    const head = store.read((s) => s.head());
+    if (!head) throw new StorageError(`log store in ${where} has no head`);
+    return new Log(store, signer, head, opts, { origin, vkey }, offload);
   }
 
   /**
@@ -256,4 +281,18 @@ function readSigningKey(dir: string): string {
     if (err instanceof InsecureSecretError) throw err;
     throw new StateError(`no signing key at ${file}; pass one explicitly`);
   }
+}
+
+/** Records a new log's identity and commits its empty, signed checkpoint. */
+async function initialize(store: LogStore, origin: string, signer: NoteSigner): Promise<void> {
+  await store.setMeta('origin', origin);
+  await store.setMeta('vkey', signer.vkey);
+  const cp = { origin, size: 0, rootHash: EMPTY_ROOT, mapRoot: SMT_EMPTY, extensions: [] };
+  const head: LogHead = {
+    size: 0,
+    rootHash: EMPTY_ROOT,
+    mapRoot: SMT_EMPTY,
+    checkpoint: signCheckpoint(cp, signer),
+  };
+  await store.commit({ firstIndex: 0, entries: [], tiles: [], strataWrites: [], strataDeletes: [], head });
 }

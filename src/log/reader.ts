@@ -23,6 +23,7 @@ import {
   smtLookupBase64,
   stratumTable,
 } from '../core/smt.js';
+import { strataAlong } from '../core/smt-strata.js';
 import {
   expandedHashOffset,
   expandedTileSize,
@@ -67,6 +68,9 @@ interface ProofTop {
   /** `hashes` as JSON array items, built when first asked for. */
   text: string | undefined;
 }
+
+/** Strata levels a lookup asks a store that fetches ahead for (see Appender's PREFETCH_STRATA_LEVELS). */
+const LOOKUP_PREFETCH_LEVELS = 5;
 
 /** Slot of a root or depth-8 stratum id in Reader.topStrata. */
 function topSlot(id: Uint8Array): number {
@@ -414,6 +418,7 @@ export class Reader {
     head: LogHead,
     path: Buffer,
   ): { mapProof: string; index: number; data: string | undefined } {
+    if (snap.prefetchStrata) snap.prefetchStrata(strataAlong(path, LOOKUP_PREFETCH_LEVELS));
     const { value, proof: mapProof } = smtLookupBase64(
       head.mapRoot,
       path,

@@ -40,6 +40,11 @@ export interface LogSnapshot {
   peekEntry?(index: number): Uint8Array | undefined;
   /** `tile` in a buffer that the next read of this store may reuse, like `peekStratum`. Optional. */
   peekTile?(tileLevel: number, tileIndex: number): StoredTile | undefined;
+  /**
+   * A hint: the strata rows this snapshot is about to be asked for (ids that have no row included).
+   * A networked driver fetches them in one round trip; an embedded one has no need of it. Optional.
+   */
+  prefetchStrata?(ids: readonly Uint8Array[]): void;
 }
 
 export interface CommitBatch {

@@ -205,6 +205,33 @@ export function storeConformance(driver: DriverUnderTest): void {
       }
     });
 
+    test('rows asked for ahead (prefetchStrata, where a driver has it) read as without, in their own snapshot only', async () => {
+      const { store } = await create();
+      try {
+        const ids = [Buffer.from([2, 1, 1]), Buffer.from([2, 1, 2]), Buffer.from([3, 1, 2, 3])];
+        const first = batchAt(0, 1);
+        await store.commit({
+          ...first,
+          strataWrites: [...first.strataWrites, { id: ids[0], data: Buffer.from('one') }],
+        });
+        const read = () =>
+          store.read((s) => {
+            s.prefetchStrata?.([...ids, MARKER]);
+            return [...ids.map((id) => s.stratum(id)?.toString()), s.stratum(MARKER)?.toString()];
+          });
+        assert.deepEqual(read(), ['one', undefined, undefined, 'size 1']);
+        const second = batchAt(1, 1);
+        await store.commit({
+          ...second,
+          strataWrites: [...second.strataWrites, { id: ids[1], data: Buffer.from('two') }],
+          strataDeletes: [ids[0]],
+        });
+        assert.deepEqual(read(), [undefined, 'two', undefined, 'size 2']);
+      } finally {
+        await store.close();
+      }
+    });
+
     test('checkpoints are listed by increasing size, across sizes of different digit counts', async () => {
       const { store } = await create();
       try {

@@ -2,9 +2,10 @@
  * The PostgreSQL driver: one database per log, any number of nodes over it, exactly one of them
  * sequencing at a time. The sequencer holds a lease row (`sequencer`: holder, epoch, expiry);
  * taking it over from a holder whose lease ran out raises the epoch, and every commit checks, in
- * its own transaction and under a row lock, that the lease is still its holder's, at its epoch,
- * and unexpired. So a sequencer that was paused past its lease can never commit after another
- * took over: its commit is refused with FencedError and nothing of it is written.
+ * its own transaction and under a row lock, that the lease is still its holder's at its epoch. So
+ * a sequencer that was paused past its lease can never commit after another took over: its
+ * commit is refused with FencedError and nothing of it is written. Each commit also extends the
+ * lease.
  *
  * A commit is one transaction (bulk inserts through `unnest`), durable when COMMIT returns with
  * synchronous_commit on. Reads are synchronous (sync-reads.ts), one REPEATABLE READ transaction
@@ -49,6 +50,7 @@ export class PgLogStore implements LogStore {
   private epoch: number | undefined;
   private renewTimer: NodeJS.Timeout | undefined;
   private noncesSwept = 0;
+  private writing: Promise<unknown> = Promise.resolve();
   private closed = false;
 
   private constructor(
@@ -94,8 +96,12 @@ export class PgLogStore implements LogStore {
    * Takes the sequencer lease if it is free, expired or already this holder's; raises the epoch
    * when it changes hands. Fails with FencedError while another holder's lease runs.
    */
-  async takeLease(): Promise<number> {
-    const r = await this.client().query<{ epoch: string }>(
+  takeLease(): Promise<number> {
+    return this.exclusive((c) => this.takeLeaseOn(c));
+  }
+
+  private async takeLeaseOn(c: pg.Client): Promise<number> {
+    const r = await c.query<{ epoch: string }>(
       `UPDATE ${SCHEMA}.sequencer
          SET epoch = CASE WHEN holder IS NOT DISTINCT FROM $1 THEN epoch ELSE epoch + 1 END,
              holder = $1, expires = now() + $2 * interval '1 millisecond'
@@ -104,7 +110,7 @@ export class PgLogStore implements LogStore {
       [this.holder, this.leaseMs],
     );
     if (r.rows.length === 0) {
-      const held = await this.client().query<{ holder: string; expires: Date }>(
+      const held = await c.query<{ holder: string; expires: Date }>(
         `SELECT holder, expires FROM ${SCHEMA}.sequencer`,
       );
       const h = held.rows[0];
@@ -126,12 +132,19 @@ export class PgLogStore implements LogStore {
     this.renewTimer.unref();
   }
 
-  /** Extends the lease; false (and no longer sequencing) when another holder took it over. */
-  async renewLease(): Promise<boolean> {
+  /**
+   * Extends the lease; false (and no longer sequencing) when another holder took it over. A lease
+   * that ran out (this thread was busy past it) but that nobody took is extended as well.
+   */
+  renewLease(): Promise<boolean> {
+    return this.exclusive((c) => this.renewLeaseOn(c));
+  }
+
+  private async renewLeaseOn(c: pg.Client): Promise<boolean> {
     if (this.epoch === undefined) return false;
-    const r = await this.client().query(
+    const r = await c.query(
       `UPDATE ${SCHEMA}.sequencer SET expires = now() + $3 * interval '1 millisecond'
-       WHERE holder = $1 AND epoch = $2 AND expires >= now()`,
+       WHERE holder = $1 AND epoch = $2`,
       [this.holder, this.epoch, this.leaseMs],
     );
     if (r.rowCount === 0) {
@@ -141,6 +154,16 @@ export class PgLogStore implements LogStore {
       return false;
     }
     return true;
+  }
+
+  /**
+   * Runs `fn` on the write connection once every operation before it is done: a lease renewal
+   * never lands inside a commit's transaction.
+   */
+  private exclusive<T>(fn: (c: pg.Client) => Promise<T>): Promise<T> {
+    const run = this.writing.then(() => fn(this.client()));
+    this.writing = run.catch(() => {});
+    return run;
   }
 
   private client(): pg.Client {
@@ -155,6 +178,7 @@ export class PgLogStore implements LogStore {
   private snapshot(): LogSnapshot {
     const reads = this.reads;
     let head: { h: LogHead | undefined } | undefined;
+    let fetched: Map<string, Buffer | null> | undefined;
     return {
       head: () => {
         head ??= { h: decodeHead(reads.ask({ op: 'head' })) };
@@ -171,25 +195,45 @@ export class PgLogStore implements LogStore {
           ? undefined
           : ({ width: t.width, expanded: asBuffer(t.expanded) } satisfies StoredTile);
       },
-      stratum: (id) => optBuffer(reads.ask<Uint8Array | undefined>({ op: 'stratum', id })),
+      stratum: (id) => {
+        const hit = fetched?.get(asBuffer(id).toString('latin1'));
+        if (hit !== undefined) return hit ?? undefined;
+        return optBuffer(reads.ask<Uint8Array | undefined>({ op: 'stratum', id }));
+      },
+      // rows asked for ahead, in one round trip: null for an id that has no row
+      prefetchStrata: (ids) => {
+        fetched ??= new Map();
+        const known = fetched;
+        const wanted = ids.filter((id) => !known.has(asBuffer(id).toString('latin1')));
+        if (wanted.length === 0) return;
+        for (const id of wanted) known.set(asBuffer(id).toString('latin1'), null);
+        for (const [id, data] of reads.ask<Array<[Uint8Array, Uint8Array]>>({ op: 'strata', ids: wanted })) {
+          known.set(asBuffer(id).toString('latin1'), asBuffer(data));
+        }
+      },
     };
   }
 
-  async commit(batch: CommitBatch): Promise<void> {
-    const c = this.client();
+  commit(batch: CommitBatch): Promise<void> {
+    return this.exclusive((c) => this.commitOn(c, batch));
+  }
+
+  private async commitOn(c: pg.Client, batch: CommitBatch): Promise<void> {
     const head = batch.head;
     await c.query('BEGIN');
     try {
-      const lease = await c.query<{ holder: string | null; epoch: string; live: boolean }>(
-        `SELECT holder, epoch, expires >= now() AS live FROM ${SCHEMA}.sequencer FOR UPDATE`,
+      // Holder and epoch decide: a node takes the lease over only by changing them, in an update
+      // that waits for this row lock, so none can have committed since they were this node's. An
+      // expired lease that nobody took is still this node's; the commit extends it.
+      const lease = await c.query<{ holder: string | null; epoch: string }>(
+        `SELECT holder, epoch FROM ${SCHEMA}.sequencer FOR UPDATE`,
       );
       const l = lease.rows[0];
       if (
         this.epoch === undefined ||
         l === undefined ||
         l.holder !== this.holder ||
-        Number(l.epoch) !== this.epoch ||
-        !l.live
+        Number(l.epoch) !== this.epoch
       ) {
         throw new FencedError(
           this.epoch === undefined
@@ -197,6 +241,9 @@ export class PgLogStore implements LogStore {
             : `the sequencer lease (epoch ${this.epoch}) was lost${l && Number(l.epoch) !== this.epoch ? ` to epoch ${l.epoch}` : ''}; the commit is refused`,
         );
       }
+      await c.query(`UPDATE ${SCHEMA}.sequencer SET expires = now() + $1 * interval '1 millisecond'`, [
+        this.leaseMs,
+      ]);
       const cur = await c.query<{ size: string }>(`SELECT size FROM ${SCHEMA}.head FOR UPDATE`);
       const current = cur.rows.length === 0 ? 0 : Number(cur.rows[0].size);
       if (batch.firstIndex !== current) {
@@ -281,14 +328,19 @@ export class PgLogStore implements LogStore {
   }
 
   async setMeta(name: string, value: string): Promise<void> {
-    await this.client().query(
-      `INSERT INTO ${SCHEMA}.meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value`,
-      [name, value],
+    await this.exclusive((c) =>
+      c.query(
+        `INSERT INTO ${SCHEMA}.meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value`,
+        [name, value],
+      ),
     );
   }
 
-  async recordNonce(id: string, expires: number, now: number): Promise<void> {
-    const c = this.client();
+  recordNonce(id: string, expires: number, now: number): Promise<void> {
+    return this.exclusive((c) => this.recordNonceOn(c, id, expires, now));
+  }
+
+  private async recordNonceOn(c: pg.Client, id: string, expires: number, now: number): Promise<void> {
     await c.query(
       `INSERT INTO ${SCHEMA}.nonces (id, expires) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET expires = EXCLUDED.expires`,
       [id, expires],
@@ -308,13 +360,14 @@ export class PgLogStore implements LogStore {
     if (this.closed) return;
     if (this.renewTimer) clearInterval(this.renewTimer);
     this.renewTimer = undefined;
-    if (this.epoch !== undefined) {
-      await this.writer
-        .query(`UPDATE ${SCHEMA}.sequencer SET expires = '-infinity' WHERE holder = $1 AND epoch = $2`, [
+    const epoch = this.epoch;
+    if (epoch !== undefined) {
+      await this.exclusive((c) =>
+        c.query(`UPDATE ${SCHEMA}.sequencer SET expires = '-infinity' WHERE holder = $1 AND epoch = $2`, [
           this.holder,
-          this.epoch,
-        ])
-        .catch(() => {});
+          epoch,
+        ]),
+      ).catch(() => {});
       this.epoch = undefined;
     }
     this.closed = true;

@@ -71,6 +71,12 @@ async function run(req: ReadRequest): Promise<unknown> {
       const r = await c.query(`SELECT data FROM ${SCHEMA}.strata WHERE id = $1`, [Buffer.from(req.id)]);
       return bytes(r.rows[0]?.data);
     }
+    case 'strata': {
+      const r = await c.query(`SELECT id, data FROM ${SCHEMA}.strata WHERE id = ANY($1::bytea[])`, [
+        req.ids.map((id) => Buffer.from(id)),
+      ]);
+      return r.rows.map((row: { id: Buffer; data: Buffer }) => [row.id, row.data]);
+    }
     case 'entries': {
       const r = await c.query(
         `SELECT idx::float8 AS idx, data FROM ${SCHEMA}.entries WHERE idx >= $1 AND idx < $2 ORDER BY idx LIMIT $3`,
@@ -102,15 +108,18 @@ function answer(a: ReadAnswer): void {
   Atomics.notify(flag, 0);
 }
 
-// one request at a time, in order: the store waits for each answer (or, for `end`, sends the next
-// request only after it), so requests never overlap on the connection
+// one request at a time on the connection, in order (an `end` is not waited for by the store)
+let queue: Promise<void> = Promise.resolve();
 port.on('message', (req: ReadRequest) => {
+  queue = queue.then(() => handle(req));
+});
+
+function handle(req: ReadRequest): Promise<void> {
   if (req.op === 'close') {
-    void client?.end().catch(() => {});
     port.close();
-    return;
+    return client?.end().catch(() => {}) ?? Promise.resolve();
   }
-  run(req).then(
+  return run(req).then(
     (value) => {
       if (req.op !== 'end') answer({ ok: true, value });
     },
@@ -126,4 +135,4 @@ port.on('message', (req: ReadRequest) => {
       if (req.op !== 'end') answer({ ok: false, message: err.message, code: err.code });
     },
   );
-});
+}

@@ -14,6 +14,7 @@ export type ReadRequest = { begin?: boolean; inRead?: boolean } & (
   | { op: 'entry'; index: number }
   | { op: 'tile'; level: number; index: number }
   | { op: 'stratum'; id: Uint8Array }
+  | { op: 'strata'; ids: readonly Uint8Array[] }
   | { op: 'entries'; start: number; end: number; max: number }
   | { op: 'checkpoints' }
   | { op: 'meta'; name: string }

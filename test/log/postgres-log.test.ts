@@ -1,0 +1,111 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { openCheckpoint } from '../../src/core/checkpoint.js';
+import type { Entry } from '../../src/core/entry.js';
+import { verifyLookup } from '../../src/core/lookup.js';
+import { leafHash, verifyInclusion } from '../../src/core/merkle.js';
+import { generateKey, verifierFromVkey } from '../../src/core/note.js';
+import { auditStore } from '../../src/log/audit.js';
+import { Log } from '../../src/log/log.js';
+import { FencedError, PgLogStore } from '../../src/storage/postgres/postgres.js';
+import { findPostgres, lapseLease, type PgCluster, startPostgres } from '../fixtures/postgres.js';
+
+const skip =
+  findPostgres() === undefined ? 'PostgreSQL is not installed (apt-get install postgresql)' : false;
+let cluster: PgCluster | undefined;
+
+const ORIGIN = 'test.example/pg';
+const entry = (key: string, value: number): Entry => ({
+  protocol: 'nix',
+  key: Buffer.from(key),
+  value: Buffer.alloc(32, value),
+  metadata: Buffer.alloc(0),
+});
+
+describe('a log over the PostgreSQL driver', { skip }, () => {
+  before(async () => {
+    cluster = await startPostgres();
+  });
+  after(() => cluster?.stop());
+
+  test('sequences, answers verified lookups from another node, and audits clean', async () => {
+    const url = await cluster!.createDatabase();
+    const { skey, vkey } = generateKey(ORIGIN);
+    const verifier = verifierFromVkey(vkey);
+    const store = await PgLogStore.open(url, { sequencer: true, leaseMs: 60_000 });
+    const log = await Log.createIn(store, ORIGIN, { skey, batchDelayMs: 1, maxBatch: 500 });
+    try {
+      // three calls in flight at once: several batches, the next built while one commits
+      const calls = [0, 1, 2].map((c) => Array.from({ length: 700 }, (_, i) => entry(`k${c}-${i}`, c)));
+      const receipts = (await Promise.all(calls.map((c) => log.submit(c)))).flat();
+      assert.deepEqual(
+        receipts.map((r) => r.index).sort((a, b) => a - b),
+        Array.from({ length: 2100 }, (_, i) => i),
+      );
+      for (const r of receipts.filter((_, i) => i % 97 === 0)) {
+        const cp = openCheckpoint(r.checkpoint, verifier).checkpoint;
+        verifyInclusion(leafHash(log.entry(r.index)), r.index, cp.size, r.proof, cp.rootHash);
+      }
+      // a resubmission is answered with its index; a new value for a key is appended
+      const [again, replaced] = await log.submit([entry('k1-5', 1), entry('k1-6', 9)]);
+      assert.equal(again.duplicate, true);
+      assert.equal(again.index, receipts[705].index);
+      assert.equal(replaced.index, 2100);
+
+      const readerStore = await PgLogStore.open(url);
+      const reader = Log.openIn(readerStore, { readOnly: true });
+      try {
+        assert.equal(reader.head().checkpoint, log.head().checkpoint);
+        for (const [key, expect] of [
+          ['k0-0', 'present'],
+          ['k2-699', 'present'],
+          ['k1-6', 'present'],
+          ['absent', 'absent'],
+        ] as const) {
+          const k = Buffer.from(key);
+          const v = verifyLookup(reader.lookup('nix', k), verifier, { protocol: 'nix', key: k });
+          assert.equal(v.status, expect, key);
+        }
+        const v = verifyLookup(reader.lookup('nix', Buffer.from('k1-6')), verifier, {
+          protocol: 'nix',
+          key: Buffer.from('k1-6'),
+        });
+        assert.ok(v.status === 'present' && v.index === 2100 && v.entry.value.equals(Buffer.alloc(32, 9)));
+        await assert.rejects(reader.submit([entry('x', 1)]), /read-only/);
+      } finally {
+        await reader.close();
+      }
+      const report = await auditStore(log.storage, verifier);
+      assert.ok(report.ok, JSON.stringify(report));
+    } finally {
+      await log.close();
+    }
+  });
+
+  test('a standby takes over: the old sequencer is fenced, the new one signs on from the committed head', async () => {
+    const url = await cluster!.createDatabase();
+    const { skey, vkey } = generateKey(ORIGIN);
+    const verifier = verifierFromVkey(vkey);
+    const oldStore = await PgLogStore.open(url, { sequencer: true, leaseMs: 60_000, holder: 'old' });
+    const old = await Log.createIn(oldStore, ORIGIN, { skey, batchDelayMs: 1 });
+    await old.submit([entry('a', 1), entry('b', 2)]);
+    // the old sequencer stops renewing (paused), its lease lapses, the standby takes over
+    await lapseLease(url, oldStore);
+    const standbyStore = await PgLogStore.open(url, { sequencer: true, leaseMs: 60_000, holder: 'standby' });
+    const standby = Log.openIn(standbyStore, { skey, batchDelayMs: 1 });
+    try {
+      await assert.rejects(old.submit([entry('c', 3)]), FencedError);
+      const [r] = await standby.submit([entry('d', 4)]);
+      assert.equal(r.index, 2);
+      assert.equal(openCheckpoint(r.checkpoint, verifier).checkpoint.size, 3);
+      // one signed tree per size: the refused batch left no checkpoint behind
+      const sizes = [...standbyStore.checkpoints()].map((c) => c.size);
+      assert.deepEqual(sizes, [0, 2, 3]);
+      const report = await auditStore(standbyStore, verifier);
+      assert.ok(report.ok, JSON.stringify(report));
+    } finally {
+      await old.close();
+      await standby.close();
+    }
+  });
+});
