@@ -1,6 +1,8 @@
 // Helpers shared by the benches that drive a Log in process (bench/run.ts, bench/growth.ts).
+import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import type { Entry } from '../src/core/entry.js';
 import type { Log } from '../src/log/log.js';
 
@@ -100,4 +102,24 @@ export class PeakMemory {
     clearInterval(this.timer);
     this.timer = undefined;
   }
+}
+
+/**
+ * Starts `trustix serve --config CONFIG` on a free loopback port (the built CLI) and resolves once
+ * it is ready, with the process and its URL.
+ */
+export function serveConfig(config: string): Promise<{ proc: ChildProcess; url: string }> {
+  const main = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
+  const proc = spawn(process.execPath, [main, 'serve', '--config', config, '--listen', '127.0.0.1:0'], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  let out = '';
+  return new Promise((resolve, reject) => {
+    proc.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      const m = /^listening (http\S+)/m.exec(out);
+      if (/^ready$/m.test(out) && m) resolve({ proc, url: m[1] });
+    });
+    proc.on('exit', (code) => reject(new Error(`trustix serve exited (${code}): ${out}`)));
+  });
 }

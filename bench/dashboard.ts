@@ -1,27 +1,29 @@
 // npm run bench:dashboard: the dashboard at scale. Builds LOGS logs of ENTRIES entries each (the
 // same keys in every log; in each log 1% of the values differ), serves each with a `trustix
-// serve` process, then times: following them all from scratch (verified, indexed), the overview
-// and agreement API calls (first computation and cached), the page load in Debian's chromium
-// (skipped without /usr/bin/chromium), and a restart that resumes from the index. One JSON line
-// per figure.
-// Knobs: TRUSTIX_BENCH_DASH_LOGS (default 5), TRUSTIX_BENCH_DASH_ENTRIES (default 1000000).
-import { type ChildProcess, spawn } from 'node:child_process';
+// serve` process, then times: following them all from scratch (verified, indexed, the agreement
+// figures kept as it goes), the overview and agreement API calls (first and cached), a package set
+// of SET keys (upload, figures), the page load in Debian's chromium (skipped without
+// /usr/bin/chromium), and a restart that resumes from the index and answers from the kept figures.
+// One JSON line per figure.
+// Knobs: TRUSTIX_BENCH_DASH_LOGS (default 5), TRUSTIX_BENCH_DASH_ENTRIES (default 1000000),
+// TRUSTIX_BENCH_DASH_SET (keys of the package set, default 2000, about a NixOS ISO closure).
+import type { ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import type { Entry } from '../src/core/entry.js';
 import { sha256 } from '../src/core/hash.js';
 import { Dashboard } from '../src/dashboard/app.js';
 import { parseDecideConfig } from '../src/decide/config.js';
 import { Log } from '../src/log/log.js';
+import { serveConfig } from './common.js';
 
 const LOGS = Number(process.env.TRUSTIX_BENCH_DASH_LOGS ?? 5);
 const ENTRIES = Number(process.env.TRUSTIX_BENCH_DASH_ENTRIES ?? 1_000_000);
+const SET = Number(process.env.TRUSTIX_BENCH_DASH_SET ?? 2000);
 const BATCH = 10_000;
-const MAIN = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 const CHROMIUM = '/usr/bin/chromium';
 
 function emit(name: string, value: number, unit: string, extra: Record<string, unknown> = {}): void {
@@ -37,37 +39,23 @@ function emit(name: string, value: number, unit: string, extra: Record<string, u
   );
 }
 
+const keyOf = (i: number) =>
+  sha256(Buffer.from(`key ${i}`))
+    .toString('hex')
+    .slice(0, 32);
+
 function entries(log: number, from: number, n: number): Entry[] {
   const out: Entry[] = [];
   for (let i = from; i < from + n; i++) {
     const differs = i % 100 === log;
     out.push({
       protocol: 'nix',
-      key: Buffer.from(
-        sha256(Buffer.from(`key ${i}`))
-          .toString('hex')
-          .slice(0, 32),
-      ),
+      key: Buffer.from(keyOf(i)),
       value: sha256(Buffer.from(`value ${i}${differs ? ` of ${log}` : ''}`)),
       metadata: Buffer.alloc(0),
     });
   }
   return out;
-}
-
-function serve(config: string): Promise<{ proc: ChildProcess; url: string }> {
-  const proc = spawn(process.execPath, [MAIN, 'serve', '--config', config, '--listen', '127.0.0.1:0'], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  let out = '';
-  return new Promise((resolve, reject) => {
-    proc.stdout!.on('data', (d: Buffer) => {
-      out += d.toString();
-      const m = /^listening (http\S+)/m.exec(out);
-      if (/^ready$/m.test(out) && m) resolve({ proc, url: m[1] });
-    });
-    proc.on('exit', (code) => reject(new Error(`trustix serve exited (${code}): ${out}`)));
-  });
 }
 
 const dir = mkdtempSync(join(tmpdir(), 'trustix-bench-dash-'));
@@ -83,7 +71,7 @@ try {
     await log.close();
     const config = join(dir, `serve${l}.toml`);
     writeFileSync(config, `[[log]]\nid = "default"\norigin = "bench${l}.example/log"\ndir = "${logDir}"\n`);
-    const s = await serve(config);
+    const s = await serveConfig(config);
     servers.push(s.proc);
     logs.push({ name: `builder${l}`, url: `${s.url}/logs/default/`, vkey });
   }
@@ -109,6 +97,22 @@ try {
   await timed('dashboard_api_overview', '/api/overview');
   await timed('dashboard_api_agreement_first', '/api/agreement');
   await timed('dashboard_api_agreement_cached', '/api/agreement?sort=-logs&page=3');
+
+  // a package set: every (ENTRIES / SET)-th key, as store paths
+  const step = Math.max(1, Math.floor(ENTRIES / SET));
+  const paths: string[] = [];
+  for (let i = 0; i < ENTRIES && paths.length < SET; i += step) paths.push(`/nix/store/${keyOf(i)}-p${i}`);
+  const t1 = performance.now();
+  const up = await dash.app.inject({
+    method: 'PUT',
+    url: '/api/sets/closure',
+    headers: { 'content-type': 'text/plain' },
+    body: `${paths.join('\n')}\n`,
+  });
+  if (up.statusCode !== 201) throw new Error(`set upload: ${up.statusCode} ${up.body}`);
+  emit('dashboard_api_set_upload', performance.now() - t1, 'ms', { keys: paths.length });
+  await dash.sets.recordAll();
+  await timed('dashboard_api_set', '/api/sets/closure');
 
   if (existsSync(CHROMIUM)) {
     const url = await dash.app.listen({ host: '127.0.0.1', port: 0 });
@@ -141,6 +145,7 @@ try {
 
   await dash.close();
   dash = new Dashboard(trust, { stateDir: state });
+  await timed('dashboard_api_agreement_after_restart', '/api/agreement');
   t = performance.now();
   await dash.follower.pollAll();
   emit('dashboard_resume_poll', performance.now() - t, 'ms');

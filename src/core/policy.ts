@@ -243,6 +243,23 @@ function describe(policy: WitnessPolicy, name: string): string {
   return `${displayName(name)} = ${k} of (${g.members.map((m) => describe(policy, m)).join(', ')})`;
 }
 
+/** What the policy's quorum requires, for a person (see QuorumResult.required). */
+export function quorumDescription(policy: WitnessPolicy): string {
+  return policy.quorum === undefined ? NONE : describe(policy, policy.quorum);
+}
+
+/** Whether cosignatures by the witnesses named in `signed` (policy names) meet the policy's quorum. */
+export function meetsQuorum(policy: WitnessPolicy, signed: ReadonlySet<string>): boolean {
+  const witnessed = (name: string): boolean => {
+    const g = policy.groups.get(name);
+    if (!g) return signed.has(name);
+    let n = 0;
+    for (const m of g.members) if (witnessed(m)) n++;
+    return n >= g.threshold;
+  };
+  return policy.quorum === undefined || witnessed(policy.quorum);
+}
+
 /**
  * Which of the policy's witnesses cosigned the checkpoint note, and whether that meets the quorum.
  * Signature lines are matched to witnesses by key name and key id; lines of unknown keys are
@@ -270,18 +287,11 @@ export function evaluateQuorum(policy: WitnessPolicy, note: string | Uint8Array)
     }
     if (bad && !signed.has(w.name)) invalid.push(w.name);
   }
-  const witnessed = (name: string): boolean => {
-    const g = policy.groups.get(name);
-    if (!g) return signed.has(name);
-    let n = 0;
-    for (const m of g.members) if (witnessed(m)) n++;
-    return n >= g.threshold;
-  };
   return {
-    met: policy.quorum === undefined || witnessed(policy.quorum),
+    met: meetsQuorum(policy, signed),
     signed: [...signed],
     invalid,
-    required: policy.quorum === undefined ? NONE : describe(policy, policy.quorum),
+    required: quorumDescription(policy),
   };
 }
 

@@ -22,7 +22,7 @@ import { HASH_SIZE } from '../core/hash.js';
 import { leafHash, treeRoot, verifyConsistency } from '../core/merkle.js';
 import { appendToTiles, hashReaderFromTiles, TILE_WIDTH, type TileGetter } from '../core/tiles.js';
 import type { LogConfig } from '../decide/config.js';
-import { failure } from '../decide/decide.js';
+import { failure, localFetch } from '../decide/decide.js';
 import type { DashboardStore, FrontierTile, IndexedEntry, LogRecord } from './store.js';
 
 /** Entry bundles per verified chunk, by default. */
@@ -35,6 +35,8 @@ export interface LogStatus {
   id: string;
   origin: string;
   url?: string;
+  /** A local log's directory. */
+  dir?: string;
   state: LogState;
   /** The failed check (state failed or unreachable). */
   check?: string;
@@ -50,8 +52,30 @@ export interface LogStatus {
   history: Array<[number, number]>;
 }
 
+/**
+ * A chunk as it was verified, for a store that keeps more than the index (a mirror's copy): the
+ * entries' encodings from index `start`, their leaf hashes (32 bytes each, packed) and every tile
+ * the chunk wrote, as appendToTiles returns them, and the recomputed root.
+ */
+export interface VerifiedChunk {
+  start: number;
+  data: readonly Buffer[];
+  leaves: Buffer;
+  tiles: ReturnType<typeof appendToTiles>;
+  /** The root of the tree of the chunk's end, as recomputed. */
+  root: Buffer;
+}
+
+/** Where a follower keeps what it verified: the dashboard's index (DashboardStore), or a mirror. */
+export interface FollowStore {
+  log(id: string): LogRecord;
+  append(id: string, entries: IndexedEntry[], rec: LogRecord, chunk?: VerifiedChunk): Promise<void>;
+}
+
 export interface FollowOptions {
   timeoutMs?: number;
+  /** Parallel entry bundle downloads (the client's default: 4). */
+  concurrency?: number;
   /** Entry bundles fetched and verified together (one consistency proof each). Default 32. */
   chunkBundles?: number;
   fetch?: typeof globalThis.fetch;
@@ -60,6 +84,8 @@ export interface FollowOptions {
 export class LogFollower {
   readonly id: string;
   readonly client: LogClient | undefined;
+  /** A local log (`state = DIR`): opens it read-only (LocalLogError when it cannot), and closes it. */
+  private readonly local: ReturnType<typeof localFetch> | undefined;
   private readonly trust = new MemoryTrustStore();
   private seeded = false;
   private readonly chunkBundles: number;
@@ -67,20 +93,22 @@ export class LogFollower {
 
   constructor(
     readonly cfg: LogConfig,
-    private readonly store: DashboardStore,
+    private readonly store: FollowStore,
     opts: FollowOptions = {},
   ) {
     const origin = cfg.vkey.split('+')[0];
     this.chunkBundles = opts.chunkBundles ?? CHUNK_BUNDLES;
-    if (cfg.url !== undefined) {
-      this.client = new LogClient({
-        url: cfg.url,
-        vkey: cfg.vkey,
-        trustStore: this.trust,
-        ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
-        ...(opts.fetch ? { fetch: opts.fetch } : {}),
-      });
-    }
+    // a local log is read from its store through the same client, so verified the same way
+    if (cfg.state !== undefined) this.local = localFetch(cfg.state);
+    this.client = new LogClient({
+      url: cfg.url ?? 'http://local.invalid/',
+      vkey: cfg.vkey,
+      trustStore: this.trust,
+      ...(cfg.witnessPolicy ? { witnessPolicy: cfg.witnessPolicy } : {}),
+      ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
+      ...(opts.concurrency !== undefined ? { concurrency: opts.concurrency } : {}),
+      ...(this.local ? { fetch: this.local.fetch } : opts.fetch ? { fetch: opts.fetch } : {}),
+    });
     this.id = logFileStem({ origin, vkey: cfg.vkey });
     const rec = store.log(this.id);
     this.status = {
@@ -88,10 +116,8 @@ export class LogFollower {
       id: this.id,
       origin,
       ...(cfg.url !== undefined ? { url: cfg.url } : {}),
-      state: cfg.url === undefined ? 'unsupported' : 'starting',
-      ...(cfg.url === undefined
-        ? { reason: 'local logs (state = DIR) are not followed; serve them with trustix serve' }
-        : {}),
+      ...(cfg.state !== undefined ? { dir: cfg.state } : {}),
+      state: 'starting',
       size: rec.size,
       target: rec.size,
       ...(rec.seenAt !== undefined ? { seenAt: rec.seenAt } : {}),
@@ -107,6 +133,7 @@ export class LogFollower {
     if (!this.client) return;
     this.status.polledAt = Date.now();
     try {
+      await this.local?.open();
       let rec = this.store.log(this.id);
       if (!this.seeded && rec.note !== undefined) {
         // what was verified before a restart stays the reference: a rollback or fork since is caught
@@ -135,6 +162,11 @@ export class LogFollower {
         reason: f.reason,
       };
     }
+  }
+
+  /** Closes a local log's store. */
+  async close(): Promise<void> {
+    await this.local?.close();
   }
 
   /** Fetches, verifies and indexes the next chunk of entries of the tree of size `n`. */
@@ -174,7 +206,8 @@ export class LogFollower {
       const t = frontier.get(level);
       return t && t.index === index ? { expanded: t.expanded, width: t.width } : undefined;
     };
-    for (const t of appendToTiles(start, leaves, getTile)) {
+    const written = appendToTiles(start, leaves, getTile);
+    for (const t of written) {
       frontier.set(t.tileLevel, {
         level: t.tileLevel,
         index: t.tileIndex,
@@ -215,7 +248,7 @@ export class LogFollower {
       size: end,
       frontier: [...frontier.values()].sort((a, b) => a.level - b.level) as FrontierTile[],
     };
-    await this.store.append(this.id, entries, next);
+    await this.store.append(this.id, entries, next, { start, data, leaves, tiles: written, root: ours });
     this.status.size = end;
     return next;
   }
@@ -230,7 +263,7 @@ export class Follower {
 
   constructor(
     logs: readonly LogConfig[],
-    store: DashboardStore,
+    store: FollowStore,
     opts: FollowOptions & { intervalMs?: number } = {},
   ) {
     this.logs = logs.map((cfg) => new LogFollower(cfg, store, opts));
@@ -259,6 +292,7 @@ export class Follower {
     this.stopped = true;
     clearTimeout(this.timer);
     await this.running;
+    await Promise.all(this.logs.map((l) => l.close()));
   }
 
   statuses(): LogStatus[] {

@@ -5,11 +5,12 @@
 import { readFileSync } from 'node:fs';
 import { isAbsolute, resolve } from 'node:path';
 import { loadTomlFile, nonEmptyString, onlyFields, parseTomlTable, tableAt } from '../config/toml.js';
+import { loadWitnessPolicy } from '../config/witness-policy.js';
 import { toHex } from '../core/bytes.js';
 import { FormatError } from '../core/errors.js';
 import { sha256 } from '../core/hash.js';
 import { verifierFromVkey } from '../core/note.js';
-import { parsePolicy, policyCoversLog, type WitnessPolicy } from '../core/policy.js';
+import { policyCoversLog, type WitnessPolicy } from '../core/policy.js';
 import { type Base, chain, type Procedure, percentage, trustLog, weighted } from './procedures.js';
 import { parseShare, parseWeight, type Rat } from './rational.js';
 import { ScriptProcedure } from './sandbox.js';
@@ -20,6 +21,11 @@ export interface LogConfig {
   url?: string;
   /** ...a local log directory. */
   state?: string;
+  /**
+   * URL prefixes of mirrors serving a copy of the log (`trustix mirror`), asked in order when the
+   * log itself cannot be reached; their answers must verify against `vkey` all the same.
+   */
+  mirrors?: string[];
   vkey: string;
   weight: Rat;
   weightText: string;
@@ -187,7 +193,7 @@ export function parseDecideConfig(text: string, dir = process.cwd()): DecideConf
   const logs = doc.log.map((l, i): LogConfig => {
     const where = `log[${i}]`;
     const o = tableAt(l, where);
-    onlyFields(o, ['name', 'url', 'state', 'vkey', 'weight', 'witness_policy'], where);
+    onlyFields(o, ['name', 'url', 'state', 'vkey', 'weight', 'witness_policy', 'mirrors'], where);
     const vkeyText = nonEmptyString(o.vkey, `${where}.vkey`);
     let vkey: string;
     try {
@@ -218,15 +224,15 @@ export function parseDecideConfig(text: string, dir = process.cwd()): DecideConf
     }
     const out: LogConfig = { name, vkey, weight, weightText: String(o.weight ?? 1), ...policy };
     if (o.url !== undefined) {
-      const u = nonEmptyString(o.url, `${where}.url`);
-      try {
-        const parsed = new URL(u);
-        if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw new Error('not http');
-      } catch {
-        throw new FormatError(`${where}.url: not an http(s) URL: ${u}`);
+      out.url = httpUrl(o.url, `${where}.url`);
+      if (o.mirrors !== undefined) {
+        if (!Array.isArray(o.mirrors)) throw new FormatError(`${where}.mirrors: must be an array of URLs`);
+        out.mirrors = o.mirrors.map((m, j) => httpUrl(m, `${where}.mirrors[${j}]`));
       }
-      out.url = u;
     } else {
+      if (o.mirrors !== undefined) {
+        throw new FormatError(`${where}.mirrors: only a log given by url has mirrors to fall back on`);
+      }
       const s = nonEmptyString(o.state, `${where}.state`);
       out.state = isAbsolute(s) ? s : resolve(dir, s);
     }
@@ -249,6 +255,18 @@ export function parseDecideConfig(text: string, dir = process.cwd()): DecideConf
       : {}),
     protocol: doc.protocol === undefined ? 'nix' : nonEmptyString(doc.protocol, 'protocol'),
   };
+}
+
+/** An http(s) URL, or FormatError naming `where`. */
+function httpUrl(x: unknown, where: string): string {
+  const u = nonEmptyString(x, where);
+  try {
+    const parsed = new URL(u);
+    if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw new Error('not http');
+  } catch {
+    throw new FormatError(`${where}: not an http(s) URL: ${u}`);
+  }
+  return u;
 }
 
 /**
@@ -309,20 +327,6 @@ export function exactFraction(r: Rat): string {
 /** Reads `procedureJson`'s output (FormatError if it is not one); `logs` are the names a `log` step may name. */
 export function parseProcedureJson(x: unknown, logs: ReadonlySet<string>): ProcedureSpec {
   return parseProcedure(x, 'procedure', undefined, logs);
-}
-
-/**
- * Reads a C2SP tlog-policy file (core/policy.ts). FormatError naming `where`, the file and the
- * line when it cannot be read or is not a valid policy.
- */
-export function loadWitnessPolicy(path: string, where = 'witness policy'): WitnessPolicy {
-  let bytes: Buffer;
-  try {
-    bytes = readFileSync(path);
-  } catch (err) {
-    throw new FormatError(`${where}: cannot read ${path}: ${(err as Error).message}`);
-  }
-  return parsePolicy(bytes, `${where}: ${path}`);
 }
 
 export function loadDecideConfig(file: string): DecideConfig {

@@ -8,12 +8,15 @@
  */
 import { existsSync } from 'node:fs';
 import { LogClient, type VerifiedLookup } from '../client/client.js';
+import { RemoteError, UnreachableError } from '../client/errors.js';
 import { decodePathSegment } from '../client/http.js';
 import { MemoryTrustStore, type TrustStore } from '../client/trust-store.js';
 import { toBase64, toHex } from '../core/bytes.js';
 import { TrustixError, VerificationError } from '../core/errors.js';
 import type { LookupAnswer } from '../core/lookup.js';
+import { parseTilePath } from '../core/tiles.js';
 import { Log } from '../log/log.js';
+import { readEntryBundle, readHashTile } from '../log/serving.js';
 import { buildProcedure, type DecideConfig, type LogConfig, procedureFor } from './config.js';
 import type { Answer, Outcome, Procedure } from './procedures.js';
 import { ONE, type Rat } from './rational.js';
@@ -32,6 +35,8 @@ export interface LogResult {
   check?: string;
   reason?: string;
   ms: number;
+  /** The mirror that answered, when the log itself could not be reached. */
+  via?: string;
   /** The verified answer, kept for evidence bundles. */
   answer?: LookupAnswer;
 }
@@ -58,6 +63,8 @@ export interface Decision {
 interface Source {
   cfg: LogConfig;
   client: LogClient;
+  /** Clients of the log's mirrors, asked in order when the log cannot be reached. */
+  mirrors: LogClient[];
   /** A local log: opens it, or throws a LocalLogError saying why it cannot be read. */
   ready?(): Promise<unknown>;
   close(): Promise<void>;
@@ -77,8 +84,11 @@ export class LocalLogError extends TrustixError {
   }
 }
 
-/** Serves the HTTP lookup API from a local log, so local logs get the same client checks as remote ones. */
-function localFetch(dir: string): {
+/**
+ * Serves the HTTP lookup API and the C2SP tiles and entry bundles from a local log (opened
+ * read-only), so local logs get the same client checks as remote ones.
+ */
+export function localFetch(dir: string): {
   fetch: typeof globalThis.fetch;
   open(): Promise<Log>;
   close(): Promise<void>;
@@ -124,6 +134,17 @@ function localFetch(dir: string): {
         return new Response(body, { status: 200, headers: { 'content-type': 'application/json' } });
       }
       if (path === 'checkpoint') return new Response(log.head().checkpoint, { status: 200 });
+      if (path.startsWith('tile/')) {
+        const t = parseTilePath(path);
+        const size = log.head().size;
+        const body =
+          t.kind === 'hash'
+            ? readHashTile(log.storage, size, t.level, t.index, t.width)
+            : readEntryBundle(log.storage, size, t.index, t.width);
+        return body
+          ? new Response(new Uint8Array(body), { status: 200 })
+          : new Response('{}', { status: 404 });
+      }
       if (path.startsWith('lookup/')) {
         const [, p, k] = path.split('/');
         return json(log.lookup(decodeURIComponent(p), decodePathSegment(k)));
@@ -167,16 +188,23 @@ export class Decider {
     const trustStore = opts.trustStore ?? new MemoryTrustStore();
     this.sources = config.logs.map((cfg) => {
       if (cfg.url !== undefined) {
-        const client = new LogClient({
-          url: cfg.url,
-          vkey: cfg.vkey,
-          trustStore,
-          timeoutMs: config.timeoutMs,
-          ...(cfg.witnessPolicy ? { witnessPolicy: cfg.witnessPolicy } : {}),
-          ...(opts.fetch ? { fetch: opts.fetch } : {}),
-          ...(opts.proofDir !== undefined ? { proofDir: opts.proofDir } : {}),
-        });
-        return { cfg, client, close: async () => {} };
+        // one trust store for the log and its mirrors: a copy must be consistent with the log
+        const clientFor = (url: string) =>
+          new LogClient({
+            url,
+            vkey: cfg.vkey,
+            trustStore,
+            timeoutMs: config.timeoutMs,
+            ...(cfg.witnessPolicy ? { witnessPolicy: cfg.witnessPolicy } : {}),
+            ...(opts.fetch ? { fetch: opts.fetch } : {}),
+            ...(opts.proofDir !== undefined ? { proofDir: opts.proofDir } : {}),
+          });
+        return {
+          cfg,
+          client: clientFor(cfg.url),
+          mirrors: (cfg.mirrors ?? []).map(clientFor),
+          close: async () => {},
+        };
       }
       const local = localFetch(cfg.state!);
       const client = new LogClient({
@@ -188,7 +216,7 @@ export class Decider {
         ...(opts.proofDir !== undefined ? { proofDir: opts.proofDir } : {}),
         fetch: local.fetch,
       });
-      return { cfg, client, ready: local.open, close: local.close };
+      return { cfg, client, mirrors: [], ready: local.open, close: local.close };
     });
   }
 
@@ -229,12 +257,14 @@ export class Decider {
     const base = { name: s.cfg.name, origin: s.client.origin, vkey: s.cfg.vkey, weight: s.cfg.weightText };
     try {
       if (s.ready) await Promise.race([s.ready(), deadline]);
-      const r: VerifiedLookup = await Promise.race([s.client.lookup(protocol, key), deadline]);
+      const { r, via } = await this.lookupWithFallback(s, protocol, key, deadline);
       const ms = performance.now() - t0;
+      const from = via !== undefined ? { via } : {};
       if (r.status === 'absent')
-        return { ...base, status: 'absent', size: r.checkpoint.size, ms, answer: r.answer };
+        return { ...base, ...from, status: 'absent', size: r.checkpoint.size, ms, answer: r.answer };
       return {
         ...base,
+        ...from,
         status: 'present',
         value: toHex(r.entry.value),
         index: r.index,
@@ -244,6 +274,38 @@ export class Decider {
       };
     } catch (err) {
       return { ...base, status: 'failed', ...failure(err), ms: performance.now() - t0 };
+    }
+  }
+
+  /**
+   * The log's verified answer; when the log cannot be reached (unreachable, or an HTTP error), each
+   * of its mirrors in turn, whose answer is verified against the log's key just the same. A failed
+   * check is never passed over: a log that answers wrongly is reported, not replaced.
+   */
+  private async lookupWithFallback(
+    s: Source,
+    protocol: string,
+    key: string,
+    deadline: Promise<never>,
+  ): Promise<{ r: VerifiedLookup; via?: string }> {
+    try {
+      return { r: await Promise.race([s.client.lookup(protocol, key), deadline]) };
+    } catch (err) {
+      if (!(err instanceof UnreachableError || err instanceof RemoteError) || s.mirrors.length === 0)
+        throw err;
+      let last: unknown = err;
+      for (const m of s.mirrors) {
+        try {
+          return { r: await Promise.race([m.lookup(protocol, key), deadline]), via: m.url.href };
+        } catch (e) {
+          if (!(e instanceof UnreachableError || e instanceof RemoteError)) throw e;
+          last = e;
+        }
+      }
+      throw new UnreachableError(
+        err instanceof UnreachableError ? err.check : 'http.network',
+        `the log and its ${s.mirrors.length} mirror(s) cannot be reached (log: ${(err as Error).message}; last mirror: ${(last as Error).message})`,
+      );
     }
   }
 
@@ -382,7 +444,9 @@ export function formatDecision(d: Decision): string {
         : l.status === 'absent'
           ? `absent (non-inclusion verified at size ${l.size})`
           : `${l.status} ${l.value} (entry ${l.index}, size ${l.size})`;
-    lines.push(`  ${l.name} [weight ${l.weight}]: ${what}`);
+    lines.push(
+      `  ${l.name} [weight ${l.weight}]: ${what}${l.via !== undefined ? ` via mirror ${l.via}` : ''}`,
+    );
   }
   return `${lines.join('\n')}\n`;
 }

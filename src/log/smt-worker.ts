@@ -6,7 +6,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { SLAB_SIZE, type SlabSource, type SmtBatchRows, smtApplyBatchRows } from '../core/smt-batch.js';
-import { LmdbLogStore } from '../storage/lmdb.js';
+import { LmdbLogStore } from '../storage/lmdb/lmdb.js';
 import type { OffloadRequest, OffloadResponse, OffloadReuse } from './smt-offload.js';
 import { packItems, packRows } from './smt-offload.js';
 

@@ -27,6 +27,7 @@ import { readEntryBundle, readHashTile } from '../log/serving.js';
 import { StorageFullError } from '../storage/reserve.js';
 import { AuthError, SIGNATURE_HEADER, type SignedRequest, type Writer, WriterAuth } from './auth.js';
 import type { ApiName, Limits } from './config.js';
+import type { Cosigning } from './cosign.js';
 import type { LookupCache } from './lookup-cache.js';
 import type { LogMetrics, Metrics } from './metrics.js';
 
@@ -47,10 +48,19 @@ export interface ServedLog {
   metrics: LogMetrics;
   /** Set once the log is closing: reads and writes get 503 from then on. */
   closed: boolean;
+  /** Why a closed log is unavailable, when not because the server shuts down (a mirror catching up). */
+  closedReason?: string;
   /** Answer bodies (UTF-8 JSON) by the raw path of their GET. */
   lookupCache: LookupCache<Buffer>;
   /** Gzipped full entry bundles (immutable) by their path; see answerTile. */
   gzipBundles: LookupCache<Buffer>;
+  /** Gathers witness cosignatures when the log has a witness policy. */
+  cosign?: Cosigning;
+}
+
+/** The note served at `<prefix>/checkpoint`: with cosignatures once the witness quorum is met. */
+function servedCheckpoint(sl: ServedLog): string {
+  return sl.cosign?.checkpoint() ?? sl.log.head().checkpoint;
 }
 
 export interface AppContext {
@@ -542,7 +552,7 @@ export function buildApp(
   const getLog = (id: string): ServedLog => {
     const sl = ctx.logs.get(id);
     if (!sl) throw notFound(`no log ${JSON.stringify(id)}`);
-    if (sl.closed) throw unavailable('server is shutting down');
+    if (sl.closed) throw unavailable(sl.closedReason ?? 'server is shutting down');
     return sl;
   };
 
@@ -582,8 +592,10 @@ export function buildApp(
 
   // Counting per (route, status) with bound children: prom-client's label hashing is not free.
   const counters = new Map<string, Counter.Internal>();
-  app.addHook('onSend', (_req, reply, payload, done) => {
+  app.addHook('onSend', (req, reply, payload, done) => {
     if (ctx.draining()) reply.header('connection', 'close');
+    else if (!req.raw.complete && reply.getHeader('connection') === 'close')
+      drainBeforeClosing(req.raw, reply);
     done(null, payload);
   });
   app.addHook('onResponse', (req, reply, done) => {
@@ -617,6 +629,27 @@ export function buildApp(
   }
   if (listener.api.has('write')) registerWriteRoutes(app, ctx, getLog);
   return app;
+}
+
+/** How long the rest of a refused upload is read (and dropped) before the connection is closed. */
+const REFUSED_UPLOAD_DRAIN_MS = 2_000;
+
+/**
+ * A body refused before it was read (over the cap, or a parser error): Fastify answers with
+ * `connection: close`, and closing a socket whose receive buffer still holds the client's upload
+ * makes the kernel send a reset, which can discard the answer before the client reads it. So the
+ * answer goes out without `connection: close`; Node then reads and drops the rest of the body, and
+ * the connection is cut only if the client has not finished sending within a short time.
+ */
+function drainBeforeClosing(req: IncomingMessage, reply: FastifyReply): void {
+  reply.removeHeader('connection');
+  const socket = req.socket;
+  const timer = setTimeout(() => {
+    if (!req.complete) socket.destroy();
+  }, REFUSED_UPLOAD_DRAIN_MS);
+  timer.unref();
+  socket.once('close', () => clearTimeout(timer));
+  req.once('end', () => clearTimeout(timer));
 }
 
 /** Only JSON bodies; everything else is 415. The raw bytes are kept for signed requests. */
@@ -670,6 +703,8 @@ function fastReads(ctx: AppContext, listener: string): FastRead {
     let extra: readonly string[] = [];
     try {
       if (rest.startsWith('lookup/')) {
+        // an answer waits for the cosignatures of the checkpoint it carries (the routes below)
+        if (sl.cosign?.pending()) return false;
         body = answerLookup(sl, rest);
         type = JSON_TYPE;
         cache = NO_STORE;
@@ -680,7 +715,7 @@ function fastReads(ctx: AppContext, listener: string): FastRead {
         cache = IMMUTABLE;
         count = tiles;
       } else if (rest === 'checkpoint') {
-        body = sl.log.head().checkpoint;
+        body = servedCheckpoint(sl);
         type = TEXT_TYPE;
         cache = NO_STORE;
         count = checkpoints;
@@ -718,7 +753,7 @@ function registerReadRoutes(app: FastifyInstance, ctx: AppContext, getLog: (id: 
   });
 
   app.get<{ Params: { id: string } }>('/logs/:id/checkpoint', (req, reply) => {
-    reply.headers(CHECKPOINT_HEADERS).send(getLog(req.params.id).log.head().checkpoint);
+    reply.headers(CHECKPOINT_HEADERS).send(servedCheckpoint(getLog(req.params.id)));
   });
 
   app.get<{ Params: { id: string } }>('/logs/:id/tile/*', (req, reply) => {
@@ -732,9 +767,11 @@ function registerReadRoutes(app: FastifyInstance, ctx: AppContext, getLog: (id: 
     reply.send(body);
   });
 
-  app.get<{ Params: { id: string } }>('/logs/:id/lookup/*', (req, reply) => {
-    const body = answerLookup(getLog(req.params.id), pathInLog(req.raw.url ?? ''));
-    reply.headers(LOOKUP_HEADERS).send(body);
+  app.get<{ Params: { id: string } }>('/logs/:id/lookup/*', async (req, reply) => {
+    const sl = getLog(req.params.id);
+    await sl.cosign?.ready();
+    const body = answerLookup(sl, pathInLog(req.raw.url ?? ''));
+    return reply.headers(LOOKUP_HEADERS).send(body);
   });
 
   app.post<{ Params: { id: string }; Body: { protocol: string; keys: string[] } }>(
@@ -755,9 +792,11 @@ function registerReadRoutes(app: FastifyInstance, ctx: AppContext, getLog: (id: 
         done();
       },
     },
-    (req, reply) => {
-      const body = answerLookupMany(getLog(req.params.id), req.body.protocol, req.body.keys);
-      reply.headers(LOOKUP_HEADERS).send(body);
+    async (req, reply) => {
+      const sl = getLog(req.params.id);
+      await sl.cosign?.ready();
+      const body = answerLookupMany(sl, req.body.protocol, req.body.keys);
+      return reply.headers(LOOKUP_HEADERS).send(body);
     },
   );
 

@@ -7,9 +7,11 @@ import { createPublicKey, type KeyObject } from 'node:crypto';
 import { readFileSync, realpathSync, statSync } from 'node:fs';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import { parse as parseToml, TomlError } from 'smol-toml';
+import { loadWitnessPolicy } from '../config/witness-policy.js';
 import { decodeBase64Strict } from '../core/bytes.js';
-import { TrustixError } from '../core/errors.js';
+import { FormatError, TrustixError } from '../core/errors.js';
 import { isValidKeyName, verifierFromVkey } from '../core/note.js';
+import type { WitnessPolicy } from '../core/policy.js';
 
 export class ConfigError extends TrustixError {
   constructor(message: string) {
@@ -27,6 +29,8 @@ export interface LogConfig {
   dir: string;
   /** Absolute path of the signing key file; undefined means `<dir>/signing.key`. */
   keyFile?: string;
+  /** The C2SP tlog-policy whose witnesses cosign its checkpoints (server/cosign.ts). */
+  witnessPolicy?: { file: string; policy: WitnessPolicy };
 }
 
 export interface WriterConfig {
@@ -62,6 +66,8 @@ export interface Limits {
   maxConnections: number;
   /** How long an idle keep-alive connection stays open. */
   keepAliveTimeoutMs: number;
+  /** How long receipts and lookups wait for a checkpoint's witness quorum (and each witness request). */
+  witnessTimeoutMs: number;
 }
 
 export const DEFAULT_LIMITS: Limits = {
@@ -74,6 +80,7 @@ export const DEFAULT_LIMITS: Limits = {
   lookupCacheEntries: 4096,
   maxConnections: defaultMaxConnections(),
   keepAliveTimeoutMs: 5000,
+  witnessTimeoutMs: 5000,
 };
 
 /**
@@ -245,7 +252,7 @@ export function parseConfig(
   const dirs = new Map<string, string>();
   c.tables(root, 'log').forEach((t, i) => {
     const w = `log[${i}]`;
-    c.onlyKeys(t, w, ['id', 'origin', 'dir', 'key_file']);
+    c.onlyKeys(t, w, ['id', 'origin', 'dir', 'key_file', 'witness_policy']);
     const id = c.string(t, 'id', w, true);
     if (!LOG_ID_RE.test(id)) c.fail(`${w}.id`, 'must match [a-z0-9][a-z0-9._-]{0,63}');
     if (ids.has(id)) c.fail(`${w}.id`, `duplicate log id ${JSON.stringify(id)}`);
@@ -263,7 +270,23 @@ export function parseConfig(
       dirs.set(key, `log[${i}] ${dir}`);
     }
     const keyFile = c.string(t, 'key_file', w, false);
-    logs.push({ id, origin, dir, ...(keyFile !== undefined ? { keyFile: path(keyFile) } : {}) });
+    const policyFile = c.string(t, 'witness_policy', w, false);
+    let witnessPolicy: LogConfig['witnessPolicy'];
+    if (policyFile !== undefined) {
+      try {
+        witnessPolicy = readPolicy(path(policyFile), 'policy file');
+      } catch (err) {
+        if (err instanceof ConfigError) c.fail(`${w}.witness_policy`, err.message);
+        throw err;
+      }
+    }
+    logs.push({
+      id,
+      origin,
+      dir,
+      ...(keyFile !== undefined ? { keyFile: path(keyFile) } : {}),
+      ...(witnessPolicy !== undefined ? { witnessPolicy } : {}),
+    });
   });
   if (logs.length === 0) c.fail('log', 'at least one [[log]] is required');
 
@@ -362,6 +385,7 @@ export function parseConfig(
       'lookup_cache_entries',
       'max_connections',
       'keep_alive_timeout_ms',
+      'witness_timeout_ms',
     ]);
     const d = DEFAULT_LIMITS;
     limits = {
@@ -381,6 +405,7 @@ export function parseConfig(
       lookupCacheEntries: c.integer(t, 'lookup_cache_entries', 'limits', 0, 1_000_000, d.lookupCacheEntries),
       maxConnections: c.integer(t, 'max_connections', 'limits', 1, 1_000_000, d.maxConnections),
       keepAliveTimeoutMs: c.integer(t, 'keep_alive_timeout_ms', 'limits', 1, 600_000, d.keepAliveTimeoutMs),
+      witnessTimeoutMs: c.integer(t, 'witness_timeout_ms', 'limits', 100, 600_000, d.witnessTimeoutMs),
     };
     if (limits.maxEntriesPerRequest > limits.maxPending) {
       c.fail('limits.max_entries_per_request', `must not exceed limits.max_pending (${limits.maxPending})`);
@@ -430,6 +455,16 @@ export function loadConfig(file: string, stateDir?: string): ServerConfig {
   }
   const baseDir = dirname(resolve(file));
   return parseConfig(text, { source: file, baseDir, stateDir: stateDir ? resolve(stateDir) : baseDir });
+}
+
+/** A witness policy file for a node: ConfigError naming `where` when it cannot be used. */
+export function readPolicy(file: string, where: string): { file: string; policy: WitnessPolicy } {
+  try {
+    return { file, policy: loadWitnessPolicy(file, where) };
+  } catch (err) {
+    if (err instanceof FormatError) throw new ConfigError(err.message);
+    throw err;
+  }
 }
 
 /** TOML string literal (basic string with escapes). */

@@ -24,6 +24,11 @@ export class LookupCache<Body = string> {
     this.map.set(key, { size, body });
   }
 
+  /** Forgets every answer (the note served for the current checkpoint changed). */
+  clear(): void {
+    this.map.clear();
+  }
+
   get size(): number {
     return this.map.size;
   }

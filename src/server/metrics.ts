@@ -18,6 +18,17 @@ export interface LogMetrics {
   batchSeconds: Histogram.Internal<string>;
 }
 
+/** Metrics of gathering witness cosignatures (server/cosign.ts), labelled by log and witness name. */
+export interface CosignMetrics {
+  requests: Counter<'log' | 'witness' | 'outcome'>;
+  requestSeconds: Histogram<'log' | 'witness'>;
+  witnessSize: Gauge<'log' | 'witness'>;
+  witnessUp: Gauge<'log' | 'witness'>;
+  waitSeconds: Histogram<'log' | 'quorum'>;
+  quorumMet: Gauge<'log'>;
+  publishedSize: Gauge<'log'>;
+}
+
 export class Metrics {
   readonly registry = new Registry();
   private readonly appended: Counter<'log'>;
@@ -30,6 +41,7 @@ export class Metrics {
   private readonly batchSeconds: Histogram<'log'>;
   readonly submitRequests: Counter<'log' | 'status'>;
   readonly httpRequests: Counter<'listener' | 'route' | 'status'>;
+  readonly cosign: CosignMetrics;
 
   constructor(logs: ReadonlyMap<string, Log>) {
     const registers = [this.registry];
@@ -99,6 +111,52 @@ export class Metrics {
       labelNames: ['listener', 'route', 'status'],
       registers,
     });
+    this.cosign = {
+      requests: new Counter({
+        name: 'trustix_cosign_requests_total',
+        help: 'add-checkpoint requests to witnesses by outcome: cosigned, conflict (409, retried), a refusal status (400, 403, 404, 422...), unreachable, timeout, bad-response.',
+        labelNames: ['log', 'witness', 'outcome'],
+        registers,
+      }),
+      requestSeconds: new Histogram({
+        name: 'trustix_cosign_request_seconds',
+        help: 'Time of one add-checkpoint request to a witness.',
+        labelNames: ['log', 'witness'],
+        buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+        registers,
+      }),
+      witnessSize: new Gauge({
+        name: 'trustix_cosign_witness_size',
+        help: 'Size of the latest checkpoint the witness cosigned for the log.',
+        labelNames: ['log', 'witness'],
+        registers,
+      }),
+      witnessUp: new Gauge({
+        name: 'trustix_cosign_witness_up',
+        help: '1 when the last add-checkpoint request to the witness succeeded, 0 while it is failing.',
+        labelNames: ['log', 'witness'],
+        registers,
+      }),
+      waitSeconds: new Histogram({
+        name: 'trustix_cosign_wait_seconds',
+        help: 'From a checkpoint being committed to its quorum being met (quorum="met") or given up on (quorum="missed": timeout, or too many witnesses failed).',
+        labelNames: ['log', 'quorum'],
+        buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+        registers,
+      }),
+      quorumMet: new Gauge({
+        name: 'trustix_cosign_quorum_met',
+        help: '1 when the latest settled checkpoint met the witness quorum, 0 when it did not.',
+        labelNames: ['log'],
+        registers,
+      }),
+      publishedSize: new Gauge({
+        name: 'trustix_cosign_published_size',
+        help: 'Size of the checkpoint served at <prefix>/checkpoint (the latest that met the quorum).',
+        labelNames: ['log'],
+        registers,
+      }),
+    };
     new Gauge({
       name: 'trustix_tree_size',
       help: 'Entries in the latest published checkpoint.',

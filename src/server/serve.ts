@@ -9,10 +9,13 @@ import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { InsecureSecretError, readSecretFile } from '../config/secret.js';
 import { StateError } from '../core/errors.js';
+import { verifierFromVkey } from '../core/note.js';
+import { policyCoversLog } from '../core/policy.js';
 import { type BatchInfo, Log, type LogOptions } from '../log/log.js';
 import { type AppContext, buildApp, type ServedLog } from './app.js';
 import { WriterAuth } from './auth.js';
 import { ConfigError, type ListenConfig, type ServerConfig } from './config.js';
+import { Cosigning } from './cosign.js';
 import { LookupCache } from './lookup-cache.js';
 import { Metrics } from './metrics.js';
 
@@ -92,6 +95,29 @@ export class TrustixServer {
         say(`log ${lc.id}: vkey ${log.vkey}`);
       }
       const metrics = new Metrics(new Map([...logs].map(([id, sl]) => [id, sl.log])));
+      for (const [i, lc] of config.logs.entries()) {
+        const sl = logs.get(lc.id)!;
+        if (lc.witnessPolicy === undefined) continue;
+        const { file, policy } = lc.witnessPolicy;
+        if (!policyCoversLog(policy, verifierFromVkey(sl.log.vkey))) {
+          throw new ConfigError(
+            `log[${i}]: the witness policy ${file} lists logs, and this log's key ${sl.log.vkey} is not one of them`,
+          );
+        }
+        sl.cosign = new Cosigning({
+          log: sl.log,
+          id: lc.id,
+          policy,
+          timeoutMs: config.limits.witnessTimeoutMs,
+          metrics: metrics.cosign,
+          warn: (line) => process.stderr.write(`trustix serve: ${line}\n`),
+          onChange: () => sl.lookupCache.clear(),
+        });
+        sl.log.attachPublisher(sl.cosign);
+        say(
+          `log ${lc.id}: witnesses of ${file}: ${[...policy.witnesses.keys()].length}, quorum ${policy.quorum ?? 'none'}`,
+        );
+      }
       for (const sl of logs.values()) {
         sl.metrics = metrics.forLog(sl.id);
         batchObservers.set(sl.id, (b) => {
@@ -221,7 +247,7 @@ function removeSocket(path: string): void {
   }
 }
 
-async function listen(app: FastifyInstance, l: ListenConfig, i: number): Promise<string> {
+export async function listen(app: FastifyInstance, l: ListenConfig, i: number): Promise<string> {
   try {
     if (l.kind === 'tcp') {
       await app.listen({ host: l.host, port: l.port });

@@ -11,7 +11,15 @@ import { dirname, join, resolve } from 'node:path';
 import { readSecretFile } from '../config/secret.js';
 import { isValidKeyName } from '../core/note.js';
 import { fsyncPath, isTempName, writeFileDurably } from '../storage/durable.js';
-import { API_NAMES, ConfigError, loadConfig, parseAddress, type ServerConfig, tomlString } from './config.js';
+import {
+  API_NAMES,
+  ConfigError,
+  loadConfig,
+  parseAddress,
+  readPolicy,
+  type ServerConfig,
+  tomlString,
+} from './config.js';
 
 export const CONFIG_FILE = 'trustix.toml';
 export const DEFAULT_LOG_ID = 'default';
@@ -23,6 +31,8 @@ export interface ServeOptions {
   config?: string;
   listen?: string;
   origin?: string;
+  /** A C2SP tlog-policy file for every log (instead of their witness_policy). */
+  witnessPolicy?: string;
 }
 
 export interface PreparedState {
@@ -52,6 +62,11 @@ export function prepareState(opts: ServeOptions): PreparedState {
       `--origin: ${JSON.stringify(opts.origin)} is not a valid log origin (no spaces, no "+")`,
     );
   }
+  // read before anything is written, so a bad file leaves a new state directory untouched
+  const policy =
+    opts.witnessPolicy === undefined
+      ? undefined
+      : readPolicy(resolve(opts.witnessPolicy), '--witness-policy');
   const notes: string[] = [];
   let configFile: string;
   let config: ServerConfig;
@@ -81,6 +96,7 @@ export function prepareState(opts: ServeOptions): PreparedState {
     }
   }
   checkTokenFiles(join(dirname(configFile), 'writers'));
+  if (policy !== undefined) for (const l of config.logs) l.witnessPolicy = policy;
   if (listen)
     config.listeners = [{ kind: 'tcp', host: listen.host, port: listen.port, api: new Set(API_NAMES) }];
   if (config.listeners.length === 0) {

@@ -5,9 +5,10 @@
  *    promise resolves (fsync'd): the log acknowledges submissions only after that;
  *  - every `read` callback sees one consistent snapshot, so a lookup's checkpoint, index
  *    strata and tiles always belong together.
- * Reads are synchronous: the embedded backend (lmdb) serves them from a memory map far faster
- * than a promise round trip. A networked backend (PostgreSQL) would keep this contract by
- * reading through a snapshot cache filled per batch; the sequencer is single-writer either way.
+ * Reads are synchronous: the embedded driver (lmdb/) serves them from a memory map far faster
+ * than a promise round trip; the PostgreSQL driver (postgres/) runs each `read` as one
+ * REPEATABLE READ transaction that the reading thread waits on. The sequencer is single-writer
+ * either way. test/storage/conformance.ts holds every driver to this contract.
  */
 
 /** A hash tile as stored: the C2SP tile hashes followed by its internal levels (see core/tiles.ts). */

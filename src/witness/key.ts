@@ -20,23 +20,26 @@ export function defaultWitnessName(): string {
 
 /**
  * Loads the key of the state directory `dir`, or creates it (named `name`, default
- * defaultWitnessName()). A `name` that differs from an existing key's is an error.
+ * defaultWitnessName()). A `name` that differs from an existing key's is an error. Another kind of
+ * cosigner (an auditing mirror) names its own key file, default name and role in `opts`.
  */
 export function loadOrCreateWitnessKey(
   dir: string,
   name?: string,
+  opts: { file?: string; defaultName?: () => string; role?: string } = {},
 ): { cosigner: Cosigner; created: boolean; file: string } {
+  const role = opts.role ?? 'witness';
   if (name !== undefined && !isValidKeyName(name)) {
-    throw new StateError(`witness name ${JSON.stringify(name)} is not a valid key name (no spaces, no "+")`);
+    throw new StateError(`${role} name ${JSON.stringify(name)} is not a valid key name (no spaces, no "+")`);
   }
-  const file = join(dir, KEY_FILE);
+  const file = join(dir, opts.file ?? KEY_FILE);
   let created = false;
   if (!existsSync(file)) {
-    const { skey } = generateKey(name ?? defaultWitnessName());
+    const { skey } = generateKey(name ?? (opts.defaultName ?? defaultWitnessName)());
     try {
       writeFileSync(file, `${skey}\n`, { mode: 0o600, flag: 'wx' });
     } catch (err) {
-      throw new StateError(`cannot write the witness key ${file}: ${(err as Error).message}`);
+      throw new StateError(`cannot write the ${role} key ${file}: ${(err as Error).message}`);
     }
     created = true;
   }
@@ -53,7 +56,7 @@ export function loadOrCreateWitnessKey(
     throw new StateError(`${file}: ${(err as Error).message}`);
   }
   if (name !== undefined && name !== cosigner.name) {
-    throw new StateError(`--name ${name}: the witness key in ${file} is named ${cosigner.name}`);
+    throw new StateError(`--name ${name}: the ${role} key in ${file} is named ${cosigner.name}`);
   }
   return { cosigner, created, file };
 }

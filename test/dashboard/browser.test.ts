@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { type BrowserContext, chromium, type Page } from 'playwright-core';
 import { cleanup, tempDir } from '../fixtures/server-helpers.js';
-import { HOSTILE_NAME, SPLIT, startLogs, type TestLog, TIE, trustToml, value } from './fixtures.js';
+import { HOSTILE_NAME, SHARED, SPLIT, startLogs, type TestLog, TIE, trustToml, value } from './fixtures.js';
 
 const CHROMIUM = '/usr/bin/chromium';
 const MAIN = new URL('../../src/cli/main.ts', import.meta.url).pathname;
@@ -147,6 +147,53 @@ describe('dashboard in a browser', {
       document.querySelector('#result .verdict')?.classList.contains('undecided'),
     );
     assert.match((await page.textContent('#result .reason')) ?? '', /percentage/);
+  });
+
+  test('package sets: upload a file of store paths and see the figures of just that set', async () => {
+    const name = '<img src=x onerror="window.__pwned=2"> iso';
+    const paths = [SHARED[0], SPLIT, TIE, '/nix/store/0c6kzph7l0dcbfmjap64f0czdafn3b7x-hello-2.12'];
+    await page.fill('#set-name', name);
+    await page.setInputFiles('#set-file', {
+      name: 'closure.txt',
+      mimeType: 'text/plain',
+      buffer: Buffer.from(`${paths.join('\n')}\n`),
+    });
+    await page.click('#set-form button[type=submit]');
+    await page.waitForSelector('#set-summary');
+    assert.match((await page.textContent('#set-message')) ?? '', /: 4 paths\./);
+    const row = await page.$$eval('#set-list tbody tr', (trs) =>
+      trs.map((tr) => [...tr.querySelectorAll('td')].map((td) => td.textContent ?? '')),
+    );
+    assert.equal(row.length, 1);
+    assert.deepEqual(row[0].slice(1, 6), ['4', '3 (75.0%)', '1 (25.0%)', '2 (50.0%)', '1 (25.0%)']);
+    assert.equal(await page.textContent('#set-list tbody button.name'), name);
+    assert.match(
+      (await page.textContent('#set-summary')) ?? '',
+      /1 of 4 paths all agree; 3 are held by two logs or more, 1 are not/,
+    );
+    const keys = await page.$$eval('#set-disagreeing tbody .key', (els) => els.map((e) => e.textContent));
+    assert.deepEqual(keys, [SPLIT, TIE]);
+    assert.equal(await page.$$eval('#set-list svg.chart polyline', (els) => els.length), 2);
+    assert.equal(await page.$$eval('img', (els) => els.length), 0, 'the set name was not parsed as markup');
+    assert.equal(await page.evaluate(() => (window as unknown as { __pwned?: number }).__pwned), undefined);
+    await page.locator('#sets').screenshot({ path: join(shots, 'sets.png') });
+    // a file that is not a list of paths is refused, and the page says why
+    await page.fill('#set-name', 'sizes');
+    await page.setInputFiles('#set-file', {
+      name: 'sizes.txt',
+      mimeType: 'text/plain',
+      buffer: Buffer.from(`${paths[3]}\t123456\n`),
+    });
+    const before = problems.length;
+    await page.click('#set-form button[type=submit]');
+    await page.waitForFunction(() =>
+      /Upload failed: line 1/.test(document.getElementById('set-message')?.textContent ?? ''),
+    );
+    // the browser logs the refused upload (400) as a failed resource: expected here, and only that
+    assert.deepEqual(
+      problems.splice(before).map((p) => /status of 400/.test(p)),
+      [true],
+    );
   });
 
   test('a log going down while the page is open shows as unreachable', async () => {

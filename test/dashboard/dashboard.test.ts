@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { encodeEntry } from '../../src/core/entry.js';
 import { leafHash } from '../../src/core/merkle.js';
-import { generateKey } from '../../src/core/note.js';
+import { cosignerFromSkey, generateKey } from '../../src/core/note.js';
 import { decodeEntryBundle, encodeEntryBundle, parseTilePath, TILE_WIDTH } from '../../src/core/tiles.js';
 import { Dashboard } from '../../src/dashboard/app.js';
 import { parseDecideConfig } from '../../src/decide/config.js';
@@ -149,6 +149,9 @@ describe('dashboard over real logs', () => {
     });
     try {
       await d.follower.pollAll();
+      assert.ok(d.scripts!.pending() > 0, 'nothing decided yet');
+      await d.scripts!.settle();
+      assert.equal(d.scripts!.pending(), 0);
       const a = (await get(d, '/api/agreement')).json;
       assert.deepEqual([a.keys, a.decided, a.undecided], [6, 1, 5]);
       assert.deepEqual(
@@ -288,13 +291,185 @@ describe('dashboard over real logs', () => {
       assert.equal(gone.check, 'http.network');
       assert.equal(gone.size, 0);
       const local = (await get(d, '/api/overview')).json.logs[3];
-      assert.equal(local.state, 'unsupported');
+      assert.deepEqual([local.state, local.check], ['unreachable', 'local.missing']);
       // the keys alpha and beta both hold still count (SHARED, SPLIT, TIE, ONLY_A, later); the
       // other two logs have nothing indexed
       assert.equal((await get(d, '/api/agreement')).json.keys, SHARED.length + 4);
     } finally {
       await d.close();
     }
+  });
+
+  test('a local log (state = DIR) is read from its store, read-only, and verified as a remote one', async () => {
+    const localDir = join(dir, 'local-log');
+    const local = await Log.create(localDir, 'local.test/log', { batchDelayMs: 1 });
+    await local.submit([...SHARED.map((k) => entry(k)), entry(SPLIT, 2)]);
+    const vkey = local.vkey;
+    await local.close();
+    const cfg = parseDecideConfig(
+      `${trustToml(logs.slice(0, 2))}\n[[log]]\nname = "here"\nstate = "${localDir}"\nvkey = "${vkey}"\n`,
+    );
+    const d = new Dashboard(cfg, { stateDir: join(dir, 'state-local') });
+    try {
+      await d.follower.pollAll();
+      const here = (await get(d, '/api/overview')).json.logs[2] as Api['logs'][number] & { dir: string };
+      assert.deepEqual([here.state, here.size, here.target, here.dir], ['ok', 5, 5, localDir]);
+      const a = (await get(d, '/api/agreement')).json;
+      const split = a.disagreeing.rows.find((r) => r.key === SPLIT);
+      assert.equal(split?.values.here, value(SPLIT, 2));
+      assert.deepEqual(a.matrix[0][2], { both: 5, same: 4 });
+      // the log grows while followed; a log signed by another key fails its checkpoint signature
+      const more = await Log.open(localDir);
+      await more.submit([entry('local-later')]);
+      await more.close();
+      await d.follower.pollAll();
+      assert.equal((await get(d, '/api/overview')).json.logs[2].size, 6);
+    } finally {
+      await d.close();
+    }
+    const wrong = parseDecideConfig(
+      `[[log]]\nname = "here"\nstate = "${localDir}"\nvkey = "${generateKey('local.test/log').vkey}"\n`,
+    );
+    const w = new Dashboard(wrong, { stateDir: join(dir, 'state-local-wrong') });
+    try {
+      await w.follower.pollAll();
+      const l = (await get(w, '/api/overview')).json.logs[0];
+      assert.equal(l.state, 'failed');
+      assert.match(l.check ?? '', /^note\./);
+      assert.equal(l.size, 0);
+    } finally {
+      await w.close();
+    }
+  });
+
+  test('witness policies: a log whose checkpoint lacks the quorum fails witness.quorum, nothing indexed', async () => {
+    const wkey = cosignerFromSkey(generateKey('w.test/witness').skey).vkey;
+    const needs = join(dir, 'needs-w.txt');
+    const none = join(dir, 'none.txt');
+    writeFileSync(needs, `witness W ${wkey}\nquorum W\n`);
+    writeFileSync(none, 'quorum none\n');
+    const [a, b] = logs;
+    const cfg = parseDecideConfig(
+      `witness_policy = "${needs}"\n[[log]]\nname = "alpha"\nurl = "${a.url}"\nvkey = "${a.vkey}"\n\n[[log]]\nname = "beta"\nurl = "${b.url}"\nvkey = "${b.vkey}"\nwitness_policy = "${none}"\n`,
+    );
+    const d = new Dashboard(cfg, { stateDir: join(dir, 'state-witness') });
+    try {
+      await d.follower.pollAll();
+      const [alpha, beta] = (await get(d, '/api/overview')).json.logs as Array<
+        Api['logs'][number] & { reason?: string }
+      >;
+      assert.deepEqual([alpha.state, alpha.check, alpha.size], ['failed', 'witness.quorum', 0]);
+      assert.match(alpha.reason ?? '', /lacks the witness quorum/);
+      assert.equal(beta.state, 'ok');
+      assert.ok(beta.size > 0);
+    } finally {
+      await d.close();
+    }
+  });
+
+  test('package sets: uploaded store paths, the figures of just that set, its history, kept across a restart', async () => {
+    const hash = '0c6kzph7l0dcbfmjap64f0czdafn3b7x';
+    const file = [
+      '# a closure',
+      SHARED[0],
+      SPLIT,
+      `/nix/store/${hash}-hello-2.12/bin/hello`,
+      TIE,
+      ONLY_A,
+      'later',
+      '',
+      SPLIT,
+    ].join('\n');
+    const put = (name: string, body: string, type = 'text/plain') =>
+      dash.app.inject({
+        method: 'PUT',
+        url: `/api/sets/${encodeURIComponent(name)}`,
+        headers: { 'content-type': type },
+        body,
+      });
+    const created = await put('iso closure', file);
+    assert.equal(created.statusCode, 201, created.body);
+    // beta holds ONLY_A and later too; TIE is held by alpha and beta with different values
+    const expected = { size: 6, keys: 5, unseen: 1, agree: 3, decided: 4, undecided: 1 };
+    const s = (await get(dash, `/api/sets/${encodeURIComponent('iso closure')}?per=10`))
+      .json as unknown as Api & typeof expected & { history: number[][]; source: string };
+    assert.deepEqual(
+      {
+        size: s.size,
+        keys: s.keys,
+        unseen: s.unseen,
+        agree: s.agree,
+        decided: s.decided,
+        undecided: s.undecided,
+      },
+      expected,
+    );
+    assert.equal(s.source, 'upload');
+    assert.deepEqual(
+      s.disagreeing.rows.map((r) => [r.key, r.decided]),
+      [
+        [SPLIT, value(SPLIT)],
+        [TIE, undefined],
+      ],
+    );
+    assert.deepEqual(
+      s.history.map((p) => p.slice(1)),
+      [[5, 3, 4, 1]],
+    );
+    // the logs grow: the third log now holds TIE as alpha does, so it is decided
+    await logs[2].client.submit([entry(TIE, 1)], { token: token(logs[2].dir) });
+    await dash.follower.pollAll();
+    await dash.sets.recordAll();
+    await dash.sets.recordAll();
+    const list = (await get(dash, '/api/sets')).json as unknown as {
+      sets: Array<{ name: string; decided: number; history: number[][] }>;
+    };
+    assert.deepEqual(
+      list.sets.map((x) => [x.name, x.decided, x.history.map((p) => p.slice(1))]),
+      [
+        [
+          'iso closure',
+          5,
+          [
+            [5, 3, 4, 1],
+            [5, 3, 5, 0],
+          ],
+        ],
+      ],
+    );
+    // bad uploads say why
+    const bad = await put('x', `${SHARED[0]}\n12345 /nix/store/${hash}-hello\n`);
+    assert.equal(bad.statusCode, 400);
+    assert.match(bad.json().error, /^line 2: /);
+    assert.equal((await put('x', '/nix/store/nothash-x')).statusCode, 400);
+    assert.equal((await put('x', '\n# nothing\n')).statusCode, 400);
+    assert.equal((await put('a/b', SPLIT)).statusCode, 400, 'a slash is no set name');
+    assert.equal((await put(' x', SPLIT)).statusCode, 400);
+    assert.equal((await put('x', '{}', 'application/json')).statusCode, 415);
+    assert.equal((await get(dash, '/api/sets/nope')).status, 404);
+
+    // a restart keeps the set and its history; a configured set cannot be replaced or deleted
+    await dash.close();
+    dash = new Dashboard(parseDecideConfig(trustToml(logs)), {
+      stateDir: join(dir, 'state'),
+      sets: [{ name: 'configured', keys: [SHARED[1], SPLIT] }],
+    });
+    const again = (await get(dash, '/api/sets')).json as unknown as {
+      sets: Array<{ name: string; source: string; size: number; history: number[][] }>;
+    };
+    assert.deepEqual(
+      again.sets.map((x) => [x.name, x.source, x.size, x.history.length]),
+      [
+        ['configured', 'config', 2, 1],
+        ['iso closure', 'upload', 6, 2],
+      ],
+    );
+    assert.equal((await put('configured', SPLIT)).statusCode, 409);
+    const del = (name: string) =>
+      dash.app.inject({ method: 'DELETE', url: `/api/sets/${encodeURIComponent(name)}` });
+    assert.equal((await del('configured')).statusCode, 409);
+    assert.equal((await del('iso closure')).statusCode, 204);
+    assert.equal((await get(dash, `/api/sets/${encodeURIComponent('iso closure')}`)).status, 404);
   });
 });
 

@@ -32,14 +32,10 @@ export async function startLogs(dir: string): Promise<TestLog[]> {
   return Promise.all(
     names.map(async (name, i) => {
       const state = join(dir, `node${i}`);
-      const server = await startServer([
-        '--state',
-        state,
-        '--listen',
-        '127.0.0.1:0',
-        '--origin',
-        `log${i}.test/log`,
-      ]);
+      const server = await startServer(
+        ['--state', state, '--listen', '127.0.0.1:0', '--origin', `log${i}.test/log`],
+        90_000,
+      );
       const url = `${server.url}/logs/default/`;
       const client = new LogClient({ url, vkey: server.vkey });
       const entries: Entry[] = [...SHARED.map((k) => entry(k)), entry(SPLIT, i === 2 ? 2 : 1)];

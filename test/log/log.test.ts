@@ -361,7 +361,8 @@ describe('log', () => {
       assert.deepEqual(hb.rootHash, hs.rootHash);
       assert.deepEqual(hb.mapRoot, hs.mapRoot);
       // the worker really ran (a silent fallback to this thread would make the comparison moot)
-      const offload = (big as unknown as { offload: { worker?: unknown; broken: boolean } }).offload;
+      const offload = (big as unknown as { appender: { offload: { worker?: unknown; broken: boolean } } })
+        .appender.offload;
       assert.ok(offload.worker !== undefined && !offload.broken);
     }
     for (const k of ['w0', 'w1600', 'w2999', 'n999', 'absent']) {

@@ -40,13 +40,13 @@ interface PrepareCall {
 /** Records the sequencer's (private) prepare calls of `log`; `onCall` runs after each. */
 function spyPrepare(log: Log, onCall: (c: PrepareCall) => void = () => {}): PrepareCall[] {
   const calls: PrepareCall[] = [];
-  const target = log as unknown as {
+  const target = (log as unknown as { appender: object }).appender as {
     prepare: (
       batch: unknown,
       base: { built?: unknown } | undefined,
     ) => Promise<{ built?: { offloadSeq?: number } }>;
   };
-  const original = target.prepare.bind(log);
+  const original = target.prepare.bind(target);
   target.prepare = async (batch, base) => {
     const r = await original(batch, base);
     const c = { onUncommitted: base?.built !== undefined, offloaded: r.built?.offloadSeq !== undefined };
@@ -197,10 +197,10 @@ describe('pipelined sequencing', () => {
   test("a batch's receipts, built while the next batch commits, verify against the batch's own checkpoint", async () => {
     const log = await Log.create(tempDir(), 'test.example/acks', { batchDelayMs: 1, maxBatch: 300 });
     const verifier = verifierFromVkey(log.vkey);
-    const target = log as unknown as {
+    const target = (log as unknown as { appender: object }).appender as {
       acknowledgeBatch: (prepared: unknown, head: { size: number }, started: bigint) => void;
     };
-    const acknowledge = target.acknowledgeBatch.bind(log);
+    const acknowledge = target.acknowledgeBatch.bind(target);
     let afterNext = 0;
     // build each batch's receipts only once a later batch is in the store (the last one gives up
     // waiting): its partial tiles have been rewritten wider by then

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { SMT_EMPTY, smtApplyBatch } from '../../src/core/smt.js';
 import { SmtOffload } from '../../src/log/smt-offload.js';
-import { LmdbLogStore } from '../../src/storage/lmdb.js';
+import { LmdbLogStore } from '../../src/storage/lmdb/lmdb.js';
 
 const dirs: string[] = [];
 after(() => {

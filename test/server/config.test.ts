@@ -1,8 +1,10 @@
 // Config parsing: a full example, defaults, and one error per kind of mistake, each naming its key.
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import { generateKey } from '../../src/core/note.js';
+import { cosignerFromSkey, generateKey } from '../../src/core/note.js';
 import { ConfigError, DEFAULT_LIMITS, parseAddress, parseConfig } from '../../src/server/config.js';
 
 const opts = { source: 'test.toml', baseDir: '/etc/trustix', stateDir: '/var/lib/trustix' };
@@ -150,6 +152,33 @@ describe('server config', () => {
     );
     fails(`${LOG}limits = 3\n`, /log\[0\]\.limits: unknown key/);
     fails(`limits = 3\n${LOG}`, /^config test\.toml: limits: must be a table, got a number$/);
+  });
+
+  test('witness_policy: read relative to the config, its errors name the key and the line', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'trustix-config-'));
+    const w = cosignerFromSkey(generateKey('w.test/witness').skey);
+    writeFileSync(join(dir, 'policy.txt'), `witness W ${w.vkey} http://127.0.0.1:1\nquorum W\n`);
+    writeFileSync(join(dir, 'bad.txt'), `witness W ${w.vkey}\nquorum X\n`);
+    const at = { ...opts, baseDir: dir };
+    const c = parseConfig(`${LOG}witness_policy = "policy.txt"\n[limits]\nwitness_timeout_ms = 250\n`, at);
+    assert.equal(c.logs[0].witnessPolicy?.file, join(dir, 'policy.txt'));
+    assert.equal(c.logs[0].witnessPolicy?.policy.quorum, 'W');
+    assert.equal(c.limits.witnessTimeoutMs, 250);
+    assert.equal(parseConfig(LOG, opts).limits.witnessTimeoutMs, 5000);
+    for (const [file, re] of [
+      [
+        'bad.txt',
+        /log\[0\]\.witness_policy: policy file: .*bad\.txt: line 2: quorum "X" is not a witness or group/,
+      ],
+      ['none.txt', /log\[0\]\.witness_policy: policy file: cannot read .*none\.txt/],
+    ] as const) {
+      assert.throws(
+        () => parseConfig(`${LOG}witness_policy = "${file}"\n`, at),
+        (err: unknown) => err instanceof ConfigError && re.test(err.message),
+      );
+    }
+    fails(`${LOG}[limits]\nwitness_timeout_ms = 10\n`, /limits\.witness_timeout_ms/);
+    rmSync(dir, { recursive: true, force: true });
   });
 
   test('addresses', () => {

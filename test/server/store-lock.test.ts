@@ -6,7 +6,7 @@ import { mkdirSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { parseConfig } from '../../src/server/config.js';
-import { LmdbLogStore } from '../../src/storage/lmdb.js';
+import { LmdbLogStore } from '../../src/storage/lmdb/lmdb.js';
 import { StoreLockedError } from '../../src/storage/lock.js';
 import {
   cleanup,

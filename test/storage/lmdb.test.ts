@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { StorageError } from '../../src/core/errors.js';
-import { LmdbLogStore } from '../../src/storage/lmdb.js';
+import { LmdbLogStore } from '../../src/storage/lmdb/lmdb.js';
 
 const dirs: string[] = [];
 after(() => {

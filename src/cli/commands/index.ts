@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { registerDashboardCommand } from './dashboard.js';
 import { registerDecideCommands } from './decide.js';
 import { registerLocalCommands } from './local.js';
+import { registerMirrorCommand } from './mirror.js';
 import { registerMisbehaviourCommands } from './misbehaviour.js';
 import { registerNixCommands } from './nix.js';
 import { registerRemoteCommands } from './remote.js';
@@ -18,4 +19,5 @@ export function registerCommands(program: Command): void {
   registerWitnessCommand(program);
   registerMisbehaviourCommands(program);
   registerDashboardCommand(program);
+  registerMirrorCommand(program);
 }

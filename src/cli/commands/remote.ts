@@ -2,6 +2,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { type Command, Option } from 'commander';
 import { LogClient } from '../../client/client.js';
 import { defaultTrustDir, FileTrustStore } from '../../client/trust-store.js';
+import { loadWitnessPolicy } from '../../config/witness-policy.js';
 import {
   type Bundle,
   type BundleResult,
@@ -17,7 +18,6 @@ import { FormatError, VerificationError } from '../../core/errors.js';
 import { verifierFromVkey } from '../../core/note.js';
 import type { WitnessPolicy } from '../../core/policy.js';
 import type { DecideConfig } from '../../decide/config.js';
-import { loadWitnessPolicy } from '../../decide/config.js';
 import { Log } from '../../log/log.js';
 import { proofDirOf } from '../../misbehaviour/files.js';
 import { KEY_ARG_HELP, lookupKeyArg } from '../lookup-key.js';

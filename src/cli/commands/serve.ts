@@ -23,48 +23,60 @@ export function registerServeCommand(program: Command): void {
       'serve every API on this address instead of the configured listeners (port 0: any free port)',
     )
     .option('--origin <name>', 'origin of the log created on first start (default: <hostname>/trustix)')
+    .option(
+      '--witness-policy <file>',
+      "C2SP tlog-policy file: ask its witnesses to cosign every checkpoint of every log (overrides the logs' witness_policy; docs/witness.md)",
+    )
     .addHelpText(
       'after',
       '\nExamples:\n  trustix serve --state ./node --listen 127.0.0.1:8080 --origin example.com/builder1\n  trustix serve --config /etc/trustix/trustix.toml',
     )
-    .action(async (o: { state?: string; config?: string; listen?: string; origin?: string }) => {
-      const say = (line: string) => process.stdout.write(`${line}\n`);
-      if (o.state === undefined && o.config === undefined) {
-        throw new CliError('serve: --state DIR or --config FILE is required', EXIT.usage);
-      }
-      if (o.listen !== undefined && !parseAddress(o.listen)) {
-        throw new CliError(
-          `serve: --listen must be HOST:PORT or [IPv6]:PORT, got ${JSON.stringify(o.listen)}`,
-          EXIT.usage,
-        );
-      }
-      const prepared = prepareState(o);
-      for (const n of prepared.notes) say(n);
-      say(`config: ${prepared.configFile}`);
-      const server = await TrustixServer.start(prepared.config, say);
-      await new Promise<void>((done) => {
-        let stopping = false;
-        const stop = (signal: string) => {
-          if (stopping) {
-            process.stderr.write(`trustix serve: ${signal} again, exiting without draining\n`);
-            process.exit(1);
-          }
-          stopping = true;
-          say(`draining (${signal}): ${server.submissionsInFlight} submissions in flight`);
-          server.shutdown().then(
-            () => {
-              say('stopped');
-              done();
-            },
-            (err: unknown) => {
-              process.stderr.write(`trustix serve: shutdown failed: ${(err as Error).message}\n`);
-              process.exitCode = 1;
-              done();
-            },
+    .action(
+      async (o: {
+        state?: string;
+        config?: string;
+        listen?: string;
+        origin?: string;
+        witnessPolicy?: string;
+      }) => {
+        const say = (line: string) => process.stdout.write(`${line}\n`);
+        if (o.state === undefined && o.config === undefined) {
+          throw new CliError('serve: --state DIR or --config FILE is required', EXIT.usage);
+        }
+        if (o.listen !== undefined && !parseAddress(o.listen)) {
+          throw new CliError(
+            `serve: --listen must be HOST:PORT or [IPv6]:PORT, got ${JSON.stringify(o.listen)}`,
+            EXIT.usage,
           );
-        };
-        process.on('SIGTERM', () => stop('SIGTERM'));
-        process.on('SIGINT', () => stop('SIGINT'));
-      });
-    });
+        }
+        const prepared = prepareState(o);
+        for (const n of prepared.notes) say(n);
+        say(`config: ${prepared.configFile}`);
+        const server = await TrustixServer.start(prepared.config, say);
+        await new Promise<void>((done) => {
+          let stopping = false;
+          const stop = (signal: string) => {
+            if (stopping) {
+              process.stderr.write(`trustix serve: ${signal} again, exiting without draining\n`);
+              process.exit(1);
+            }
+            stopping = true;
+            say(`draining (${signal}): ${server.submissionsInFlight} submissions in flight`);
+            server.shutdown().then(
+              () => {
+                say('stopped');
+                done();
+              },
+              (err: unknown) => {
+                process.stderr.write(`trustix serve: shutdown failed: ${(err as Error).message}\n`);
+                process.exitCode = 1;
+                done();
+              },
+            );
+          };
+          process.on('SIGTERM', () => stop('SIGTERM'));
+          process.on('SIGINT', () => stop('SIGINT'));
+        });
+      },
+    );
 }

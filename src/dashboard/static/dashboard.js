@@ -179,28 +179,9 @@ function sortHeader(label, key) {
   return th;
 }
 
-async function loadAgreement() {
-  const v = agreementView;
-  const a = await api(`/api/agreement?page=${v.page}&per=${v.per}&sort=${encodeURIComponent(v.sort)}`);
-  $('agree-summary').replaceChildren(
-    el('span', `${a.keys.toLocaleString('en')} keys are held by two logs or more. `),
-    el('strong', `${pct(a.shares.agree)} all agree`, { class: 'good-text' }),
-    el('span', ', '),
-    el('strong', `${pct(a.shares.decided)} decided`),
-    el('span', ' by the configured procedure, '),
-    el('strong', `${pct(a.shares.undecided)} undecided`, { class: 'bad-text' }),
-    el('span', '.'),
-    el('span', ` As of ${new Date(a.computedAt).toLocaleTimeString('en-GB')}.`, { class: 'check' }),
-  );
-  $('agree-bar').replaceChildren(shareBar(a));
-  matrixTable(a);
-  const d = a.disagreeing;
-  $('dis-total').textContent = `(${d.total.toLocaleString('en')})`;
-  const head = el('tr');
-  head.append(sortHeader('Key', 'key'), sortHeader('Logs', 'logs'), sortHeader('Decided', 'decided'));
-  for (const n of a.logs) head.append(nameEl('th', n, { scope: 'col' }));
-  $('disagreeing').tHead.replaceChildren(head);
-  const rows = d.rows.map((r) => {
+/** The rows of disagreeing keys: each log's value, the decided one, a link to search the key. */
+function disagreeRows(a, rowsIn) {
+  const rows = rowsIn.map((r) => {
     const tr = el('tr');
     const key = el('td', null, { class: 'key' });
     const link = el('a', r.key, { href: '#search' });
@@ -230,12 +211,204 @@ async function loadAgreement() {
     tr.append(el('td', 'No disagreement.', { colspan: String(3 + a.logs.length) }));
     rows.push(tr);
   }
-  $('disagreeing').tBodies[0].replaceChildren(...rows);
+  return rows;
+}
+
+async function loadAgreement() {
+  const v = agreementView;
+  const a = await api(`/api/agreement?page=${v.page}&per=${v.per}&sort=${encodeURIComponent(v.sort)}`);
+  $('agree-summary').replaceChildren(
+    el('span', `${a.keys.toLocaleString('en')} keys are held by two logs or more. `),
+    el('strong', `${pct(a.shares.agree)} all agree`, { class: 'good-text' }),
+    el('span', ', '),
+    el('strong', `${pct(a.shares.decided)} decided`),
+    el('span', ' by the configured procedure, '),
+    el('strong', `${pct(a.shares.undecided)} undecided`, { class: 'bad-text' }),
+    el('span', '.'),
+    el('span', ` As of ${new Date(a.computedAt).toLocaleTimeString('en-GB')}.`, { class: 'check' }),
+  );
+  if (a.pending > 0) {
+    const p = el('div', null, { class: 'check', id: 'pending' });
+    p.append(
+      el('span', `Script procedure: ${a.pending.toLocaleString('en')} keys wait for a decision `),
+      el('progress', null, { max: String(a.keys + a.pending), value: String(a.keys) }),
+    );
+    $('agree-summary').append(p);
+  }
+  $('agree-bar').replaceChildren(shareBar(a));
+  matrixTable(a);
+  const d = a.disagreeing;
+  $('dis-total').textContent = `(${d.total.toLocaleString('en')})`;
+  const head = el('tr');
+  head.append(sortHeader('Key', 'key'), sortHeader('Logs', 'logs'), sortHeader('Decided', 'decided'));
+  for (const n of a.logs) head.append(nameEl('th', n, { scope: 'col' }));
+  $('disagreeing').tHead.replaceChildren(head);
+  $('disagreeing').tBodies[0].replaceChildren(...disagreeRows(a, d.rows));
   const pages = Math.max(1, Math.ceil(d.total / d.per));
   $('page').textContent = `page ${d.page + 1} of ${pages}`;
   $('prev').disabled = d.page === 0;
   $('next').disabled = d.page + 1 >= pages;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Package sets.
+
+const setView = { name: undefined, page: 0 };
+
+/** A chart of a set's history: the share of its paths that all agree and that are decided. */
+function setChart(set, w = 160, h = 40) {
+  const s = svg('svg', { viewBox: `0 0 ${w} ${h}`, width: w, height: h, class: 'chart', role: 'img' });
+  const title = svg('title');
+  title.textContent = `${set.name}: share of its paths that agree (green) and that are decided (line) over time`;
+  s.append(title);
+  const pts = set.history;
+  if (pts.length === 0) return s;
+  const t0 = pts[0][0];
+  const t1 = Math.max(pts[pts.length - 1][0], t0 + 1);
+  const x = (t) => ((t - t0) / (t1 - t0)) * (w - 4) + 2;
+  const y = (share) => h - 2 - share * (h - 4);
+  for (const [cls, at] of [
+    ['line agree-line', 2],
+    ['line', 3],
+  ]) {
+    const line = pts.map((p) => `${x(p[0])},${y(set.size === 0 ? 0 : p[at] / set.size)}`);
+    if (pts.length === 1) line.push(`${w - 2},${line[0].split(',')[1]}`);
+    s.append(svg('polyline', { points: line.join(' '), fill: 'none', class: cls }));
+  }
+  return s;
+}
+
+function setShare(n, set) {
+  return `${n.toLocaleString('en')} (${pct(set.size === 0 ? 0 : n / set.size)})`;
+}
+
+async function loadSets() {
+  const { sets } = await api('/api/sets');
+  const rows = sets.map((set) => {
+    const tr = el('tr');
+    const name = el('td');
+    const open = el('button', set.name, { type: 'button', class: 'link name', title: set.name });
+    open.addEventListener('click', () => {
+      setView.name = set.name;
+      setView.page = 0;
+      loadSetDetail().catch(showError);
+    });
+    name.append(open, el('div', set.source === 'config' ? 'configured' : 'uploaded', { class: 'origin' }));
+    const chart = el('td');
+    chart.append(setChart(set));
+    const del = el('td');
+    if (set.source === 'upload') {
+      const b = el('button', 'Delete', { type: 'button', title: `delete the set ${set.name}` });
+      b.addEventListener('click', async () => {
+        const r = await fetch(`/api/sets/${encodeURIComponent(set.name)}`, { method: 'DELETE' });
+        if (setView.name === set.name) {
+          setView.name = undefined;
+          $('set-detail').replaceChildren();
+        }
+        $('set-message').textContent = r.ok ? `Deleted ${set.name}.` : `Cannot delete: HTTP ${r.status}`;
+        loadSets().catch(showError);
+      });
+      del.append(b);
+    }
+    tr.append(
+      name,
+      el('td', set.size.toLocaleString('en'), { class: 'num' }),
+      el('td', setShare(set.keys, set), { class: 'num' }),
+      el('td', setShare(set.agree, set), { class: 'num good-text' }),
+      el('td', setShare(set.decided, set), { class: 'num' }),
+      el('td', setShare(set.undecided, set), { class: 'num bad-text' }),
+      chart,
+      del,
+    );
+    return tr;
+  });
+  if (rows.length === 0) {
+    const tr = el('tr');
+    tr.append(el('td', 'No package set yet: upload one above.', { colspan: '8' }));
+    rows.push(tr);
+  }
+  $('set-list').tBodies[0].replaceChildren(...rows);
+  if (setView.name !== undefined) await loadSetDetail();
+}
+
+async function loadSetDetail() {
+  const name = setView.name;
+  const a = await api(`/api/sets/${encodeURIComponent(name)}?page=${setView.page}&per=25`);
+  const out = $('set-detail');
+  const head = el('h3', `Set ${a.name}`, { title: a.name });
+  const summary = el('p', null, { id: 'set-summary' });
+  summary.append(
+    el(
+      'span',
+      `${a.agree.toLocaleString('en')} of ${a.size.toLocaleString('en')} paths all agree; ${a.keys.toLocaleString('en')} are held by two logs or more, ${a.unseen.toLocaleString('en')} are not (yet). `,
+    ),
+    el('strong', `${pct(a.shares.decided)} decided`),
+    el('span', ', '),
+    el('strong', `${pct(a.shares.undecided)} undecided`, { class: 'bad-text' }),
+    el('span', ' of those held by two logs.'),
+  );
+  const chart = el('div', null, { class: 'set-chart' });
+  chart.append(
+    setChart(a, 600, 120),
+    el('div', 'Over time, as shares of the set: all agree (green), decided (blue).', { class: 'check' }),
+  );
+  const table = el('table', null, { id: 'set-disagreeing' });
+  const th = el('tr');
+  th.append(el('th', 'Key'), el('th', 'Logs'), el('th', 'Decided'));
+  for (const n of a.logs) th.append(nameEl('th', n, { scope: 'col' }));
+  table.append(el('thead'), el('tbody'));
+  table.tHead.append(th);
+  table.tBodies[0].append(...disagreeRows(a, a.disagreeing.rows));
+  const wrap = el('div', null, { class: 'scroll' });
+  wrap.append(table);
+  const pages = Math.max(1, Math.ceil(a.disagreeing.total / a.disagreeing.per));
+  const pager = el('div', null, { class: 'pager' });
+  const prev = el('button', 'Previous', { type: 'button' });
+  const next = el('button', 'Next', { type: 'button' });
+  prev.disabled = setView.page === 0;
+  next.disabled = setView.page + 1 >= pages;
+  prev.addEventListener('click', () => {
+    setView.page--;
+    loadSetDetail().catch(showError);
+  });
+  next.addEventListener('click', () => {
+    setView.page++;
+    loadSetDetail().catch(showError);
+  });
+  pager.append(prev, el('span', ` page ${setView.page + 1} of ${pages} `), next);
+  out.replaceChildren(
+    head,
+    summary,
+    chart,
+    el('h4', `Disagreeing paths (${a.disagreeing.total.toLocaleString('en')})`),
+    wrap,
+    pager,
+  );
+}
+
+$('set-form').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  const name = $('set-name').value.trim();
+  const file = $('set-file').files[0];
+  if (!name || !file) return;
+  const msg = $('set-message');
+  msg.textContent = 'Uploading…';
+  try {
+    const r = await fetch(`/api/sets/${encodeURIComponent(name)}`, {
+      method: 'PUT',
+      headers: { 'content-type': 'text/plain; charset=utf-8' },
+      body: await file.text(),
+    });
+    const body = await r.json().catch(() => ({}));
+    if (!r.ok) throw new Error(body.error || `HTTP ${r.status}`);
+    msg.textContent = `Set ${body.name}: ${body.size.toLocaleString('en')} paths.`;
+    setView.name = body.name;
+    setView.page = 0;
+    await loadSets();
+  } catch (err) {
+    msg.textContent = `Upload failed: ${err.message}`;
+  }
+});
 
 // ---------------------------------------------------------------------------------------------
 // Search.
@@ -288,7 +461,7 @@ function showError(err) {
 
 async function refresh() {
   try {
-    await Promise.all([loadOverview(), loadAgreement()]);
+    await Promise.all([loadOverview(), loadAgreement(), loadSets()]);
     setStatus(`Updated ${new Date().toLocaleTimeString('en-GB')}`);
   } catch (err) {
     showError(err);

@@ -1,11 +1,11 @@
 import { closeSync, existsSync, mkdirSync, openSync, readSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { type Database, open, type RootDatabase } from 'lmdb';
-import { StorageError, TrustixError } from '../core/errors.js';
-import { asBuffer } from '../core/smt-strata.js';
-import { lockStore, type StoreLock } from './lock.js';
-import { checkFreeSpace, commitPagesBound, type DbShape, type DbWrites, SpaceReserve } from './reserve.js';
-import type { CommitBatch, LogHead, LogSnapshot, LogStore, StoredTile } from './store.js';
+import { StorageError, TrustixError } from '../../core/errors.js';
+import { asBuffer } from '../../core/smt-strata.js';
+import { lockStore, type StoreLock } from '../lock.js';
+import { checkFreeSpace, commitPagesBound, type DbShape, type DbWrites, SpaceReserve } from '../reserve.js';
+import type { CommitBatch, LogHead, LogSnapshot, LogStore, StoredTile } from '../store.js';
 
 /**
  * The embedded default backend: one LMDB environment per log. Chosen by measurement

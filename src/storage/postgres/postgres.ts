@@ -1,0 +1,347 @@
+/**
+ * The PostgreSQL driver: one database per log, any number of nodes over it, exactly one of them
+ * sequencing at a time. The sequencer holds a lease row (`sequencer`: holder, epoch, expiry);
+ * taking it over from a holder whose lease ran out raises the epoch, and every commit checks, in
+ * its own transaction and under a row lock, that the lease is still its holder's, at its epoch,
+ * and unexpired. So a sequencer that was paused past its lease can never commit after another
+ * took over: its commit is refused with FencedError and nothing of it is written.
+ *
+ * A commit is one transaction (bulk inserts through `unnest`), durable when COMMIT returns with
+ * synchronous_commit on. Reads are synchronous (sync-reads.ts), one REPEATABLE READ transaction
+ * per `read`. Tables: see schema.ts.
+ */
+import { randomUUID } from 'node:crypto';
+import pg from 'pg';
+import { StorageError } from '../../core/errors.js';
+import type { CommitBatch, LogHead, LogSnapshot, LogStore, StoredTile } from '../store.js';
+import { migrate, SCHEMA } from './schema.js';
+import { SyncReads } from './sync-reads.js';
+
+/** A commit refused because this node no longer holds the sequencer lease at its epoch. */
+export class FencedError extends StorageError {}
+
+export interface PgStoreOptions {
+  /**
+   * Take the sequencer lease (the store may commit), or only read. A sequencer that cannot take
+   * the lease because another holds it fails to open with FencedError.
+   */
+  sequencer?: boolean;
+  /** How long the lease lasts without renewal; renewed every third of it. Default 5 s. */
+  leaseMs?: number;
+  /** Who holds the lease, as recorded in the database (default: a random id). */
+  holder?: string;
+}
+
+/** Expired nonces are swept at most this often (seconds). */
+const NONCE_SWEEP_S = 60;
+/** Entries fetched per round trip by `entries`. */
+const ENTRIES_CHUNK = 4096;
+
+function asBuffer(b: Uint8Array): Buffer {
+  return Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+}
+
+function optBuffer(b: Uint8Array | undefined): Buffer | undefined {
+  return b === undefined ? undefined : asBuffer(b);
+}
+
+export class PgLogStore implements LogStore {
+  private epoch: number | undefined;
+  private renewTimer: NodeJS.Timeout | undefined;
+  private noncesSwept = 0;
+  private closed = false;
+
+  private constructor(
+    /** The write connection: migrations, commits, meta, nonces, the lease. */
+    private readonly writer: pg.Client,
+    private readonly reads: SyncReads,
+    readonly holder: string,
+    private readonly leaseMs: number,
+  ) {}
+
+  /** Opens the log database at `url` (postgresql://...), creating or migrating its schema. */
+  static async open(url: string, opts: PgStoreOptions = {}): Promise<PgLogStore> {
+    const writer = new pg.Client({ connectionString: url, application_name: 'trustix' });
+    // an idle connection that breaks surfaces at its next query; this keeps it from crashing the process
+    writer.on('error', () => {});
+    try {
+      await writer.connect();
+    } catch (err) {
+      throw new StorageError(`cannot connect to PostgreSQL at ${redact(url)}: ${(err as Error).message}`, {
+        cause: err,
+      });
+    }
+    let store: PgLogStore | undefined;
+    try {
+      await migrate(writer);
+      store = new PgLogStore(writer, new SyncReads(url), opts.holder ?? randomUUID(), opts.leaseMs ?? 5000);
+      if (opts.sequencer) await store.takeLease();
+      return store;
+    } catch (err) {
+      if (store !== undefined) await store.close();
+      else await writer.end().catch(() => {});
+      if (err instanceof StorageError) throw err;
+      throw new StorageError(`PostgreSQL store at ${redact(url)}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  /** The lease epoch this store commits under (undefined: it does not sequence). */
+  get leaseEpoch(): number | undefined {
+    return this.epoch;
+  }
+
+  /**
+   * Takes the sequencer lease if it is free, expired or already this holder's; raises the epoch
+   * when it changes hands. Fails with FencedError while another holder's lease runs.
+   */
+  async takeLease(): Promise<number> {
+    const r = await this.client().query<{ epoch: string }>(
+      `UPDATE ${SCHEMA}.sequencer
+         SET epoch = CASE WHEN holder IS NOT DISTINCT FROM $1 THEN epoch ELSE epoch + 1 END,
+             holder = $1, expires = now() + $2 * interval '1 millisecond'
+       WHERE holder IS NOT DISTINCT FROM $1 OR expires < now()
+       RETURNING epoch`,
+      [this.holder, this.leaseMs],
+    );
+    if (r.rows.length === 0) {
+      const held = await this.client().query<{ holder: string; expires: Date }>(
+        `SELECT holder, expires FROM ${SCHEMA}.sequencer`,
+      );
+      const h = held.rows[0];
+      throw new FencedError(
+        `another node (${h?.holder}) holds the sequencer lease until ${h?.expires.toISOString()}`,
+      );
+    }
+    this.epoch = Number(r.rows[0].epoch);
+    this.scheduleRenewal();
+    return this.epoch;
+  }
+
+  private scheduleRenewal(): void {
+    if (this.renewTimer) clearInterval(this.renewTimer);
+    this.renewTimer = setInterval(
+      () => void this.renewLease().catch(() => {}),
+      Math.max(50, this.leaseMs / 3),
+    );
+    this.renewTimer.unref();
+  }
+
+  /** Extends the lease; false (and no longer sequencing) when another holder took it over. */
+  async renewLease(): Promise<boolean> {
+    if (this.epoch === undefined) return false;
+    const r = await this.client().query(
+      `UPDATE ${SCHEMA}.sequencer SET expires = now() + $3 * interval '1 millisecond'
+       WHERE holder = $1 AND epoch = $2 AND expires >= now()`,
+      [this.holder, this.epoch, this.leaseMs],
+    );
+    if (r.rowCount === 0) {
+      this.epoch = undefined;
+      if (this.renewTimer) clearInterval(this.renewTimer);
+      this.renewTimer = undefined;
+      return false;
+    }
+    return true;
+  }
+
+  private client(): pg.Client {
+    if (this.closed) throw new StorageError('the PostgreSQL store is closed');
+    return this.writer;
+  }
+
+  read<T>(fn: (snapshot: LogSnapshot) => T): T {
+    return this.reads.snapshot(() => fn(this.snapshot()));
+  }
+
+  private snapshot(): LogSnapshot {
+    const reads = this.reads;
+    let head: { h: LogHead | undefined } | undefined;
+    return {
+      head: () => {
+        head ??= { h: decodeHead(reads.ask({ op: 'head' })) };
+        return head.h;
+      },
+      entry: (index) => optBuffer(reads.ask<Uint8Array | undefined>({ op: 'entry', index })),
+      tile: (level, index) => {
+        const t = reads.ask<{ width: number; expanded: Uint8Array } | undefined>({
+          op: 'tile',
+          level,
+          index,
+        });
+        return t === undefined
+          ? undefined
+          : ({ width: t.width, expanded: asBuffer(t.expanded) } satisfies StoredTile);
+      },
+      stratum: (id) => optBuffer(reads.ask<Uint8Array | undefined>({ op: 'stratum', id })),
+    };
+  }
+
+  async commit(batch: CommitBatch): Promise<void> {
+    const c = this.client();
+    const head = batch.head;
+    await c.query('BEGIN');
+    try {
+      const lease = await c.query<{ holder: string | null; epoch: string; live: boolean }>(
+        `SELECT holder, epoch, expires >= now() AS live FROM ${SCHEMA}.sequencer FOR UPDATE`,
+      );
+      const l = lease.rows[0];
+      if (
+        this.epoch === undefined ||
+        l === undefined ||
+        l.holder !== this.holder ||
+        Number(l.epoch) !== this.epoch ||
+        !l.live
+      ) {
+        throw new FencedError(
+          this.epoch === undefined
+            ? 'this node does not hold the sequencer lease: it may not commit'
+            : `the sequencer lease (epoch ${this.epoch}) was lost${l && Number(l.epoch) !== this.epoch ? ` to epoch ${l.epoch}` : ''}; the commit is refused`,
+        );
+      }
+      const cur = await c.query<{ size: string }>(`SELECT size FROM ${SCHEMA}.head FOR UPDATE`);
+      const current = cur.rows.length === 0 ? 0 : Number(cur.rows[0].size);
+      if (batch.firstIndex !== current) {
+        throw new StorageError(`commit at index ${batch.firstIndex} but the log has ${current} entries`);
+      }
+      if (batch.entries.length > 0) {
+        await c.query(
+          `INSERT INTO ${SCHEMA}.entries (idx, data)
+           SELECT $1::bigint + i - 1, d FROM unnest($2::bytea[]) WITH ORDINALITY AS u(d, i)`,
+          [batch.firstIndex, batch.entries.map(asBuffer)],
+        );
+      }
+      if (batch.tiles.length > 0) {
+        await c.query(
+          `INSERT INTO ${SCHEMA}.tiles (level, idx, width, expanded)
+           SELECT * FROM unnest($1::integer[], $2::bigint[], $3::integer[], $4::bytea[])
+           ON CONFLICT (level, idx) DO UPDATE SET width = EXCLUDED.width, expanded = EXCLUDED.expanded`,
+          [
+            batch.tiles.map((t) => t.tileLevel),
+            batch.tiles.map((t) => t.tileIndex),
+            batch.tiles.map((t) => t.width),
+            batch.tiles.map((t) => asBuffer(t.expanded)),
+          ],
+        );
+      }
+      if (batch.strataWrites.length > 0) {
+        await c.query(
+          `INSERT INTO ${SCHEMA}.strata (id, data) SELECT * FROM unnest($1::bytea[], $2::bytea[])
+           ON CONFLICT (id) DO UPDATE SET data = EXCLUDED.data`,
+          [batch.strataWrites.map((s) => asBuffer(s.id)), batch.strataWrites.map((s) => asBuffer(s.data))],
+        );
+      }
+      if (batch.strataDeletes.length > 0) {
+        await c.query(`DELETE FROM ${SCHEMA}.strata WHERE id = ANY($1::bytea[])`, [
+          batch.strataDeletes.map(asBuffer),
+        ]);
+      }
+      await c.query(
+        `INSERT INTO ${SCHEMA}.checkpoints (size, note) VALUES ($1, $2)
+         ON CONFLICT (size) DO UPDATE SET note = EXCLUDED.note`,
+        [head.size, head.checkpoint],
+      );
+      await c.query(
+        `INSERT INTO ${SCHEMA}.head (size, root_hash, map_root, checkpoint) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (one) DO UPDATE SET size = EXCLUDED.size, root_hash = EXCLUDED.root_hash,
+           map_root = EXCLUDED.map_root, checkpoint = EXCLUDED.checkpoint`,
+        [head.size, head.rootHash, head.mapRoot, head.checkpoint],
+      );
+      await c.query('COMMIT');
+    } catch (err) {
+      await c.query('ROLLBACK').catch(() => {});
+      if (err instanceof StorageError) throw err;
+      throw new StorageError(`PostgreSQL commit failed: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  *checkpoints(): Iterable<{ size: number; checkpoint: string }> {
+    yield* this.reads.ask<Array<{ size: number; checkpoint: string }>>({ op: 'checkpoints' });
+  }
+
+  *entries(start: number, end: number): Iterable<Buffer> {
+    let expected = start;
+    while (expected < end) {
+      const rows = this.reads.ask<Array<[number, Uint8Array]>>({
+        op: 'entries',
+        start: expected,
+        end,
+        max: ENTRIES_CHUNK,
+      });
+      if (rows.length === 0) break;
+      for (const [idx, data] of rows) {
+        if (idx !== expected) throw new StorageError(`entry ${expected} is missing from the store`);
+        expected++;
+        yield asBuffer(data);
+      }
+    }
+    if (expected !== end) throw new StorageError(`entry ${expected} is missing from the store`);
+  }
+
+  getMeta(name: string): string | undefined {
+    return this.reads.ask<string | undefined>({ op: 'meta', name });
+  }
+
+  async setMeta(name: string, value: string): Promise<void> {
+    await this.client().query(
+      `INSERT INTO ${SCHEMA}.meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value`,
+      [name, value],
+    );
+  }
+
+  async recordNonce(id: string, expires: number, now: number): Promise<void> {
+    const c = this.client();
+    await c.query(
+      `INSERT INTO ${SCHEMA}.nonces (id, expires) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET expires = EXCLUDED.expires`,
+      [id, expires],
+    );
+    if (now - this.noncesSwept >= NONCE_SWEEP_S) {
+      this.noncesSwept = now;
+      await c.query(`DELETE FROM ${SCHEMA}.nonces WHERE expires < $1`, [now]);
+    }
+  }
+
+  *nonces(now: number): Iterable<{ id: string; expires: number }> {
+    yield* this.reads.ask<Array<{ id: string; expires: number }>>({ op: 'nonces', now });
+  }
+
+  /** Closes the connections; a sequencer gives its lease up first, so a standby takes over at once. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    if (this.renewTimer) clearInterval(this.renewTimer);
+    this.renewTimer = undefined;
+    if (this.epoch !== undefined) {
+      await this.writer
+        .query(`UPDATE ${SCHEMA}.sequencer SET expires = '-infinity' WHERE holder = $1 AND epoch = $2`, [
+          this.holder,
+          this.epoch,
+        ])
+        .catch(() => {});
+      this.epoch = undefined;
+    }
+    this.closed = true;
+    await this.reads.close();
+    await this.writer.end().catch(() => {});
+  }
+}
+
+function decodeHead(
+  raw: { size: number; rootHash: Uint8Array; mapRoot: Uint8Array; checkpoint: string } | undefined,
+): LogHead | undefined {
+  if (raw === undefined) return undefined;
+  return {
+    size: raw.size,
+    rootHash: asBuffer(raw.rootHash),
+    mapRoot: asBuffer(raw.mapRoot),
+    checkpoint: raw.checkpoint,
+  };
+}
+
+/** The URL without its password, for messages. */
+export function redact(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    return u.toString();
+  } catch {
+    return '(an invalid URL)';
+  }
+}

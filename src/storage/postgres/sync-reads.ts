@@ -1,0 +1,99 @@
+/**
+ * Synchronous reads from PostgreSQL, as the LogStore contract asks: a worker thread holds the
+ * read connection (read-worker.ts); a read posts its request and waits on a shared flag until the
+ * worker has posted the answer, then takes it off the port. One `read` of the store is one
+ * REPEATABLE READ transaction, so everything it reads belongs to one committed state. A read
+ * blocks its thread for one round trip to the database per row it asks for.
+ */
+import { MessageChannel, type MessagePort, receiveMessageOnPort, Worker } from 'node:worker_threads';
+import { StorageError } from '../../core/errors.js';
+import { workerEntry } from '../../runtime/worker-entry.js';
+
+export type ReadRequest = { begin?: boolean; inRead?: boolean } & (
+  | { op: 'head' }
+  | { op: 'entry'; index: number }
+  | { op: 'tile'; level: number; index: number }
+  | { op: 'stratum'; id: Uint8Array }
+  | { op: 'entries'; start: number; end: number; max: number }
+  | { op: 'checkpoints' }
+  | { op: 'meta'; name: string }
+  | { op: 'nonces'; now: number }
+  | { op: 'end' }
+  | { op: 'close' }
+);
+
+export type ReadAnswer = { ok: true; value: unknown } | { ok: false; message: string; code?: string };
+
+/** How long a read waits for the database before it fails. */
+const READ_TIMEOUT_MS = 30_000;
+
+export class SyncReads {
+  private readonly worker: Worker;
+  private readonly port: MessagePort;
+  private readonly flag = new Int32Array(new SharedArrayBuffer(4));
+  /** Whether a read's snapshot is open, and whether its transaction has begun. */
+  private inRead = false;
+  private begun = false;
+  private closed = false;
+
+  constructor(url: string) {
+    const { port1, port2 } = new MessageChannel();
+    const e = workerEntry(import.meta.url, 'read-worker');
+    this.worker = new Worker(e.entry, {
+      eval: e.eval,
+      workerData: { url, ctrl: this.flag.buffer, port: port2 },
+      transferList: [port2],
+    });
+    this.worker.unref();
+    this.port = port1;
+  }
+
+  /** Runs `fn` in one snapshot: every `ask` inside it reads the same committed state. */
+  snapshot<T>(fn: () => T): T {
+    if (this.inRead) return fn();
+    this.inRead = true;
+    this.begun = false;
+    try {
+      return fn();
+    } finally {
+      this.inRead = false;
+      // the worker ends the transaction before it runs the next request
+      if (this.begun) this.port.postMessage({ op: 'end' } satisfies ReadRequest);
+    }
+  }
+
+  /** Asks the worker and waits for its answer. */
+  ask<T>(req: ReadRequest): T {
+    if (this.closed) throw new StorageError('the PostgreSQL store is closed');
+    if (this.inRead) {
+      req.inRead = true;
+      if (!this.begun) {
+        req.begin = true;
+        this.begun = true;
+      }
+    }
+    Atomics.store(this.flag, 0, 0);
+    this.port.postMessage(req);
+    if (Atomics.wait(this.flag, 0, 0, READ_TIMEOUT_MS) === 'timed-out') {
+      throw new StorageError(`PostgreSQL did not answer a read in ${READ_TIMEOUT_MS / 1000} s`);
+    }
+    const m = receiveMessageOnPort(this.port);
+    if (m === undefined) throw new StorageError('the PostgreSQL read worker gave no answer');
+    const a = m.message as ReadAnswer;
+    // after a failure inside a read, its later requests fail too (the worker ended its snapshot)
+    if (!a.ok) {
+      throw new StorageError(`PostgreSQL read failed: ${a.message}`);
+    }
+    return a.value as T;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.port.postMessage({ op: 'close' } satisfies ReadRequest);
+    this.port.close();
+    // the worker ends its connection; it is not waited for past a moment
+    await new Promise((r) => setTimeout(r, 50));
+    await this.worker.terminate();
+  }
+}

@@ -1,0 +1,118 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import pg from 'pg';
+import { FencedError, PgLogStore } from '../../src/storage/postgres/postgres.js';
+import { SCHEMA, SCHEMA_VERSION } from '../../src/storage/postgres/schema.js';
+import { findPostgres, type PgCluster, startPostgres } from '../fixtures/postgres.js';
+import { storeConformance } from './conformance.js';
+
+// .ci/run installs PostgreSQL; elsewhere these tests say why they do not run
+const skip =
+  findPostgres() === undefined ? 'PostgreSQL is not installed (apt-get install postgresql)' : false;
+let cluster: PgCluster | undefined;
+
+function head(size: number) {
+  return { size, rootHash: Buffer.alloc(32, 1), mapRoot: Buffer.alloc(32, 2), checkpoint: `cp ${size}\n` };
+}
+
+function emptyBatch(size: number, entries: Buffer[] = []) {
+  return {
+    firstIndex: size,
+    entries,
+    tiles: [],
+    strataWrites: [],
+    strataDeletes: [],
+    head: head(size + entries.length),
+  };
+}
+
+describe('postgres driver', { skip }, () => {
+  before(async () => {
+    cluster = await startPostgres();
+  });
+  after(() => cluster?.stop());
+
+  storeConformance({
+    name: 'postgres',
+    async create() {
+      const url = await cluster!.createDatabase();
+      const stores: PgLogStore[] = [];
+      const open = async (sequencer: boolean) => {
+        const s = await PgLogStore.open(url, { sequencer, leaseMs: 60_000 });
+        stores.push(s);
+        return s;
+      };
+      return {
+        store: await open(true),
+        reopen: () => open(true),
+        reader: () => open(false),
+        remove: async () => {
+          for (const s of stores) await s.close();
+        },
+      };
+    },
+  });
+
+  test('the schema is created once, versioned, and a newer schema is refused', async () => {
+    const url = await cluster!.createDatabase();
+    const [a, b] = await Promise.all([PgLogStore.open(url), PgLogStore.open(url)]);
+    await a.close();
+    await b.close();
+    const c = new pg.Client({ connectionString: url });
+    await c.connect();
+    try {
+      const v = await c.query(`SELECT version FROM ${SCHEMA}.schema_version`);
+      assert.deepEqual(v.rows, [{ version: SCHEMA_VERSION }]);
+      await c.query(`UPDATE ${SCHEMA}.schema_version SET version = $1`, [SCHEMA_VERSION + 1]);
+    } finally {
+      await c.end();
+    }
+    await assert.rejects(PgLogStore.open(url), /newer than this trustix knows/);
+  });
+
+  test('one sequencer at a time: a second is refused while the lease runs, and takes over when it lapses', async () => {
+    const url = await cluster!.createDatabase();
+    const first = await PgLogStore.open(url, { sequencer: true, leaseMs: 60_000, holder: 'first' });
+    await first.commit(emptyBatch(0));
+    await assert.rejects(PgLogStore.open(url, { sequencer: true, holder: 'second' }), FencedError);
+    const reader = await PgLogStore.open(url);
+    await assert.rejects(reader.commit(emptyBatch(0)), FencedError);
+    // closing gives the lease up at once
+    await first.close();
+    const second = await PgLogStore.open(url, { sequencer: true, leaseMs: 60_000, holder: 'second' });
+    assert.equal(second.leaseEpoch, 2);
+    await second.commit(emptyBatch(0, [Buffer.from('e0')]));
+    assert.equal(
+      reader.read((s) => s.head()?.size),
+      1,
+    );
+    await second.close();
+    await reader.close();
+  });
+
+  test('a paused sequencer whose lease was taken over cannot commit: fenced in the commit transaction', async () => {
+    const url = await cluster!.createDatabase();
+    const old = await PgLogStore.open(url, { sequencer: true, leaseMs: 300, holder: 'old' });
+    await old.commit(emptyBatch(0));
+    // the old sequencer "pauses": its renewals stop, its lease runs out, a standby takes over
+    (old as unknown as { renewTimer: NodeJS.Timeout }).renewTimer.close();
+    await new Promise((r) => setTimeout(r, 600));
+    const standby = await PgLogStore.open(url, { sequencer: true, leaseMs: 60_000, holder: 'standby' });
+    await standby.commit(emptyBatch(0, [Buffer.from('new')]));
+    // the old one wakes up and commits a batch built on the state it knew: refused, nothing written
+    await assert.rejects(old.commit(emptyBatch(0, [Buffer.from('old')])), FencedError);
+    await assert.rejects(old.commit(emptyBatch(1, [Buffer.from('old')])), /lost to epoch 2/);
+    standby.read((s) => {
+      assert.equal(s.head()?.size, 1);
+      assert.deepEqual(s.entry(0), Buffer.from('new'));
+      assert.equal(s.entry(1), undefined);
+    });
+    assert.deepEqual(
+      [...standby.checkpoints()].map((c) => c.size),
+      [0, 1],
+    );
+    assert.equal(await old.renewLease(), false);
+    await old.close();
+    await standby.close();
+  });
+});
