@@ -492,8 +492,9 @@ export class LogClient {
 
   /**
    * Checks a signed checkpoint of this log that someone else holds (a witness, a mirror, another
-   * user) against the trusted one, without trusting it or changing the trust store: the log's
-   * signature, then one root per size and, between two sizes, the log's own consistency proof.
+   * user) against the trusted one, without trusting it (with nothing trusted yet, the log's
+   * current checkpoint is fetched and trusted first): the log's signature, then one root per size
+   * and, between two sizes, the log's own consistency proof.
    * ForkError (with the misbehaviour proof, written to `proofDir`) when both cannot be true;
    * UnprovenGrowthError when the log does not give the proof. Returns the two sizes compared.
    */

@@ -83,12 +83,10 @@ export interface ObservedBy {
 function common(vkey: string | readonly string[], note: string, by: ObservedBy): ProofCommon {
   const vkeys = typeof vkey === 'string' ? [vkey] : [...vkey];
   return {
-    origin: parseCheckpoint(
-      openNote(
-        note,
-        vkeys.map((k) => verifierFromVkey(k)),
-      ).text,
-    ).origin,
+    origin: openNote(
+      note,
+      vkeys.map((k) => verifierFromVkey(k)),
+    ).text.split('\n', 1)[0],
     vkeys,
     observer: by.observer ?? '',
     observed: by.observed ?? new Date().toISOString(),
@@ -233,7 +231,13 @@ function open(note: string, verifiers: readonly NoteVerifier[], origin: string, 
   try {
     cp = parseCheckpoint(text);
   } catch (err) {
-    fail(`the ${what} is not a checkpoint: ${(err as Error).message}`);
+    // a log other than Trustix (witnesses cosign any C2SP log) may use extension lines that
+    // Trustix reads otherwise: its origin, size and root still say what it signed
+    try {
+      cp = parseCheckpoint(`${text.split('\n', 3).join('\n')}\n`);
+    } catch {
+      fail(`the ${what} is not a checkpoint: ${(err as Error).message}`);
+    }
   }
   if (cp.origin !== origin) fail(`the ${what} is for ${cp.origin}, not ${origin}`);
   return cp;

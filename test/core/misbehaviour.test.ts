@@ -57,6 +57,9 @@ test('two signed trees of one size: proven with only the log key, one name for t
     'named by the pair, not who saw it or in what order',
   );
   assert.match(proofFileName(p), /^same-size-different-root-[0-9a-f]{24}\.json$/);
+  // another C2SP log's extension lines need not follow Trustix's rules for its map line
+  const foreign = log.checkpoint(20, { extensions: ['map of the world', 'x'] });
+  assert.equal(verdict(sameSizeProof(vkey, foreign, forkNote(20))).proven, true);
   // a witness's cosignature on one of the notes does not make it another contradiction
   const cosigned = log.checkpoint(20, { signers: [log.key, new SpecLog('w.example').key] });
   assert.equal(proofFileName(sameSizeProof(vkey, cosigned, forkNote(20))), proofFileName(p));
