@@ -98,10 +98,10 @@ try {
   await timed('dashboard_api_agreement_first', '/api/agreement');
   await timed('dashboard_api_agreement_cached', '/api/agreement?sort=-logs&page=3');
 
-  // a package set: every (ENTRIES / SET)-th key, as store paths
+  // a package set: every (ENTRIES / SET)-th key (hex keys, so given as keys, not store paths)
   const step = Math.max(1, Math.floor(ENTRIES / SET));
   const paths: string[] = [];
-  for (let i = 0; i < ENTRIES && paths.length < SET; i += step) paths.push(`/nix/store/${keyOf(i)}-p${i}`);
+  for (let i = 0; i < ENTRIES && paths.length < SET; i += step) paths.push(keyOf(i));
   const t1 = performance.now();
   const up = await dash.app.inject({
     method: 'PUT',
