@@ -213,7 +213,9 @@ export async function decompressWhole(c: NarCompression, input: Buffer, maxOutpu
     return out.buffer;
   }
   const d =
-    decoder === 'liblzma' ? new InnerStreamDecompressor('xz', lzmaStream(true)) : createDecompressor(c);
+    decoder === 'liblzma'
+      ? new InnerStreamDecompressor('xz', lzmaStream(true))
+      : createDecompressor(c, { decoder });
   const out: Buffer[] = [];
   let size = 0;
   d.end(input);

@@ -391,6 +391,17 @@ describe('choosing a decoder', () => {
 });
 
 describe('decompressWhole', () => {
+  test("zstd without Node's zstd: fzstd in its worker, no process started", async (t) => {
+    if (decoderFor('zstd', true) !== 'fzstd') {
+      t.skip('this Node has its own zstd, which decodes whole NARs');
+      return;
+    }
+    const plain = sampleData(20_000);
+    const messages = zstdWorkerStats.messages;
+    const whole = await decompressWhole('zstd', compressWithTool('zstd', plain), plain.length);
+    assert.equal(sha256hex(whole), sha256hex(plain));
+    assert.equal(zstdWorkerStats.messages - messages, 1);
+  });
   for (const c of ['none', ...FORMATS] as NarCompression[]) {
     test(`${c}: the same bytes as every streaming decoder; more than the limit is refused`, async () => {
       const plain = sampleData(300_000);
