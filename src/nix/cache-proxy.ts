@@ -468,6 +468,13 @@ export class CacheProxy {
       this.log(`narinfo ${hashPart}: 404: ${reason}`);
       return { ok: false, reason };
     };
+    // the upstreams are asked while the logs are, so a cold narinfo waits for the slower of the two
+    // rather than their sum (their answers are dropped when there is no decision)
+    const asked = this.upstreams.map((upstream) => {
+      const info = upstream.narinfo(hashPart);
+      info.catch(() => {});
+      return { upstream, info };
+    });
     let decision: Decision;
     let results: readonly LogResult[];
     try {
@@ -480,7 +487,7 @@ export class CacheProxy {
     }
     const voted = votedPath(hashPart, decision, results);
     if (typeof voted === 'string') return refuse(`no decision: ${voted}`);
-    const candidates = this.findCandidates(hashPart, voted);
+    const candidates = this.findCandidates(hashPart, voted, asked);
     const first = await candidates.first();
     if (first === undefined) {
       return refuse(
@@ -526,17 +533,21 @@ export class CacheProxy {
   }
 
   /**
-   * Asks every upstream at once for its narinfo; those that match the vote become candidates as
+   * The upstreams' narinfos (asked all at once): those that match the vote become candidates as
    * they answer, so a slow or dead upstream delays nothing once another answered.
    */
-  private findCandidates(hashPart: string, voted: VotedPath): Candidates {
+  private findCandidates(
+    hashPart: string,
+    voted: VotedPath,
+    asked: ReadonlyArray<{ upstream: Upstream; info: Promise<NarInfo | undefined> }>,
+  ): Candidates {
     const out = new Candidates();
-    let pending = this.upstreams.length;
+    let pending = asked.length;
     const settle = () => {
       if (--pending === 0) out.settle();
     };
-    for (const upstream of this.upstreams) {
-      upstream.narinfo(hashPart).then(
+    for (const { upstream, info: answer } of asked) {
+      answer.then(
         (info) => {
           const why = info === undefined ? 'no narinfo' : contradiction(info, voted);
           if (why === undefined) out.add({ upstream, info: info! });

@@ -265,15 +265,38 @@ describe('cache proxy', () => {
     });
   }
 
-  test('no decision: 404 with the reason, and no upstream is asked', async () => {
-    const before = up1.requests.length + up2.requests.length;
+  test('no decision: 404 with the reason; the upstreams were asked for the narinfo only, while deciding', async () => {
+    const [n1, n2] = [up1.requests.length, up2.requests.length];
     await publish(up1, HASH_B, await makeNar('b'));
     const r = await get(`${HASH_B}.narinfo`);
     assert.equal(r.status, 404);
     assert.match(await r.text(), /no decision: logs disagree/);
-    assert.equal(up1.requests.length + up2.requests.length, before);
+    assert.deepEqual(up1.requests.slice(n1), [`${HASH_B}.narinfo`]);
+    assert.deepEqual(up2.requests.slice(n2), [`${HASH_B}.narinfo`]);
     const nar = await get(`nar/${HASH_B}-${encodeNix32(Buffer.alloc(32))}.nar`);
     assert.equal(nar.status, 404);
+  });
+
+  test('the upstreams are asked while the logs are: a decision that waits for them still gets them', async () => {
+    const hashPart = 'aw8i2ww2dwk5hn8dywdzx6l0lrz0sb4k';
+    const vote = await publish(up2, hashPart, await makeNar('early'), 'none');
+    decider.values.set(hashPart, vote);
+    const decide = decider.decide.bind(decider);
+    // this decision comes only once the upstream was asked (or after 3 s: too late, as no decision)
+    const slow = async (key: string, protocol: string) => {
+      for (let i = 0; i < 300 && !up2.requests.includes(`${key}.narinfo`); i++) {
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      if (!up2.requests.includes(`${key}.narinfo`)) return decide('', protocol);
+      return decide(key, protocol);
+    };
+    decider.decide = slow;
+    try {
+      const r = await get(`${hashPart}.narinfo`);
+      assert.equal(r.status, 200, await r.text());
+    } finally {
+      decider.decide = decide;
+    }
   });
 
   test('decided, but upstreams only have another NAR: 404; a NAR URL for another hash: 404', async () => {
