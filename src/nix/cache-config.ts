@@ -45,6 +45,11 @@ export interface CacheConfig {
   verifyFirstMax: number;
   /** How long an upstream that served bad bytes is tried last, in ms. */
   badUpstreamTtlMs: number;
+  /**
+   * Serve each NAR as the upstream compressed it (Nix decompresses it) while checking it beside;
+   * false: serve it decompressed, so any upstream can stand in for another whatever its compression.
+   */
+  serveCompressed: boolean;
   upstreams: UpstreamConfig[];
 }
 
@@ -62,6 +67,7 @@ const TOP = [
   'nar_idle_timeout',
   'verify_first_max',
   'bad_upstream_ttl',
+  'serve_compressed',
   'upstream',
 ];
 
@@ -144,6 +150,8 @@ export function parseCacheConfig(text: string, dir: string, defaults: { decideCo
     narIdleTimeoutMs: seconds(doc.nar_idle_timeout, 'nar_idle_timeout', 30),
     verifyFirstMax: integer(doc.verify_first_max, 'verify_first_max', 4 << 20, 0, 1 << 30),
     badUpstreamTtlMs: seconds(doc.bad_upstream_ttl, 'bad_upstream_ttl', 600, true),
+    serveCompressed:
+      doc.serve_compressed === undefined ? true : bool(doc.serve_compressed, 'serve_compressed'),
     upstreams,
   };
 }

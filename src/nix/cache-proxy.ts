@@ -27,8 +27,21 @@ import { FormatError } from '../core/errors.js';
 import type { Decision, LogResult } from '../decide/decide.js';
 import { decodeNix32, encodeNix32 } from './base32.js';
 import { type CacheConfig, cacheInfo } from './cache-config.js';
-import { BadNarError, createUpstream, type Upstream, UpstreamError } from './cache-upstream.js';
-import { createDecompressor, parseCompression } from './compression.js';
+import {
+  BadNarError,
+  createUpstream,
+  readLimited,
+  type Upstream,
+  UpstreamError,
+  type UpstreamFile,
+} from './cache-upstream.js';
+import {
+  createDecompressor,
+  decompressWhole,
+  type NarCompression,
+  narExtension,
+  parseCompression,
+} from './compression.js';
 import { parseNixMetadata } from './entry.js';
 import type { NixSecretKey } from './keys.js';
 import { signNarInfo } from './keys.js';
@@ -41,7 +54,18 @@ export interface NarHashDecider {
 }
 
 const NARINFO_PATH = /^\/([0-9a-df-np-sv-z]{32})\.narinfo$/;
-const NAR_PATH = /^\/nar\/([0-9a-df-np-sv-z]{32})-([0-9a-df-np-sv-z]{52})\.nar$/;
+const NAR_PATH = /^\/nar\/([0-9a-df-np-sv-z]{32})-([0-9a-df-np-sv-z]{52})\.nar(\.xz|\.zst|\.bz2)?$/;
+const COMPRESSION_OF_EXTENSION: Record<string, NarCompression> = {
+  '': 'none',
+  '.xz': 'xz',
+  '.zst': 'zstd',
+  '.bz2': 'bzip2',
+};
+/**
+ * A compressed NAR read whole (to check it before sending) may be at most this much larger than
+ * its NarSize: incompressible data grows by a few bytes per block in xz, zstd and bzip2.
+ */
+const slack = (narSize: number) => (narSize >> 3) + 64 * 1024;
 const MAX_CACHED_RESOLUTIONS = 100_000;
 /** A hash part no log holds: the start-up check looks it up to see each log answer and verify. */
 const PROBE_KEY = '00000000000000000000000000000000';
@@ -323,7 +347,7 @@ export class CacheProxy {
     let m = NARINFO_PATH.exec(path);
     if (m) return this.serveNarinfo(m[1], res, head);
     m = NAR_PATH.exec(path);
-    if (m) return this.serveNar(m[1], m[2], res, head);
+    if (m) return this.serveNar(m[1], m[2], COMPRESSION_OF_EXTENSION[m[3] ?? '']!, res, head);
     return send(res, 404, 'text/plain', 'not found\n', head);
   }
 
@@ -340,6 +364,7 @@ export class CacheProxy {
   private async serveNar(
     hashPart: string,
     narHashText: string,
+    compression: NarCompression,
     res: ServerResponse,
     head: boolean,
   ): Promise<void> {
@@ -353,7 +378,8 @@ export class CacheProxy {
     }
     const { narHash, narSize } = r.voted;
     if (head) {
-      res.writeHead(200, { 'content-type': 'application/x-nix-nar', 'content-length': narSize });
+      const length = compression === 'none' ? { 'content-length': narSize } : {};
+      res.writeHead(200, { 'content-type': 'application/x-nix-nar', ...length });
       res.end();
       return;
     }
@@ -363,15 +389,32 @@ export class CacheProxy {
     for (let c = await r.candidates.next(tried); c; c = await r.candidates.next(tried)) {
       tried.add(c);
       const { upstream, info } = c;
+      const has = parseCompression(info.compression);
+      // the bytes go to Nix as the upstream has them when they are in the compression the URL
+      // names; only an uncompressed URL can be served from an upstream of another compression
+      const passThrough = has === compression;
+      if (!passThrough && compression !== 'none') {
+        failures.push(`${upstream.url}: has it compressed as ${has}, not ${compression}`);
+        continue;
+      }
       try {
-        const source = await upstream.open(info.url, cfg.narIdleTimeoutMs);
-        const decompress = createDecompressor(parseCompression(info.compression));
+        const file = await upstream.open(info.url, cfg.narIdleTimeoutMs);
         if (narSize <= cfg.verifyFirstMax) {
-          const nar = await readVerified(source, decompress, narHash, narSize);
-          res.writeHead(200, { 'content-type': 'application/x-nix-nar', 'content-length': narSize });
-          res.end(nar);
+          const limit = has === 'none' ? narSize : narSize + slack(narSize);
+          const body = await readLimited(
+            file.body,
+            limit,
+            () => new BadNarError(`the file is larger than ${limit} bytes, more than its NarSize allows`),
+          );
+          const nar = await decompressWhole(has, body, narSize);
+          checkNar(nar, narHash, narSize);
+          const out = passThrough ? body : nar;
+          res.writeHead(200, { 'content-type': 'application/x-nix-nar', 'content-length': out.length });
+          res.end(out);
+        } else if (passThrough) {
+          await streamBeside(file, has, narHash, narSize, res);
         } else {
-          await streamVerified(source, decompress, narHash, narSize, res);
+          await streamVerified(file.body, createDecompressor(has), narHash, narSize, res);
         }
         this.narCounter.inc({ outcome: 'served' });
         this.narBytes.inc(narSize);
@@ -384,8 +427,8 @@ export class CacheProxy {
         }
         const why = `${err instanceof BadNarError ? 'bad bytes from' : 'failed:'} ${upstream.url}: ${err.message}`;
         if (res.headersSent) {
-          // Content-Length promised NarSize bytes and the last chunk was held back: cutting the
-          // connection now means the client can never complete (or import) this NAR
+          // the last chunk was held back: cutting the connection now means the client can never
+          // complete (or import) this NAR
           res.destroy();
           this.narCounter.inc({ outcome: 'aborted' });
           this.log(`nar ${hashPart}: aborted: ${why}`);
@@ -425,6 +468,13 @@ export class CacheProxy {
       this.log(`narinfo ${hashPart}: 404: ${reason}`);
       return { ok: false, reason };
     };
+    // the upstreams are asked while the logs are, so a cold narinfo waits for the slower of the two
+    // rather than their sum (their answers are dropped when there is no decision)
+    const asked = this.upstreams.map((upstream) => {
+      const info = upstream.narinfo(hashPart);
+      info.catch(() => {});
+      return { upstream, info };
+    });
     let decision: Decision;
     let results: readonly LogResult[];
     try {
@@ -437,7 +487,7 @@ export class CacheProxy {
     }
     const voted = votedPath(hashPart, decision, results);
     if (typeof voted === 'string') return refuse(`no decision: ${voted}`);
-    const candidates = this.findCandidates(hashPart, voted);
+    const candidates = this.findCandidates(hashPart, voted, asked);
     const first = await candidates.first();
     if (first === undefined) {
       return refuse(
@@ -447,19 +497,29 @@ export class CacheProxy {
     this.log(
       `narinfo ${hashPart}: decided sha256:${encodeNix32(voted.narHash)} (${decision.reason}); from ${first.upstream.url}`,
     );
-    return { ok: true, voted, decision, candidates, narinfo: this.servedNarinfo(voted) };
+    // A NAR checked whole before sending goes out uncompressed, so that any upstream, whatever its
+    // compression, can stand in for one that served bad bytes; a larger one goes out as the first
+    // upstream compressed it, checked beside (a bad one is cut short, and no fallback could help)
+    const { serveCompressed, verifyFirstMax } = this.opts.config;
+    const compression =
+      serveCompressed && voted.narSize > verifyFirstMax ? parseCompression(first.info.compression) : 'none';
+    return { ok: true, voted, decision, candidates, narinfo: this.servedNarinfo(voted, compression) };
   }
 
-  /** The narinfo the proxy serves: the voted path, its own uncompressed NAR URL, its own signature only. */
-  private servedNarinfo(voted: VotedPath): string {
+  /**
+   * The narinfo the proxy serves: the voted path, its own NAR URL naming the compression it serves,
+   * its own signature only. FileHash and FileSize are given only for an uncompressed NAR, where
+   * they are the voted NarHash and NarSize: a compressed file's hash and size are not in the vote,
+   * and the file may come from any upstream with that compression.
+   */
+  private servedNarinfo(voted: VotedPath, compression: NarCompression): string {
     const hashPart = voted.storePath.slice(NIX_STORE_DIR.length + 1, NIX_STORE_DIR.length + 33);
     const served = signNarInfo(
       {
         storePath: voted.storePath,
-        url: narUrl(hashPart, voted.narHash),
-        compression: 'none',
-        fileHash: voted.narHash,
-        fileSize: voted.narSize,
+        url: `${narUrl(hashPart, voted.narHash)}${narExtension(compression)}`,
+        compression,
+        ...(compression === 'none' ? { fileHash: voted.narHash, fileSize: voted.narSize } : {}),
         narHash: voted.narHash,
         narSize: voted.narSize,
         references: voted.references,
@@ -473,17 +533,21 @@ export class CacheProxy {
   }
 
   /**
-   * Asks every upstream at once for its narinfo; those that match the vote become candidates as
+   * The upstreams' narinfos (asked all at once): those that match the vote become candidates as
    * they answer, so a slow or dead upstream delays nothing once another answered.
    */
-  private findCandidates(hashPart: string, voted: VotedPath): Candidates {
+  private findCandidates(
+    hashPart: string,
+    voted: VotedPath,
+    asked: ReadonlyArray<{ upstream: Upstream; info: Promise<NarInfo | undefined> }>,
+  ): Candidates {
     const out = new Candidates();
-    let pending = this.upstreams.length;
+    let pending = asked.length;
     const settle = () => {
       if (--pending === 0) out.settle();
     };
-    for (const upstream of this.upstreams) {
-      upstream.narinfo(hashPart).then(
+    for (const { upstream, info: answer } of asked) {
+      answer.then(
         (info) => {
           const why = info === undefined ? 'no narinfo' : contradiction(info, voted);
           if (why === undefined) out.add({ upstream, info: info! });
@@ -514,6 +578,104 @@ function send(res: ServerResponse, status: number, type: string, body: string, h
   res.end(head ? undefined : bytes);
 }
 
+/** Throws BadNarError unless `nar` is the voted NAR. */
+function checkNar(nar: Buffer, narHash: Buffer, narSize: number): void {
+  if (nar.length !== narSize) throw new BadNarError(`NAR is ${nar.length} bytes, NarSize says ${narSize}`);
+  if (!createHash('sha256').update(nar).digest().equals(narHash)) {
+    throw new BadNarError('NAR hash mismatch: not the decided NAR');
+  }
+}
+
+/**
+ * Hashes the NAR coming out of `decompress` (fed by the caller): resolves once its size and
+ * SHA-256 matched, BadNarError on any mismatch or corrupt data.
+ */
+async function hashOut(decompress: Transform, narHash: Buffer, narSize: number): Promise<void> {
+  const hash = createHash('sha256');
+  let seen = 0;
+  try {
+    for await (const chunk of decompress as AsyncIterable<Buffer>) {
+      seen += chunk.length;
+      if (seen > narSize) throw new BadNarError(`NAR is larger than its NarSize ${narSize}`);
+      hash.update(chunk);
+    }
+  } catch (err) {
+    throw err instanceof FormatError ? new BadNarError(err.message) : err;
+  }
+  if (seen !== narSize) throw new BadNarError(`NAR is ${seen} bytes, NarSize says ${narSize}`);
+  if (!hash.digest().equals(narHash)) throw new BadNarError('NAR hash mismatch: not the decided NAR');
+}
+
+/** Resolves when `w` can take more (or will never: closed). */
+function drained(w: {
+  once(e: 'drain' | 'close', f: () => void): unknown;
+  off(e: 'drain' | 'close', f: () => void): unknown;
+}): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      w.off('drain', done);
+      w.off('close', done);
+      resolve();
+    };
+    w.once('drain', done);
+    w.once('close', done);
+  });
+}
+
+/** Writes to a NAR response: headers with the first chunk, waits while the client is full. */
+function narWriter(res: ServerResponse, length: number | undefined): (chunk: Buffer) => Promise<void> {
+  return async (chunk) => {
+    if (!res.headersSent) {
+      res.writeHead(200, {
+        'content-type': 'application/x-nix-nar',
+        ...(length !== undefined ? { 'content-length': length } : {}),
+      });
+    }
+    if (!res.write(chunk)) {
+      await drained(res);
+      if (res.destroyed) throw new UpstreamError('the client went away');
+    }
+  };
+}
+
+/**
+ * Sends the upstream's file as it is (Nix decompresses it) while decompressing and hashing it
+ * beside: every chunk goes out as it arrives except the last, which is written only after the
+ * NAR's size and SHA-256 matched. Throws (after the headers went out) on any mismatch.
+ */
+async function streamBeside(
+  file: UpstreamFile,
+  compression: NarCompression,
+  narHash: Buffer,
+  narSize: number,
+  res: ServerResponse,
+): Promise<void> {
+  const decompress = createDecompressor(compression);
+  let failure: unknown;
+  const checked = hashOut(decompress, narHash, narSize);
+  checked.catch((err: unknown) => {
+    failure ??= err;
+  });
+  const write = narWriter(res, file.size);
+  let held: Buffer | undefined;
+  try {
+    for await (const chunk of file.body as AsyncIterable<Buffer>) {
+      if (failure !== undefined) throw failure;
+      if (held) await write(held);
+      held = chunk;
+      if (!decompress.write(chunk)) await Promise.race([drained(decompress), checked]);
+    }
+    decompress.end();
+    await checked;
+  } catch (err) {
+    decompress.destroy();
+    file.body.destroy();
+    throw failure ?? err;
+  }
+  if (held) await write(held);
+  res.end();
+}
+
 /**
  * Runs `source` through `decompress`, hashing, and hands every chunk but the last to `emit`; the
  * last is returned once size and SHA-256 matched. BadNarError on any mismatch.
@@ -542,21 +704,6 @@ async function verify(
   return held;
 }
 
-/** The whole NAR, checked before any of it is sent. */
-async function readVerified(
-  source: Readable,
-  decompress: Transform,
-  narHash: Buffer,
-  narSize: number,
-): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  const last = await verify(source, decompress, narHash, narSize, (c) => {
-    chunks.push(c);
-  });
-  if (last) chunks.push(last);
-  return chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, narSize);
-}
-
 /**
  * Streams the NAR into `res` as it is checked; the final chunk is written only after the size and
  * SHA-256 matched. Throws (after headers went out) on any mismatch.
@@ -568,24 +715,7 @@ async function streamVerified(
   narSize: number,
   res: ServerResponse,
 ): Promise<void> {
-  const write = async (chunk: Buffer) => {
-    if (!res.headersSent) {
-      res.writeHead(200, { 'content-type': 'application/x-nix-nar', 'content-length': narSize });
-    }
-    if (!res.write(chunk)) {
-      await new Promise<void>((resolve, reject) => {
-        const done = (err?: Error) => {
-          res.off('drain', done);
-          res.off('close', closed);
-          if (err) reject(err);
-          else resolve();
-        };
-        const closed = () => done(new UpstreamError('the client went away'));
-        res.on('drain', done);
-        res.on('close', closed);
-      });
-    }
-  };
+  const write = narWriter(res, narSize);
   const last = await verify(source, decompress, narHash, narSize, write);
   if (last) await write(last);
   res.end();

@@ -4,8 +4,7 @@
  * remembers for a while that it served bytes that did not match the vote, so the proxy tries the
  * other caches first.
  */
-import { createReadStream } from 'node:fs';
-import { readFile, stat } from 'node:fs/promises';
+import { type FileHandle, open, readFile, stat } from 'node:fs/promises';
 import {
   type ClientRequest,
   Agent as HttpAgent,
@@ -36,6 +35,13 @@ export class BadNarError extends TrustixError {
   }
 }
 
+/** A file an upstream is sending. */
+export interface UpstreamFile {
+  body: Readable;
+  /** Its size in bytes, when known before reading it (Content-Length, or the file's size). */
+  size?: number;
+}
+
 export abstract class Upstream {
   /** Until when (ms since the epoch) this cache is tried last, after it served bad bytes. */
   private badUntil = 0;
@@ -51,8 +57,11 @@ export abstract class Upstream {
   /** A file of the cache (relative path), whole; undefined when the cache has none. */
   protected abstract fetchSmall(path: string, limit: number): Promise<Buffer | undefined>;
 
-  /** A stream of a file of the cache; UpstreamError when it has none or cannot send it. */
-  abstract open(path: string, idleTimeoutMs: number): Promise<Readable>;
+  /**
+   * A stream of a file of the cache, with its size when the cache says it; UpstreamError when it
+   * has none or cannot send it.
+   */
+  abstract open(path: string, idleTimeoutMs: number): Promise<UpstreamFile>;
 
   abstract close(): void;
 
@@ -78,6 +87,21 @@ export abstract class Upstream {
   }
 }
 
+/** A whole stream of at most `limit` bytes; beyond, it is destroyed and `tooLarge()` thrown. */
+export async function readLimited(body: Readable, limit: number, tooLarge: () => Error): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of body as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > limit) {
+      body.destroy();
+      throw tooLarge();
+    }
+    chunks.push(chunk);
+  }
+  return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);
+}
+
 export function createUpstream(cfg: UpstreamConfig): Upstream {
   return cfg.url.startsWith('file:') ? new FileUpstream(cfg) : new HttpUpstream(cfg);
 }
@@ -98,7 +122,7 @@ class HttpUpstream extends Upstream {
    * GET `path` (relative to the cache root); resolves with the response once its headers arrive,
    * within the upstream's timeout (queueing for a connection included).
    */
-  private get(path: string): Promise<{ res: IncomingMessage; req: ClientRequest }> {
+  private get(path: string, retried = false): Promise<{ res: IncomingMessage; req: ClientRequest }> {
     const url = new URL(path, this.base);
     const send = url.protocol === 'https:' ? httpsRequest : httpRequest;
     return new Promise((resolve, reject) => {
@@ -111,8 +135,14 @@ class HttpUpstream extends Upstream {
         clearTimeout(timer);
         resolve({ res, req });
       });
-      req.on('error', (err) => {
+      req.on('error', (err: NodeJS.ErrnoException) => {
         clearTimeout(timer);
+        // a kept-alive connection the cache closed just as the request went out: once more, on a
+        // new connection (nothing was answered, so nothing is repeated)
+        if (!retried && req.reusedSocket && (err.code === 'ECONNRESET' || err.message === 'socket hang up')) {
+          this.get(path, true).then(resolve, reject);
+          return;
+        }
         reject(err instanceof UpstreamError ? err : new UpstreamError(`${url.href}: ${err.message}`));
       });
       req.end();
@@ -134,23 +164,17 @@ class HttpUpstream extends Upstream {
         res.resume();
         throw new UpstreamError(`${this.cfg.url}${path}: HTTP ${res.statusCode}`);
       }
-      const chunks: Buffer[] = [];
-      let size = 0;
-      for await (const c of res as AsyncIterable<Buffer>) {
-        size += c.length;
-        if (size > limit) {
-          req.destroy();
-          throw new UpstreamError(`${this.cfg.url}${path}: larger than ${limit} bytes`);
-        }
-        chunks.push(c);
-      }
-      return chunks.length === 1 ? chunks[0] : Buffer.concat(chunks);
+      return await readLimited(
+        res,
+        limit,
+        () => new UpstreamError(`${this.cfg.url}${path}: larger than ${limit} bytes`),
+      );
     } finally {
       clearTimeout(timer);
     }
   }
 
-  async open(path: string, idleTimeoutMs: number): Promise<Readable> {
+  async open(path: string, idleTimeoutMs: number): Promise<UpstreamFile> {
     const { res, req } = await this.get(path);
     if (res.statusCode !== 200) {
       res.resume();
@@ -159,7 +183,10 @@ class HttpUpstream extends Upstream {
     req.setTimeout(idleTimeoutMs, () =>
       req.destroy(new UpstreamError(`${this.cfg.url}${path}: stalled for ${idleTimeoutMs} ms`)),
     );
-    return res;
+    // node:http does not decode a Content-Encoding, so Content-Length counts the bytes read
+    const length = res.headers['content-length'];
+    const size = length !== undefined && /^\d{1,15}$/.test(length) ? Number(length) : undefined;
+    return { body: res, ...(size !== undefined ? { size } : {}) };
   }
 
   close(): void {
@@ -210,13 +237,21 @@ class FileUpstream extends Upstream {
     }
   }
 
-  async open(path: string): Promise<Readable> {
-    const stream = createReadStream(this.file(path), { highWaterMark: 256 * 1024 });
-    await new Promise<void>((ok, fail) => {
-      stream.once('open', () => ok());
-      stream.once('error', (err) => fail(this.failure(path, err)));
-    });
-    return stream;
+  async open(path: string): Promise<UpstreamFile> {
+    const file = this.file(path);
+    let handle: FileHandle;
+    try {
+      handle = await open(file, 'r');
+    } catch (err) {
+      throw this.failure(path, err);
+    }
+    try {
+      const { size } = await handle.stat();
+      return { body: handle.createReadStream({ highWaterMark: 256 * 1024 }), size };
+    } catch (err) {
+      await handle.close();
+      throw this.failure(path, err);
+    }
   }
 
   close(): void {}

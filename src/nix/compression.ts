@@ -2,11 +2,24 @@
  * Streaming decompression of the NAR files a Nix binary cache serves (`Compression:` in a
  * narinfo). Every decoder is a Node Transform with bounded memory and real backpressure, so a
  * NAR of hundreds of megabytes is never held whole.
+ *
+ * Each format has more than one decoder; `decoderFor` picks the fastest one this machine has:
+ * - zstd: Node's own (`zlib`, Node 22.15+ and 24; used only when it decodes every frame of a
+ *   multi-frame input, which early versions did not), else the `zstd` program in a child process
+ *   (streams only: starting a process costs more than decoding a small NAR), else fzstd (pure
+ *   JavaScript) in a pooled worker thread.
+ * - xz: the `xz` program in a child process for streams, liblzma (lzma-native) otherwise: on the
+ *   libuv thread pool for streams, synchronously for a small NAR decoded whole.
+ * - bzip2: unbzip2-stream (pure JavaScript).
  */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { EventEmitter } from 'node:events';
 import { createRequire } from 'node:module';
 import { PassThrough, Transform, type TransformCallback } from 'node:stream';
 import { Worker } from 'node:worker_threads';
+import * as zlib from 'node:zlib';
 import { FormatError } from '../core/errors.js';
+import { findProgram } from '../runtime/find-program.js';
 
 export type NarCompression = 'none' | 'xz' | 'bzip2' | 'zstd';
 
@@ -18,28 +31,203 @@ export function parseCompression(text: string): NarCompression {
   throw new FormatError(`unsupported NAR compression: ${JSON.stringify(text)}`);
 }
 
-export interface DecompressorOptions {
-  /** zstd only: how long one 64 KiB piece may take before the input is called corrupt (default 30 s). */
-  stallMs?: number;
+/** The file name extension Nix gives a NAR of this compression (`.nar` + it). */
+export function narExtension(c: NarCompression): string {
+  return { none: '', xz: '.xz', bzip2: '.bz2', zstd: '.zst' }[c];
 }
+
+/**
+ * The ways to decode: `zlib` (Node's zstd), `zstd-program` and `xz-program` (a child process),
+ * `fzstd` (JavaScript in a worker), `liblzma` (lzma-native), `unbzip2` (JavaScript), `copy` (none).
+ */
+export type Decoder = 'zlib' | 'zstd-program' | 'fzstd' | 'xz-program' | 'liblzma' | 'unbzip2' | 'copy';
+
+export interface DecompressorOptions {
+  /** fzstd only: how long one 64 KiB piece may take before the input is called corrupt (default 30 s). */
+  stallMs?: number;
+  /** Which decoder (one of `decoders(c)`); default `decoderFor(c)`. */
+  decoder?: Decoder;
+}
+
+/** What this machine offers: Node's zstd and the `zstd` and `xz` programs. */
+export interface DecoderSupport {
+  zlibZstd: boolean;
+  /** Where the programs are, when on the PATH. */
+  zstdProgram?: string;
+  xzProgram?: string;
+}
+
+type ZlibWithZstd = typeof zlib & {
+  createZstdDecompress?: () => Transform;
+  zstdCompressSync?: (b: Buffer) => Buffer;
+  zstdDecompressSync?: {
+    (b: Buffer): Buffer;
+    (
+      b: Buffer,
+      o: { maxOutputLength: number; info: true },
+    ): { buffer: Buffer; engine: { bytesWritten: number } };
+  };
+};
+const zz = zlib as ZlibWithZstd;
+
+/** Node's zstd, if it has one that decodes past the end of the first frame (22.15 stopped there). */
+function zlibZstdWorks(): boolean {
+  if (zz.createZstdDecompress === undefined || zz.zstdCompressSync === undefined) return false;
+  try {
+    const two = Buffer.concat([
+      zz.zstdCompressSync(Buffer.from('one ')),
+      zz.zstdCompressSync(Buffer.from('two')),
+    ]);
+    return zz.zstdDecompressSync!(two).toString() === 'one two';
+  } catch {
+    return false;
+  }
+}
+
+let support: DecoderSupport | undefined;
+
+/** What this machine offers (looked up once). */
+export function decoderSupport(): DecoderSupport {
+  if (support === undefined) {
+    const zstdProgram = findProgram('zstd');
+    const xzProgram = findProgram('xz');
+    support = {
+      zlibZstd: zlibZstdWorks(),
+      ...(zstdProgram !== undefined ? { zstdProgram } : {}),
+      ...(xzProgram !== undefined ? { xzProgram } : {}),
+    };
+  }
+  return support;
+}
+
+/**
+ * The decoder to use for `c`, given what the machine offers: `whole` for a NAR decoded in one
+ * piece (no child process: starting one costs tens of milliseconds), else for a stream.
+ */
+export function decoderFor(c: NarCompression, whole = false, s: DecoderSupport = decoderSupport()): Decoder {
+  switch (c) {
+    case 'none':
+      return 'copy';
+    case 'bzip2':
+      return 'unbzip2';
+    case 'xz':
+      return !whole && s.xzProgram !== undefined ? 'xz-program' : 'liblzma';
+    case 'zstd':
+      if (s.zlibZstd) return 'zlib';
+      return !whole && s.zstdProgram !== undefined ? 'zstd-program' : 'fzstd';
+    default:
+      throw new FormatError(`unsupported NAR compression: ${JSON.stringify(c)}`);
+  }
+}
+
+/** Every decoder this machine can run for `c`. */
+export function decoders(c: NarCompression, s: DecoderSupport = decoderSupport()): Decoder[] {
+  switch (c) {
+    case 'none':
+      return ['copy'];
+    case 'bzip2':
+      return ['unbzip2'];
+    case 'xz':
+      return [...(s.xzProgram !== undefined ? (['xz-program'] as const) : []), 'liblzma'];
+    case 'zstd':
+      return [
+        ...(s.zlibZstd ? (['zlib'] as const) : []),
+        ...(s.zstdProgram !== undefined ? (['zstd-program'] as const) : []),
+        'fzstd',
+      ];
+    default:
+      throw new FormatError(`unsupported NAR compression: ${JSON.stringify(c)}`);
+  }
+}
+
+const FORMAT_OF: Record<Decoder, NarCompression> = {
+  zlib: 'zstd',
+  'zstd-program': 'zstd',
+  fzstd: 'zstd',
+  'xz-program': 'xz',
+  liblzma: 'xz',
+  unbzip2: 'bzip2',
+  copy: 'none',
+};
 
 /**
  * A Transform taking the compressed bytes and emitting the NAR bytes. Corrupt, truncated or empty
  * input ends it with a FormatError on 'error'. 'none' is a pass-through.
  */
 export function createDecompressor(c: NarCompression, options: DecompressorOptions = {}): Transform {
-  switch (c) {
-    case 'none':
+  const decoder = options.decoder ?? decoderFor(c);
+  if (FORMAT_OF[decoder] !== c) throw new FormatError(`unsupported NAR compression: ${JSON.stringify(c)}`);
+  const s = decoderSupport();
+  switch (decoder) {
+    case 'copy':
       return new PassThrough();
-    case 'xz':
-      return new XzDecompressor();
-    case 'zstd':
+    case 'liblzma':
+      return new InnerStreamDecompressor('xz', lzmaStream(false));
+    case 'xz-program':
+      return new InnerStreamDecompressor(
+        'xz',
+        new ChildCoder('xz', programOrThrow(s.xzProgram, 'xz'), XZ_ARGS),
+      );
+    case 'zlib':
+      return new InnerStreamDecompressor('zstd', zz.createZstdDecompress!() as unknown as InnerStream);
+    case 'zstd-program':
+      return new InnerStreamDecompressor(
+        'zstd',
+        new ChildCoder('zstd', programOrThrow(s.zstdProgram, 'zstd'), ZSTD_ARGS),
+      );
+    case 'fzstd':
       return new ZstdDecompressor(options.stallMs ?? ZSTD_STALL_MS);
-    case 'bzip2':
+    case 'unbzip2':
       return new SyncDecompressor('bzip2', bzip2Decoder);
-    default:
-      throw new FormatError(`unsupported NAR compression: ${JSON.stringify(c)}`);
   }
+}
+
+function programOrThrow(path: string | undefined, name: string): string {
+  if (path === undefined) throw new FormatError(`the ${name} program is not installed`);
+  return path;
+}
+
+/**
+ * A whole compressed NAR, decoded in this process without a thread or process hop where the
+ * format allows (Node's zstd, liblzma synchronously); at most `maxOutput` bytes, else a
+ * FormatError.
+ */
+export async function decompressWhole(c: NarCompression, input: Buffer, maxOutput: number): Promise<Buffer> {
+  const decoder = decoderFor(c, true);
+  if (decoder === 'copy') {
+    if (input.length > maxOutput) throw new FormatError(`the data is larger than ${maxOutput} bytes`);
+    return input;
+  }
+  if (decoder === 'zlib') {
+    if (input.length === 0) throw truncated('zstd', 'empty input');
+    let out: { buffer: Buffer; engine: { bytesWritten: number } };
+    try {
+      out = zz.zstdDecompressSync!(input, { maxOutputLength: maxOutput, info: true });
+    } catch (err) {
+      if (err instanceof RangeError) throw new FormatError(`the data is larger than ${maxOutput} bytes`);
+      throw corruptOrTruncated('zstd', err);
+    }
+    if (out.engine.bytesWritten < input.length) {
+      throw corrupt('zstd', 'data after the end of the compressed stream');
+    }
+    return out.buffer;
+  }
+  const d =
+    decoder === 'liblzma'
+      ? new InnerStreamDecompressor('xz', lzmaStream(true))
+      : createDecompressor(c, { decoder });
+  const out: Buffer[] = [];
+  let size = 0;
+  d.end(input);
+  for await (const chunk of d as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > maxOutput) {
+      d.destroy();
+      throw new FormatError(`the data is larger than ${maxOutput} bytes`);
+    }
+    out.push(chunk);
+  }
+  return out.length === 1 ? out[0]! : Buffer.concat(out, size);
 }
 
 // Input is handed to a decoder at most this much at a time. Decoders emit everything one piece
@@ -183,8 +371,8 @@ function bzip2Decoder(emit: (out: Buffer) => void): SyncDecoder {
   };
 }
 
-/** The part of lzma-native's stream (a readable-stream v3 Transform) we use. */
-interface LzmaStream {
+/** A decoding stream we feed and read: lzma-native's (readable-stream v3), zlib's, or a ChildCoder. */
+interface InnerStream {
   write(chunk: Buffer): boolean;
   end(): void;
   pause(): void;
@@ -196,38 +384,57 @@ interface LzmaStream {
 }
 
 interface LzmaNative {
-  createStream(coder: 'streamDecoder', options: { memlimit: number }): LzmaStream;
+  createStream(coder: 'streamDecoder', options: { memlimit: number; synchronous?: boolean }): InnerStream;
 }
 
 let lzmaNative: LzmaNative | undefined;
 
+/** liblzma's decoder: on the libuv thread pool, or in this thread (`synchronous`, for small input). */
+function lzmaStream(synchronous: boolean): InnerStream {
+  lzmaNative ??= require('lzma-native') as LzmaNative;
+  return lzmaNative.createStream('streamDecoder', { memlimit: XZ_MEMLIMIT, synchronous });
+}
+
+// liblzma's LZMA_BUF_ERROR, zlib's and the programs' messages for input that stops mid-stream
+const TRUNCATED = /no progress is possible|unexpected end of (file|input)/i;
+
+function corruptOrTruncated(format: string, err: unknown): FormatError {
+  return TRUNCATED.test(detail(err))
+    ? truncated(format, 'unexpected end of input', err)
+    : corrupt(format, err);
+}
+
 /**
- * liblzma (through lzma-native, prebuilt) on the libuv thread pool. Its stream pushes all output
- * of a written chunk regardless of the reader, so we write it slices and pause it when our reader
- * is full; its own buffers then fill and its `write` reports backpressure, which we pass upstream.
+ * A decoding stream (liblzma, Node's zstd, a program) behind our Transform. Such a stream pushes
+ * all output of a written chunk regardless of the reader, so we write it slices and pause it when
+ * our reader is full; its own buffers then fill and its `write` reports backpressure, which we
+ * pass upstream.
  */
-class XzDecompressor extends Transform {
-  readonly #inner: LzmaStream;
+class InnerStreamDecompressor extends Transform {
+  readonly #format: string;
+  readonly #inner: InnerStream;
   #sawInput = false;
   /** A `_read` came and nothing has been pushed since. */
   #pulled = false;
+  /** Bytes written to the inner stream, and whether its input was ended. */
+  #fed = 0;
+  #ending = false;
 
-  constructor() {
+  constructor(format: string, inner: InnerStream) {
     super();
-    lzmaNative ??= require('lzma-native') as LzmaNative;
-    const inner = lzmaNative.createStream('streamDecoder', { memlimit: XZ_MEMLIMIT });
+    this.#format = format;
     inner.on('data', (data) => {
       this.#pulled = false;
       if (!this.push(data)) inner.pause();
     });
-    inner.on('error', (err) => {
-      const message = detail(err);
-      this.destroy(
-        // liblzma's LZMA_BUF_ERROR: the input ended inside a stream.
-        /no progress is possible/i.test(message)
-          ? truncated('xz', 'unexpected end of input', err)
-          : corrupt('xz', err),
-      );
+    inner.on('error', (err) => this.destroy(corruptOrTruncated(format, err)));
+    // Node's zstd ends at the end of the compressed data and leaves what follows unread
+    // (`bytesWritten` counts what it read): data after the end is corrupt input, as for the others
+    inner.once('end', () => {
+      const read = (inner as { bytesWritten?: unknown }).bytesWritten;
+      if (!this.#ending || (typeof read === 'number' && read < this.#fed)) {
+        this.destroy(corrupt(format, 'data after the end of the compressed stream'));
+      }
     });
     this.#inner = inner;
   }
@@ -238,6 +445,7 @@ class XzDecompressor extends Transform {
       return;
     }
     this.#sawInput = true;
+    this.#fed += chunk.length;
     let ready = true;
     for (let offset = 0; offset < chunk.length; offset += SLICE) {
       ready = this.#inner.write(
@@ -261,16 +469,101 @@ class XzDecompressor extends Transform {
 
   override _flush(callback: TransformCallback): void {
     if (!this.#sawInput) {
-      callback(truncated('xz', 'empty input'));
+      callback(truncated(this.#format, 'empty input'));
       return;
     }
-    this.#inner.once('end', () => callback());
+    this.#ending = true;
+    this.#inner.once('end', () => {
+      if (!this.destroyed) callback();
+    });
     this.#inner.end();
   }
 
   override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
     this.#inner.destroy();
     callback(err);
+  }
+}
+
+const ZSTD_ARGS = ['-d', '-c', '-q', '--no-progress'];
+const XZ_ARGS = ['-d', '-c', '-q', `--memlimit-decompress=${XZ_MEMLIMIT}`];
+/** How much of a program's complaint is kept for the error message. */
+const MAX_STDERR = 2048;
+
+/**
+ * A decoding program (`zstd -d`, `xz -d`) in a child process, as a stream: input to its stdin,
+ * output from its stdout. 'end' once it exited 0 after all its output; 'error' with what it said
+ * on stderr otherwise. Decoding runs on another core, outside Node's event loop.
+ */
+class ChildCoder extends EventEmitter implements InnerStream {
+  readonly #child: ChildProcess;
+  #stderr = '';
+  #stdoutEnded = false;
+  #exit: { code: number | null; signal: NodeJS.Signals | null } | undefined;
+  #destroyed = false;
+
+  constructor(
+    readonly name: string,
+    path: string,
+    args: string[],
+  ) {
+    super();
+    const child = spawn(path, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    this.#child = child;
+    child.stdout!.on('data', (d: Buffer) => this.emit('data', d));
+    child.stdout!.on('end', () => {
+      this.#stdoutEnded = true;
+      this.#settle();
+    });
+    child.stderr!.on('data', (d: Buffer) => {
+      if (this.#stderr.length < MAX_STDERR) this.#stderr += d.toString('utf8');
+    });
+    // the program stops reading when the data is bad: its exit status says why
+    child.stdin!.on('error', () => {});
+    child.stdin!.on('drain', () => this.emit('drain'));
+    child.on('error', (err) => this.#fail(`${name}: ${err.message}`));
+    child.on('exit', (code, signal) => {
+      this.#exit = { code, signal };
+      this.#settle();
+    });
+  }
+
+  #settle(): void {
+    const exit = this.#exit;
+    if (exit === undefined || this.#destroyed) return;
+    if (exit.code !== 0) {
+      const said = this.#stderr.trim().split('\n').pop() ?? '';
+      this.#fail(said !== '' ? said : `${this.name} exited with ${exit.code ?? exit.signal}`);
+    } else if (this.#stdoutEnded) this.emit('end');
+  }
+
+  #fail(message: string): void {
+    if (this.#destroyed) return;
+    this.#destroyed = true;
+    this.emit('error', new Error(message));
+  }
+
+  write(chunk: Buffer): boolean {
+    return this.#child.stdin!.write(chunk);
+  }
+
+  end(): void {
+    this.#child.stdin!.end();
+  }
+
+  pause(): void {
+    this.#child.stdout!.pause();
+  }
+
+  resume(): void {
+    this.#child.stdout!.resume();
+  }
+
+  destroy(): void {
+    this.#destroyed = true;
+    this.#child.stdin!.destroy();
+    this.#child.stdout!.destroy();
+    if (this.#child.exitCode === null && this.#child.signalCode === null) this.#child.kill('SIGKILL');
   }
 }
 
@@ -361,8 +654,8 @@ interface ZstdReply {
 }
 
 /**
- * zstd through fzstd (pure JS) in a pooled worker thread, one piece at a time. Node's own zstd
- * (22.15+) is not used: it stops silently after the first frame, and Node 20 has none.
+ * zstd through fzstd (pure JS) in a pooled worker thread, one piece at a time: the decoder of last
+ * resort, when neither Node's zstd nor the `zstd` program is there.
  */
 class ZstdDecompressor extends Transform {
   readonly #stallMs: number;

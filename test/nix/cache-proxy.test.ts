@@ -2,7 +2,7 @@
 // decider the test controls; test/nix/e2e.test.ts runs it with real logs and the real Nix client.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -18,6 +18,7 @@ import { encodeNix32 } from '../../src/nix/base32.js';
 import { type CacheConfig, parseCacheConfig } from '../../src/nix/cache-config.js';
 import { CacheProxy, type NarHashDecider } from '../../src/nix/cache-proxy.js';
 import { CachedTrustStore } from '../../src/nix/cache-trust.js';
+import { createUpstream } from '../../src/nix/cache-upstream.js';
 import { nixEntry } from '../../src/nix/entry.js';
 import {
   formatNixPublicKey,
@@ -64,6 +65,11 @@ async function upstream(): Promise<Upstream> {
   };
 }
 
+function decompressFile(kind: string, data: Buffer): Buffer {
+  if (kind === 'none') return data;
+  return execFileSync(kind, ['-d', '-c', '-q'], { input: data, maxBuffer: 1 << 28 });
+}
+
 function compress(kind: string, data: Buffer): Buffer {
   if (kind === 'none') return data;
   const tool = { xz: 'xz', bzip2: 'bzip2', zstd: 'zstd' }[kind]!;
@@ -107,16 +113,19 @@ async function publish(
   return { narHash, narSize: nar.length };
 }
 
-async function makeNar(seed: string, bytes = 300_000): Promise<Buffer> {
+/** A NAR of a small tree holding `bytes` of repeated text, or of random bytes (incompressible). */
+async function makeNar(seed: string, bytes = 300_000, random = false): Promise<Buffer> {
   const d = join(dir, `tree-${seed}`);
   mkdirSync(d, { recursive: true });
   writeFileSync(
     join(d, 'file'),
-    createHash('sha256')
-      .update(seed)
-      .digest()
-      .toString('hex')
-      .repeat(bytes / 64),
+    random
+      ? randomBytes(bytes)
+      : createHash('sha256')
+          .update(seed)
+          .digest()
+          .toString('hex')
+          .repeat(bytes / 64),
   );
   writeFileSync(join(d, 'small'), seed);
   return narBytes(d);
@@ -199,6 +208,12 @@ describe('cache proxy', () => {
   let base: URL;
   const nars = new Map<string, Buffer>();
   const get = (path: string, init?: RequestInit) => fetch(new URL(path, base), init);
+  /** A counter's value on /metrics (0 while it has none). */
+  const counter = async (series: string) => {
+    const text = await (await get('metrics')).text();
+    const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+    return line === undefined ? 0 : Number(line.split(' ')[1]);
+  };
 
   before(async () => {
     up1 = await upstream();
@@ -250,15 +265,38 @@ describe('cache proxy', () => {
     });
   }
 
-  test('no decision: 404 with the reason, and no upstream is asked', async () => {
-    const before = up1.requests.length + up2.requests.length;
+  test('no decision: 404 with the reason; the upstreams were asked for the narinfo only, while deciding', async () => {
+    const [n1, n2] = [up1.requests.length, up2.requests.length];
     await publish(up1, HASH_B, await makeNar('b'));
     const r = await get(`${HASH_B}.narinfo`);
     assert.equal(r.status, 404);
     assert.match(await r.text(), /no decision: logs disagree/);
-    assert.equal(up1.requests.length + up2.requests.length, before);
+    assert.deepEqual(up1.requests.slice(n1), [`${HASH_B}.narinfo`]);
+    assert.deepEqual(up2.requests.slice(n2), [`${HASH_B}.narinfo`]);
     const nar = await get(`nar/${HASH_B}-${encodeNix32(Buffer.alloc(32))}.nar`);
     assert.equal(nar.status, 404);
+  });
+
+  test('the upstreams are asked while the logs are: a decision that waits for them still gets them', async () => {
+    const hashPart = 'aw8i2ww2dwk5hn8dywdzx6l0lrz0sb4k';
+    const vote = await publish(up2, hashPart, await makeNar('early'), 'none');
+    decider.values.set(hashPart, vote);
+    const decide = decider.decide.bind(decider);
+    // this decision comes only once the upstream was asked (or after 3 s: too late, as no decision)
+    const slow = async (key: string, protocol: string) => {
+      for (let i = 0; i < 300 && !up2.requests.includes(`${key}.narinfo`); i++) {
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      if (!up2.requests.includes(`${key}.narinfo`)) return decide('', protocol);
+      return decide(key, protocol);
+    };
+    decider.decide = slow;
+    try {
+      const r = await get(`${hashPart}.narinfo`);
+      assert.equal(r.status, 200, await r.text());
+    } finally {
+      decider.decide = decide;
+    }
   });
 
   test('decided, but upstreams only have another NAR: 404; a NAR URL for another hash: 404', async () => {
@@ -277,19 +315,73 @@ describe('cache proxy', () => {
     assert.equal(wrong.status, 404);
   });
 
-  test('a tampered large NAR is cut short: the client never receives all of it', async () => {
-    const hashPart = 'ww8i2ww2dwk5hn8dywdzx6l0lrz0sb4k';
-    const nar = await makeNar('tampered', 2_000_000);
-    const narHash = await publish(up1, hashPart, nar, 'xz', true);
-    decider.values.set(hashPart, narHash);
+  /** The proxy's narinfo for a decided hash part, which names `compression`. */
+  const decidedNarinfo = async (hashPart: string, compression: string) => {
     const r = await get(`${hashPart}.narinfo`);
-    assert.equal(r.status, 200);
-    const info = parseNarInfo(await r.text());
-    const n = await get(info.url);
-    assert.equal(n.status, 200, 'headers go out before the last byte is checked');
-    await assert.rejects(n.arrayBuffer(), 'the body must fail, not end cleanly');
-    const metrics = await (await get('metrics')).text();
-    assert.match(metrics, /trustix_cache_nar_requests_total\{outcome="aborted"\} 1/);
+    const text = await r.text();
+    assert.equal(r.status, 200, text);
+    const info = parseNarInfo(text);
+    assert.equal(info.compression, compression);
+    return info;
+  };
+  for (const kind of ['none', 'xz', 'zstd', 'bzip2']) {
+    test(`a large NAR (${kind}) goes out as the upstream compressed it, and intact`, async () => {
+      const hashPart = `l${kind[0]}8i2ww2dwk5hn8dywdzx6l0lrz0sb4k`;
+      const nar = await makeNar(`large-${kind}`, 1_500_000, true);
+      const vote = await publish(up2, hashPart, nar, kind);
+      decider.values.set(hashPart, vote);
+      const info = await decidedNarinfo(hashPart, kind);
+      const ext = { none: '', xz: '.xz', zstd: '.zst', bzip2: '.bz2' }[kind];
+      assert.equal(info.url, `nar/${hashPart}-${encodeNix32(vote.narHash)}.nar${ext}`);
+      // FileHash and FileSize are not in the vote: given only where they equal NarHash and NarSize
+      if (kind === 'none') assert.deepEqual([info.fileHash, info.fileSize], [vote.narHash, nar.length]);
+      else assert.deepEqual([info.fileHash, info.fileSize], [undefined, undefined]);
+      assert.deepEqual(verifyNarInfo(info, [key.publicKey]), ['proxy-test-1']);
+      const upstreamInfo = parseNarInfo(up2.files.get(`${hashPart}.narinfo`)!.body);
+      const file = up2.files.get(upstreamInfo.url)!.body;
+      const n = await get(info.url);
+      assert.equal(n.status, 200);
+      assert.equal(n.headers.get('content-length'), String(file.length));
+      const body = Buffer.from(await n.arrayBuffer());
+      assert.ok(body.equals(file), 'the upstream file, byte for byte');
+      assert.ok(decompressFile(kind, body).equals(nar));
+    });
+    test(`a tampered large NAR (${kind}) is cut short and its cache marked bad`, async () => {
+      const hashPart = `w${kind[0]}8i2ww2dwk5hn8dywdzx6l0lrz0sb4k`;
+      const nar = await makeNar(`tampered-${kind}`, 2_000_000, true);
+      const narHash = await publish(up1, hashPart, nar, kind, true);
+      decider.values.set(hashPart, narHash);
+      const info = await decidedNarinfo(hashPart, kind);
+      const aborted = await counter('trustix_cache_nar_requests_total{outcome="aborted"}');
+      const bad = await counter(`trustix_cache_bad_nars_total{upstream="${up1.url}"}`);
+      const n = await get(info.url);
+      assert.equal(n.status, 200, 'headers go out before the last byte is checked');
+      await assert.rejects(n.arrayBuffer(), 'the body must fail, not end cleanly');
+      assert.equal(await counter('trustix_cache_nar_requests_total{outcome="aborted"}'), aborted + 1);
+      assert.equal(await counter(`trustix_cache_bad_nars_total{upstream="${up1.url}"}`), bad + 1);
+    });
+  }
+
+  test('serve_compressed = false: a large NAR goes out decompressed', async () => {
+    const plain = new CacheProxy({
+      config: config([up2], 'verify_first_max = 1000000\nserve_compressed = false'),
+      decider,
+      key,
+    });
+    const url = await plain.listen();
+    try {
+      const hashPart = 'lz8i2ww2dwk5hn8dywdzx6l0lrz0sb4k';
+      const nar = await makeNar('large-plain', 1_500_000, true);
+      decider.values.set(hashPart, await publish(up2, hashPart, nar, 'zstd'));
+      const info = parseNarInfo(await (await fetch(new URL(`${hashPart}.narinfo`, url))).text());
+      assert.equal(info.compression, 'none');
+      assert.ok(info.url.endsWith('.nar'));
+      const n = await fetch(new URL(info.url, url));
+      assert.equal(n.headers.get('content-length'), String(nar.length));
+      assert.ok(Buffer.from(await n.arrayBuffer()).equals(nar));
+    } finally {
+      await plain.close();
+    }
   });
 
   test('a small NAR whose size differs from NarSize is refused with the reason', async () => {
@@ -596,6 +688,37 @@ describe('cache proxy: the narinfo is the vote, a bad cache is passed over', () 
     } finally {
       good.files.delete('nix-cache-info');
       await p.close();
+    }
+  });
+});
+
+describe('upstream connections', () => {
+  test('a kept-alive connection the cache closes instead of answering: asked again on a new one', async () => {
+    const served = new WeakMap<object, number>();
+    let connections = 0;
+    const server = createServer((req, res) => {
+      const n = served.get(req.socket) ?? 0;
+      served.set(req.socket, n + 1);
+      // every second request on a connection: the cache closes it without an answer
+      if (n > 0) {
+        req.socket.destroy();
+        return;
+      }
+      res.writeHead(200, { 'content-length': 21 }).end('StoreDir: /nix/store\n');
+    });
+    server.on('connection', () => connections++);
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const u = createUpstream({
+      url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/`,
+      timeoutMs: 5000,
+      maxConnections: 1,
+    });
+    try {
+      for (let i = 0; i < 3; i++) assert.equal(await u.cacheInfo(), 'StoreDir: /nix/store\n');
+      assert.equal(connections, 3);
+    } finally {
+      u.close();
+      server.close();
     }
   });
 });

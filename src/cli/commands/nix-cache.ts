@@ -74,6 +74,7 @@ Example cache.toml:
   secret_key_file = "cache-key.sec"     # created on first start
   decide_config = "decide.toml"         # the logs and the procedure (see trustix decide --help)
   verify_first_max = 4194304            # NARs up to this size are checked whole before sending
+  serve_compressed = true               # larger ones go to Nix as the cache compressed them
   bad_upstream_ttl = 600                # seconds a cache that served bad bytes is tried last
   [[upstream]]
   url = "https://cache.example.org"

@@ -1,5 +1,5 @@
-import { accessSync, constants, existsSync, mkdirSync } from 'node:fs';
-import { delimiter, dirname, isAbsolute, join, resolve } from 'node:path';
+import { existsSync, mkdirSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
 import { type Command, Option } from 'commander';
 import { LogClient, type SubmitAuth } from '../../client/client.js';
 import { defaultTrustDir, FileTrustStore } from '../../client/trust-store.js';
@@ -27,6 +27,7 @@ import {
   runPublisher,
 } from '../../nix/publish.js';
 import { REJECTED_DIR, Spool } from '../../nix/spool.js';
+import { findProgram } from '../../runtime/find-program.js';
 import { writeFileDurably } from '../../storage/durable.js';
 import { CliError, EXIT, progress } from '../output.js';
 import { registerNixCacheCommand } from './nix-cache.js';
@@ -87,21 +88,6 @@ function usageConfig<T>(fn: () => T): T {
   }
 }
 
-/** A program the hook wrapper runs, found on PATH when it is installed. */
-function findTool(name: string): string | undefined {
-  for (const dir of (process.env.PATH ?? '').split(delimiter)) {
-    if (!isAbsolute(dir)) continue;
-    const p = join(dir, name);
-    try {
-      accessSync(p, constants.X_OK);
-      return p;
-    } catch {
-      // not here
-    }
-  }
-  return undefined;
-}
-
 /** `post-build-hook`, `install-hook`, `publish`, `flush` and `submit`. */
 export function registerNixPublishCommands(nix: Command): void {
   nix
@@ -144,16 +130,16 @@ export function registerNixPublishCommands(nix: Command): void {
       const config = usageConfig(() => loadPublishConfig(o.config));
       const out = resolve(o.out);
       const log = resolve(o.log ?? defaultHookLog());
-      const bash = findTool('bash');
+      const bash = findProgram('bash');
       const script = hookWrapperScript({
         spool: resolve(config.spool),
         log,
         tools: {
           ...(bash ? { bash } : {}),
-          date: findTool('date') ?? '/usr/bin/date',
-          mkdir: findTool('mkdir') ?? '/usr/bin/mkdir',
-          mv: findTool('mv') ?? '/usr/bin/mv',
-          sync: findTool('sync') ?? '/usr/bin/sync',
+          date: findProgram('date') ?? '/usr/bin/date',
+          mkdir: findProgram('mkdir') ?? '/usr/bin/mkdir',
+          mv: findProgram('mv') ?? '/usr/bin/mv',
+          sync: findProgram('sync') ?? '/usr/bin/sync',
         },
       });
       try {
