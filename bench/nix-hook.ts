@@ -37,7 +37,7 @@ try {
   };
   const store = join(dir, 'store');
   const spool = join(dir, 'spool');
-  writeFileSync(join(dir, 'token'), 'bench-token\n');
+  writeFileSync(join(dir, 'token'), 'bench-token\n', { mode: 0o600 });
   const config = join(dir, 'publish.toml');
   writeFileSync(
     config,
