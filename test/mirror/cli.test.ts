@@ -2,6 +2,8 @@
 // up, a SIGKILL in the middle of the catch-up, and a restart that resumes from the committed copy.
 import assert from 'node:assert/strict';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { LogClient } from '../../src/client/client.js';
@@ -18,17 +20,37 @@ import {
 import { entries, honestLog } from './fixtures.js';
 
 const N = 20_000;
+/** What the proxy in front of the log adds to each entry bundle (79 of them): a catch-up lasts seconds. */
+const BUNDLE_DELAY_MS = 60;
+
+/**
+ * Forwards requests to `target`, each entry bundle after a delay: a fast machine copies the whole
+ * log within the mirror's first progress second, which leaves no moment to kill it mid-catch-up.
+ */
+async function slowEntriesProxy(target: string): Promise<{ url: string; server: Server }> {
+  const server = createServer((req, res) => {
+    void (async () => {
+      if (req.url?.includes('/tile/entries/')) await new Promise((r) => setTimeout(r, BUNDLE_DELAY_MS));
+      const upstream = await fetch(`${target}${req.url}`);
+      const headers: Record<string, string> = {};
+      const type = upstream.headers.get('content-type');
+      if (type !== null) headers['content-type'] = type;
+      res.writeHead(upstream.status, headers);
+      res.end(Buffer.from(await upstream.arrayBuffer()));
+    })().catch(() => res.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, server };
+}
 
 /** Resolves with the first stdout line of `s` (already printed or to come) that matches `re`. */
 function lineMatching(s: RunningServer, re: RegExp, timeoutMs = 60_000): Promise<string> {
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(
-      () =>
-        reject(
-          new Error(`no line matching ${re} in ${timeoutMs} ms:\n${s.stdout.join('\n')}\n${s.stderr()}`),
-        ),
-      timeoutMs,
-    );
+    // both timers are cleared either way: a poll left running would keep the test file from exiting
+    const timer = setTimeout(() => {
+      clearInterval(poll);
+      reject(new Error(`no line matching ${re} in ${timeoutMs} ms:\n${s.stdout.join('\n')}\n${s.stderr()}`));
+    }, timeoutMs);
     const check = () => {
       const hit = s.stdout.find((l) => re.test(l));
       if (hit !== undefined) {
@@ -45,6 +67,7 @@ function lineMatching(s: RunningServer, re: RegExp, timeoutMs = 60_000): Promise
 describe('trustix mirror (process)', () => {
   const dir = tempDir('trustix-mirror-cli-');
   let log: RunningServer;
+  let proxy: Server;
   let vkey: string;
   let config: string;
 
@@ -57,11 +80,15 @@ describe('trustix mirror (process)', () => {
       'serve.toml',
     );
     log = await startServer(['--config', serve, '--listen', '127.0.0.1:0']);
+    const slow = await slowEntriesProxy(log.url);
+    proxy = slow.server;
     config = join(dir, 'mirror.toml');
-    writeFileSync(config, `[[log]]\nname = "cli"\nurl = "${log.url}/logs/default/"\nvkey = "${vkey}"\n`);
+    writeFileSync(config, `[[log]]\nname = "cli"\nurl = "${slow.url}/logs/default/"\nvkey = "${vkey}"\n`);
   });
 
   after(async () => {
+    proxy?.closeAllConnections();
+    proxy?.close();
     await log?.stop();
     cleanup(dir);
   });
@@ -80,7 +107,7 @@ describe('trustix mirror (process)', () => {
     assert.doesNotMatch(r.stderr, /at .*\.ts:\d+/);
   });
 
-  test('survives a SIGKILL while catching up and resumes where its copy stopped', async () => {
+  test('survives a SIGKILL while catching up and resumes where its copy stopped', async (t) => {
     const state = join(dir, 'state');
     const args = [
       '--state',
@@ -95,6 +122,8 @@ describe('trustix mirror (process)', () => {
       '0.2',
     ];
     const first = await startCommand('mirror', args);
+    // a failed assertion must not leave a mirror running, which would hold the test file open
+    t.after(() => first.proc.kill('SIGKILL'));
     assert.ok(first.stdout.some((l) => l.startsWith('created the mirror key')));
     const vkeyLine = first.stdout.find((l) => / vkey /.test(l))!;
     assert.match(vkeyLine, /^mirror \S+ vkey \S+\+[0-9a-f]{8}\+/);
@@ -109,6 +138,7 @@ describe('trustix mirror (process)', () => {
     await first.exited;
 
     const second = await startCommand('mirror', args);
+    t.after(() => second.proc.kill('SIGKILL'));
     const resumed = second.stdout.find((l) => l.startsWith('log cli: copy at size '))!;
     const at = Number(/copy at size (\d+)/.exec(resumed)![1]);
     assert.ok(at > 0 && at < N, `resumed at ${at}: ${resumed}`);
