@@ -5,6 +5,9 @@
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import type { Log } from '../log/log.js';
 
+/** Seconds, 1 ms to 10 s: a witness request and a wait for the quorum (bounded by witness_timeout_ms). */
+const COSIGN_BUCKETS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+
 export interface LogMetrics {
   appended: Counter.Internal;
   duplicates: Counter.Internal;
@@ -122,7 +125,7 @@ export class Metrics {
         name: 'trustix_cosign_request_seconds',
         help: 'Time of one add-checkpoint request to a witness.',
         labelNames: ['log', 'witness'],
-        buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+        buckets: COSIGN_BUCKETS_S,
         registers,
       }),
       witnessSize: new Gauge({
@@ -141,7 +144,7 @@ export class Metrics {
         name: 'trustix_cosign_wait_seconds',
         help: 'From a checkpoint being committed to its quorum being met (quorum="met") or given up on (quorum="missed": timeout, or too many witnesses failed).',
         labelNames: ['log', 'quorum'],
-        buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+        buckets: COSIGN_BUCKETS_S,
         registers,
       }),
       quorumMet: new Gauge({
