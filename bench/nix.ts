@@ -1,7 +1,8 @@
 // npm run bench:nix: the voting cache proxy (`trustix nix cache`) against the same binary caches
 // served directly by a static file server, in one run. One JSON line per figure.
 //   1. narinfo/s over 3 and 5 logs: cold (every request a hash part not decided yet) and warm
-//      (decisions cached), against the static server serving the same narinfo files.
+//      (decisions cached), against the static server serving the same narinfo files; the static
+//      server and the warm proxy take TRUSTIX_BENCH_NIX_ROUNDS turns each, so they see one load.
 //   2. One large NAR (TRUSTIX_BENCH_NIX_LARGE_MB, default 64) in MB/s of NAR through the proxy,
 //      for an uncompressed, an xz and a zstd cache; directly: the cache file's download.
 //   3. Each small NAR of the closure below through the proxy (decisions warm), in ms per NAR, for
@@ -12,10 +13,11 @@
 // Everything runs on loopback: the logs are `trustix serve` processes, the caches are written by
 // the real `nix copy` and served by a node:http static server in a child process (the load tool
 // runs in this process), the proxy is its own `trustix nix cache` process.
-// Knobs: TRUSTIX_BENCH_NIX_KEYS (synthetic paths for the narinfo figures, default 5000),
-// TRUSTIX_BENCH_NIX_SECONDS (warm narinfo runs, default 5), TRUSTIX_BENCH_NIX_CONNECTIONS (8),
+// Knobs: TRUSTIX_BENCH_NIX_KEYS (synthetic paths for the narinfo figures, default 2000),
+// TRUSTIX_BENCH_NIX_SECONDS (each warm narinfo turn, default 3), TRUSTIX_BENCH_NIX_CONNECTIONS (8),
 // TRUSTIX_BENCH_NIX_ONLY (comma-separated: narinfo,nar,small,closure), TRUSTIX_BENCH_NIX_PROXY_ARGS
-// (extra node flags for the proxy process, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof").
+// (extra node flags for the proxy process, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"),
+// TRUSTIX_BENCH_NIX_LOG_ARGS (the same for the log processes).
 import { type ChildProcess, fork, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -38,6 +40,7 @@ const LARGE_MB = Number(process.env.TRUSTIX_BENCH_NIX_LARGE_MB ?? 64);
 const KEYS = Number(process.env.TRUSTIX_BENCH_NIX_KEYS ?? 2000);
 const SECONDS = Number(process.env.TRUSTIX_BENCH_NIX_SECONDS ?? 3);
 const PROXY_ARGS = process.env.TRUSTIX_BENCH_NIX_PROXY_ARGS?.split(' ').filter(Boolean) ?? [];
+const LOG_ARGS = process.env.TRUSTIX_BENCH_NIX_LOG_ARGS?.split(' ').filter(Boolean) ?? [];
 const CONNECTIONS = Number(process.env.TRUSTIX_BENCH_NIX_CONNECTIONS ?? 8);
 const ROUNDS = Number(process.env.TRUSTIX_BENCH_NIX_ROUNDS ?? 3);
 const ONLY = process.env.TRUSTIX_BENCH_NIX_ONLY?.split(',');
@@ -117,6 +120,8 @@ interface LogNode {
   proc: ChildProcess;
   url: string;
   vkey: string;
+  /** The log's own directory, which a proxy may read as a local copy (`state = DIR`). */
+  dir: string;
 }
 
 /** A `trustix serve` log holding `entries`. */
@@ -125,6 +130,7 @@ async function startLog(dir: string, i: number, entries: ReturnType<typeof nixEn
   const { proc, lines } = await spawnUntil(
     ['serve', '--state', state, '--listen', '127.0.0.1:0', '--origin', `bench-${i}.test/log`],
     /^ready$/,
+    LOG_ARGS,
   );
   const url = lines
     .find((l) => l.startsWith('listening '))!
@@ -148,7 +154,7 @@ async function startLog(dir: string, i: number, entries: ReturnType<typeof nixEn
     });
     if (r.status !== 200) throw new Error(`submit to log ${i}: ${r.status} ${await r.text()}`);
   }
-  return { proc, url: `${url}/logs/default/`, vkey };
+  return { proc, url: `${url}/logs/default/`, vkey, dir: join(state, 'logs', 'default') };
 }
 
 interface Proxy {
@@ -157,13 +163,21 @@ interface Proxy {
 }
 
 let configs = 0;
-async function startProxy(dir: string, logs: LogNode[], upstream: string, extra = ''): Promise<Proxy> {
+/** A proxy over `logs`, asked over HTTP, or with `local` read from their directories. */
+async function startProxy(
+  dir: string,
+  logs: LogNode[],
+  upstream: string,
+  extra = '',
+  local = false,
+): Promise<Proxy> {
   const n = configs++;
   const decide = join(dir, `decide-${n}.toml`);
+  const where = (l: LogNode) => (local ? `state = "${l.dir}"` : `url = "${l.url}"`);
   writeFileSync(
     decide,
     `timeout = 5\ntrust_dir = "trust-${n}"\n${logs
-      .map((l, i) => `[[log]]\nname = "log${i}"\nurl = "${l.url}"\nvkey = "${l.vkey}"\n`)
+      .map((l, i) => `[[log]]\nname = "log${i}"\n${where(l)}\nvkey = "${l.vkey}"\n`)
       .join('')}[procedure.default]\ntype = "percentage"\nmin = "2/3"\nof = "configured"\n`,
   );
   const cfg = join(dir, `cache-${n}.toml`);
@@ -292,17 +306,17 @@ async function main(): Promise<void> {
     });
 
     if (runs('narinfo')) {
-      const s0 = cpuMs([statics.proc]);
-      const d = await load(synUrl, syn);
-      emit('narinfo static server', d.rate, 'req/s', {
-        bad: d.bad,
-        cpuMsPerRequest: Math.round(((cpuMs([statics.proc]) - s0) / d.total) * 1000) / 1000,
-        load: loadavg()[0],
-      });
+      // warm figures at equal load: the static server and the warm proxy take turns, ROUNDS each,
+      // so both see the same machine; medians, with the load average of each turn
+      const staticRun = async () => {
+        const s0 = cpuMs([statics.proc]);
+        const d = await load(synUrl, syn);
+        return { ...d, cpu: (cpuMs([statics.proc]) - s0) / d.total, load: loadavg()[0] };
+      };
       for (const n of [3, 5]) {
         const p = await startProxy(dir, logs.slice(0, n), synUrl, 'decision_ttl = 3600');
         const logProcs = logs.slice(0, n).map((l) => l.proc);
-        let [cpu0, logs0] = [cpuMs([p.proc]), cpuMs(logProcs)];
+        const [cpu0, logs0] = [cpuMs([p.proc]), cpuMs(logProcs)];
         const cold = await load(p.url, syn, KEYS);
         emit(`narinfo cold, ${n} logs`, cold.rate, 'req/s', {
           bad: cold.bad,
@@ -311,16 +325,43 @@ async function main(): Promise<void> {
           logsCpuMsPerRequest: Math.round(((cpuMs(logProcs) - logs0) / KEYS) * 1000) / 1000,
           load: loadavg()[0],
         });
-        [cpu0, logs0] = [cpuMs([p.proc]), cpuMs(logProcs)];
-        const warm = await load(p.url, syn);
-        emit(`narinfo warm, ${n} logs`, warm.rate, 'req/s', {
-          bad: warm.bad,
-          ofStatic: Math.round((warm.rate / d.rate) * 100) / 100,
-          proxyCpuMsPerRequest: Math.round(((cpuMs([p.proc]) - cpu0) / warm.total) * 1000) / 1000,
-          load: loadavg()[0],
+        const statics: Array<Awaited<ReturnType<typeof staticRun>>> = [];
+        const warms: Array<Awaited<ReturnType<typeof staticRun>>> = [];
+        for (let r = 0; r < ROUNDS; r++) {
+          statics.push(await staticRun());
+          const c0 = cpuMs([p.proc]);
+          const w = await load(p.url, syn);
+          warms.push({ ...w, cpu: (cpuMs([p.proc]) - c0) / w.total, load: loadavg()[0] });
+        }
+        const rate = (xs: typeof warms) => median(xs.map((x) => x.rate));
+        const round3 = (x: number) => Math.round(x * 1000) / 1000;
+        emit(`narinfo static server (turns with the ${n}-log proxy)`, rate(statics), 'req/s', {
+          bad: statics.reduce((a, x) => a + x.bad, 0),
+          cpuMsPerRequest: round3(median(statics.map((x) => x.cpu))),
+          rates: statics.map((x) => Math.round(x.rate)),
+          loads: statics.map((x) => x.load),
+        });
+        emit(`narinfo warm, ${n} logs`, rate(warms), 'req/s', {
+          bad: warms.reduce((a, x) => a + x.bad, 0),
+          ofStatic: Math.round((rate(warms) / rate(statics)) * 100) / 100,
+          proxyCpuMsPerRequest: round3(median(warms.map((x) => x.cpu))),
+          rates: warms.map((x) => Math.round(x.rate)),
+          loads: warms.map((x) => x.load),
         });
         await stop(p.proc);
       }
+      // the same three logs read from their own directories, as a proxy beside local copies of
+      // the logs would: a cold narinfo then asks no log over the network
+      const p = await startProxy(dir, logs.slice(0, 3), synUrl, 'decision_ttl = 3600', true);
+      const c0 = cpuMs([p.proc]);
+      const cold = await load(p.url, syn, KEYS);
+      emit('narinfo cold, 3 local logs', cold.rate, 'req/s', {
+        bad: cold.bad,
+        keys: KEYS,
+        proxyCpuMsPerRequest: Math.round(((cpuMs([p.proc]) - c0) / KEYS) * 1000) / 1000,
+        load: loadavg()[0],
+      });
+      await stop(p.proc);
     }
 
     const largeHash = large.split('/').pop()!.slice(0, 32);
