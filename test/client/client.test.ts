@@ -643,6 +643,49 @@ describe('verifying client against a real log over HTTP', () => {
     );
   });
 
+  test('a batch answer with the map proof of one key and the inclusion proof of another altered fails those two keys only', async () => {
+    const c = client();
+    /** `b64` with one byte flipped: still well-formed base64, no longer the log's hash. */
+    const flip = (b64: string, at: number) => {
+      const b = Buffer.from(b64, 'base64');
+      b[at < 0 ? b.length + at : at] ^= 1;
+      return toBase64(b);
+    };
+    server.requests.length = 0;
+    await withTamper(
+      (req, a) => {
+        if (a.status !== 200) return undefined;
+        if (req.path === 'lookup/nix/k0-0-5') {
+          const j = bodyJson<{ mapProof: string }>(a);
+          j.mapProof = flip(j.mapProof, -1);
+          return json(200, j);
+        }
+        if (req.path === 'lookup/nix/late-key') {
+          const j = bodyJson<{ entry: { proof: string[] } }>(a);
+          j.entry.proof[0] = flip(j.entry.proof[0], 0);
+          return json(200, j);
+        }
+        return undefined;
+      },
+      async () => {
+        const keys = ['k0-0-4', 'k0-0-5', 'never-7', 'late-key', 'k0-0-6'];
+        const settled = await Promise.allSettled(keys.map((k) => c.lookup('nix', k)));
+        // one request carried them all, so the altered answers came in the same batch as good ones
+        assert.deepEqual(
+          server.requests.filter((p) => p.startsWith('lookup')),
+          ['lookup'],
+        );
+        const [a, mapAltered, absent, inclusionAltered, b] = settled;
+        for (const r of [mapAltered, inclusionAltered]) {
+          assert.ok(r.status === 'rejected' && r.reason instanceof InvalidProofError, String(r));
+        }
+        assert.ok(a.status === 'fulfilled' && a.value.status === 'present');
+        assert.ok(b.status === 'fulfilled' && b.value.status === 'present');
+        assert.ok(absent.status === 'fulfilled' && absent.value.status === 'absent');
+      },
+    );
+  });
+
   test('a server without POST lookup is asked key by key', async () => {
     server.noLookupBatch = true;
     try {
