@@ -16,7 +16,7 @@
 import { mkdirSync } from 'node:fs';
 import { equalBytes, toBase64 } from '../core/bytes.js';
 import { type Checkpoint, openCheckpoint } from '../core/checkpoint.js';
-import { indexPathInto, writeIndexValueIndex } from '../core/entry.js';
+import { indexPathOfEncodedInto, writeIndexValueIndex } from '../core/entry.js';
 import { StateError, StorageError, VerificationError } from '../core/errors.js';
 import { EMPTY_ROOT } from '../core/merkle.js';
 import {
@@ -225,11 +225,7 @@ export class LogCopy {
   }
 
   /** A chunk verified by the follower (or, without one, a newly verified checkpoint). */
-  async append(
-    rec: LogRecord,
-    entries: readonly IndexedEntry[],
-    chunk: VerifiedChunk | undefined,
-  ): Promise<void> {
+  async append(rec: LogRecord, chunk: VerifiedChunk | undefined): Promise<void> {
     if (this.failed) throw this.failed;
     if (this.closing) throw new StateError('the mirror is stopping');
     await this.settle();
@@ -263,7 +259,7 @@ export class LogCopy {
       }
       return;
     }
-    const { start, data, leaves } = chunk;
+    const { start, data, layouts, leaves } = chunk;
     // a chunk that does not continue the uncommitted ones (the follower started over after an
     // error) continues the committed head: what was not committed is dropped
     if (this.overlay !== undefined && start !== this.overlay.size) this.overlay = undefined;
@@ -284,8 +280,7 @@ export class LogCopy {
     const paths = Buffer.allocUnsafe(32 * n);
     const values = Buffer.allocUnsafe(INDEX_VALUE_BYTES * n);
     for (let i = 0; i < n; i++) {
-      const e = entries[i];
-      indexPathInto(e.protocol, e.key, paths, 32 * i);
+      indexPathOfEncodedInto(data[i], layouts[i], paths, 32 * i);
       writeIndexValueIndex(start + i, values, INDEX_VALUE_BYTES * i);
       leaves.copy(values, INDEX_VALUE_BYTES * i + 8, 32 * i, 32 * i + 32);
     }
@@ -436,6 +431,8 @@ function* concatEntries(a: Iterable<Uint8Array>, b: readonly Uint8Array[]): Iter
 
 /** FollowStore over the copies of a mirror, by follower id. */
 export class CopySet implements FollowStore {
+  readonly readsChunks = true;
+
   constructor(private readonly copies: ReadonlyMap<string, LogCopy>) {}
 
   private copy(id: string): LogCopy {
@@ -448,7 +445,8 @@ export class CopySet implements FollowStore {
     return this.copy(id).record();
   }
 
-  append(id: string, entries: IndexedEntry[], rec: LogRecord, chunk?: VerifiedChunk): Promise<void> {
-    return this.copy(id).append(rec, entries, chunk);
+  /** The entries come in the chunk (readsChunks). */
+  append(id: string, _entries: IndexedEntry[], rec: LogRecord, chunk?: VerifiedChunk): Promise<void> {
+    return this.copy(id).append(rec, chunk);
   }
 }
