@@ -105,7 +105,8 @@ export class PeakMemory {
   private timer: NodeJS.Timeout | undefined;
 
   sample(): void {
-    this.rss = Math.max(this.rss, process.memoryUsage().rss);
+    // rss() alone: memoryUsage() also walks the heap's spaces, a cost counted in the CPU measured
+    this.rss = Math.max(this.rss, process.memoryUsage.rss());
     this.anon = Math.max(this.anon, rssAnonBytes() ?? 0);
   }
 
