@@ -58,8 +58,8 @@ export interface CopyProgress {
 /**
  * Chunks verified on top of the committed head, not committed yet: their entries, the tiles they
  * wrote, and their index updates (path, value), packed per chunk. The index is updated once for
- * all of them, when they are committed: a batch of 65,536 entries at a million rewrites each
- * touched stratum row once, where eight chunks of 8,192 rewrote most of them eight times.
+ * all of them, when they are committed: a batch of 131,072 entries at a million rewrites each
+ * touched stratum row once, where sixteen chunks of 8,192 rewrote most of them sixteen times.
  */
 interface Overlay {
   size: number;
@@ -109,7 +109,7 @@ export class LogCopy {
   /** Most entries held uncommitted before a catch-up commits (and stops serving until audited). */
   maxUncommitted = 262_144;
   /** While catching up (nothing served), entries per commit. */
-  commitEntries = 65_536;
+  commitEntries = 131_072;
 
   private constructor(
     readonly id: string,
@@ -139,7 +139,7 @@ export class LogCopy {
     vkey: string;
     cosigner: Cosigner;
     writeProof: ProofWriter;
-    /** While catching up, entries per commit (default 65,536). */
+    /** While catching up, entries per commit (default 131,072). */
     commitEntries?: number;
     onProgress?: (p: CopyProgress) => void;
   }): Promise<LogCopy> {
