@@ -135,18 +135,43 @@ export class LogFollower {
     return { ...this.status, history: this.store.log(this.id).history };
   }
 
+  /** What was verified before a restart stays the reference: a rollback or fork since is caught. */
+  private async seed(): Promise<void> {
+    if (this.seeded) return;
+    const note = this.store.log(this.id).note;
+    if (note !== undefined) await this.trust.compareAndSet(this.client!.identity, undefined, note);
+    this.seeded = true;
+  }
+
+  /**
+   * The checkpoint every later one must extend (signed note): the latest this follower verified, or
+   * one a caller adopted since (adopt). Undefined before the first.
+   */
+  async reference(): Promise<string | undefined> {
+    if (!this.client) return undefined;
+    await this.seed();
+    return this.trust.get(this.client.identity);
+  }
+
+  /**
+   * Makes `note`, a checkpoint of this log that the caller verified to extend `expected` (what
+   * reference() gave), the reference, so the log's later checkpoints must extend it too (a mirror
+   * told of a checkpoint through add-checkpoint). False when the reference is no longer `expected`.
+   */
+  async adopt(expected: string | undefined, note: string): Promise<boolean> {
+    if (!this.client) return false;
+    await this.seed();
+    return (await this.trust.compareAndSet(this.client.identity, expected, note)).ok;
+  }
+
   /** One round: the latest checkpoint, then every new entry. Never throws; the outcome is in `snapshot()`. */
   async poll(): Promise<void> {
     if (!this.client) return;
     this.status.polledAt = Date.now();
     try {
       await this.local?.open();
+      await this.seed();
       let rec = this.store.log(this.id);
-      if (!this.seeded && rec.note !== undefined) {
-        // what was verified before a restart stays the reference: a rollback or fork since is caught
-        await this.trust.compareAndSet(this.client.identity, undefined, rec.note);
-      }
-      this.seeded = true;
       const t = await this.client.checkpoint();
       const n = t.checkpoint.size;
       if (rec.note === undefined || this.client.open(rec.note).size !== n) {

@@ -26,6 +26,7 @@ import { LookupCache } from '../server/lookup-cache.js';
 import { Metrics } from '../server/metrics.js';
 import { listen } from '../server/serve.js';
 import { loadOrCreateWitnessKey } from '../witness/key.js';
+import { addCheckpointRoute } from './add-checkpoint.js';
 import { type CopyProgress, CopySet, LogCopy, type ProofWriter } from './copy.js';
 
 export const MIRROR_KEY_FILE = 'mirror.key';
@@ -186,6 +187,18 @@ export class Mirror {
     };
     const api = new Set(['read', 'metrics'] as const);
     const app = buildApp(ctx, { name: `${opts.host}:${opts.port}`, api });
+    // tlog-mirror: the submission prefix is the monitoring prefix, `/logs`
+    addCheckpointRoute(
+      app,
+      '/logs',
+      logs.map((l, i) => ({
+        verifier: l.copy.verifier,
+        follower: follower.logs[i],
+        ...(l.cfg.witnessPolicy ? { witnessPolicy: l.cfg.witnessPolicy } : {}),
+      })),
+      (p) => writeProofFile(proofsDir, p),
+      key.cosigner.vkey,
+    );
     let url: string;
     try {
       url = await listen(app, { kind: 'tcp', host: opts.host, port: opts.port, api }, 0);
