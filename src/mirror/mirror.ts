@@ -57,7 +57,7 @@ export interface MirrorOptions {
   intervalMs?: number;
   /** Entry bundles per verified chunk (default 32: 8,192 entries). */
   chunkBundles?: number;
-  /** Parallel entry bundle downloads per log (default 8). */
+  /** Parallel entry bundle downloads per log (default: a chunk's, up to 32). */
   concurrency?: number;
   fetch?: FollowOptions['fetch'];
 }
@@ -165,7 +165,9 @@ export class Mirror {
       new CopySet(copies),
       {
         chunkBundles,
-        concurrency: opts.concurrency ?? 8,
+        // a chunk's bundles all asked for at once, as its tiles are: the log works on them while the
+        // mirror hashes the first ones, and the mirror waits less (up to 32 requests)
+        concurrency: opts.concurrency ?? Math.min(chunkBundles, 32),
         intervalMs: opts.intervalMs ?? 5000,
         ...(opts.fetch ? { fetch: opts.fetch } : {}),
       },
