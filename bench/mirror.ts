@@ -4,19 +4,22 @@
 // the hash tiles and the signed tree, replayed into the mirror's own sparse index, committed, and
 // the checkpoint's map line checked. Prints entries/s, CPU per entry and peak RSS, one JSON line each.
 // Knobs: TRUSTIX_BENCH_MIRROR_N (default 1000000), TRUSTIX_BENCH_MIRROR_CHUNK (entry bundles per
-// chunk, default the mirror's).
+// chunk, default the mirror's), TRUSTIX_BENCH_MIRROR_PROFILE (a file: writes a V8 CPU profile of the
+// catch-up alone there, for Chrome DevTools).
 import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { Session } from 'node:inspector/promises';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { parseDecideConfig } from '../src/decide/config.js';
 import { Log } from '../src/log/log.js';
 import { Mirror } from '../src/mirror/mirror.js';
-import { BATCH, cpuMicros, emit, ingest, PeakMemory, serveConfig } from './common.js';
+import { BATCH, cpuMicros, emit, ingest, PeakMemory, processCpuMicros, serveConfig } from './common.js';
 
 const N = Number(process.env.TRUSTIX_BENCH_MIRROR_N ?? 1_000_000);
 const CHUNK = process.env.TRUSTIX_BENCH_MIRROR_CHUNK;
+const PROFILE = process.env.TRUSTIX_BENCH_MIRROR_PROFILE;
 const ORIGIN = 'bench.example/mirrored';
 
 const dir = mkdtempSync(join(tmpdir(), 'trustix-bench-mirror-'));
@@ -45,6 +48,13 @@ try {
     `[[log]]\nname = "bench"\nurl = "${s.url}/logs/default/"\nvkey = "${vkey}"\n`,
   );
   const load = loadavg()[0];
+  const profiler = PROFILE !== undefined ? new Session() : undefined;
+  if (profiler) {
+    profiler.connect();
+    await profiler.post('Profiler.enable');
+    await profiler.post('Profiler.start');
+  }
+  const serverCpu = processCpuMicros(server.pid);
   const peak = new PeakMemory().start();
   const cpu = process.cpuUsage();
   t = performance.now();
@@ -57,6 +67,12 @@ try {
   });
   await mirror.pollAll();
   const secs = (performance.now() - t) / 1000;
+  const serverUs = processCpuMicros(server.pid) - serverCpu;
+  if (profiler) {
+    const { profile } = await profiler.post('Profiler.stop');
+    writeFileSync(PROFILE!, JSON.stringify(profile));
+    profiler.disconnect();
+  }
   peak.sample();
   peak.stop();
   const st = mirror.statuses()[0];
@@ -67,6 +83,7 @@ try {
     entries: N,
     seconds: Math.round(secs * 10) / 10,
     mirror_cpu_us_per_entry: cpuMicros(cpu, N),
+    log_server_cpu_us_per_entry: Math.round((serverUs / N) * 10) / 10,
     load_1m_at_start: Math.round(load * 10) / 10,
     load_1m_at_end: Math.round(loadavg()[0] * 10) / 10,
   });

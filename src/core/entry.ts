@@ -102,8 +102,24 @@ export function encodeEntryInto(e: Entry, out: Buffer, at: number): number {
   return valueAt;
 }
 
-export function decodeEntry(data: Uint8Array): Entry {
-  const b = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+/** Where the fields of an encoded entry lie in it: each field's offset, and its length. */
+export interface EntryLayout {
+  protocolAt: number;
+  protocolLength: number;
+  keyAt: number;
+  keyLength: number;
+  valueAt: number;
+  valueLength: number;
+  metadataAt: number;
+  metadataLength: number;
+}
+
+/**
+ * The layout of the canonical encoding `b`, with every check of decodeEntry (FormatError, the same
+ * messages) and no decoding: no string or buffer per field, for a reader of many entries that
+ * needs only some of their bytes (a mirror's index paths).
+ */
+export function entryLayout(b: Uint8Array): EntryLayout {
   let o = 0;
   const need = (n: number) => {
     if (o + n > b.length) throw new FormatError('entry is truncated');
@@ -111,31 +127,68 @@ export function decodeEntry(data: Uint8Array): Entry {
   need(2);
   if (b[o] !== ENTRY_VERSION) throw new FormatError(`unknown entry version ${b[o]}`);
   o++;
-  const p = b[o++];
-  need(p);
-  const protocol = b.toString('latin1', o, o + p);
-  o += p;
+  const protocolLength = b[o++];
+  need(protocolLength);
+  const protocolAt = o;
+  o += protocolLength;
   need(2);
-  const kl = b.readUInt16BE(o);
+  const keyLength = (b[o] << 8) | b[o + 1];
   o += 2;
-  need(kl);
-  const key = b.subarray(o, o + kl);
-  o += kl;
+  need(keyLength);
+  const keyAt = o;
+  o += keyLength;
   need(1);
-  const vl = b[o++];
-  need(vl);
-  const value = b.subarray(o, o + vl);
-  o += vl;
+  const valueLength = b[o++];
+  need(valueLength);
+  const valueAt = o;
+  o += valueLength;
   need(2);
-  const ml = b.readUInt16BE(o);
+  const metadataLength = (b[o] << 8) | b[o + 1];
   o += 2;
-  need(ml);
-  const metadata = b.subarray(o, o + ml);
-  o += ml;
+  need(metadataLength);
+  const metadataAt = o;
+  o += metadataLength;
   if (o !== b.length) throw new FormatError('entry has trailing bytes');
-  const e = { protocol, key, value, metadata };
-  validateEntry(e);
-  return e;
+  // validateEntry's checks, in its order, on the bytes (latin1 maps each byte to one character)
+  let printable = protocolLength >= 1 && protocolLength <= MAX_PROTOCOL_LENGTH;
+  for (let i = protocolAt; printable && i < protocolAt + protocolLength; i++) {
+    printable = b[i] >= 0x21 && b[i] <= 0x7e;
+  }
+  if (!printable) {
+    throw new FormatError(
+      `protocol must be 1-${MAX_PROTOCOL_LENGTH} printable ASCII characters without spaces`,
+    );
+  }
+  if (keyLength < 1 || keyLength > MAX_KEY_LENGTH) {
+    throw new FormatError(`key must be 1-${MAX_KEY_LENGTH} bytes, got ${keyLength}`);
+  }
+  if (valueLength < 1 || valueLength > MAX_VALUE_LENGTH) {
+    throw new FormatError(`value must be 1-${MAX_VALUE_LENGTH} bytes, got ${valueLength}`);
+  }
+  if (b.length > MAX_ENTRY_SIZE) {
+    throw new FormatError(`entry is ${b.length} bytes, the limit is ${MAX_ENTRY_SIZE} (metadata too long)`);
+  }
+  return {
+    protocolAt,
+    protocolLength,
+    keyAt,
+    keyLength,
+    valueAt,
+    valueLength,
+    metadataAt,
+    metadataLength,
+  };
+}
+
+export function decodeEntry(data: Uint8Array): Entry {
+  const b = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  const l = entryLayout(b);
+  return {
+    protocol: b.toString('latin1', l.protocolAt, l.protocolAt + l.protocolLength),
+    key: b.subarray(l.keyAt, l.keyAt + l.keyLength),
+    value: b.subarray(l.valueAt, l.valueAt + l.valueLength),
+    metadata: b.subarray(l.metadataAt, l.metadataAt + l.metadataLength),
+  };
 }
 
 /** The sparse index path of (protocol, key): SHA-256(u8 len(protocol) || protocol || key). */
@@ -147,13 +200,18 @@ let pathScratch = Buffer.allocUnsafeSlow(256);
 /** pathScratch's first bytes as the last input length asked for (keys of one protocol share one). */
 let pathInput = pathScratch.subarray(0, 0);
 
-/** The input of indexPath's hash, in a scratch buffer valid until the next call. */
-function indexPathInput(protocol: string, key: Uint8Array): Buffer {
-  const n = 1 + protocol.length + key.length;
+/** pathScratch's first n bytes (pathInput, made anew only when n changes). */
+function pathInputOfLength(n: number): Buffer {
   if (pathInput.length !== n) {
     if (pathScratch.length < n) pathScratch = Buffer.allocUnsafeSlow(Math.max(n, 2 * pathScratch.length));
     pathInput = pathScratch.subarray(0, n);
   }
+  return pathInput;
+}
+
+/** The input of indexPath's hash, in a scratch buffer valid until the next call. */
+function indexPathInput(protocol: string, key: Uint8Array): Buffer {
+  const pathInput = pathInputOfLength(1 + protocol.length + key.length);
   pathInput[0] = protocol.length;
   pathInput.write(protocol, 1, 'latin1');
   pathInput.set(key, 1 + protocol.length);
@@ -163,6 +221,19 @@ function indexPathInput(protocol: string, key: Uint8Array): Buffer {
 /** Writes indexPath(protocol, key) to out[at..at+32). */
 export function indexPathInto(protocol: string, key: Uint8Array, out: Uint8Array, at: number): void {
   sha256Into(indexPathInput(protocol, key), out, at);
+}
+
+/**
+ * Writes the index path of the encoded entry `b`, whose layout is `l` (entryLayout), to
+ * out[at..at+32): its hash input is copied from the encoding, with no protocol string.
+ */
+export function indexPathOfEncodedInto(b: Uint8Array, l: EntryLayout, out: Uint8Array, at: number): void {
+  const pathInput = pathInputOfLength(1 + l.protocolLength + l.keyLength);
+  // the protocol's length byte sits right before it in the encoding
+  for (let i = 0; i <= l.protocolLength; i++) pathInput[i] = b[l.protocolAt - 1 + i];
+  const k = 1 + l.protocolLength;
+  for (let i = 0; i < l.keyLength; i++) pathInput[k + i] = b[l.keyAt + i];
+  sha256Into(pathInput, out, at);
 }
 
 /** The sparse index value for an entry: u64 BE log index || RFC 6962 leaf hash of the entry. */

@@ -79,4 +79,19 @@ export function sha256Prefixed(prefix: number, data: Uint8Array): Buffer {
   return sha256(buf);
 }
 
+let prefixedScratch = Buffer.allocUnsafeSlow(1024);
+
+/**
+ * Writes SHA-256(prefix || data) to out[at..at+32): the input is put together in a scratch buffer
+ * that is reused, not allocated per call (a follower hashes every entry of a log this way).
+ */
+export function sha256PrefixedInto(prefix: number, data: Uint8Array, out: Uint8Array, at: number): void {
+  const n = 1 + data.length;
+  if (prefixedScratch.length < n)
+    prefixedScratch = Buffer.allocUnsafeSlow(Math.max(n, 2 * prefixedScratch.length));
+  prefixedScratch[0] = prefix;
+  prefixedScratch.set(data, 1);
+  sha256Into(prefixedScratch.subarray(0, n), out, at);
+}
+
 export const HASH_SIZE = 32;

@@ -12,7 +12,7 @@
  */
 import { equalBytes } from './bytes.js';
 import { FormatError, VerificationError } from './errors.js';
-import { HASH_SIZE, sha256, sha256Pair, sha256PairInto, sha256Prefixed } from './hash.js';
+import { HASH_SIZE, sha256, sha256Pair, sha256PairInto, sha256Prefixed, sha256PrefixedInto } from './hash.js';
 
 /** The byte in front of an entry in its leaf hash. */
 export const LEAF_HASH_PREFIX = 0x00;
@@ -22,6 +22,11 @@ const TWO_32 = 2 ** 32;
 /** SHA-256(0x00 || entry). */
 export function leafHash(entry: Uint8Array): Buffer {
   return sha256Prefixed(LEAF_HASH_PREFIX, entry);
+}
+
+/** Writes leafHash(entry) to out[at..at+32). */
+export function leafHashInto(entry: Uint8Array, out: Uint8Array, at: number): void {
+  sha256PrefixedInto(LEAF_HASH_PREFIX, entry, out, at);
 }
 
 /** SHA-256(0x01 || left || right); both sides must be 32 bytes. */

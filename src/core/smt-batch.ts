@@ -497,6 +497,28 @@ class BatchWriter {
   }
 }
 
+/**
+ * Rows read from a store, each copied into one reused buffer per stratum level: smtApplyBatch is
+ * done with a row of a level before it reads the next row of that level (see its `read`), so a
+ * store's reused read buffer (lmdb's peek) can feed it through these instead of a fresh buffer per
+ * row (about 10k rows, 22 MB per 10k batch at a million entries, all garbage for the collector).
+ */
+export class LevelRowCopies {
+  private readonly levels: Buffer[] = [];
+
+  /** `row` (a stratum of `level`) copied into that level's buffer, valid until the next row of it. */
+  copy(level: number, row: Uint8Array | undefined): Buffer | undefined {
+    if (row === undefined) return undefined;
+    let b = this.levels[level];
+    if (b === undefined || b.length < row.length) {
+      b = Buffer.allocUnsafeSlow(Math.max(row.length, 64 * 1024));
+      this.levels[level] = b;
+    }
+    b.set(row, 0);
+    return b.subarray(0, row.length);
+  }
+}
+
 /** Submission positions below this fit beside 32 bits of path in one exact double (see sortBatch). */
 const POS_LIMIT = 2 ** 21;
 

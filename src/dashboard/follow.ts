@@ -16,10 +16,10 @@
 import { LogClient } from '../client/client.js';
 import { logFileStem, MemoryTrustStore } from '../client/trust-store.js';
 import { equalBytes } from '../core/bytes.js';
-import { decodeEntry } from '../core/entry.js';
+import { type EntryLayout, entryLayout } from '../core/entry.js';
 import { VerificationError } from '../core/errors.js';
 import { HASH_SIZE } from '../core/hash.js';
-import { leafHash, treeRoot, verifyConsistency } from '../core/merkle.js';
+import { leafHashInto, treeRoot, verifyConsistency } from '../core/merkle.js';
 import { appendToTiles, hashReaderFromTiles, TILE_WIDTH, type TileGetter } from '../core/tiles.js';
 import type { LogConfig } from '../decide/config.js';
 import { failure, localFetch } from '../decide/decide.js';
@@ -60,6 +60,8 @@ export interface LogStatus {
 export interface VerifiedChunk {
   start: number;
   data: readonly Buffer[];
+  /** Where each entry's fields are in its encoding (checked: a valid entry). */
+  layouts: readonly EntryLayout[];
   leaves: Buffer;
   tiles: ReturnType<typeof appendToTiles>;
   /** The root of the tree of the chunk's end, as recomputed. */
@@ -68,6 +70,11 @@ export interface VerifiedChunk {
 
 /** Where a follower keeps what it verified: the dashboard's index (DashboardStore), or a mirror. */
 export interface FollowStore {
+  /**
+   * True for a store that reads the entries from each chunk (data and layouts): `append` then gets
+   * no decoded entries, which spares an object and three views per entry (the mirror).
+   */
+  readonly readsChunks?: boolean;
   log(id: string): LogRecord;
   append(id: string, entries: IndexedEntry[], rec: LogRecord, chunk?: VerifiedChunk): Promise<void>;
 }
@@ -128,18 +135,43 @@ export class LogFollower {
     return { ...this.status, history: this.store.log(this.id).history };
   }
 
+  /** What was verified before a restart stays the reference: a rollback or fork since is caught. */
+  private async seed(): Promise<void> {
+    if (this.seeded) return;
+    const note = this.store.log(this.id).note;
+    if (note !== undefined) await this.trust.compareAndSet(this.client!.identity, undefined, note);
+    this.seeded = true;
+  }
+
+  /**
+   * The checkpoint every later one must extend (signed note): the latest this follower verified, or
+   * one a caller adopted since (adopt). Undefined before the first.
+   */
+  async reference(): Promise<string | undefined> {
+    if (!this.client) return undefined;
+    await this.seed();
+    return this.trust.get(this.client.identity);
+  }
+
+  /**
+   * Makes `note`, a checkpoint of this log that the caller verified to extend `expected` (what
+   * reference() gave), the reference, so the log's later checkpoints must extend it too (a mirror
+   * told of a checkpoint through add-checkpoint). False when the reference is no longer `expected`.
+   */
+  async adopt(expected: string | undefined, note: string): Promise<boolean> {
+    if (!this.client) return false;
+    await this.seed();
+    return (await this.trust.compareAndSet(this.client.identity, expected, note)).ok;
+  }
+
   /** One round: the latest checkpoint, then every new entry. Never throws; the outcome is in `snapshot()`. */
   async poll(): Promise<void> {
     if (!this.client) return;
     this.status.polledAt = Date.now();
     try {
       await this.local?.open();
+      await this.seed();
       let rec = this.store.log(this.id);
-      if (!this.seeded && rec.note !== undefined) {
-        // what was verified before a restart stays the reference: a rollback or fork since is caught
-        await this.trust.compareAndSet(this.client.identity, undefined, rec.note);
-      }
-      this.seeded = true;
       const t = await this.client.checkpoint();
       const n = t.checkpoint.size;
       if (rec.note === undefined || this.client.open(rec.note).size !== n) {
@@ -182,23 +214,30 @@ export class LogFollower {
       p.catch(() => {});
       tiles.set(i, p);
     }
+    // asked for with the entries, not after them: one round trip less per chunk
+    const proofAsked = end === n ? undefined : client.consistencyProof(end, n);
+    proofAsked?.catch(() => {});
     const leaves = Buffer.allocUnsafe((end - start) * HASH_SIZE);
     const data: Buffer[] = [];
     let at = start;
     for await (const bundle of client.entries(start, end, { treeSize: n })) {
-      const tile = await tiles.get(Math.floor(at / TILE_WIDTH))!;
-      for (const e of bundle) {
-        const leaf = leafHash(e);
-        const off = (at % TILE_WIDTH) * HASH_SIZE;
-        if (!equalBytes(leaf, tile.subarray(off, off + HASH_SIZE))) {
-          throw new VerificationError(
-            'follow.leaf-mismatch',
-            `entry ${at} does not hash to its leaf in hash tile 0/${Math.floor(at / TILE_WIDTH)}`,
-          );
+      const from = at;
+      const tile = await tiles.get(Math.floor(from / TILE_WIDTH))!;
+      for (const e of bundle) leafHashInto(e, leaves, (at++ - start) * HASH_SIZE);
+      for (const e of bundle) data.push(e);
+      // the bundle's leaf hashes against the tile's, compared at once; one by one only to say which
+      const ours = leaves.subarray((from - start) * HASH_SIZE, (at - start) * HASH_SIZE);
+      const off = (from % TILE_WIDTH) * HASH_SIZE;
+      if (!ours.equals(tile.subarray(off, off + ours.length))) {
+        let i = 0;
+        while (equalBytes(ours.subarray(i, i + HASH_SIZE), tile.subarray(off + i, off + i + HASH_SIZE))) {
+          i += HASH_SIZE;
         }
-        leaf.copy(leaves, (at - start) * HASH_SIZE);
-        data.push(e);
-        at++;
+        const index = from + i / HASH_SIZE;
+        throw new VerificationError(
+          'follow.leaf-mismatch',
+          `entry ${index} does not hash to its leaf in hash tile 0/${Math.floor(index / TILE_WIDTH)}`,
+        );
       }
     }
     const frontier = new Map(rec.frontier.map((t) => [t.level, t]));
@@ -224,7 +263,7 @@ export class LogFollower {
         );
       }
     } else {
-      const proof = await client.consistencyProof(end, n);
+      const proof = await proofAsked!;
       try {
         verifyConsistency(end, n, proof, ours, root);
       } catch (err) {
@@ -234,24 +273,40 @@ export class LogFollower {
         );
       }
     }
-    const entries: IndexedEntry[] = data.map((d, i) => {
-      let e: ReturnType<typeof decodeEntry>;
+    const layouts = data.map((d, i) => {
       try {
-        e = decodeEntry(d);
+        return entryLayout(d);
       } catch (err) {
         throw new VerificationError('entry.malformed', `entry ${start + i}: ${(err as Error).message}`);
       }
-      return { protocol: e.protocol, key: e.key, value: e.value, index: start + i };
     });
+    const entries = this.store.readsChunks ? [] : data.map((d, i) => indexedEntry(d, layouts[i], start + i));
     const next: LogRecord = {
       ...rec,
       size: end,
       frontier: [...frontier.values()].sort((a, b) => a.level - b.level) as FrontierTile[],
     };
-    await this.store.append(this.id, entries, next, { start, data, leaves, tiles: written, root: ours });
+    await this.store.append(this.id, entries, next, {
+      start,
+      data,
+      layouts,
+      leaves,
+      tiles: written,
+      root: ours,
+    });
     this.status.size = end;
     return next;
   }
+}
+
+/** The entry `d` of the log at `index`, its fields as views into `d` (its layout is `l`). */
+function indexedEntry(d: Buffer, l: EntryLayout, index: number): IndexedEntry {
+  return {
+    protocol: d.toString('latin1', l.protocolAt, l.protocolAt + l.protocolLength),
+    key: d.subarray(l.keyAt, l.keyAt + l.keyLength),
+    value: d.subarray(l.valueAt, l.valueAt + l.valueLength),
+    index,
+  };
 }
 
 /** Follows every log of a config, each in its own loop. */

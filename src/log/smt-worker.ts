@@ -5,7 +5,13 @@
  * packing are described in smt-offload.ts.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { SLAB_SIZE, type SlabSource, type SmtBatchRows, smtApplyBatchRows } from '../core/smt-batch.js';
+import {
+  LevelRowCopies,
+  SLAB_SIZE,
+  type SlabSource,
+  type SmtBatchRows,
+  smtApplyBatchRows,
+} from '../core/smt-batch.js';
 import { LmdbLogStore } from '../storage/lmdb/lmdb.js';
 import type { OffloadRequest, OffloadResponse, OffloadReuse } from './smt-offload.js';
 import { packItems, packRows } from './smt-offload.js';
@@ -99,22 +105,8 @@ function forget(seq: number): void {
   recycleUnused();
 }
 
-/**
- * One reused buffer per stratum level for rows read from the store: smtApplyBatch is done with a
- * row of a level before it reads the next row of that level (see its `read`), and a fresh buffer
- * per row (about 10k rows, 22 MB per 10k batch at a million entries) was garbage for the collector.
- */
-const levelRows: Buffer[] = [];
-function copyToLevel(level: number, row: Uint8Array | undefined): Buffer | undefined {
-  if (row === undefined) return undefined;
-  let b = levelRows[level];
-  if (b === undefined || b.length < row.length) {
-    b = Buffer.allocUnsafeSlow(Math.max(row.length, 64 * 1024));
-    levelRows[level] = b;
-  }
-  b.set(row, 0);
-  return b.subarray(0, row.length);
-}
+/** Rows read from the store (see LevelRowCopies). */
+const levelRows = new LevelRowCopies();
 
 /** Rows buffers the sequencer gave back (OffloadReuse), for packItems; two are enough in turn. */
 const spareRows: ArrayBuffer[] = [];
@@ -149,7 +141,7 @@ port.on('message', (msg: OffloadRequest | OffloadReuse | { type: 'close' } | { t
     const replacedValues: Buffer[] = [];
     const result = store.read((snap) => {
       const stored = (id: Buffer) =>
-        copyToLevel(id[0], snap.peekStratum ? snap.peekStratum(id) : snap.stratum(id));
+        levelRows.copy(id[0], snap.peekStratum ? snap.peekStratum(id) : snap.stratum(id));
       return smtApplyBatchRows(
         Buffer.from(msg.root),
         { paths: msg.paths, values: msg.values, valueEnds: msg.valueEnds },

@@ -26,6 +26,7 @@ import { LookupCache } from '../server/lookup-cache.js';
 import { Metrics } from '../server/metrics.js';
 import { listen } from '../server/serve.js';
 import { loadOrCreateWitnessKey } from '../witness/key.js';
+import { addCheckpointRoute } from './add-checkpoint.js';
 import { type CopyProgress, CopySet, LogCopy, type ProofWriter } from './copy.js';
 
 export const MIRROR_KEY_FILE = 'mirror.key';
@@ -56,7 +57,7 @@ export interface MirrorOptions {
   intervalMs?: number;
   /** Entry bundles per verified chunk (default 32: 8,192 entries). */
   chunkBundles?: number;
-  /** Parallel entry bundle downloads per log (default 8). */
+  /** Parallel entry bundle downloads per log (default: a chunk's, up to 32). */
   concurrency?: number;
   fetch?: FollowOptions['fetch'];
 }
@@ -136,7 +137,9 @@ export class Mirror {
           vkey: cfg.vkey,
           cosigner: key.cosigner,
           writeProof,
-          commitEntries: 8 * TILE_WIDTH * chunkBundles,
+          // sixteen chunks per commit: the index is updated once per commit, and a bigger batch
+          // rewrites fewer rows per entry (about 2 us of CPU per entry less than eight at a million)
+          commitEntries: 16 * TILE_WIDTH * chunkBundles,
           onProgress: (p) => {
             progress(p);
             served.closed = !p.serving || draining();
@@ -162,7 +165,9 @@ export class Mirror {
       new CopySet(copies),
       {
         chunkBundles,
-        concurrency: opts.concurrency ?? 8,
+        // a chunk's bundles all asked for at once, as its tiles are: the log works on them while the
+        // mirror hashes the first ones, and the mirror waits less (up to 32 requests)
+        concurrency: opts.concurrency ?? Math.min(chunkBundles, 32),
         intervalMs: opts.intervalMs ?? 5000,
         ...(opts.fetch ? { fetch: opts.fetch } : {}),
       },
@@ -184,6 +189,18 @@ export class Mirror {
     };
     const api = new Set(['read', 'metrics'] as const);
     const app = buildApp(ctx, { name: `${opts.host}:${opts.port}`, api });
+    // tlog-mirror: the submission prefix is the monitoring prefix, `/logs`
+    addCheckpointRoute(
+      app,
+      '/logs',
+      logs.map((l, i) => ({
+        verifier: l.copy.verifier,
+        follower: follower.logs[i],
+        ...(l.cfg.witnessPolicy ? { witnessPolicy: l.cfg.witnessPolicy } : {}),
+      })),
+      (p) => writeProofFile(proofsDir, p),
+      key.cosigner.vkey,
+    );
     let url: string;
     try {
       url = await listen(app, { kind: 'tcp', host: opts.host, port: opts.port, api }, 0);

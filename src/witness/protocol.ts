@@ -6,7 +6,12 @@
 import { decodeBase64Strict, equalBytes } from '../core/bytes.js';
 import { FormatError, VerificationError } from '../core/errors.js';
 import { EMPTY_ROOT, verifyConsistency } from '../core/merkle.js';
-import type { MisbehaviourKind } from '../core/misbehaviour.js';
+import {
+  consistencyProof,
+  type MisbehaviourKind,
+  type MisbehaviourProof,
+  sameSizeProof,
+} from '../core/misbehaviour.js';
 import { type Cosigner, formatSignatureLine, type NoteVerifier, openNote, parseNote } from '../core/note.js';
 import { type CheckpointHead, parseCheckpointHead } from './head.js';
 
@@ -200,6 +205,22 @@ export function decide(
     });
   }
   return {};
+}
+
+/**
+ * The misbehaviour proof of a contradiction found by `decide` (core/misbehaviour.ts), as observed
+ * by `observer` (who refused the checkpoint: a witness, a mirror).
+ */
+export function contradictionProof(
+  c: Contradiction,
+  req: AddCheckpointRequest,
+  signed: SignedCheckpoint,
+  observer: string,
+): MisbehaviourProof {
+  const vkeys = signed.log.verifiers.map((v) => v.vkey);
+  return c.kind === 'consistency-proof-failed'
+    ? consistencyProof(vkeys, c.cosigned, req.note, req.proof, { observer })
+    : sameSizeProof(vkeys, c.cosigned, req.note, { observer });
 }
 
 /** POSIX seconds now; never 0 (a cosignature must carry a real time). */

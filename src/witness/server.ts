@@ -10,19 +10,16 @@ import { createHash } from 'node:crypto';
 import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import { Counter, Gauge, Registry } from 'prom-client';
 import { StateError } from '../core/errors.js';
-import { consistencyProof, type MisbehaviourProof, sameSizeProof } from '../core/misbehaviour.js';
 import type { Cosigner } from '../core/note.js';
 import { loadOrCreateWitnessKey } from './key.js';
 import {
-  type AddCheckpointRequest,
-  type Contradiction,
+  contradictionProof,
   cosignatureLine,
   cosignatureTime,
   decide,
   MAX_REQUEST_BYTES,
   openSubmittedCheckpoint,
   parseAddCheckpoint,
-  type SignedCheckpoint,
   type WitnessedLog,
   WitnessRefusal,
 } from './protocol.js';
@@ -119,19 +116,6 @@ export class WitnessServer {
   }
 }
 
-function evidenceOf(
-  c: Contradiction,
-  req: AddCheckpointRequest,
-  signed: SignedCheckpoint,
-  cosigner: Cosigner,
-): MisbehaviourProof {
-  const vkeys = signed.log.verifiers.map((v) => v.vkey);
-  const by = { observer: `witness ${cosigner.vkey}` };
-  return c.kind === 'consistency-proof-failed'
-    ? consistencyProof(vkeys, c.cosigned, req.note, req.proof, by)
-    : sameSizeProof(vkeys, c.cosigned, req.note, by);
-}
-
 function buildApp(
   logs: ReadonlyMap<string, WitnessedLog>,
   store: WitnessStore,
@@ -158,7 +142,9 @@ function buildApp(
       const d = decide(req, signed, store.get(origin));
       if (d.contradiction) {
         try {
-          const name = store.saveEvidence(evidenceOf(d.contradiction, req, signed, cosigner));
+          const name = store.saveEvidence(
+            contradictionProof(d.contradiction, req, signed, `witness ${cosigner.vkey}`),
+          );
           metrics.evidence.inc({ origin, kind: d.contradiction.kind });
           process.stderr.write(
             `trustix witness: ${origin}: ${d.contradiction.kind}, kept as evidence/${name}\n`,

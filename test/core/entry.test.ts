@@ -4,14 +4,16 @@ import {
   decodeEntry,
   type Entry,
   encodeEntry,
+  entryLayout,
   indexPath,
+  indexPathOfEncodedInto,
   indexValue,
   MAX_ENTRY_SIZE,
   parseIndexValue,
 } from '../../src/core/entry.js';
 import { FormatError } from '../../src/core/errors.js';
 import { sha256 } from '../../src/core/hash.js';
-import { LEAF_HASH_PREFIX, leafHash } from '../../src/core/merkle.js';
+import { LEAF_HASH_PREFIX, leafHash, leafHashInto } from '../../src/core/merkle.js';
 
 // Vectors computed independently (Python hashlib/struct), also listed in docs/entry-format.md.
 const NAR = Buffer.from('c1a3d0ab649821db54ec4dc668c63489ea17738ca1727ed2638a230ede605e3f', 'hex');
@@ -92,5 +94,63 @@ describe('entry encoding', () => {
     assert.throws(() => encodeEntry({ ...base, metadata: Buffer.alloc(MAX_ENTRY_SIZE) }), /limit/);
     const max = encodeEntry({ ...base, metadata: Buffer.alloc(MAX_ENTRY_SIZE - 7 - 3 - KEY.length - 32) });
     assert.equal(max.length, MAX_ENTRY_SIZE);
+  });
+
+  test('the index path and the leaf hash of an encoding, written in place, are those of its fields', () => {
+    const out = Buffer.alloc(96, 0xee);
+    for (const v of VECTORS) {
+      const enc = encodeEntry(v.entry);
+      indexPathOfEncodedInto(enc, entryLayout(enc), out, 32);
+      assert.deepEqual(out.subarray(32, 64), indexPath(v.entry.protocol, v.entry.key));
+      leafHashInto(enc, out, 64);
+      assert.equal(out.subarray(64).toString('hex'), v.leaf);
+      // nothing around the 32 bytes written
+      assert.deepEqual(out.subarray(0, 32), Buffer.alloc(32, 0xee));
+    }
+    // another protocol and key length in turn (the hash input is a reused scratch)
+    const other = encodeEntry({
+      protocol: 'go',
+      key: Buffer.from('k'),
+      value: NAR,
+      metadata: Buffer.alloc(0),
+    });
+    indexPathOfEncodedInto(other, entryLayout(other), out, 0);
+    assert.deepEqual(out.subarray(0, 32), indexPath('go', Buffer.from('k')));
+  });
+
+  test('decoding refuses every field that encoding refuses, with the same message', () => {
+    // encoded by hand: encodeEntry would refuse these
+    const raw = (protocol: Buffer, key: Buffer, value: Buffer, metadata: Buffer) => {
+      const kl = Buffer.alloc(2);
+      kl.writeUInt16BE(key.length);
+      const ml = Buffer.alloc(2);
+      ml.writeUInt16BE(metadata.length);
+      const head = Buffer.from([1, protocol.length]);
+      return Buffer.concat([head, protocol, kl, key, Buffer.from([value.length]), value, ml, metadata]);
+    };
+    const p = Buffer.from('nix');
+    const none = Buffer.alloc(0);
+    const cases: Array<[Buffer, RegExp]> = [
+      [raw(none, KEY, NAR, none), /protocol must be/],
+      [raw(Buffer.from('has space'), KEY, NAR, none), /protocol must be/],
+      [raw(Buffer.from([0x6e, 0x7f]), KEY, NAR, none), /protocol must be/],
+      [raw(Buffer.from([0x6e, 0x80]), KEY, NAR, none), /protocol must be/],
+      [raw(Buffer.alloc(65, 0x78), KEY, NAR, none), /protocol must be/],
+      [raw(p, none, NAR, none), /key must be 1-1024 bytes, got 0/],
+      [raw(p, Buffer.alloc(1025, 0x61), NAR, none), /key must be 1-1024 bytes, got 1025/],
+      [raw(p, KEY, none, none), /value must be 1-64 bytes, got 0/],
+      [raw(p, KEY, Buffer.alloc(65), none), /value must be 1-64 bytes, got 65/],
+      [raw(p, KEY, NAR, Buffer.alloc(MAX_ENTRY_SIZE - 7 - 3 - KEY.length - 32 + 1)), /the limit is 65535/],
+    ];
+    for (const [enc, message] of cases) {
+      assert.throws(
+        () => decodeEntry(enc),
+        (e: Error) => e instanceof FormatError && message.test(e.message),
+      );
+      assert.throws(() => entryLayout(enc), message);
+    }
+    // the largest valid one still decodes
+    const max = raw(p, KEY, NAR, Buffer.alloc(MAX_ENTRY_SIZE - 7 - 3 - KEY.length - 32));
+    assert.equal(decodeEntry(max).metadata.length, max.length - 7 - 3 - KEY.length - 32);
   });
 });

@@ -230,6 +230,40 @@ describe('trustix mirror', () => {
     assert.equal(r.theirSize, 1050);
   });
 
+  test('add-checkpoint (tlog-mirror): a gossiped checkpoint becomes the pending one, with the witness answers and no cosignature', async () => {
+    const post = (body: string) => fetch(`${mirror.url}/logs/add-checkpoint`, { method: 'POST', body });
+    // the log grows; the mirror has not polled it since
+    const port = new URL(honest.url).port;
+    await honest.stop();
+    await appendByHand(join(dir, 'honest'), entries(10, 'p'));
+    honest = await serve(join(dir, 'honest'), 'honest.test/log', `127.0.0.1:${port}`);
+    const client = new LogClient({ url: `${honest.url}/logs/default/`, vkey: honestVkey });
+    const r = await gossipWith(client, { name: 'm', url: `${mirror.url}/logs` }, { timeoutMs: 10_000 });
+    assert.deepEqual([r.status, r.yourSize, r.theirSize, r.sent], ['agree', 1060, 1050, '200 accepted']);
+    const note = (await client.checkpoint()).note;
+    // the pending checkpoint is now at 1060: from 1050 is stale, and the answer says the size
+    let res = await post(`old 1050\n\n${note}`);
+    assert.equal(res.status, 409);
+    assert.equal(res.headers.get('content-type'), 'text/x.tlog.size');
+    assert.equal(await res.text(), '1060\n');
+    res = await post(`old 1060\n\n${note}`);
+    assert.equal(res.status, 200);
+    assert.equal(await res.text(), '');
+    res = await post(`old 0\n\n${note.replace('honest.test/log\n', 'unknown.test/log\n')}`);
+    assert.equal(res.status, 404);
+    res = await post(`old 1060\n\n${note.replace('\n1060\n', '\n1061\n')}`);
+    assert.equal(res.status, 403);
+    res = await post('not a request');
+    assert.equal(res.status, 400);
+    // not cosigned by the mirror before it copied and audited the entries; then it is
+    assert.equal(mirror.statuses()[0].size, 1050);
+    const served = new LogClient({ url: mirror.statuses()[0].prefix, vkey: honestVkey });
+    assert.equal((await served.checkpoint()).checkpoint.size, 1050);
+    await mirror.pollAll();
+    const h = mirror.statuses()[0];
+    assert.deepEqual([h.state, h.size, h.audited], ['ok', 1060, true]);
+  });
+
   test('the deciding config falls back on mirrors when the log is down; answers still verify against its key', async () => {
     const prefix = mirror.statuses()[0].prefix;
     const config = parseDecideConfig(

@@ -300,8 +300,9 @@ export class LmdbLogStore implements LogStore {
       for (const e of batch.entries) this.entriesDb.put(i++, e as Buffer);
       for (const t of batch.tiles)
         this.tilesDb.put([t.tileLevel, t.tileIndex], encodeTileRecord(t.width, t.expanded));
-      for (const s of batch.strataWrites) this.putStratum(Buffer.from(s.id), asBuffer(s.data));
-      for (const id of batch.strataDeletes) this.removeStratum(Buffer.from(id));
+      // a key is copied by `put` itself (into lmdb-js's instructions), so an id is passed as it is
+      for (const s of batch.strataWrites) this.putStratum(asBuffer(s.id), asBuffer(s.data));
+      for (const id of batch.strataDeletes) this.removeStratum(asBuffer(id));
       this.checkpointsDb.put(head.size, head.checkpoint);
       this.metaDb.put(
         'head',
