@@ -5,6 +5,7 @@ import { mkdtempSync, readdirSync, rmSync, statfsSync, statSync } from 'node:fs'
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { stratumLevel } from '../src/core/smt-strata.js';
 import { Log } from '../src/log/log.js';
 import type { LogSnapshot, LogStore } from '../src/storage/store.js';
 import { BATCH, cpuMicros, emit, ingest, nixKey, PeakMemory, rssAnonBytes } from './common.js';
@@ -109,7 +110,8 @@ interface StoreReads {
 function countingStore(store: LogStore, reads: StoreReads): () => void {
   const original = store.read;
   const countStratum = (id: Uint8Array) => {
-    reads.strata[id[0]] = (reads.strata[id[0]] ?? 0) + 1;
+    const level = stratumLevel(id);
+    reads.strata[level] = (reads.strata[level] ?? 0) + 1;
   };
   store.read = <T>(fn: (snap: LogSnapshot) => T): T =>
     original.call(store, (s: LogSnapshot) => {

@@ -79,7 +79,10 @@
  * With a batch of B random updates on a tree of N leaves the top log2(B) levels are shared, so each update
  * hashes a few nodes more than log2(N/B): at N = 1M and B = 10k, 8.1 internal nodes and 2.4 leaves (its
  * own, plus untouched sibling leaves and leaves pushed down by a split). Hashing is about half the CPU time.
- * Rows written per batch: about one per update at that size (10.1k rows, 22 MB per 10k batch).
+ * Rows written per batch: about one per update for each stratum level below depth 8 that its path reaches,
+ * each of bounded size, plus the 256 depth-8 rows (about 17 KB each once full) that a 10k batch touches:
+ * by the arithmetic in docs/sparse-index.md ("Why 4-level bands from depth 16"), 1.6 KB of rows per update
+ * at N = 1M, 2.3 KB at 10M and 3.1 KB at 100M (8-level bands there: 2.3, 12.8 and 18.2 KB).
  */
 import { FormatError } from './errors.js';
 import { sha256Pair } from './hash.js';
