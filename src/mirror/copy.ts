@@ -31,6 +31,7 @@ import { TILE_WIDTH } from '../core/tiles.js';
 import type { FollowStore, VerifiedChunk } from '../dashboard/follow.js';
 import type { FrontierTile, IndexedEntry, LogRecord } from '../dashboard/store.js';
 import { Log } from '../log/log.js';
+import { convertStrata } from '../log/strata-format.js';
 import { LmdbLogStore } from '../storage/lmdb/lmdb.js';
 import type { LogHead } from '../storage/store.js';
 
@@ -130,6 +131,8 @@ export class LogCopy {
     /** While catching up, entries per commit (default 65,536). */
     commitEntries?: number;
     onProgress?: (p: CopyProgress) => void;
+    /** Told, a line at a time, how the conversion of a copy kept in an older format goes. */
+    say?: (line: string) => void;
   }): Promise<LogCopy> {
     mkdirSync(opts.dir, { recursive: true });
     const verifier = verifierFromVkey(opts.vkey);
@@ -152,6 +155,8 @@ export class LogCopy {
           head: { size: 0, rootHash: EMPTY_ROOT, mapRoot: SMT_EMPTY, checkpoint: '' },
         });
       }
+      // a copy written by an older version keeps its sparse index in format 1 (src/log/strata-format.ts)
+      await convertStrata(store, opts.say ?? (() => {}));
       served = await Log.open(opts.dir, { readOnly: true });
       const copy = new LogCopy(
         opts.id,

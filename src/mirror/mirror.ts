@@ -137,6 +137,7 @@ export class Mirror {
           cosigner: key.cosigner,
           writeProof,
           commitEntries: 8 * TILE_WIDTH * chunkBundles,
+          say: (line) => say(`log ${cfg.name}: ${line}`),
           onProgress: (p) => {
             progress(p);
             served.closed = !p.serving || draining();

@@ -6,13 +6,14 @@ import { after, describe, test } from 'node:test';
 import type { Entry } from '../../src/core/entry.js';
 import { StorageError } from '../../src/core/errors.js';
 import { verifyLookup } from '../../src/core/lookup.js';
-import { verifierFromVkey } from '../../src/core/note.js';
+import { cosignerFromSkey, generateKey, verifierFromVkey } from '../../src/core/note.js';
 import { STRATA_V1, smtAudit, smtLeaves } from '../../src/core/smt.js';
 import { auditStore } from '../../src/log/audit.js';
 import { Log } from '../../src/log/log.js';
 import { convertStrata, strataState } from '../../src/log/strata-format.js';
+import { LogCopy } from '../../src/mirror/copy.js';
 import { LmdbLogStore } from '../../src/storage/lmdb/lmdb.js';
-import { formatOneRows } from '../fixtures/strata-v1.js';
+import { rewriteAsFormatOne } from '../fixtures/strata-v1.js';
 
 const dirs: string[] = [];
 after(() => {
@@ -41,31 +42,14 @@ async function formatOneLog(): Promise<{ dir: string; vkey: string }> {
     await log.submit(Array.from({ length: KEYS / 3 }, (_, i) => entry(`k${b}-${i}`, i & 0xff)));
   }
   await log.close();
+  const rows = await rewriteAsFormatOne(dir);
+  assert.ok(
+    rows.some((r) => r.id[0] === 2),
+    'the format 1 index reaches depth-16 strata',
+  );
   const store = LmdbLogStore.open(dir);
-  try {
-    const head = store.read((s) => s.head())!;
-    const { current, leaves } = store.read((s) => ({
-      current: smtAudit(head.mapRoot, (id) => s.stratum(id)).strata,
-      leaves: [...smtLeaves(head.mapRoot, (id) => s.stratum(id))],
-    }));
-    const old = formatOneRows(leaves);
-    assert.deepEqual(old.root, head.mapRoot, 'the fixture builds the same tree');
-    assert.ok(
-      old.rows.some((r) => r.id[0] === 2),
-      'the format 1 index reaches depth-16 strata',
-    );
-    await store.commit({
-      firstIndex: head.size,
-      entries: [],
-      tiles: [],
-      strataWrites: old.rows,
-      strataDeletes: current,
-      head,
-    });
-    assert.equal(strataState(store), 'format-1');
-  } finally {
-    await store.close();
-  }
+  assert.equal(strataState(store), 'format-1');
+  await store.close();
   return { dir, vkey };
 }
 
@@ -167,6 +151,29 @@ describe('sparse index format 1 stores', () => {
       );
     } finally {
       await store.close();
+    }
+  });
+
+  test("a mirror's copy kept in format 1 is converted when the mirror opens it", async () => {
+    const { dir, vkey } = await formatOneLog();
+    const lines: string[] = [];
+    const copy = await LogCopy.open({
+      id: 'copy',
+      dir,
+      vkey,
+      cosigner: cosignerFromSkey(generateKey('mirror.example').skey),
+      writeProof: () => {
+        throw new Error('no proof expected');
+      },
+      say: (line) => lines.push(line),
+    });
+    try {
+      assert.match(lines.at(-1)!, /converted to format 2/);
+      const key = Buffer.from('k1-5');
+      const answer = copy.served.lookup('nix', key);
+      assert.equal(verifyLookup(answer, verifierFromVkey(vkey), { protocol: 'nix', key }).status, 'present');
+    } finally {
+      await copy.close();
     }
   });
 });
