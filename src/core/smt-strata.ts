@@ -39,8 +39,9 @@ export interface StrataLayout {
  * 4-level bands from depth 16 on. A band holds at most 2^levels leaves and REFs, so a row's size is
  * bounded whatever the tree's size: about 1.7 KB at most for a 4-level band (16 leaves of 40-byte
  * values and 15 NODEs), where an 8-level band at depth 16 grows with the tree up to 256 leaves
- * (about 19 KB). The two top levels keep 8 levels: they are few (257 rows), cached and kept in
- * tables, and fewer levels there would only add reads (docs/sparse-index.md, "Cost").
+ * (about 27 KB). The two top levels keep 8 levels: they are few (257 rows), cached and kept in
+ * tables, and fewer levels there would only add reads (docs/sparse-index.md, "Why 4-level bands
+ * from depth 16").
  */
 export function bandTop(level: number): number {
   return level < 2 ? 8 * level : 4 * level + 8;

@@ -50,7 +50,7 @@
  * is internal (or it is the root stratum of a one-leaf tree), so an insert-only tree never deletes a row.
  * A batch writes one row per touched stratum instead of one per touched node. A band of h levels holds at
  * most 2^h leaves and REFs, so below depth 16 a row stays under about 1.7 KB however large the tree grows
- * (with 40-byte values), where 8-level bands there grew with the tree to 19 KB.
+ * (with 40-byte values), where 8-level bands there grew with the tree, up to about 27 KB.
  *
  * Row encoding: version byte 0x02, then the band's top node in preorder:
  *   0x00                                  EMPTY
