@@ -54,7 +54,7 @@ export interface GrowthRow {
   leaf_tile_hit_rate: number;
   /** Reads from the store per lookup: tiles above the leaves. */
   upper_tile_reads_per_op: number;
-  /** Reads from the store per lookup, by strata level (depth 0, 8, 16, ...). */
+  /** Reads from the store per lookup, by strata level (tops at depths 0, 8, 16, 20, 24, ...). */
   strata_reads_per_op: number[];
   load_1m: number;
 }

@@ -17,6 +17,7 @@ import { FormatError } from './errors.js';
 import { sha256IntoViews } from './hash.js';
 import {
   asBuffer,
+  bandTop,
   copy32,
   copyBytes,
   corrupt,
@@ -28,7 +29,6 @@ import {
   SMT_MAX_VALUE_LENGTH,
   SMT_NODE_PREFIX,
   SMT_PATH_BITS,
-  STRATUM_LEVELS,
   STRATUM_VERSION,
   type StratumReader,
   skipNode,
@@ -77,8 +77,9 @@ const heapSlabs: SlabSource = { take: (bytes) => Buffer.allocUnsafe(bytes), reti
 /** Rewriting state of one stratum level; levels nest depth-first, so one frame per level is enough. */
 interface Frame {
   level: number;
-  /** Depth of the stratum's top node. */
+  /** Depth of the stratum's top node, and of the band's bottom edge (the REFs). */
   top: number;
+  bottom: number;
   /** The old row (undefined for a new stratum), a DataView of it, and the read cursor in it. */
   old: Buffer | undefined;
   oldView: DataView | undefined;
@@ -121,8 +122,8 @@ function equal32(a: DataView, s: number, b: DataView, d: number): boolean {
   return true;
 }
 
-/** Longest stratum id: a level byte and up to 31 path bytes. */
-const MAX_ID = 32;
+/** Longest stratum id: a level byte and up to 32 path bytes (a band at depth 252). */
+const MAX_ID = 33;
 
 /**
  * Rows a batch writes, in the order they were finished (children before parents), each once. They are
@@ -135,6 +136,7 @@ export class SmtBatchRows {
   root: Buffer = SMT_EMPTY;
   count = 0;
   private ids = Buffer.allocUnsafe(MAX_ID * 1024);
+  private idLengths = new Uint8Array(1024);
   private readonly slabs: Buffer[] = [];
   private readonly starts: number[] = [];
   private readonly ends: number[] = [];
@@ -145,9 +147,13 @@ export class SmtBatchRows {
       const grown = Buffer.allocUnsafe(2 * this.ids.length);
       this.ids.copy(grown);
       this.ids = grown;
+      const lengths = new Uint8Array(2 * this.idLengths.length);
+      lengths.set(this.idLengths);
+      this.idLengths = lengths;
     }
     const at = MAX_ID * i;
     for (let j = 0; j < id.length; j++) this.ids[at + j] = id[j];
+    this.idLengths[i] = id.length;
     this.slabs.push(slab);
     this.starts.push(start);
     this.ends.push(end);
@@ -156,12 +162,12 @@ export class SmtBatchRows {
   /** Id of row i, as a view into this list's id bytes. */
   id(i: number): Buffer {
     const at = MAX_ID * i;
-    return this.ids.subarray(at, at + 1 + this.ids[at]);
+    return this.ids.subarray(at, at + this.idLengths[i]);
   }
 
   /** Length of the id of row i. */
   idLength(i: number): number {
-    return 1 + this.ids[MAX_ID * i];
+    return this.idLengths[i];
   }
 
   /** Row i, as a view into its slab (see SmtBatchResult.writes). */
@@ -218,7 +224,8 @@ class BatchWriter {
       const view = dataView(out);
       f = {
         level,
-        top: level * STRATUM_LEVELS,
+        top: bandTop(level),
+        bottom: bandTop(level + 1),
         old: undefined,
         oldView: undefined,
         pos: 0,
@@ -371,7 +378,7 @@ class BatchWriter {
     if (lo === hi) {
       // Untouched: copy verbatim.
       const end = skipNode(old, pos);
-      const bottom = f.top + STRATUM_LEVELS;
+      const bottom = f.bottom;
       if (tag === TAG_NODE ? depth >= bottom : tag === TAG_REF && depth !== bottom) {
         throw corrupt('node at the wrong depth');
       }
@@ -406,7 +413,7 @@ class BatchWriter {
         return;
       }
       case TAG_NODE: {
-        if (depth >= f.top + STRATUM_LEVELS || pos + 33 > old.length) throw corrupt('bad node');
+        if (depth >= f.bottom || pos + 33 > old.length) throw corrupt('bad node');
         f.pos = pos + 33;
         const slot = this.open(f, TAG_NODE);
         const mid = this.split(lo, hi, depth);
@@ -417,7 +424,7 @@ class BatchWriter {
         return;
       }
       case TAG_REF: {
-        if (depth !== f.top + STRATUM_LEVELS || pos + 33 > old.length) throw corrupt('bad reference');
+        if (depth !== f.bottom || pos + 33 > old.length) throw corrupt('bad reference');
         f.pos = pos + 33;
         const slot = this.open(f, TAG_REF);
         const id = stratumId(depth, this.pb, this.order[lo] * 32);
@@ -478,7 +485,7 @@ class BatchWriter {
       sha256IntoViews(leafInputAt(f.view, at), dst, d);
       return;
     }
-    if (depth === f.top + STRATUM_LEVELS) {
+    if (depth === f.bottom) {
       // Internal node on the band's bottom edge: its content goes to a new child stratum.
       const slot = this.open(f, TAG_REF);
       const id = stratumId(depth, this.pb, this.order[lo] * 32);
@@ -646,7 +653,7 @@ export function smtApplyBatchRows(
   root: Buffer,
   updates: readonly SmtUpdate[] | SmtPackedUpdates,
   /**
-   * Rows are read depth-first: a row of level L (id[0] = L) is no longer used once the next row of
+   * Rows are read depth-first: a row of level L (stratumLevel(id) = L) is no longer used once the next row of
    * level L is read, so a reader may hand out one reused buffer per level.
    */
   read: StratumReader,

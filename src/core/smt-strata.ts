@@ -1,7 +1,8 @@
 /**
  * Sparse-index hashing primitives and the stratum row format (described in smt.ts). Rows are read in place:
- *   version 0x01, then the top node in preorder: 0x00 EMPTY | 0x01 len path(32) value LEAF |
+ *   version 0x02, then the top node in preorder: 0x00 EMPTY | 0x01 len path(32) value LEAF |
  *   0x02 hash(32) left right NODE | 0x03 hash(32) REF.
+ * Bands: 8 levels from depths 0 and 8, then 4 levels each from depth 16 on (see STRATA).
  */
 import { FormatError, StorageError } from './errors.js';
 import { sha256, sha256Into } from './hash.js';
@@ -12,9 +13,77 @@ export const SMT_LEAF_PREFIX = 0x02;
 export const SMT_NODE_PREFIX = 0x03;
 export const SMT_MAX_VALUE_LENGTH = 255;
 export const SMT_PATH_BITS = 256;
-/** Levels per stratum band. */
-export const STRATUM_LEVELS = 8;
-export const STRATUM_VERSION = 0x01;
+/** First byte of every row of the current layout (STRATA). */
+export const STRATUM_VERSION = 0x02;
+/** Levels of the bands of the two top strata levels (depths 0 and 8), the rows kept in tables. */
+export const TOP_BAND_LEVELS = 8;
+
+/**
+ * How the trie is cut into strata: which depths bands start at, how ids are made, what version byte
+ * rows carry. Stratum levels are numbered from 0 (the root's band) down; a band of level k spans
+ * depths top(k) .. top(k + 1), where the nodes at top(k + 1) are REFs to the strata of level k + 1.
+ * A stratum's id is [idBase + k] followed by the first ceil(top(k) / 8) bytes of the paths under it,
+ * the bits from top(k) on cleared.
+ */
+export interface StrataLayout {
+  readonly version: number;
+  readonly idBase: number;
+  /** Depth of the top node of the strata of `level`. */
+  top(level: number): number;
+  /** The level whose strata have their top node at `depth` (a band boundary). */
+  levelAt(depth: number): number;
+}
+
+/**
+ * Top depth of a stratum of `level` in the current layout: 8-level bands at depths 0 and 8, then
+ * 4-level bands from depth 16 on. A band holds at most 2^levels leaves and REFs, so a row's size is
+ * bounded whatever the tree's size: about 1.7 KB at most for a 4-level band (16 leaves of 40-byte
+ * values and 15 NODEs), where an 8-level band at depth 16 grows with the tree up to 256 leaves
+ * (about 27 KB). The two top levels keep 8 levels: they are few (257 rows), cached and kept in
+ * tables, and fewer levels there would only add reads (docs/sparse-index.md, "Why 4-level bands
+ * from depth 16").
+ */
+export function bandTop(level: number): number {
+  return level < 2 ? 8 * level : 4 * level + 8;
+}
+
+/** The level of the current layout whose strata start at `depth` (0, 8, 16, 20, 24, ...). */
+export function bandLevelAt(depth: number): number {
+  return depth < 16 ? depth >> 3 : (depth >> 2) - 2;
+}
+
+/**
+ * First byte of the id of a root stratum in the current layout. Ids of the 8-level layout (format
+ * 1) start with their level, 0 to 31: with ids of this layout from 0x40 on, rows of both can sit in
+ * one store while it is converted (src/log/strata-format.ts).
+ */
+export const STRATUM_ID_BASE = 0x40;
+
+/** The current layout (rows of format 2). */
+export const STRATA: StrataLayout = {
+  version: STRATUM_VERSION,
+  idBase: STRATUM_ID_BASE,
+  top: bandTop,
+  levelAt: bandLevelAt,
+};
+
+/** The layout of format 1 (8-level bands everywhere), read only to convert a store to STRATA. */
+export const STRATA_V1: StrataLayout = {
+  version: 0x01,
+  idBase: 0,
+  top: (level) => 8 * level,
+  levelAt: (depth) => depth >> 3,
+};
+
+/** Level of the stratum with id `id` in the current layout. */
+export function stratumLevel(id: Uint8Array): number {
+  return id[0] - STRATUM_ID_BASE;
+}
+
+/** Length of the ids of strata whose top node is at `depth`. */
+export function stratumIdLength(depth: number): number {
+  return 1 + ((depth + 7) >> 3);
+}
 
 export const TAG_EMPTY = 0x00;
 export const TAG_LEAF = 0x01;
@@ -117,14 +186,17 @@ export function pathBit(path: Uint8Array, i: number): number {
 }
 
 /**
- * Id of the stratum whose top node sits at `depth` (a multiple of 8) on the path at path[at..],
- * written into `out` (at least depth/8 + 1 bytes; the id is its first depth/8 + 1) if given.
+ * Id of the stratum whose top node sits at `depth` (a band boundary of `layout`, by default the
+ * current one) on the path at path[at..], written into `out` (at least stratumIdLength(depth) bytes;
+ * the id is its first stratumIdLength(depth)) if given.
  */
-export function stratumId(depth: number, path: Uint8Array, at = 0, out?: Buffer): Buffer {
-  const level = depth >> 3;
-  const id = out ?? Buffer.allocUnsafe(level + 1);
-  id[0] = level;
-  for (let i = 0; i < level; i++) id[i + 1] = path[at + i];
+export function stratumId(depth: number, path: Uint8Array, at = 0, out?: Buffer, layout = STRATA): Buffer {
+  const n = (depth + 7) >> 3;
+  const id = out ?? Buffer.allocUnsafe(n + 1);
+  id[0] = layout.idBase + layout.levelAt(depth);
+  for (let i = 0; i < n; i++) id[i + 1] = path[at + i];
+  // a band starting in the middle of a byte: the bits from `depth` on are not the stratum's
+  if (depth & 7) id[n] &= (0xff00 >> (depth & 7)) & 0xff;
   return id;
 }
 
@@ -134,7 +206,7 @@ export function strataAlong(paths: Buffer, levels: number): Buffer[] {
   const out: Buffer[] = [];
   for (let at = 0; at < paths.length; at += 32) {
     for (let level = 0; level < levels; level++) {
-      const id = stratumId(8 * level, paths, at);
+      const id = stratumId(bandTop(level), paths, at);
       const k = id.toString('latin1');
       if (seen.has(k)) continue;
       seen.add(k);
@@ -144,7 +216,7 @@ export function strataAlong(paths: Buffer, levels: number): Buffer[] {
   return out;
 }
 
-export const ROOT_STRATUM_ID: Buffer = Buffer.from([0]);
+export const ROOT_STRATUM_ID: Buffer = Buffer.from([STRATUM_ID_BASE]);
 
 export function asBuffer(b: Uint8Array): Buffer {
   return Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength);
@@ -210,8 +282,18 @@ function sharesPrefix(a: Uint8Array, b: Uint8Array, bits: number): boolean {
   return ((a[full] ^ b[full]) & mask) === 0;
 }
 
-function checkId(id: Uint8Array): void {
-  if (id.length < 1 || id[0] > 31 || id.length !== id[0] + 1) throw corrupt('malformed stratum id', id);
+/** The level of a well-formed id of `layout`; StorageError for any other id. */
+function checkId(id: Uint8Array, layout: StrataLayout): number {
+  const level = id.length < 1 ? -1 : id[0] - layout.idBase;
+  const top = layout.top(level);
+  const ok =
+    level >= 0 &&
+    top < SMT_PATH_BITS &&
+    layout.levelAt(top) === level &&
+    id.length === stratumIdLength(top) &&
+    ((top & 7) === 0 || (id[id.length - 1] & (0xff >> (top & 7))) === 0);
+  if (!ok) throw corrupt('malformed stratum id', id);
+  return level;
 }
 
 /**
@@ -220,11 +302,12 @@ function checkId(id: Uint8Array): void {
  * it is stored at, a non-root top that is a NODE. Stored hashes are returned as found, not recomputed.
  * Throws StorageError.
  */
-export function decodeStratum(id: Uint8Array, data: Uint8Array): StratumNode {
-  checkId(id);
+export function decodeStratum(id: Uint8Array, data: Uint8Array, layout = STRATA): StratumNode {
+  const level = checkId(id, layout);
   const buf = asBuffer(data);
-  if (buf.length < 2 || buf[0] !== STRATUM_VERSION) throw corrupt('bad version or empty row', id);
-  const top = id[0] * STRATUM_LEVELS;
+  if (buf.length < 2 || buf[0] !== layout.version) throw corrupt('bad version or empty row', id);
+  const top = layout.top(level);
+  const bottom = layout.top(level + 1);
   // Position of the node being decoded, as a path whose first `depth` bits are meaningful.
   const at = Buffer.alloc(32);
   for (let i = 1; i < id.length; i++) at[i - 1] = id[i];
@@ -252,10 +335,10 @@ export function decodeStratum(id: Uint8Array, data: Uint8Array): StratumNode {
       const hash = Buffer.from(buf.subarray(pos + 1, pos + 33));
       pos += 33;
       if (tag === TAG_REF) {
-        if (depth !== top + STRATUM_LEVELS) throw corrupt('reference inside the band', id);
+        if (depth !== bottom) throw corrupt('reference inside the band', id);
         return [{ type: 'ref', hash }, 2];
       }
-      if (depth >= top + STRATUM_LEVELS) throw corrupt('node below the band', id);
+      if (depth >= bottom) throw corrupt('node below the band', id);
       const byte = depth >> 3;
       const mask = 0x80 >> (depth & 7);
       at[byte] &= ~mask;
@@ -270,15 +353,15 @@ export function decodeStratum(id: Uint8Array, data: Uint8Array): StratumNode {
   };
   const [node] = walk(top);
   if (pos !== buf.length) throw corrupt('trailing bytes', id);
-  if (node.type === 'empty' || node.type === 'ref' || (node.type === 'leaf' && id[0] !== 0)) {
+  if (node.type === 'empty' || node.type === 'ref' || (node.type === 'leaf' && level !== 0)) {
     throw corrupt(`stratum top is ${node.type}`, id);
   }
   return node;
 }
 
 /** Encodes the object form (no shape checks: decodeStratum is the validator). */
-export function encodeStratum(top: StratumNode): Buffer {
-  const parts: Buffer[] = [Buffer.from([STRATUM_VERSION])];
+export function encodeStratum(top: StratumNode, layout = STRATA): Buffer {
+  const parts: Buffer[] = [Buffer.from([layout.version])];
   const walk = (n: StratumNode): void => {
     switch (n.type) {
       case 'empty':
@@ -317,7 +400,7 @@ export class StratumCache {
   ) {}
 
   readonly read: StratumReader = (id) => {
-    if (id[0] > this.maxLevel) return this.backing(id);
+    if (stratumLevel(id) > this.maxLevel) return this.backing(id);
     const key = id.toString('hex');
     let row = this.rows.get(key);
     if (row === undefined) {
@@ -333,7 +416,7 @@ export class StratumCache {
   }): void {
     // Copied so that a cached row does not keep its whole batch slab alive.
     for (const [key, w] of result.writes)
-      if (w.id[0] <= this.maxLevel) this.rows.set(key, Buffer.from(w.data));
+      if (stratumLevel(w.id) <= this.maxLevel) this.rows.set(key, Buffer.from(w.data));
     for (const id of result.deletes) this.rows.delete(id.toString('hex'));
   }
 

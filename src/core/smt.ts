@@ -38,22 +38,29 @@
  *   kind 'other' only: path(32), u8 value length, value
  * Example: the empty tree's proof for any key is 01 01 0000.
  *
- * STORAGE: STRATA
- * The trie is cut into 8-level bands. A stratum holds the part of the trie from a node at depth d (a
- * multiple of 8) down to depth d+8; its id is [d/8] || the first d/8 bytes of the path (root stratum: [0]).
- * Internal nodes inside the band are stored with their hashes, leaves with path and value in the stratum
- * where they collapse, and an internal node at depth d+8 as a reference (hash only) whose content is the
- * stratum with id for depth d+8. A stratum exists iff its top node is internal (or it is the root stratum
- * of a one-leaf tree), so an insert-only tree never deletes a row. A batch writes one row per touched
- * stratum instead of one per touched node.
+ * STORAGE: STRATA (format 2)
+ * The trie is cut into bands: 8 levels from depths 0 and 8, then 4 levels each from depth 16 on (tops at
+ * 0, 8, 16, 20, 24, ..., 252). A stratum holds the part of the trie from a node at a band's top depth t
+ * down to the band's bottom depth b (8 or 4 levels lower). Its id is one byte 0x40 + its level (the
+ * band's number, 0 for the root's, 1 for depth 8, 2 for depth 16, 3 for depth 20, ...) followed by the
+ * first ceil(t/8) bytes of the paths under it, the bits from t on cleared (root stratum: [0x40]; depth 20
+ * under path ab cd e5...: 43 ab cd e0). Internal nodes inside the band are stored with their hashes,
+ * leaves with path and value in the stratum where they collapse, and an internal node at depth b as a
+ * reference (hash only) whose content is the stratum with top depth b. A stratum exists iff its top node
+ * is internal (or it is the root stratum of a one-leaf tree), so an insert-only tree never deletes a row.
+ * A batch writes one row per touched stratum instead of one per touched node. A band of h levels holds at
+ * most 2^h leaves and REFs, so below depth 16 a row stays under about 1.7 KB however large the tree grows
+ * (with 40-byte values), where 8-level bands there grew with the tree, up to about 27 KB.
  *
- * Row encoding: version byte 0x01, then the band's top node in preorder:
+ * Row encoding: version byte 0x02, then the band's top node in preorder:
  *   0x00                                  EMPTY
  *   0x01 len(u8) path(32) value(len)      LEAF
- *   0x02 hash(32) <left> <right>          NODE, internal, depth < d+8
- *   0x03 hash(32)                         REF, internal at depth d+8 (content in the child stratum)
- * Leaf hashes are not stored: they are one SHA-256 away, and storing them would make the typical row (a
- * bottom row of ~16 leaves at a million leaves, ~1.7 KB) about 30% larger to save ~13% of the hashing.
+ *   0x02 hash(32) <left> <right>          NODE, internal, depth < b
+ *   0x03 hash(32)                         REF, internal at depth b (content in the child stratum)
+ * Format 1 (version byte 0x01, ids [t/8] || t/8 bytes) cut every band at 8 levels; src/log/strata-format.ts
+ * converts such stores when they are opened to write.
+ * Leaf hashes are not stored: they are one SHA-256 away, and storing them would make rows about 30% larger
+ * (a leaf is 74 bytes with a 40-byte value) to save ~13% of the hashing.
  * Readers walk rows in place: a subtree is a contiguous byte range, untouched subtrees are copied verbatim
  * by updates, and every read checks that a row's top hash equals the reference (or root) it was reached
  * from, so a stale or damaged row is a StorageError rather than a wrong answer. smtAudit rechecks it all.
@@ -72,32 +79,38 @@
  * With a batch of B random updates on a tree of N leaves the top log2(B) levels are shared, so each update
  * hashes a few nodes more than log2(N/B): at N = 1M and B = 10k, 8.1 internal nodes and 2.4 leaves (its
  * own, plus untouched sibling leaves and leaves pushed down by a split). Hashing is about half the CPU time.
- * Rows written per batch: about one per update at that size (10.1k rows, 22 MB per 10k batch).
+ * Rows written per batch: about one per update for each stratum level below depth 8 that its path reaches,
+ * each of bounded size, plus the 256 depth-8 rows (about 17 KB each once full) that a 10k batch touches:
+ * by the arithmetic in docs/sparse-index.md ("Why 4-level bands from depth 16"), 1.6 KB of rows per update
+ * at N = 1M, 2.3 KB at 10M and 3.1 KB at 100M (8-level bands there: 2.3, 12.8 and 18.2 KB).
  */
 import { FormatError } from './errors.js';
 import { sha256Pair } from './hash.js';
 import { SMT_PROOF_VERSION, type SmtProof } from './smt-proof.js';
 import {
   asBuffer,
+  bandLevelAt,
+  bandTop,
   corrupt,
   decodeStratum,
   leafHashInto,
   nodeHashAt,
-  ROOT_STRATUM_ID,
   SMT_EMPTY,
   SMT_MAX_VALUE_LENGTH,
   SMT_NODE_PREFIX,
-  STRATUM_LEVELS,
-  STRATUM_VERSION,
+  STRATA,
+  type StrataLayout,
   type StratumNode,
   type StratumReader,
   skipNode,
   smtLeafHash,
   stratumId,
+  stratumIdLength,
   TAG_EMPTY,
   TAG_LEAF,
   TAG_NODE,
   TAG_REF,
+  TOP_BAND_LEVELS,
 } from './smt-strata.js';
 
 export { type SmtBatchResult, type SmtUpdate, smtApplyBatch } from './smt-batch.js';
@@ -113,6 +126,9 @@ export {
   decodeStratum,
   encodeStratum,
   SMT_EMPTY,
+  STRATA,
+  STRATA_V1,
+  type StrataLayout,
   StratumCache,
   type StratumNode,
   type StratumReader,
@@ -127,16 +143,16 @@ function sameHashAt(buf: Uint8Array, at: number, h: Uint8Array): boolean {
 }
 
 /** Reads a stratum and checks that its top node has hash `expected`. */
-function readStratum(read: StratumReader, id: Buffer, expected: Uint8Array): Buffer {
+function readStratum(read: StratumReader, id: Buffer, expected: Uint8Array, layout = STRATA): Buffer {
   const raw = read(id);
   if (raw === undefined) throw corrupt('missing stratum', id);
   const buf = asBuffer(raw);
-  if (buf.length < 2 || buf[0] !== STRATUM_VERSION) throw corrupt('bad version or empty row', id);
+  if (buf.length < 2 || buf[0] !== layout.version) throw corrupt('bad version or empty row', id);
   const tag = buf[1];
   const matches =
     tag === TAG_NODE
       ? buf.length >= 34 && sameHashAt(buf, 2, expected)
-      : tag === TAG_LEAF && id[0] === 0 && nodeHashAt(buf, 1).equals(expected);
+      : tag === TAG_LEAF && id[0] === layout.idBase && nodeHashAt(buf, 1).equals(expected);
   if (!matches) throw corrupt('top node does not match its parent (stale or damaged row)', id);
   return buf;
 }
@@ -165,8 +181,8 @@ export interface StratumTable {
 /** Builds a row's StratumTable. Throws StorageError on a malformed row. */
 export function stratumTable(row: Uint8Array): StratumTable {
   const buf = asBuffer(row);
-  if (buf.length < 2 || buf[0] !== STRATUM_VERSION) throw corrupt('bad version or empty row');
-  const size = 2 << STRATUM_LEVELS;
+  if (buf.length < 2 || buf[0] !== STRATA.version) throw corrupt('bad version or empty row');
+  const size = 2 << TOP_BAND_LEVELS;
   const offsets = new Int32Array(size).fill(-1);
   const tags = new Uint8Array(size).fill(0xff);
   const hashes = new Uint32Array(8 * size);
@@ -181,7 +197,7 @@ export function stratumTable(row: Uint8Array): StratumTable {
       hashBytes.set(buf.subarray(pos + 1, pos + 33), 32 * h);
     }
     if (tag !== TAG_NODE) return skipNode(buf, pos);
-    if (h >= 1 << STRATUM_LEVELS) throw corrupt('node below the band');
+    if (h >= 1 << TOP_BAND_LEVELS) throw corrupt('node below the band');
     return visit(2 * h + 1, visit(2 * h, pos + 33));
   };
   if (visit(1, 1) !== buf.length) throw corrupt('trailing bytes');
@@ -218,13 +234,13 @@ function viewOf(buf: Buffer): DataView {
 }
 
 // One reused id per stratum level for the walk's reads (a reader may not keep the id it is given).
-const walkIds: Buffer[] = Array.from({ length: 1 + 256 / STRATUM_LEVELS }, (_, level) =>
-  Buffer.alloc(level + 1),
+const walkIds: Buffer[] = Array.from({ length: bandLevelAt(256) }, (_, level) =>
+  Buffer.alloc(stratumIdLength(bandTop(level))),
 );
 
 /** stratumId(depth, path) in the walk's reused buffer for that level. */
 function walkId(depth: number, path: Uint8Array): Buffer {
-  return stratumId(depth, path, 0, walkIds[depth >> 3]);
+  return stratumId(depth, path, 0, walkIds[bandLevelAt(depth)]);
 }
 
 interface Walked {
@@ -242,7 +258,9 @@ function walk(root: Buffer, path: Uint8Array, read: StratumReader, tableOf?: Str
   if (asBuffer(root).equals(SMT_EMPTY)) return { kind: 'empty', depth: 0 };
   let buf = readStratum(read, walkId(0, path), root);
   let table = tableOf?.(buf);
-  let top = 0;
+  // depth of the current row's band bottom (its REFs), and the next band's level
+  let bottom = bandTop(1);
+  let level = 1;
   let pos = 1;
   let depth = 0;
   // heap position of the node at `pos` while the row has a table
@@ -254,7 +272,7 @@ function walk(root: Buffer, path: Uint8Array, read: StratumReader, tableOf?: Str
       // The path alone says which positions the descent will read: touching them all first lets the
       // cache misses of a cold row overlap instead of coming one per level.
       let touched = 0;
-      for (let d = depth; d < depth + STRATUM_LEVELS; d++) {
+      for (let d = depth; d < bottom; d++) {
         h = 2 * h + ((path[d >> 3] >> (7 - (d & 7))) & 1);
         touched |= tags[h] | hashes[8 * (h & ~1)] | hashes[8 * (h | 1) + 7];
       }
@@ -285,18 +303,18 @@ function walk(root: Buffer, path: Uint8Array, read: StratumReader, tableOf?: Str
       return { kind: 'other', depth, value, otherPath: Buffer.from(buf.subarray(pos + 2, pos + 34)) };
     }
     if (tag === TAG_REF) {
-      if (depth !== top + STRATUM_LEVELS || pos + 33 > buf.length) throw corrupt('bad reference');
+      if (depth !== bottom || pos + 33 > buf.length) throw corrupt('bad reference');
       // copied first: the next read may reuse the memory the current row lives in
       if (table !== undefined) for (let i = 0; i < 8; i++) walkRefWords[i] = table.hashes[8 * h + i];
       else for (let i = 0; i < 32; i++) walkRef[i] = buf[pos + 1 + i];
       buf = readStratum(read, walkId(depth, path), walkRef);
       table = tableOf?.(buf);
-      top = depth;
+      bottom = bandTop(++level);
       pos = 1;
       h = 1;
       continue;
     }
-    if (tag !== TAG_NODE || depth >= top + STRATUM_LEVELS) throw corrupt('bad node');
+    if (tag !== TAG_NODE || depth >= bottom) throw corrupt('bad node');
     const goRight = (path[depth >> 3] >> (7 - (depth & 7))) & 1;
     const left = pos + 33;
     const right = skipNode(buf, left);
@@ -379,14 +397,21 @@ export function smtLookupBase64(
   return { value: w.kind === 'included' ? w.value : undefined, proof: encoded.toString('base64', 0, o) };
 }
 
-/** Every (path, value) in the tree in path order, read through the strata. */
-export function* smtLeaves(root: Buffer, read: StratumReader): Iterable<{ path: Buffer; value: Buffer }> {
+/**
+ * Every (path, value) in the tree in path order, read through the strata (of `layout`, by default the
+ * current one).
+ */
+export function* smtLeaves(
+  root: Buffer,
+  read: StratumReader,
+  layout: StrataLayout = STRATA,
+): Iterable<{ path: Buffer; value: Buffer }> {
   if (asBuffer(root).equals(SMT_EMPTY)) return;
   function* walk(
     buf: Buffer,
     pos: number,
     depth: number,
-    top: number,
+    bottom: number,
     prefix: Buffer,
   ): Generator<{ path: Buffer; value: Buffer }, number> {
     const tag = buf[pos];
@@ -401,24 +426,25 @@ export function* smtLeaves(root: Buffer, read: StratumReader): Iterable<{ path: 
       return end;
     }
     if (tag === TAG_REF) {
-      if (depth !== top + STRATUM_LEVELS) throw corrupt('bad reference');
-      const child = readStratum(read, stratumId(depth, prefix), buf.subarray(pos + 1, pos + 33));
-      const end = yield* walk(child, 1, depth, depth, prefix);
+      if (depth !== bottom) throw corrupt('bad reference');
+      const id = stratumId(depth, prefix, 0, undefined, layout);
+      const child = readStratum(read, id, buf.subarray(pos + 1, pos + 33), layout);
+      const end = yield* walk(child, 1, depth, layout.top(layout.levelAt(depth) + 1), prefix);
       if (end !== child.length) throw corrupt('trailing bytes');
       return pos + 33;
     }
-    if (tag !== TAG_NODE || depth >= top + STRATUM_LEVELS) throw corrupt('bad node');
+    if (tag !== TAG_NODE || depth >= bottom) throw corrupt('bad node');
     const byte = depth >> 3;
     const mask = 0x80 >> (depth & 7);
     prefix[byte] &= ~mask;
-    const mid = yield* walk(buf, pos + 33, depth + 1, top, prefix);
+    const mid = yield* walk(buf, pos + 33, depth + 1, bottom, prefix);
     prefix[byte] |= mask;
-    const end = yield* walk(buf, mid, depth + 1, top, prefix);
+    const end = yield* walk(buf, mid, depth + 1, bottom, prefix);
     prefix[byte] &= ~mask;
     return end;
   }
-  const rootBuf = readStratum(read, Buffer.from(ROOT_STRATUM_ID), root);
-  const end = yield* walk(rootBuf, 1, 0, 0, Buffer.alloc(32));
+  const rootBuf = readStratum(read, Buffer.from([layout.idBase]), root, layout);
+  const end = yield* walk(rootBuf, 1, 0, layout.top(1), Buffer.alloc(32));
   if (end !== rootBuf.length) throw corrupt('trailing bytes');
 }
 
@@ -427,14 +453,18 @@ export function* smtLeaves(root: Buffer, read: StratumReader): Iterable<{ path: 
  * recomputes every hash. Returns the ids of the reachable strata (preorder) and the number of leaves.
  * Throws StorageError on the first inconsistency. Cost: one read per stratum, one hash per node.
  */
-export function smtAudit(root: Buffer, read: StratumReader): { strata: Buffer[]; leaves: number } {
+export function smtAudit(
+  root: Buffer,
+  read: StratumReader,
+  layout: StrataLayout = STRATA,
+): { strata: Buffer[]; leaves: number } {
   const strata: Buffer[] = [];
   let leaves = 0;
   if (asBuffer(root).equals(SMT_EMPTY)) return { strata, leaves };
   const visit = (id: Buffer, expected: Uint8Array): void => {
     const raw = read(id);
     if (raw === undefined) throw corrupt('missing stratum', id);
-    const top = decodeStratum(id, raw);
+    const top = decodeStratum(id, raw, layout);
     strata.push(id);
     const path = Buffer.alloc(32);
     id.copy(path, 0, 1);
@@ -446,7 +476,7 @@ export function smtAudit(root: Buffer, read: StratumReader): { strata: Buffer[];
           leaves++;
           return smtLeafHash(n.path, n.value);
         case 'ref': {
-          visit(stratumId(depth, path), n.hash);
+          visit(stratumId(depth, path, 0, undefined, layout), n.hash);
           return n.hash;
         }
         case 'node': {
@@ -463,9 +493,9 @@ export function smtAudit(root: Buffer, read: StratumReader): { strata: Buffer[];
         }
       }
     };
-    const h = hashOf(top, id[0] * STRATUM_LEVELS);
+    const h = hashOf(top, layout.top(id[0] - layout.idBase));
     if (!h.equals(expected)) throw corrupt('stratum does not match the hash above it', id);
   };
-  visit(Buffer.from(ROOT_STRATUM_ID), root);
+  visit(Buffer.from([layout.idBase]), root);
   return { strata, leaves };
 }

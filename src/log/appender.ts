@@ -104,9 +104,10 @@ const OFFLOAD_MIN_UPDATES = 2048;
 
 /**
  * Strata levels whose rows a batch asks a store that fetches ahead (LogSnapshot.prefetchStrata)
- * for, along each of its paths: the levels that hold rows up to about 4 billion keys.
+ * for, along each of its paths: the levels (tops at depths 0 to 28) that hold rows up to about 4
+ * billion keys.
  */
-const PREFETCH_STRATA_LEVELS = 4;
+const PREFETCH_STRATA_LEVELS = 6;
 
 /** A batch on its way to the store: see Appender.finish. */
 interface Finishing {

@@ -21,6 +21,7 @@ import { PoolFullError, type SubmitReceipt } from './pool.js';
 import type { CheckpointPublisher } from './publisher.js';
 import { Reader } from './reader.js';
 import { SmtOffload } from './smt-offload.js';
+import { convertStrata, strataState } from './strata-format.js';
 
 export type { BatchInfo, LogOptions } from './appender.js';
 export type { CheckpointPublisher } from './publisher.js';
@@ -106,15 +107,24 @@ export class Log {
     return Log.open(dir, { ...opts, skey });
   }
 
-  /** Opens an existing log. The signing key defaults to the one stored beside it. */
+  /**
+   * Opens an existing log. The signing key defaults to the one stored beside it. Opened to write, a
+   * store whose sparse index is in an older format is converted first (see strata-format.ts),
+   * telling `progress` (by default stderr) how far it got.
+   */
   static async open(
     dir: string,
-    opts: LogOptions & { skey?: string; readOnly?: boolean } = {},
+    opts: LogOptions & { skey?: string; readOnly?: boolean; progress?: (line: string) => void } = {},
   ): Promise<Log> {
     // A reader takes no writer lock (storage/lock.ts) and writes nothing. Its LMDB environment is
     // not opened read-only: several read-only opens at once failed now and then with EINVAL.
     const store = LmdbLogStore.open(dir, { lock: !opts.readOnly });
     try {
+      if (!opts.readOnly) {
+        const progress =
+          opts.progress ?? ((line: string) => process.stderr.write(`trustix: ${dir}: ${line}\n`));
+        await convertStrata(store, progress);
+      }
       return Log.over(
         store,
         dir,
@@ -176,6 +186,12 @@ export class Log {
     }
     const head = store.read((s) => s.head());
     if (!head) throw new StorageError(`log store in ${where} has no head`);
+    if (strataState(store) !== 'current') {
+      throw new StorageError(
+        `the sparse index of the log store in ${where} is in an older format: open the log once to write ` +
+          '(for example with `trustix serve`) to convert it',
+      );
+    }
     return new Log(store, signer, head, opts, { origin, vkey }, offload);
   }
 

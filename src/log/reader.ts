@@ -23,7 +23,7 @@ import {
   smtLookupBase64,
   stratumTable,
 } from '../core/smt.js';
-import { strataAlong } from '../core/smt-strata.js';
+import { strataAlong, stratumLevel } from '../core/smt-strata.js';
 import {
   expandedHashOffset,
   expandedTileSize,
@@ -70,11 +70,11 @@ interface ProofTop {
 }
 
 /** Strata levels a lookup asks a store that fetches ahead for (see Appender's PREFETCH_STRATA_LEVELS). */
-const LOOKUP_PREFETCH_LEVELS = 5;
+const LOOKUP_PREFETCH_LEVELS = 7;
 
 /** Slot of a root or depth-8 stratum id in Reader.topStrata. */
 function topSlot(id: Uint8Array): number {
-  return id[0] === 0 ? 0 : 1 + id[1];
+  return stratumLevel(id) === 0 ? 0 : 1 + id[1];
 }
 
 export class Reader {
@@ -188,8 +188,8 @@ export class Reader {
     // a lookup's walk is done with each row before it reads the next (see smtLookupBase64)
     const below = adopt && snap.peekStratum ? snap.peekStratum : snap.stratum;
     return (id) => {
-      if (id[0] > 1) return below(id);
-      const slot = id[0] === 0 ? 0 : 1 + id[1];
+      if (stratumLevel(id) > 1) return below(id);
+      const slot = topSlot(id);
       let row = this.topStrata[slot];
       if (!row) {
         row = snap.stratum(id);
@@ -225,8 +225,9 @@ export class Reader {
       this.topStrata.fill(undefined);
     } else {
       // copied so that a cached row does not keep its whole batch slab alive
-      for (const w of writes) if (w.id[0] <= 1) this.topStrata[topSlot(w.id)] = Buffer.from(w.data);
-      for (const id of deletes) if (id[0] <= 1) this.topStrata[topSlot(id)] = undefined;
+      for (const w of writes)
+        if (stratumLevel(w.id) <= 1) this.topStrata[topSlot(w.id)] = Buffer.from(w.data);
+      for (const id of deletes) if (stratumLevel(id) <= 1) this.topStrata[topSlot(id)] = undefined;
     }
     this.topStrataRoot = newRoot;
   }

@@ -12,6 +12,7 @@ import {
   type SmtBatchRows,
   smtApplyBatchRows,
 } from '../core/smt-batch.js';
+import { stratumLevel } from '../core/smt-strata.js';
 import { LmdbLogStore } from '../storage/lmdb/lmdb.js';
 import type { OffloadRequest, OffloadResponse, OffloadReuse } from './smt-offload.js';
 import { packItems, packRows } from './smt-offload.js';
@@ -141,7 +142,7 @@ port.on('message', (msg: OffloadRequest | OffloadReuse | { type: 'close' } | { t
     const replacedValues: Buffer[] = [];
     const result = store.read((snap) => {
       const stored = (id: Buffer) =>
-        levelRows.copy(id[0], snap.peekStratum ? snap.peekStratum(id) : snap.stratum(id));
+        levelRows.copy(stratumLevel(id), snap.peekStratum ? snap.peekStratum(id) : snap.stratum(id));
       return smtApplyBatchRows(
         Buffer.from(msg.root),
         { paths: msg.paths, values: msg.values, valueEnds: msg.valueEnds },

@@ -28,10 +28,12 @@ import {
 } from '../core/note.js';
 import { SMT_EMPTY } from '../core/smt.js';
 import { LevelRowCopies, smtApplyBatchRows } from '../core/smt-batch.js';
+import { stratumLevel } from '../core/smt-strata.js';
 import { TILE_WIDTH } from '../core/tiles.js';
 import type { FollowStore, VerifiedChunk } from '../dashboard/follow.js';
 import type { FrontierTile, IndexedEntry, LogRecord } from '../dashboard/store.js';
 import { Log } from '../log/log.js';
+import { convertStrata } from '../log/strata-format.js';
 import { LmdbLogStore } from '../storage/lmdb/lmdb.js';
 import type { LogHead } from '../storage/store.js';
 
@@ -142,6 +144,8 @@ export class LogCopy {
     /** While catching up, entries per commit (default 131,072). */
     commitEntries?: number;
     onProgress?: (p: CopyProgress) => void;
+    /** Told, a line at a time, how the conversion of a copy kept in an older format goes. */
+    say?: (line: string) => void;
   }): Promise<LogCopy> {
     mkdirSync(opts.dir, { recursive: true });
     const verifier = verifierFromVkey(opts.vkey);
@@ -164,6 +168,8 @@ export class LogCopy {
           head: { size: 0, rootHash: EMPTY_ROOT, mapRoot: SMT_EMPTY, checkpoint: '' },
         });
       }
+      // a copy written by an older version keeps its sparse index in format 1 (src/log/strata-format.ts)
+      await convertStrata(store, opts.say ?? (() => {}));
       served = await Log.open(opts.dir, { readOnly: true });
       const copy = new LogCopy(
         opts.id,
@@ -337,7 +343,7 @@ export class LogCopy {
     };
     const rows = this.store.read((snap) =>
       smtApplyBatchRows(this.head.mapRoot, updates, (id) =>
-        this.levelRows.copy(id[0], snap.peekStratum ? snap.peekStratum(id) : snap.stratum(id)),
+        this.levelRows.copy(stratumLevel(id), snap.peekStratum ? snap.peekStratum(id) : snap.stratum(id)),
       ),
     );
     const writes = new Array<{ id: Uint8Array; data: Uint8Array }>(rows.count);

@@ -140,6 +140,7 @@ export class Mirror {
           // sixteen chunks per commit: the index is updated once per commit, and a bigger batch
           // rewrites fewer rows per entry (about 2 us of CPU per entry less than eight at a million)
           commitEntries: 16 * TILE_WIDTH * chunkBundles,
+          say: (line) => say(`log ${cfg.name}: ${line}`),
           onProgress: (p) => {
             progress(p);
             served.closed = !p.serving || draining();

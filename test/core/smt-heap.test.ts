@@ -130,7 +130,7 @@ describe('sparse index walk with row tables', () => {
       { path: Buffer.alloc(32, 0x00), value: Buffer.from('a') },
       { path: Buffer.alloc(32, 0xff), value: Buffer.from('b') },
     ]);
-    const row = store.rows.get('00')!;
+    const row = store.rows.get('40')!;
     const { offsets, tags, hashes } = stratumTable(row);
     // NODE(top) then LEAF(left) then LEAF(right)
     assert.deepEqual([...offsets.subarray(1, 5)], [1, 34, 34 + 34 + 1, -1]);

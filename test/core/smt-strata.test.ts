@@ -16,6 +16,7 @@ import {
   stratumId,
   verifySmtProof,
 } from '../../src/core/smt.js';
+import { bandTop } from '../../src/core/smt-strata.js';
 
 const sha = (s: string) => createHash('sha256').update(s).digest();
 const hex = (b: Uint8Array) => Buffer.from(b).toString('hex');
@@ -49,17 +50,17 @@ describe('sparse index strata', () => {
     const s = new MemStore();
     const path = sha('a');
     s.apply([{ path, value: Buffer.from('xyz') }]);
-    assert.deepEqual([...s.rows.keys()], ['00']);
-    assert.equal(hex(s.rows.get('00')!), `01` + `01` + `03` + hex(path) + hex(Buffer.from('xyz')));
+    assert.deepEqual([...s.rows.keys()], ['40']);
+    assert.equal(hex(s.rows.get('40')!), `02` + `01` + `03` + hex(path) + hex(Buffer.from('xyz')));
     assert.deepEqual(s.root, smtLeafHash(path, Buffer.from('xyz')));
-    assert.deepEqual(decodeStratum(Buffer.from([0]), s.rows.get('00')!), {
+    assert.deepEqual(decodeStratum(Buffer.from([0x40]), s.rows.get('40')!), {
       type: 'leaf',
       path,
       value: Buffer.from('xyz'),
     });
   });
 
-  test('leaves sharing 20 bits go three strata down, and a band edge holds a reference', () => {
+  test('leaves sharing 20 bits go four strata down (4-level bands from depth 16), and a band edge holds a reference', () => {
     const s = new MemStore();
     const a = pathWith([0xab, 0xcd, 0xe0], 'a'); // bits 0..19 shared, bit 20 = 0
     const b = pathWith([0xab, 0xcd, 0xe8], 'b'); // bit 20 = 1
@@ -67,8 +68,8 @@ describe('sparse index strata', () => {
       { path: a, value: Buffer.from('A') },
       { path: b, value: Buffer.from('B') },
     ]);
-    assert.deepEqual([...s.rows.keys()].sort(), ['00', '01ab', '02abcd']);
-    const root = decodeStratum(Buffer.from([0]), s.rows.get('00')!);
+    assert.deepEqual([...s.rows.keys()].sort(), ['40', '41ab', '42abcd', '43abcde0']);
+    const root = decodeStratum(Buffer.from([0x40]), s.rows.get('40')!);
     // Eight NODEs down the path of 0xab, then a REF at depth 8.
     let n = root;
     for (let d = 0; d < 8; d++) {
@@ -79,26 +80,35 @@ describe('sparse index strata', () => {
       n = bit ? n.right : n.left;
     }
     assert.equal(n.type, 'ref');
-    const bottom = decodeStratum(stratumId(16, a), s.rows.get('02abcd')!);
+    // the depth-16 band ends at depth 20: four NODEs down 0xe, then a REF
+    let mid = decodeStratum(stratumId(16, a), s.rows.get('42abcd')!);
+    for (let d = 16; d < 20; d++) {
+      assert.equal(mid.type, 'node');
+      if (mid.type !== 'node') return;
+      mid = (0xe0 >> (7 - (d - 16))) & 1 ? mid.right : mid.left;
+    }
+    assert.equal(mid.type, 'ref');
+    assert.deepEqual(stratumId(20, a), Buffer.from('43abcde0', 'hex'));
+    const bottom = decodeStratum(stratumId(20, a), s.rows.get('43abcde0')!);
     assert.equal(bottom.type, 'node');
     const leaves = [...smtLeaves(s.root, s.read)];
     assert.deepEqual(
       leaves.map((l) => l.path),
       [a, b],
     );
-    // Adding a third leaf under 0xab 0xcd touches exactly the three strata on its path.
+    // A third leaf under 0xab 0xcd that parts from them at depth 16 touches the three strata above it.
     const c = pathWith([0xab, 0xcd, 0x10], 'c');
     const r = s.apply([{ path: c, value: Buffer.from('C') }]);
-    assert.deepEqual([...r.writes.keys()].sort(), ['00', '01ab', '02abcd']);
+    assert.deepEqual([...r.writes.keys()].sort(), ['40', '41ab', '42abcd']);
     assert.deepEqual(r.deletes, []);
     // A leaf elsewhere touches only the root stratum: it collapses at depth 1.
     const d = pathWith([0x10], 'd');
     const r2 = s.apply([{ path: d, value: Buffer.from('D') }]);
-    assert.deepEqual([...r2.writes.keys()], ['00']);
+    assert.deepEqual([...r2.writes.keys()], ['40']);
     assert.equal(smtAudit(s.root, s.read).leaves, 4);
   });
 
-  test('leaves differing only in bit 255 need all 32 strata', () => {
+  test('leaves differing only in bit 255 need all 62 strata', () => {
     const s = new MemStore();
     const a = sha('deep');
     const b = Buffer.from(a);
@@ -107,10 +117,11 @@ describe('sparse index strata', () => {
       { path: a, value: Buffer.alloc(40, 1) },
       { path: b, value: Buffer.alloc(40, 2) },
     ]);
-    assert.equal(s.rows.size, 32);
-    for (let level = 0; level < 32; level++) assert.ok(s.rows.has(hex(stratumId(level * 8, a))));
+    assert.equal(s.rows.size, 62);
+    for (let level = 0; level < 62; level++) assert.ok(s.rows.has(hex(stratumId(bandTop(level), a))));
+    assert.equal(bandTop(61), 252);
     const audit = smtAudit(s.root, s.read);
-    assert.equal(audit.strata.length, 32);
+    assert.equal(audit.strata.length, 62);
     for (const id of audit.strata)
       assert.deepEqual(encodeStratum(decodeStratum(id, s.rows.get(hex(id))!)), s.rows.get(hex(id)));
   });
@@ -123,7 +134,7 @@ describe('sparse index strata', () => {
     const k = sha('k7');
     s.reads = [];
     const r = s.apply([{ path: k, value: Buffer.from('new') }]);
-    const onPath = new Set(Array.from({ length: 32 }, (_, l) => hex(stratumId(l * 8, k))));
+    const onPath = new Set(Array.from({ length: 62 }, (_, l) => hex(stratumId(bandTop(l), k))));
     assert.ok(s.reads.length >= 2);
     for (const id of s.reads) assert.ok(onPath.has(id), `read ${id} off the path`);
     for (const id of r.writes.keys()) assert.ok(onPath.has(id), `wrote ${id} off the path`);
@@ -136,34 +147,46 @@ describe('sparse index strata', () => {
     const ref = Buffer.concat([Buffer.from([3]), Buffer.alloc(32, 8)]);
     const p0 = pathWith([0x00], 'x'); // goes left at depth 0
     const p1 = pathWith([0x80], 'y'); // goes right
-    const ok = Buffer.concat([Buffer.from([1]), node(leaf(p0, [1]), leaf(p1, [2]))]);
-    decodeStratum(Buffer.from([0]), ok);
+    const v = Buffer.from([2]); // the row version
+    const ok = Buffer.concat([v, node(leaf(p0, [1]), leaf(p1, [2]))]);
+    decodeStratum(Buffer.from([0x40]), ok);
     // Eight levels of nodes down the all-zero path, then a reference on the band edge.
     let deep = ref;
     for (let d = 7; d >= 0; d--) deep = node(deep, d === 0 ? leaf(p1, [3]) : Buffer.from([0]));
-    decodeStratum(Buffer.from([0]), Buffer.concat([Buffer.from([1]), deep]));
+    decodeStratum(Buffer.from([0x40]), Buffer.concat([v, deep]));
     let tooDeep = node(ref, ref);
     for (let d = 7; d >= 0; d--) tooDeep = node(tooDeep, d === 0 ? leaf(p1, [3]) : Buffer.from([0]));
+    // A 4-level band (depth 16 to 20): four levels of nodes, then the reference.
+    const p16 = pathWith([0x12, 0x34, 0x00], 'q');
+    const p16r = pathWith([0x12, 0x34, 0x80], 'r');
+    let band4 = ref;
+    for (let d = 3; d >= 0; d--) band4 = node(band4, d === 0 ? leaf(p16r, [3]) : Buffer.from([0]));
+    decodeStratum(stratumId(16, p16), Buffer.concat([v, band4]));
+    let below4 = node(ref, ref);
+    for (let d = 3; d >= 0; d--) below4 = node(below4, d === 0 ? leaf(p16r, [3]) : Buffer.from([0]));
     const bad: [string, Buffer, Buffer?][] = [
-      ['bad version', Buffer.concat([Buffer.from([2]), ok.subarray(1)])],
+      ['format 1 row', Buffer.concat([Buffer.from([1]), ok.subarray(1)])],
       ['empty row', Buffer.alloc(0)],
       ['trailing', Buffer.concat([ok, Buffer.from([0])])],
       ['truncated', ok.subarray(0, ok.length - 1)],
-      ['unknown tag', Buffer.concat([Buffer.from([1, 7])])],
-      ['empty top', Buffer.from([1, 0])],
-      ['ref top', Buffer.concat([Buffer.from([1]), ref])],
-      ['ref inside the band', Buffer.concat([Buffer.from([1]), node(ref, leaf(p1, [1]))])],
-      ['node below the band', Buffer.concat([Buffer.from([1]), tooDeep])],
-      ['node with one leaf', Buffer.concat([Buffer.from([1]), node(leaf(p0, [1]), Buffer.from([0]))])],
-      ['node with no leaf', Buffer.concat([Buffer.from([1]), node(Buffer.from([0]), Buffer.from([0]))])],
-      ['leaf off its path', Buffer.concat([Buffer.from([1]), node(leaf(p1, [1]), leaf(p0, [2]))])],
-      ['leaf top below root', Buffer.concat([Buffer.from([1]), leaf(p1, [1])]), stratumId(8, p1)],
+      ['unknown tag', Buffer.concat([Buffer.from([2, 7])])],
+      ['empty top', Buffer.from([2, 0])],
+      ['ref top', Buffer.concat([v, ref])],
+      ['ref inside the band', Buffer.concat([v, node(ref, leaf(p1, [1]))])],
+      ['node below the band', Buffer.concat([v, tooDeep])],
+      ['node below a 4-level band', Buffer.concat([v, below4]), stratumId(16, p16)],
+      ['node with one leaf', Buffer.concat([v, node(leaf(p0, [1]), Buffer.from([0]))])],
+      ['node with no leaf', Buffer.concat([v, node(Buffer.from([0]), Buffer.from([0]))])],
+      ['leaf off its path', Buffer.concat([v, node(leaf(p1, [1]), leaf(p0, [2]))])],
+      ['leaf top below root', Buffer.concat([v, leaf(p1, [1])]), stratumId(8, p1)],
       ['leaf outside the stratum prefix', ok, stratumId(8, pathWith([0x55], 'z'))],
-      ['bad id', ok, Buffer.from([1])],
-      ['bad id level', ok, Buffer.from([40])],
+      ['bad id', ok, Buffer.from([0x41])],
+      ['bad id level', ok, Buffer.from([0xff])],
+      ['format 1 id', ok, Buffer.from([0])],
+      ['id with bits past its band', Buffer.concat([v, band4]), Buffer.from([0x43, 0x12, 0x34, 0x01])],
     ];
     for (const [name, row, id] of bad) {
-      assert.throws(() => decodeStratum(id ?? Buffer.from([0]), row), StorageError, name);
+      assert.throws(() => decodeStratum(id ?? Buffer.from([0x40]), row), StorageError, name);
     }
   });
 
@@ -182,7 +205,7 @@ describe('sparse index strata', () => {
     );
     assert.throws(() => [...smtLeaves(oldRoot, s.read)], StorageError);
     // A flipped byte in a stored hash deep down is caught by the audit and by the parent check.
-    const id = [...s.rows.keys()].find((k) => k.startsWith('02'))!;
+    const id = [...s.rows.keys()].find((k) => k.startsWith('42'))!;
     const row = Buffer.from(s.rows.get(id)!);
     row[5] ^= 1; // inside the top node's hash
     const damaged = new Map(s.rows).set(id, row);
@@ -224,7 +247,7 @@ describe('sparse index strata', () => {
     smtLookup(s.root, k, cache.read);
     assert.ok(s.reads.length > 0, 'the bottom stratum is read from the store');
     assert.ok(
-      s.reads.every((id) => id !== '00'),
+      s.reads.every((id) => id !== '40'),
       `only level 1+ rows reach the store: ${s.reads}`,
     );
     const stale = new StratumCache(s.read, 0);

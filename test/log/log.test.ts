@@ -221,10 +221,10 @@ describe('log', () => {
     const peekSame = () =>
       log.storage.read((snap) => {
         for (const id of [
-          Buffer.from([0]),
-          Buffer.from([1, 0x42]),
-          Buffer.from([2, 1, 2]),
-          Buffer.from([9]),
+          Buffer.from([0x40]),
+          Buffer.from([0x41, 0x42]),
+          Buffer.from([0x42, 1, 2]),
+          Buffer.from([0x49]),
         ]) {
           const copy = snap.stratum(id);
           const peeked = snap.peekStratum!(id);

@@ -215,11 +215,12 @@ export class LmdbLogStore implements LogStore {
   /**
    * LMDB keeps a value too long for half a page (about 2,030 bytes with 4 KB pages) in overflow
    * pages of its own, rewritten whole on every change, so a 2.1 KB row took a 4 KB page plus its
-   * slot in a leaf page. Bottom rows grow past that from about a million entries on (their mean
-   * is about 1.75 KB there). A row longer than STRATUM_PART_BYTES is therefore stored in parts
-   * that each fit a leaf page: the first record, under the row's id, is STRATUM_PARTS, the part
-   * count and the first part; part k (k >= 1) is under id || k, which sorts right after the id
-   * and is no stratum id (those are d/8 + 1 bytes long after a first byte d/8), so the parts
+   * slot in a leaf page. The rows of the two top levels (8-level bands, up to about 17 KB) are that
+   * long, and so were the bottom rows of format 1 stores. A row longer than STRATUM_PART_BYTES is
+   * therefore stored in parts that each fit a leaf page: the first record, under the row's id, is
+   * STRATUM_PARTS, the part count and the first part; part k (k >= 1) is under id || k, which
+   * sorts right after the id and is no stratum id (an id's length follows from its first byte,
+   * core/smt-strata.ts), so the parts
    * usually share the leaf page. Rows start with their version byte, never STRATUM_PARTS. A row
    * that shrinks to fewer parts leaves its old last parts behind, unread (the first record says
    * how many parts there are) until the row grows again and overwrites them.
@@ -411,7 +412,7 @@ export class LmdbLogStore implements LogStore {
 const STRATUM_PARTS = 0xfe;
 /**
  * The longest value stored in one strata record. LMDB puts a record (8 bytes of header, the key,
- * the value) in a 4 KB leaf page when it is at most 2,038 bytes; ids are at most 33 bytes with a
+ * the value) in a 4 KB leaf page when it is at most 2,038 bytes; ids are at most 34 bytes with a
  * part suffix. So 1,984 leaves room, and a count byte allows rows of up to 505 KB (the longest
  * possible row, a band of 256 leaves with 255-byte values, is about 82 KB).
  */
