@@ -15,10 +15,10 @@ import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { open, rename, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { StateError, StorageError } from '../core/errors.js';
-import { entriesPath, TILE_WIDTH, tilePath, tilesForSize } from '../core/tiles.js';
+import { entriesPath, TILE_WIDTH, tilePath, tilesForSize, tileWidthAt } from '../core/tiles.js';
 import { fsyncPath, tempNameFor, writeFileDurably } from '../storage/durable.js';
 import type { LogStore } from '../storage/store.js';
-import { readEntryBundle, readHashTile, tileWidthAt } from './serving.js';
+import { readEntryBundle, readHashTile } from './serving.js';
 
 export const CHECKPOINT_FILE = 'checkpoint';
 

@@ -9,12 +9,14 @@
  *
  * A commit is one transaction (bulk inserts through `unnest`), durable when COMMIT returns with
  * synchronous_commit on. Reads are synchronous (sync-reads.ts), one REPEATABLE READ transaction
- * per `read`. Tables: see schema.ts.
+ * per `read`; a server's hot reads go through readAsync (batched-reads.ts), which batches
+ * concurrent reads into one transaction and caches rows. Tables: see schema.ts.
  */
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { StorageError } from '../../core/errors.js';
-import type { CommitBatch, LogHead, LogSnapshot, LogStore, StoredTile } from '../store.js';
+import type { CommitBatch, LogHead, LogSnapshot, LogStore, ReadHint, StoredTile } from '../store.js';
+import { BatchedReads } from './batched-reads.js';
 import { migrate, SCHEMA } from './schema.js';
 import { SyncReads } from './sync-reads.js';
 
@@ -31,6 +33,8 @@ export interface PgStoreOptions {
   leaseMs?: number;
   /** Who holds the lease, as recorded in the database (default: a random id). */
   holder?: string;
+  /** Connections for asynchronous reads (readAsync), each running one batch of reads at a time. Default 4. */
+  readConnections?: number;
 }
 
 /** Expired nonces are swept at most this often (seconds). */
@@ -57,6 +61,7 @@ export class PgLogStore implements LogStore {
     /** The write connection: migrations, commits, meta, nonces, the lease. */
     private readonly writer: pg.Client,
     private readonly reads: SyncReads,
+    private readonly batched: BatchedReads,
     readonly holder: string,
     private readonly leaseMs: number,
   ) {}
@@ -76,7 +81,13 @@ export class PgLogStore implements LogStore {
     let store: PgLogStore | undefined;
     try {
       await migrate(writer);
-      store = new PgLogStore(writer, new SyncReads(url), opts.holder ?? randomUUID(), opts.leaseMs ?? 5000);
+      store = new PgLogStore(
+        writer,
+        new SyncReads(url),
+        new BatchedReads(url, { connections: opts.readConnections }),
+        opts.holder ?? randomUUID(),
+        opts.leaseMs ?? 5000,
+      );
       if (opts.sequencer) await store.takeLease();
       return store;
     } catch (err) {
@@ -173,6 +184,10 @@ export class PgLogStore implements LogStore {
 
   read<T>(fn: (snapshot: LogSnapshot) => T): T {
     return this.reads.snapshot(() => fn(this.snapshot()));
+  }
+
+  readAsync<T>(fn: (snapshot: LogSnapshot) => T, hint?: ReadHint): Promise<T> {
+    return this.batched.read(fn, hint);
   }
 
   private snapshot(): LogSnapshot {
@@ -372,6 +387,7 @@ export class PgLogStore implements LogStore {
     }
     this.closed = true;
     await this.reads.close();
+    await this.batched.close();
     await this.writer.end().catch(() => {});
   }
 }
