@@ -69,9 +69,12 @@ interface ProofTop {
   text: string | undefined;
 }
 
-/** A lookup's walk of the sparse index, kept between runs of one asynchronous read (see lookupJsonBytesAsync). */
+/**
+ * A lookup's walk of the sparse index, kept between runs of one asynchronous read (see
+ * lookupJsonBytesAsync) for the map root it was made in: a later run may see another state.
+ */
 interface WalkMemo {
-  walk?: { mapProof: string; index: number };
+  walk?: { root: Buffer; mapProof: string; index: number };
 }
 
 /** Strata levels a lookup asks a store that fetches ahead for (see Appender's PREFETCH_STRATA_LEVELS). */
@@ -364,7 +367,7 @@ export class Reader {
     if (this.store.readAsync === undefined) return this.lookupJsonBytes(protocol, key, cached);
     if (this.closed) throw new StateError('log is closed');
     const path = indexPath(protocol, key);
-    // a run may stop at a row not loaded yet; the next run of the same snapshot keeps its walk
+    // a run may stop at a row not loaded yet; the next run keeps its walk if it sees the same root
     const memo: WalkMemo = {};
     return this.store.readAsync((snap) => this.lookupBytesIn(snap, protocol, key, path, cached, memo), {
       strata: strataAlong(path, LOOKUP_PREFETCH_LEVELS),
@@ -461,7 +464,7 @@ export class Reader {
     memo?: WalkMemo,
   ): { mapProof: string; index: number; data: string | undefined } {
     let walk = memo?.walk;
-    if (walk === undefined) {
+    if (walk === undefined || !equalBytes(walk.root, head.mapRoot)) {
       if (snap.prefetchStrata) snap.prefetchStrata(strataAlong(path, LOOKUP_PREFETCH_LEVELS));
       const { value, proof } = smtLookupBase64(
         head.mapRoot,
@@ -469,7 +472,7 @@ export class Reader {
         this.stratumReader(snap, head.mapRoot, true),
         this.tableOf,
       );
-      walk = { mapProof: proof, index: value ? indexValueLogIndex(value) : -1 };
+      walk = { root: head.mapRoot, mapProof: proof, index: value ? indexValueLogIndex(value) : -1 };
       if (memo) memo.walk = walk;
     }
     const { mapProof, index } = walk;

@@ -68,10 +68,11 @@ export interface LogStore {
   read<T>(fn: (snapshot: LogSnapshot) => T): T;
   /**
    * `read` for a server's hot paths, for a driver whose reads cross a network: reads asked for
-   * together share round trips (postgres/batched-reads.ts). `fn` sees one consistent snapshot, but
-   * may be run more than once against it (a run stops at a row that is not loaded yet, by throwing
-   * an error `fn` must let through), so it may fill caches but must have no other effects. Optional:
-   * without it, `read` is the fast path (lmdb/).
+   * together share round trips, and rows are kept between them where that is correct
+   * (postgres/batched-reads.ts). Each run of `fn` sees one consistent snapshot, but `fn` may be run
+   * more than once, against the same or a newer snapshot (a run stops at a row that is not loaded
+   * yet, by throwing an error `fn` must let through), so it may fill caches but must have no other
+   * effects. Optional: without it, `read` is the fast path (lmdb/).
    */
   readAsync?<T>(fn: (snapshot: LogSnapshot) => T, hint?: ReadHint): Promise<T>;
   /** Atomically and durably applies a batch. Resolves only once it is on disk. */

@@ -155,10 +155,11 @@ describe('postgres driver', { skip }, () => {
     await writer.close();
   });
 
-  test('asynchronous reads: strata rows are cached for one map root, tiles for one width', async () => {
+  /** A writer and a reader with its own head-age bound, and `commit(size, root, row, tileWidth)`. */
+  async function rowsAndTiles(headMaxAgeMs: number) {
     const url = await cluster!.createDatabase();
     const writer = await PgLogStore.open(url, { sequencer: true, leaseMs: 60_000 });
-    const reader = await PgLogStore.open(url);
+    const reader = await PgLogStore.open(url, { readHeadMaxAgeMs: headMaxAgeMs });
     const id = Buffer.from([2, 7, 7]);
     const commit = async (size: number, root: number, row: string, tileWidth: number) => {
       const expanded = Buffer.alloc(32 * tileWidth * 2, tileWidth);
@@ -169,22 +170,43 @@ describe('postgres driver', { skip }, () => {
         head: { ...head(size + 1), mapRoot: Buffer.alloc(32, root) },
       });
     };
-    const read = () =>
+    const read = (other = 3) =>
       reader.readAsync(
         (s) => ({
           row: s.stratum(id)?.toString(),
           width: s.tile(0, 0)?.width,
-          absent: s.stratum(Buffer.from([3])),
+          absent: s.stratum(Buffer.from([other])),
         }),
         { strata: [id] },
       );
+    const close = async () => {
+      await reader.close();
+      await writer.close();
+    };
+    return { commit, read, close };
+  }
+
+  test('asynchronous reads: strata rows are cached for one map root, tiles for one width', async () => {
+    const { commit, read, close } = await rowsAndTiles(0);
     await commit(0, 1, 'first', 1);
     assert.deepEqual(await read(), { row: 'first', width: 1, absent: undefined });
     assert.deepEqual(await read(), { row: 'first', width: 1, absent: undefined });
     // the row and the tile change with the next state: the cached ones are not used for it
     await commit(1, 2, 'second', 2);
     assert.deepEqual(await read(), { row: 'second', width: 2, absent: undefined });
-    await reader.close();
-    await writer.close();
+    await close();
+  });
+
+  test('asynchronous reads answered from kept rows see the last head read, whole, until a miss reads the next', async () => {
+    const { commit, read, close } = await rowsAndTiles(3_600_000);
+    await commit(0, 1, 'first', 1);
+    assert.deepEqual(await read(), { row: 'first', width: 1, absent: undefined });
+    await commit(1, 2, 'second', 2);
+    // every row this read needs is kept for the head it knows: the old state, never a mix
+    assert.deepEqual(await read(), { row: 'first', width: 1, absent: undefined });
+    // a row not kept sends the read to the database, which has the new head
+    assert.deepEqual(await read(4), { row: 'second', width: 2, absent: undefined });
+    assert.deepEqual(await read(), { row: 'second', width: 2, absent: undefined });
+    await close();
   });
 });

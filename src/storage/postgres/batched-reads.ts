@@ -9,6 +9,9 @@
  * Rows are kept between batches where that is correct whatever state a later batch sees
  * (content-addressed): entries never change; a tile is the same for every tree size that gives it
  * the same width; strata rows are kept for one map root and dropped when a batch sees another.
+ * So a read can also be answered without the database, from the kept rows of the last head a batch
+ * saw, as long as that head is recent (headMaxAgeMs): one committed state, at most that old. A read
+ * that misses a row there goes to the next batch, which reads the head again.
  */
 import pg from 'pg';
 import { StorageError } from '../../core/errors.js';
@@ -77,15 +80,25 @@ interface Wanted {
 export interface BatchedReadsOptions {
   /** Connections, each running one batch at a time. Default 4. */
   connections?: number;
+  /**
+   * How old the last head a batch read may be for a read to be answered from the kept rows of its
+   * state without asking the database. Default 50 ms; 0: every read goes to the database.
+   */
+  headMaxAgeMs?: number;
 }
 
 export class BatchedReads {
   private readonly pool: pg.Pool;
+  /** Reads not tried yet; reads that need the database. */
+  private incoming: Job[] = [];
   private readonly queue: Job[] = [];
   private running = 0;
   private scheduled = false;
   private closed = false;
   private readonly maxRunning: number;
+  private readonly headMaxAgeMs: number;
+  /** The newest head a batch read, and when (performance.now()). */
+  private known: { head: LogHead; at: number } | undefined;
   /** Strata rows (null: no such row) of the map root `strataRoot`, which is the `strataGen`th. */
   private readonly strata = new BoundedCache<string>(STRATA_CACHE_BYTES);
   private strataRoot: Buffer | undefined;
@@ -95,6 +108,7 @@ export class BatchedReads {
 
   constructor(url: string, opts: BatchedReadsOptions = {}) {
     this.maxRunning = opts.connections ?? 4;
+    this.headMaxAgeMs = opts.headMaxAgeMs ?? 50;
     this.pool = new pg.Pool({
       connectionString: url,
       application_name: 'trustix reader',
@@ -108,26 +122,52 @@ export class BatchedReads {
   read<T>(fn: (snap: LogSnapshot) => T, hint?: ReadHint): Promise<T> {
     if (this.closed) return Promise.reject(new StorageError('the PostgreSQL store is closed'));
     return new Promise<T>((resolve, reject) => {
-      this.queue.push({ fn, hint, resolve: resolve as (v: unknown) => void, reject });
+      this.incoming.push({ fn, hint, resolve: resolve as (v: unknown) => void, reject });
       this.schedule();
     });
   }
 
-  /** Starts a batch on the next turn (so reads asked for in this one join it) if a connection is free. */
+  /** Handles the reads on the next turn, so that reads asked for in this one join them. */
   private schedule(): void {
-    if (this.scheduled || this.running >= this.maxRunning || this.queue.length === 0) return;
+    if (this.scheduled) return;
     this.scheduled = true;
     setImmediate(() => {
       this.scheduled = false;
+      if (this.incoming.length > 0) {
+        const jobs = this.incoming;
+        this.incoming = [];
+        for (const j of this.fromKeptRows(jobs)) this.queue.push(j);
+      }
       while (this.running < this.maxRunning && this.queue.length > 0) {
         const jobs = this.queue.splice(0, MAX_BATCH);
         this.running++;
         void this.runBatch(jobs).finally(() => {
           this.running--;
-          this.schedule();
+          if (this.queue.length > 0) this.schedule();
         });
       }
     });
+  }
+
+  /**
+   * Answers what it can of `jobs` from the rows kept for the last head a batch read, if that is
+   * recent; returns the rest.
+   */
+  private fromKeptRows(jobs: Job[]): Job[] {
+    const known = this.known;
+    if (known === undefined || performance.now() - known.at > this.headMaxAgeMs) return jobs;
+    const gen = this.strataRoot?.equals(known.head.mapRoot) ? this.strataGen : -1;
+    const snap = new BatchSnapshot(this, known.head, gen);
+    const rest: Job[] = [];
+    for (const j of jobs) {
+      try {
+        j.resolve(j.fn(snap.snapshot));
+      } catch (err) {
+        if (err === NOT_LOADED) rest.push(j);
+        else j.reject(err);
+      }
+    }
+    return rest;
   }
 
   private async runBatch(jobs: Job[]): Promise<void> {
@@ -151,6 +191,9 @@ export class BatchedReads {
         h === undefined
           ? undefined
           : { size: h.size, rootHash: h.root_hash, mapRoot: h.map_root, checkpoint: h.checkpoint };
+      if (head !== undefined && (this.known === undefined || head.size >= this.known.head.size)) {
+        this.known = { head, at: performance.now() };
+      }
       await this.runJobs(client, jobs, head);
       await client.query('COMMIT');
     } catch (err) {
@@ -256,7 +299,9 @@ export class BatchedReads {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    for (const j of this.queue.splice(0)) j.reject(new StorageError('the PostgreSQL store is closed'));
+    for (const j of [...this.incoming.splice(0), ...this.queue.splice(0)]) {
+      j.reject(new StorageError('the PostgreSQL store is closed'));
+    }
     await this.pool.end().catch(() => {});
   }
 }
@@ -295,6 +340,8 @@ class BatchSnapshot {
   }
 
   private entry(index: number): Buffer | undefined {
+    // entries are kept whatever state they were read in: the ones past this head are not in it
+    if (this.head === undefined || index >= this.head.size) return undefined;
     let e = this.entries.get(index);
     if (e === undefined) e = this.reads.cachedEntry(index);
     if (e === undefined) {

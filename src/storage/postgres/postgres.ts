@@ -35,6 +35,8 @@ export interface PgStoreOptions {
   holder?: string;
   /** Connections for asynchronous reads (readAsync), each running one batch of reads at a time. Default 4. */
   readConnections?: number;
+  /** See BatchedReadsOptions.headMaxAgeMs (default 50 ms). */
+  readHeadMaxAgeMs?: number;
 }
 
 /** Expired nonces are swept at most this often (seconds). */
@@ -84,7 +86,7 @@ export class PgLogStore implements LogStore {
       store = new PgLogStore(
         writer,
         new SyncReads(url),
-        new BatchedReads(url, { connections: opts.readConnections }),
+        new BatchedReads(url, { connections: opts.readConnections, headMaxAgeMs: opts.readHeadMaxAgeMs }),
         opts.holder ?? randomUUID(),
         opts.leaseMs ?? 5000,
       );
