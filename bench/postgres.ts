@@ -3,7 +3,8 @@
 // Log.createIn, then verified lookups from a second, read-only node: in process (synchronous reads),
 // then over HTTP from a reader node in its own process (bench/pg-reader.ts: the read API over
 // asynchronous, batched reads; load from bench/keepalive-load.ts), cold (a fresh reader, every key asked once) and warm (the same keys
-// again). One JSON line per figure. TRUSTIX_BENCH_N: entries (default 100,000);
+// again); then `publish-tiles` (publishTiles) into a fresh directory over the whole log, and again
+// after one more batch. One JSON line per figure. TRUSTIX_BENCH_N: entries (default 100,000);
 // TRUSTIX_BENCH_PG_SECONDS: the warm run (default 10); TRUSTIX_BENCH_PG_CONNECTIONS: HTTP
 // connections (default 64); TRUSTIX_BENCH_PG_READ_CONNECTIONS: the reader's connections to
 // PostgreSQL (default 4); TRUSTIX_BENCH_PG_NODE_ARGS: node flags for the reader (e.g. "--cpu-prof
@@ -11,15 +12,17 @@
 // /metrics) and the cluster's processes (/proc, the postmaster and its children).
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readdirSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { type LookupAnswer, verifyLookup } from '../src/core/lookup.js';
 import { generateKey, type NoteVerifier, verifierFromVkey } from '../src/core/note.js';
 import { Log } from '../src/log/log.js';
+import { publishTiles } from '../src/log/static-tiles.js';
 import { PgLogStore } from '../src/storage/postgres/postgres.js';
 import { startPostgres } from '../test/fixtures/postgres.js';
-import { BATCH, cpuMicros, emit, ingest, nixKey } from './common.js';
+import { BATCH, cpuMicros, emit, ingest, makeEntries, nixKey } from './common.js';
 import { load } from './keepalive-load.js';
 
 const N = Number(process.env.TRUSTIX_BENCH_N ?? 100_000);
@@ -92,6 +95,8 @@ try {
     node_cpu_us_per_op: cpuMicros(c2, L),
   });
   await reader.close();
+  // the cluster's CPU is counted over its live processes: the closed store's backend is let go first
+  await new Promise((r) => setTimeout(r, 500));
 
   // ---- over HTTP, from a reader node ---------------------------------------------------------
   const paths: string[] = [];
@@ -145,6 +150,27 @@ try {
     }
   } finally {
     node.stop();
+  }
+
+  // ---- static tiles: the first publish-tiles run over the whole log, then one after a batch ----
+  const out = mkdtempSync(join(tmpdir(), 'trustix-bench-tiles-'));
+  const publisher = await PgLogStore.open(url);
+  try {
+    for (const run of ['first', 'next'] as const) {
+      if (run === 'next') await log.submit(makeEntries(BATCH));
+      const t0 = process.hrtime.bigint();
+      const c0 = process.cpuUsage();
+      const r = await publishTiles(publisher, 'bench.example/pg', out);
+      const s = Number(process.hrtime.bigint() - t0) / 1e9;
+      emit(`pg_publish_tiles_${run}_seconds`, s, 's', {
+        size: r.size,
+        files: r.written,
+        node_cpu_s: Math.round(cpuMicros(c0, 1e6) * 100) / 100,
+      });
+    }
+  } finally {
+    await publisher.close();
+    rmSync(out, { recursive: true, force: true });
   }
   await log.close();
 } finally {
