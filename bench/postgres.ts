@@ -112,7 +112,6 @@ try {
     for (const run of ['cold', 'warm'] as const) {
       const cpu0 = await readerCpu(node.url);
       const pg0 = clusterCpu(pid);
-      let next = 0;
       let checked = 0;
       const problems: string[] = [];
       const result = await load(node.url, {
