@@ -248,16 +248,18 @@ export class BatchedReads {
       n: number | null;
       w: number | null;
       data: Buffer;
-    }>(
-      `SELECT 0 AS k, id, NULL::float8 AS n, NULL::integer AS w, data FROM ${SCHEMA}.strata
+    }>({
+      // prepared once per connection: planning the statement anew cost about as much as running it
+      name: 'trustix-batched-fetch',
+      text: `SELECT 0 AS k, id, NULL::float8 AS n, NULL::integer AS w, data FROM ${SCHEMA}.strata
          WHERE id = ANY($1::bytea[])
        UNION ALL
        SELECT 1, NULL, idx::float8, NULL, data FROM ${SCHEMA}.entries WHERE idx = ANY($2::bigint[])
        UNION ALL
        SELECT 2 + t.level, NULL, t.idx::float8, t.width, t.expanded FROM ${SCHEMA}.tiles t
          JOIN unnest($3::integer[], $4::bigint[]) AS u(level, idx) ON t.level = u.level AND t.idx = u.idx`,
-      [[...w.strata.values()], [...w.entries], tiles.map((t) => t[0]), tiles.map((t) => t[1])],
-    );
+      values: [[...w.strata.values()], [...w.entries], tiles.map((t) => t[0]), tiles.map((t) => t[1])],
+    });
     for (const row of r.rows) {
       if (row.k === 0) batch.gotStratum(row.id!, row.data);
       else if (row.k === 1) batch.gotEntry(row.n!, row.data);
