@@ -49,7 +49,7 @@ there yet. Prints one line per checkpoint published: "published size N (M files)
 Examples:
   trustix publish-tiles --storage postgresql://trustix@db:5432/log --to /srv/www/log --follow
   trustix publish-tiles --state ./node --to ./public
-  python3 -m http.server -d ./public 8000     # then https://.../ is the log's tlog-tiles prefix`,
+  python3 -m http.server -d ./public 8000     # then http://HOST:8000/ is the log's tlog-tiles prefix`,
     )
     .action(async (o: PublishOptions) => {
       const interval = Number(o.interval);
