@@ -197,6 +197,22 @@ describe('postgres driver', { skip }, () => {
     await close();
   });
 
+  test('asynchronous reads of the node that commits see its commit at once', async () => {
+    const url = await cluster!.createDatabase();
+    const store = await PgLogStore.open(url, {
+      sequencer: true,
+      leaseMs: 60_000,
+      readHeadMaxAgeMs: 3_600_000,
+    });
+    const size = () => store.readAsync((s) => s.head()?.size);
+    await store.commit(emptyBatch(0, [Buffer.from('e0')]));
+    assert.equal(await size(), 1);
+    await store.commit(emptyBatch(1, [Buffer.from('e1')]));
+    assert.equal(await size(), 2);
+    assert.deepEqual(await store.readAsync((s) => s.entry(1)), Buffer.from('e1'));
+    await store.close();
+  });
+
   test('asynchronous reads answered from kept rows see the last head read, whole, until a miss reads the next', async () => {
     const { commit, read, close } = await rowsAndTiles(3_600_000);
     await commit(0, 1, 'first', 1);

@@ -149,6 +149,13 @@ export class BatchedReads {
     });
   }
 
+  /** A head this process just committed: the newest there is, so reads may start from it now. */
+  committed(head: LogHead): void {
+    if (this.known === undefined || head.size > this.known.head.size) {
+      this.known = { head, at: performance.now() };
+    }
+  }
+
   /**
    * Answers what it can of `jobs` from the rows kept for the last head a batch read, if that is
    * recent; returns the rest.

@@ -231,8 +231,10 @@ export class PgLogStore implements LogStore {
     };
   }
 
-  commit(batch: CommitBatch): Promise<void> {
-    return this.exclusive((c) => this.commitOn(c, batch));
+  async commit(batch: CommitBatch): Promise<void> {
+    await this.exclusive((c) => this.commitOn(c, batch));
+    // this node's own reads see what it committed at once, not up to readHeadMaxAgeMs later
+    this.batched.committed(batch.head);
   }
 
   private async commitOn(c: pg.Client, batch: CommitBatch): Promise<void> {
