@@ -111,6 +111,16 @@ export function parseTilePath(
   return { kind: 'hash', level, index, width };
 }
 
+/** Nodes of tree level 8 * tileLevel that the tile at `tileIndex` holds in a tree of `size` leaves. */
+export function tileWidthAt(size: number, tileLevel: number, tileIndex: number): number {
+  // Complete nodes at tree level 8L = floor(size / 256^L); division keeps this exact for large L.
+  let count = size;
+  for (let l = 0; l < tileLevel && count > 0; l++) count = Math.floor(count / TILE_WIDTH);
+  const left = count - tileIndex * TILE_WIDTH;
+  if (left <= 0) return 0;
+  return Math.min(left, TILE_WIDTH);
+}
+
 /** Every tile of a tree of `size`: the full tiles and the rightmost partial one at each level. */
 export function tilesForSize(size: number): Array<{ level: number; index: number; width: number }> {
   checkCount(size, 'tree size');

@@ -238,6 +238,28 @@ export class Log {
     return this.reader.lookupJsonBytes(protocol, key, cached);
   }
 
+  /** See Reader.lookupJsonBytesAsync. */
+  lookupJsonBytesAsync(
+    protocol: string,
+    key: Uint8Array,
+    cached?: (size: number) => Buffer | undefined,
+  ): Promise<{ body: Buffer; size: number; present: boolean | undefined }> {
+    return this.reader.lookupJsonBytesAsync(protocol, key, cached);
+  }
+
+  /** See Reader.headAsync. */
+  headAsync(): Promise<LogHead> {
+    return this.reader.headAsync();
+  }
+
+  /**
+   * Whether the store reads asynchronously (LogStore.readAsync: a networked driver): a server then
+   * answers its hot reads through the *Async methods, which share round trips.
+   */
+  get readsAsync(): boolean {
+    return this.store.readAsync !== undefined;
+  }
+
   /** See Reader.lookupManyJson. */
   lookupManyJson(
     protocol: string,

@@ -69,6 +69,14 @@ interface ProofTop {
   text: string | undefined;
 }
 
+/**
+ * A lookup's walk of the sparse index, kept between runs of one asynchronous read (see
+ * lookupJsonBytesAsync) for the map root it was made in: a later run may see another state.
+ */
+interface WalkMemo {
+  walk?: { root: Buffer; mapProof: string; index: number };
+}
+
 /** Strata levels a lookup asks a store that fetches ahead for (see Appender's PREFETCH_STRATA_LEVELS). */
 const LOOKUP_PREFETCH_LEVELS = 7;
 
@@ -345,17 +353,52 @@ export class Reader {
     key: Uint8Array,
     cached?: (size: number) => Buffer | undefined,
   ): { body: Buffer; size: number; present: boolean | undefined } {
-    return this.read((snap) => {
-      const head = this.snapshotHead(snap);
-      const hit = cached?.(head.size);
-      if (hit !== undefined) return { body: hit, size: head.size, present: undefined };
-      const { rest, present } = this.answerRest(snap, head, key, indexPath(protocol, key));
-      const prefix = this.answerPrefix(head, protocol).bytes;
-      const body = Buffer.allocUnsafe(prefix.length + rest.length);
-      prefix.copy(body, 0);
-      body.write(rest, prefix.length, 'latin1');
-      return { body, size: head.size, present };
+    return this.read((snap) => this.lookupBytesIn(snap, protocol, key, undefined, cached));
+  }
+
+  /**
+   * `lookupJsonBytes` through the store's asynchronous reads (LogStore.readAsync), which share round
+   * trips between concurrent lookups; the same as lookupJsonBytes for a store without them.
+   */
+  async lookupJsonBytesAsync(
+    protocol: string,
+    key: Uint8Array,
+    cached?: (size: number) => Buffer | undefined,
+  ): Promise<{ body: Buffer; size: number; present: boolean | undefined }> {
+    if (this.store.readAsync === undefined) return this.lookupJsonBytes(protocol, key, cached);
+    if (this.closed) throw new StateError('log is closed');
+    const path = indexPath(protocol, key);
+    // a run may stop at a row not loaded yet; the next run keeps its walk if it sees the same root
+    const memo: WalkMemo = {};
+    return this.store.readAsync((snap) => this.lookupBytesIn(snap, protocol, key, path, cached, memo), {
+      strata: strataAlong(path, LOOKUP_PREFETCH_LEVELS),
     });
+  }
+
+  /** `head` through the store's asynchronous reads, like lookupJsonBytesAsync. */
+  async headAsync(): Promise<LogHead> {
+    if (this.store.readAsync === undefined || this.closed) return this.head();
+    return this.store.readAsync((snap) => this.snapshotHead(snap));
+  }
+
+  private lookupBytesIn(
+    snap: LogSnapshot,
+    protocol: string,
+    key: Uint8Array,
+    path: Buffer | undefined,
+    cached: ((size: number) => Buffer | undefined) | undefined,
+    memo?: WalkMemo,
+  ): { body: Buffer; size: number; present: boolean | undefined } {
+    const head = this.snapshotHead(snap);
+    const hit = cached?.(head.size);
+    if (hit !== undefined) return { body: hit, size: head.size, present: undefined };
+    // the key's path only once the cache has missed: a hit costs no hashing
+    const { rest, present } = this.answerRest(snap, head, key, path ?? indexPath(protocol, key), memo);
+    const prefix = this.answerPrefix(head, protocol).bytes;
+    const body = Buffer.allocUnsafe(prefix.length + rest.length);
+    prefix.copy(body, 0);
+    body.write(rest, prefix.length, 'latin1');
+    return { body, size: head.size, present };
   }
 
   /**
@@ -400,8 +443,9 @@ export class Reader {
     head: LogHead,
     key: Uint8Array,
     path: Buffer,
+    memo?: WalkMemo,
   ): { rest: string; present: boolean } {
-    const found = this.lookupIn(snap, head, path);
+    const found = this.lookupIn(snap, head, path, memo);
     let rest = `${toBase64(key)}","mapProof":"${found.mapProof}"`;
     if (found.data !== undefined) {
       rest += `,"entry":{"index":${found.index},"data":"${found.data}","proof":[`;
@@ -418,16 +462,22 @@ export class Reader {
     snap: LogSnapshot,
     head: LogHead,
     path: Buffer,
+    memo?: WalkMemo,
   ): { mapProof: string; index: number; data: string | undefined } {
-    if (snap.prefetchStrata) snap.prefetchStrata(strataAlong(path, LOOKUP_PREFETCH_LEVELS));
-    const { value, proof: mapProof } = smtLookupBase64(
-      head.mapRoot,
-      path,
-      this.stratumReader(snap, head.mapRoot, true),
-      this.tableOf,
-    );
-    if (!value) return { mapProof, index: -1, data: undefined };
-    const index = indexValueLogIndex(value);
+    let walk = memo?.walk;
+    if (walk === undefined || !equalBytes(walk.root, head.mapRoot)) {
+      if (snap.prefetchStrata) snap.prefetchStrata(strataAlong(path, LOOKUP_PREFETCH_LEVELS));
+      const { value, proof } = smtLookupBase64(
+        head.mapRoot,
+        path,
+        this.stratumReader(snap, head.mapRoot, true),
+        this.tableOf,
+      );
+      walk = { root: head.mapRoot, mapProof: proof, index: value ? indexValueLogIndex(value) : -1 };
+      if (memo) memo.walk = walk;
+    }
+    const { mapProof, index } = walk;
+    if (index < 0) return { mapProof, index: -1, data: undefined };
     // encoded before anything else is read: `peekEntry` may hand out a buffer the next read reuses
     const data = snap.peekEntry ? snap.peekEntry(index) : snap.entry(index);
     if (!data) throw new StorageError(`index points at missing entry ${index}`);

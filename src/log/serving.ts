@@ -5,18 +5,8 @@
  */
 import { FormatError, StorageError } from '../core/errors.js';
 import { HASH_SIZE } from '../core/hash.js';
-import { encodeEntryBundle, TILE_WIDTH, tileContent } from '../core/tiles.js';
-import type { LogStore } from '../storage/store.js';
-
-/** Nodes of tree level 8 * tileLevel that the tile at `tileIndex` holds in a tree of `size` leaves. */
-export function tileWidthAt(size: number, tileLevel: number, tileIndex: number): number {
-  // Complete nodes at tree level 8L = floor(size / 256^L); division keeps this exact for large L.
-  let count = size;
-  for (let l = 0; l < tileLevel && count > 0; l++) count = Math.floor(count / TILE_WIDTH);
-  const left = count - tileIndex * TILE_WIDTH;
-  if (left <= 0) return 0;
-  return Math.min(left, TILE_WIDTH);
-}
+import { encodeEntryBundle, TILE_WIDTH, tileContent, tileWidthAt } from '../core/tiles.js';
+import type { LogSnapshot, LogStore } from '../storage/store.js';
 
 function checkWidth(width: number): void {
   if (!Number.isInteger(width) || width < 1 || width > TILE_WIDTH) {
@@ -37,13 +27,29 @@ export function readHashTile(
 ): Buffer | undefined {
   checkWidth(width);
   if (tileWidthAt(size, level, index) < width) return undefined;
-  return store.read((snap) => {
-    const t = snap.tile(level, index);
-    if (!t) throw new StorageError(`tile ${level}/${index} is missing`);
-    if (t.width < width)
-      throw new StorageError(`tile ${level}/${index} has width ${t.width}, expected ${width}`);
-    return tileContent(t.expanded, t.width).subarray(0, width * HASH_SIZE);
-  });
+  return store.read((snap) => hashTileIn(snap, level, index, width));
+}
+
+/** readHashTile through the store's asynchronous reads, when it has them (LogStore.readAsync). */
+export async function readHashTileAsync(
+  store: LogStore,
+  size: number,
+  level: number,
+  index: number,
+  width: number,
+): Promise<Buffer | undefined> {
+  if (store.readAsync === undefined) return readHashTile(store, size, level, index, width);
+  checkWidth(width);
+  if (tileWidthAt(size, level, index) < width) return undefined;
+  return store.readAsync((snap) => hashTileIn(snap, level, index, width));
+}
+
+function hashTileIn(snap: LogSnapshot, level: number, index: number, width: number): Buffer {
+  const t = snap.tile(level, index);
+  if (!t) throw new StorageError(`tile ${level}/${index} is missing`);
+  if (t.width < width)
+    throw new StorageError(`tile ${level}/${index} has width ${t.width}, expected ${width}`);
+  return tileContent(t.expanded, t.width).subarray(0, width * HASH_SIZE);
 }
 
 /** The entry bundle `index` at `width`, or undefined when a tree of `size` does not hold those entries yet. */
@@ -57,4 +63,28 @@ export function readEntryBundle(
   if (tileWidthAt(size, 0, index) < width) return undefined;
   const start = index * TILE_WIDTH;
   return encodeEntryBundle([...store.entries(start, start + width)]);
+}
+
+/** readEntryBundle through the store's asynchronous reads, when it has them (LogStore.readAsync). */
+export async function readEntryBundleAsync(
+  store: LogStore,
+  size: number,
+  index: number,
+  width: number,
+): Promise<Buffer | undefined> {
+  if (store.readAsync === undefined) return readEntryBundle(store, size, index, width);
+  checkWidth(width);
+  if (tileWidthAt(size, 0, index) < width) return undefined;
+  const indexes = Array.from({ length: width }, (_, i) => index * TILE_WIDTH + i);
+  return store.readAsync(
+    (snap) =>
+      encodeEntryBundle(
+        indexes.map((i) => {
+          const e = snap.entry(i);
+          if (e === undefined) throw new StorageError(`entry ${i} is missing from the store`);
+          return e;
+        }),
+      ),
+    { entries: indexes },
+  );
 }

@@ -23,7 +23,7 @@ import { MAX_LOOKUP_KEYS } from '../core/lookup.js';
 import { receiptsJson } from '../core/receipts.js';
 import { parseTilePath } from '../core/tiles.js';
 import { type Log, PoolFullError, type SubmitReceipt } from '../log/log.js';
-import { readEntryBundle, readHashTile } from '../log/serving.js';
+import { readEntryBundle, readEntryBundleAsync, readHashTile, readHashTileAsync } from '../log/serving.js';
 import { StorageFullError } from '../storage/reserve.js';
 import { AuthError, SIGNATURE_HEADER, type SignedRequest, type Writer, WriterAuth } from './auth.js';
 import type { ApiName, Limits } from './config.js';
@@ -269,7 +269,17 @@ function answerTile(
   acceptEncoding: string | string[] | undefined,
 ): { body: Buffer; extra: readonly string[] } {
   const t = parseTile(rest);
-  const body = readTile(sl, rest, t);
+  return encodeTile(sl, rest, t, readTile(sl, rest, t), acceptEncoding);
+}
+
+/** A tile's answer: an entry bundle gzipped when the client accepts it (see answerTile). */
+function encodeTile(
+  sl: ServedLog,
+  rest: string,
+  t: ReturnType<typeof parseTilePath>,
+  body: Buffer,
+  acceptEncoding: string | string[] | undefined,
+): { body: Buffer; extra: readonly string[] } {
   if (t.kind !== 'entries') return { body, extra: [] };
   if (!acceptsGzip(acceptEncoding)) return { body, extra: VARY };
   if (t.width !== 256) return { body: gzipSync(body), extra: GZIPPED };
@@ -307,6 +317,22 @@ function parseTile(rest: string): ReturnType<typeof parseTilePath> {
   }
 }
 
+/** answerTile through the log's asynchronous reads (Log.readsAsync). */
+async function answerTileAsync(
+  sl: ServedLog,
+  rest: string,
+  acceptEncoding: string | string[] | undefined,
+): Promise<{ body: Buffer; extra: readonly string[] }> {
+  const t = parseTile(rest);
+  const size = (await sl.log.headAsync()).size;
+  const body =
+    t.kind === 'hash'
+      ? await readHashTileAsync(sl.log.storage, size, t.level, t.index, t.width)
+      : await readEntryBundleAsync(sl.log.storage, size, t.index, t.width);
+  if (!body) throw notFound(`${rest} does not exist at tree size ${size}`);
+  return encodeTile(sl, rest, t, body, acceptEncoding);
+}
+
 /** C2SP bytes of the tile or entry bundle `t` at `rest`; HttpError 404 if it does not exist (yet). */
 function readTile(sl: ServedLog, rest: string, t: ReturnType<typeof parseTilePath>): Buffer {
   const size = sl.log.head().size;
@@ -318,8 +344,8 @@ function readTile(sl: ServedLog, rest: string, t: ReturnType<typeof parseTilePat
   return body;
 }
 
-/** The lookup answer (UTF-8 JSON) for `rest` = `lookup/<protocol>/<key>`, percent-encoded. */
-function answerLookup(sl: ServedLog, rest: string): Buffer {
+/** The protocol and key of `rest` = `lookup/<protocol>/<key>`, percent-encoded. */
+function lookupRequest(rest: string): { protocol: string; key: Buffer } {
   const start = 'lookup/'.length;
   const slash = rest.indexOf('/', start);
   if (slash <= start || slash === rest.length - 1) {
@@ -333,17 +359,42 @@ function answerLookup(sl: ServedLog, rest: string): Buffer {
   // decodeURIComponent refuses percent-encoded bytes that are not UTF-8, so this is valid UTF-8
   if (key.length < 1 || key.length > MAX_KEY_LENGTH)
     throw new HttpError(400, 'BAD_REQUEST', `key must be 1-${MAX_KEY_LENGTH} bytes`);
-  // the cache is asked inside the lookup's read, for the size of the head that read sees
-  const t0 = performance.now();
-  const { body, size, present } = sl.log.lookupJsonBytes(protocol, key, (at) => sl.lookupCache.get(rest, at));
-  if (present === undefined) {
+  return { protocol, key };
+}
+
+type LookupBytes = { body: Buffer; size: number; present: boolean | undefined };
+
+/** Counts a lookup answer, and caches it for its tree size. */
+function lookupAnswered(sl: ServedLog, rest: string, t0: number, a: LookupBytes): Buffer {
+  if (a.present === undefined) {
     sl.metrics.lookupCached.inc();
-    return body;
+    return a.body;
   }
   sl.metrics.lookupSeconds.observe((performance.now() - t0) / 1000);
-  (present ? sl.metrics.lookupPresent : sl.metrics.lookupAbsent).inc();
-  sl.lookupCache.set(rest, size, body);
-  return body;
+  (a.present ? sl.metrics.lookupPresent : sl.metrics.lookupAbsent).inc();
+  sl.lookupCache.set(rest, a.size, a.body);
+  return a.body;
+}
+
+/** The lookup answer (UTF-8 JSON) for `rest` = `lookup/<protocol>/<key>`, percent-encoded. */
+function answerLookup(sl: ServedLog, rest: string): Buffer {
+  const { protocol, key } = lookupRequest(rest);
+  // the cache is asked inside the lookup's read, for the size of the head that read sees
+  const t0 = performance.now();
+  return lookupAnswered(
+    sl,
+    rest,
+    t0,
+    sl.log.lookupJsonBytes(protocol, key, (at) => sl.lookupCache.get(rest, at)),
+  );
+}
+
+/** answerLookup through the log's asynchronous reads (Log.readsAsync). */
+async function answerLookupAsync(sl: ServedLog, rest: string): Promise<Buffer> {
+  const { protocol, key } = lookupRequest(rest);
+  const t0 = performance.now();
+  const a = await sl.log.lookupJsonBytesAsync(protocol, key, (at) => sl.lookupCache.get(rest, at));
+  return lookupAnswered(sl, rest, t0, a);
 }
 
 const lookupManySchema = {
@@ -505,10 +556,13 @@ export function buildApp(
           writeError(res, unavailable('server is shutting down'));
           return;
         }
-        if (fast?.(req, res)) return;
+        const answered = fast?.(req, res);
+        if (answered === true) return;
         ctx.requests.open++;
         res.once('close', requestDone);
-        handler(req, res);
+        // an asynchronous read that did not answer leaves the request to the routes
+        if (answered instanceof Promise) void answered.then((ok) => ok || handler(req, res));
+        else handler(req, res);
       });
       server.keepAliveTimeout = limits.keepAliveTimeoutMs;
       server.headersTimeout = HEADERS_TIMEOUT_MS;
@@ -674,7 +728,8 @@ function jsonBodies(app: FastifyInstance, bodyLimit: number): void {
   });
 }
 
-type FastRead = (req: IncomingMessage, res: ServerResponse) => boolean;
+/** true: answered; false: not answered (Fastify answers); a promise: answered once it resolves to true. */
+type FastRead = (req: IncomingMessage, res: ServerResponse) => boolean | Promise<boolean>;
 
 /**
  * The hottest GETs (lookups, tiles, checkpoints) answered straight from node:http, without the
@@ -684,9 +739,11 @@ type FastRead = (req: IncomingMessage, res: ServerResponse) => boolean;
  */
 function fastReads(ctx: AppContext, listener: string): FastRead {
   const counter = (route: string) => ctx.metrics.httpRequests.labels(listener, route, '200');
-  const lookups = counter('/logs/:id/lookup/*');
-  const tiles = counter('/logs/:id/tile/*');
-  const checkpoints = counter('/logs/:id/checkpoint');
+  const counts = {
+    lookups: counter('/logs/:id/lookup/*'),
+    tiles: counter('/logs/:id/tile/*'),
+    checkpoints: counter('/logs/:id/checkpoint'),
+  };
   return (req, res) => {
     const url = req.url;
     if (req.method !== 'GET' || url === undefined || !url.startsWith(LOGS_PREFIX) || ctx.draining())
@@ -696,6 +753,7 @@ function fastReads(ctx: AppContext, listener: string): FastRead {
     const sl = ctx.logs.get(url.slice(LOGS_PREFIX.length, slash));
     if (sl === undefined || sl.closed) return false;
     const rest = pathInLog(url);
+    if (sl.log.readsAsync) return fastReadAsync(sl, rest, req, res, counts);
     let body: string | Buffer;
     let type: string;
     let cache: string;
@@ -708,36 +766,77 @@ function fastReads(ctx: AppContext, listener: string): FastRead {
         body = answerLookup(sl, rest);
         type = JSON_TYPE;
         cache = NO_STORE;
-        count = lookups;
+        count = counts.lookups;
       } else if (rest.startsWith('tile/')) {
         ({ body, extra } = answerTile(sl, rest, req.headers['accept-encoding']));
         type = 'application/octet-stream';
         cache = IMMUTABLE;
-        count = tiles;
+        count = counts.tiles;
       } else if (rest === 'checkpoint') {
         body = servedCheckpoint(sl);
         type = TEXT_TYPE;
         cache = NO_STORE;
-        count = checkpoints;
+        count = counts.checkpoints;
       } else return false;
     } catch {
       return false;
     }
-    res.writeHead(200, [
-      'content-type',
-      type,
-      'cache-control',
-      cache,
-      CORS,
-      '*',
-      'content-length',
-      String(typeof body === 'string' ? Buffer.byteLength(body) : body.length),
-      ...extra,
-    ]);
-    res.end(body);
+    writeFastAnswer(res, type, cache, body, extra);
     count.inc();
     return true;
   };
+}
+
+/**
+ * fastReads for a log whose store reads asynchronously (a networked driver): the same answers,
+ * through the reads that share round trips between concurrent requests.
+ */
+async function fastReadAsync(
+  sl: ServedLog,
+  rest: string,
+  req: IncomingMessage,
+  res: ServerResponse,
+  counts: Record<'lookups' | 'tiles' | 'checkpoints', Counter.Internal>,
+): Promise<boolean> {
+  try {
+    if (rest.startsWith('lookup/')) {
+      if (sl.cosign?.pending()) return false;
+      writeFastAnswer(res, JSON_TYPE, NO_STORE, await answerLookupAsync(sl, rest), []);
+      counts.lookups.inc();
+    } else if (rest.startsWith('tile/')) {
+      const { body, extra } = await answerTileAsync(sl, rest, req.headers['accept-encoding']);
+      writeFastAnswer(res, 'application/octet-stream', IMMUTABLE, body, extra);
+      counts.tiles.inc();
+    } else if (rest === 'checkpoint') {
+      const note = sl.cosign?.checkpoint() ?? (await sl.log.headAsync()).checkpoint;
+      writeFastAnswer(res, TEXT_TYPE, NO_STORE, note, []);
+      counts.checkpoints.inc();
+    } else return false;
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function writeFastAnswer(
+  res: ServerResponse,
+  type: string,
+  cache: string,
+  body: string | Buffer,
+  extra: readonly string[],
+): void {
+  res.writeHead(200, [
+    'content-type',
+    type,
+    'cache-control',
+    cache,
+    CORS,
+    '*',
+    'content-length',
+    String(typeof body === 'string' ? Buffer.byteLength(body) : body.length),
+    ...extra,
+  ]);
+  res.end(body);
 }
 
 function registerReadRoutes(app: FastifyInstance, ctx: AppContext, getLog: (id: string) => ServedLog): void {

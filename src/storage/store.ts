@@ -47,6 +47,12 @@ export interface LogSnapshot {
   prefetchStrata?(ids: readonly Uint8Array[]): void;
 }
 
+/** Rows a read says it will need (see LogStore.readAsync), fetched ahead of its first run. */
+export interface ReadHint {
+  strata?: readonly Uint8Array[];
+  entries?: readonly number[];
+}
+
 export interface CommitBatch {
   /** First index of `entries`; must equal the current size. */
   firstIndex: number;
@@ -60,6 +66,15 @@ export interface CommitBatch {
 export interface LogStore {
   /** Runs `fn` against one consistent snapshot. `fn` must be synchronous. */
   read<T>(fn: (snapshot: LogSnapshot) => T): T;
+  /**
+   * `read` for a server's hot paths, for a driver whose reads cross a network: reads asked for
+   * together share round trips, and rows are kept between them where that is correct
+   * (postgres/batched-reads.ts). Each run of `fn` sees one consistent snapshot, but `fn` may be run
+   * more than once, against the same or a newer snapshot (a run stops at a row that is not loaded
+   * yet, by throwing an error `fn` must let through), so it may fill caches but must have no other
+   * effects. Optional: without it, `read` is the fast path (lmdb/).
+   */
+  readAsync?<T>(fn: (snapshot: LogSnapshot) => T, hint?: ReadHint): Promise<T>;
   /** Atomically and durably applies a batch. Resolves only once it is on disk. */
   commit(batch: CommitBatch): Promise<void>;
   /** Every published checkpoint, by increasing size. */

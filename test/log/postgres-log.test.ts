@@ -7,6 +7,12 @@ import { leafHash, verifyInclusion } from '../../src/core/merkle.js';
 import { generateKey, verifierFromVkey } from '../../src/core/note.js';
 import { auditStore } from '../../src/log/audit.js';
 import { Log } from '../../src/log/log.js';
+import {
+  readEntryBundle,
+  readEntryBundleAsync,
+  readHashTile,
+  readHashTileAsync,
+} from '../../src/log/serving.js';
 import { FencedError, PgLogStore } from '../../src/storage/postgres/postgres.js';
 import { findPostgres, lapseLease, type PgCluster, startPostgres } from '../fixtures/postgres.js';
 
@@ -78,6 +84,55 @@ describe('a log over the PostgreSQL driver', { skip }, () => {
       const report = await auditStore(log.storage, verifier);
       assert.ok(report.ok, JSON.stringify(report));
     } finally {
+      await log.close();
+    }
+  });
+
+  test('asynchronous lookups and tiles from a reader node: the same bytes as synchronous ones, verified during ingest', async () => {
+    const url = await cluster!.createDatabase();
+    const { skey, vkey } = generateKey(ORIGIN);
+    const verifier = verifierFromVkey(vkey);
+    const store = await PgLogStore.open(url, { sequencer: true, leaseMs: 60_000 });
+    const log = await Log.createIn(store, ORIGIN, { skey, batchDelayMs: 1, maxBatch: 300 });
+    const reader = Log.openIn(await PgLogStore.open(url, { readConnections: 2 }), { readOnly: true });
+    try {
+      await log.submit(Array.from({ length: 1500 }, (_, i) => entry(`a${i}`, i % 256)));
+      const keys = Array.from({ length: 200 }, (_, i) => Buffer.from(i % 5 === 4 ? `none${i}` : `a${i * 7}`));
+      const answers = await Promise.all(keys.map((k) => reader.lookupJsonBytesAsync('nix', k)));
+      for (const [i, k] of keys.entries()) {
+        assert.deepEqual(answers[i].body, reader.lookupJsonBytes('nix', k).body, k.toString());
+      }
+      const size = reader.head().size;
+      for (const [level, index, width] of [
+        [0, 0, 256],
+        [0, 5, size % 256],
+        [1, 0, Math.floor(size / 256)],
+      ]) {
+        assert.deepEqual(
+          await readHashTileAsync(reader.storage, size, level, index, width),
+          readHashTile(reader.storage, size, level, index, width),
+        );
+      }
+      assert.deepEqual(
+        await readEntryBundleAsync(reader.storage, size, 5, size % 256),
+        readEntryBundle(reader.storage, size, 5, size % 256),
+      );
+
+      // while the log grows, every answer verifies against the checkpoint it carries
+      const growing = log.submit(Array.from({ length: 1500 }, (_, i) => entry(`b${i}`, i % 256)));
+      const during: Array<Promise<{ body: Buffer }>> = [];
+      for (let round = 0; round < 20; round++) {
+        for (const k of keys.slice(round * 10, round * 10 + 10))
+          during.push(reader.lookupJsonBytesAsync('nix', k));
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      await growing;
+      for (const [i, a] of (await Promise.all(during)).entries()) {
+        const v = verifyLookup(JSON.parse(a.body.toString()), verifier, { protocol: 'nix', key: keys[i] });
+        assert.equal(v.status, i % 5 === 4 ? 'absent' : 'present', keys[i].toString());
+      }
+    } finally {
+      await reader.close();
       await log.close();
     }
   });

@@ -129,4 +129,100 @@ describe('postgres driver', { skip }, () => {
     await assert.rejects(PgLogStore.open(url, { sequencer: true, holder: 'standby' }), FencedError);
     await store.close();
   });
+
+  test('asynchronous reads: each sees one snapshot, while commits go on', async () => {
+    const url = await cluster!.createDatabase();
+    const writer = await PgLogStore.open(url, { sequencer: true, leaseMs: 60_000 });
+    const reader = await PgLogStore.open(url, { readConnections: 2 });
+    await writer.commit(emptyBatch(0, [Buffer.from('e0')]));
+    // a read needs the head, then the entry the head names: two rounds of one snapshot; and the
+    // entry after the head must not exist in that snapshot, whatever was committed meanwhile
+    const readLast = () =>
+      reader.readAsync((s) => {
+        const size = s.head()!.size;
+        return { size, last: s.entry(size - 1)?.toString(), next: s.entry(size) };
+      });
+    const seen: Array<Promise<{ size: number; last?: string; next?: Buffer }>> = [];
+    for (let size = 1; size < 40; size++) {
+      for (let i = 0; i < 5; i++) seen.push(readLast());
+      await writer.commit(emptyBatch(size, [Buffer.from(`e${size}`)]));
+    }
+    for (const r of await Promise.all(seen)) {
+      assert.equal(r.last, `e${r.size - 1}`);
+      assert.equal(r.next, undefined, `entry ${r.size} seen in the snapshot of size ${r.size}`);
+    }
+    await reader.close();
+    await writer.close();
+  });
+
+  /** A writer and a reader with its own head-age bound, and `commit(size, root, row, tileWidth)`. */
+  async function rowsAndTiles(headMaxAgeMs: number) {
+    const url = await cluster!.createDatabase();
+    const writer = await PgLogStore.open(url, { sequencer: true, leaseMs: 60_000 });
+    const reader = await PgLogStore.open(url, { readHeadMaxAgeMs: headMaxAgeMs });
+    const id = Buffer.from([2, 7, 7]);
+    const commit = async (size: number, root: number, row: string, tileWidth: number) => {
+      const expanded = Buffer.alloc(32 * tileWidth * 2, tileWidth);
+      await writer.commit({
+        ...emptyBatch(size, [Buffer.from(`e${size}`)]),
+        tiles: [{ tileLevel: 0, tileIndex: 0, width: tileWidth, expanded }],
+        strataWrites: [{ id, data: Buffer.from(row) }],
+        head: { ...head(size + 1), mapRoot: Buffer.alloc(32, root) },
+      });
+    };
+    const read = (other = 3) =>
+      reader.readAsync(
+        (s) => ({
+          row: s.stratum(id)?.toString(),
+          width: s.tile(0, 0)?.width,
+          absent: s.stratum(Buffer.from([other])),
+        }),
+        { strata: [id] },
+      );
+    const close = async () => {
+      await reader.close();
+      await writer.close();
+    };
+    return { commit, read, close };
+  }
+
+  test('asynchronous reads: strata rows are cached for one map root, tiles for one width', async () => {
+    const { commit, read, close } = await rowsAndTiles(0);
+    await commit(0, 1, 'first', 1);
+    assert.deepEqual(await read(), { row: 'first', width: 1, absent: undefined });
+    assert.deepEqual(await read(), { row: 'first', width: 1, absent: undefined });
+    // the row and the tile change with the next state: the cached ones are not used for it
+    await commit(1, 2, 'second', 2);
+    assert.deepEqual(await read(), { row: 'second', width: 2, absent: undefined });
+    await close();
+  });
+
+  test('asynchronous reads of the node that commits see its commit at once', async () => {
+    const url = await cluster!.createDatabase();
+    const store = await PgLogStore.open(url, {
+      sequencer: true,
+      leaseMs: 60_000,
+      readHeadMaxAgeMs: 3_600_000,
+    });
+    const size = () => store.readAsync((s) => s.head()?.size);
+    await store.commit(emptyBatch(0, [Buffer.from('e0')]));
+    assert.equal(await size(), 1);
+    await store.commit(emptyBatch(1, [Buffer.from('e1')]));
+    assert.equal(await size(), 2);
+    assert.deepEqual(await store.readAsync((s) => s.entry(1)), Buffer.from('e1'));
+    await store.close();
+  });
+
+  test('asynchronous reads answered from kept rows see the last head read, whole, until a miss reads the next', async () => {
+    const { commit, read, close } = await rowsAndTiles(3_600_000);
+    await commit(0, 1, 'first', 1);
+    assert.deepEqual(await read(), { row: 'first', width: 1, absent: undefined });
+    await commit(1, 2, 'second', 2);
+    // every row this read needs is kept for the head it knows: the old state, never a mix
+    assert.deepEqual(await read(), { row: 'first', width: 1, absent: undefined });
+    // a row not kept sends the read to the database, which has the new head
+    assert.deepEqual(await read(4), { row: 'second', width: 2, absent: undefined });
+    assert.deepEqual(await read(), { row: 'second', width: 2, absent: undefined });
+    await close();
+  });
 });

@@ -5,6 +5,7 @@ import { registerLocalCommands } from './local.js';
 import { registerMirrorCommand } from './mirror.js';
 import { registerMisbehaviourCommands } from './misbehaviour.js';
 import { registerNixCommands } from './nix.js';
+import { registerPublishTilesCommand } from './publish-tiles.js';
 import { registerRemoteCommands } from './remote.js';
 import { registerServeCommand } from './serve.js';
 import { registerWitnessCommand } from './witness.js';
@@ -20,4 +21,5 @@ export function registerCommands(program: Command): void {
   registerMisbehaviourCommands(program);
   registerDashboardCommand(program);
   registerMirrorCommand(program);
+  registerPublishTilesCommand(program);
 }

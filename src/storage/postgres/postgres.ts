@@ -9,12 +9,14 @@
  *
  * A commit is one transaction (bulk inserts through `unnest`), durable when COMMIT returns with
  * synchronous_commit on. Reads are synchronous (sync-reads.ts), one REPEATABLE READ transaction
- * per `read`. Tables: see schema.ts.
+ * per `read`; a server's hot reads go through readAsync (batched-reads.ts), which batches
+ * concurrent reads into one transaction and caches rows. Tables: see schema.ts.
  */
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { StorageError } from '../../core/errors.js';
-import type { CommitBatch, LogHead, LogSnapshot, LogStore, StoredTile } from '../store.js';
+import type { CommitBatch, LogHead, LogSnapshot, LogStore, ReadHint, StoredTile } from '../store.js';
+import { BatchedReads } from './batched-reads.js';
 import { migrate, SCHEMA } from './schema.js';
 import { SyncReads } from './sync-reads.js';
 
@@ -31,6 +33,10 @@ export interface PgStoreOptions {
   leaseMs?: number;
   /** Who holds the lease, as recorded in the database (default: a random id). */
   holder?: string;
+  /** Connections for asynchronous reads (readAsync), each running one batch of reads at a time. Default 4. */
+  readConnections?: number;
+  /** See BatchedReadsOptions.headMaxAgeMs (default 50 ms). */
+  readHeadMaxAgeMs?: number;
 }
 
 /** Expired nonces are swept at most this often (seconds). */
@@ -57,6 +63,7 @@ export class PgLogStore implements LogStore {
     /** The write connection: migrations, commits, meta, nonces, the lease. */
     private readonly writer: pg.Client,
     private readonly reads: SyncReads,
+    private readonly batched: BatchedReads,
     readonly holder: string,
     private readonly leaseMs: number,
   ) {}
@@ -76,7 +83,13 @@ export class PgLogStore implements LogStore {
     let store: PgLogStore | undefined;
     try {
       await migrate(writer);
-      store = new PgLogStore(writer, new SyncReads(url), opts.holder ?? randomUUID(), opts.leaseMs ?? 5000);
+      store = new PgLogStore(
+        writer,
+        new SyncReads(url),
+        new BatchedReads(url, { connections: opts.readConnections, headMaxAgeMs: opts.readHeadMaxAgeMs }),
+        opts.holder ?? randomUUID(),
+        opts.leaseMs ?? 5000,
+      );
       if (opts.sequencer) await store.takeLease();
       return store;
     } catch (err) {
@@ -175,6 +188,10 @@ export class PgLogStore implements LogStore {
     return this.reads.snapshot(() => fn(this.snapshot()));
   }
 
+  readAsync<T>(fn: (snapshot: LogSnapshot) => T, hint?: ReadHint): Promise<T> {
+    return this.batched.read(fn, hint);
+  }
+
   private snapshot(): LogSnapshot {
     const reads = this.reads;
     let head: { h: LogHead | undefined } | undefined;
@@ -214,8 +231,10 @@ export class PgLogStore implements LogStore {
     };
   }
 
-  commit(batch: CommitBatch): Promise<void> {
-    return this.exclusive((c) => this.commitOn(c, batch));
+  async commit(batch: CommitBatch): Promise<void> {
+    await this.exclusive((c) => this.commitOn(c, batch));
+    // this node's own reads see what it committed at once, not up to readHeadMaxAgeMs later
+    this.batched.committed(batch.head);
   }
 
   private async commitOn(c: pg.Client, batch: CommitBatch): Promise<void> {
@@ -372,6 +391,7 @@ export class PgLogStore implements LogStore {
     }
     this.closed = true;
     await this.reads.close();
+    await this.batched.close();
     await this.writer.end().catch(() => {});
   }
 }

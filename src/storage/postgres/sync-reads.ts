@@ -27,6 +27,8 @@ export type ReadAnswer = { ok: true; value: unknown } | { ok: false; message: st
 
 /** How long a read waits for the database before it fails. */
 const READ_TIMEOUT_MS = 30_000;
+/** How long an answer the worker flagged may take to arrive on the port. */
+const ANSWER_LATE_MS = 1000;
 
 export class SyncReads {
   private readonly worker: Worker;
@@ -78,7 +80,13 @@ export class SyncReads {
     if (Atomics.wait(this.flag, 0, 0, READ_TIMEOUT_MS) === 'timed-out') {
       throw new StorageError(`PostgreSQL did not answer a read in ${READ_TIMEOUT_MS / 1000} s`);
     }
-    const m = receiveMessageOnPort(this.port);
+    // The flag can be seen before the answer is on the port (it happened at a million entries, under
+    // load): the answer is waited for a little longer before the read fails.
+    let m = receiveMessageOnPort(this.port);
+    for (let waited = 0; m === undefined && waited < ANSWER_LATE_MS; waited++) {
+      Atomics.wait(this.flag, 0, 1, 1);
+      m = receiveMessageOnPort(this.port);
+    }
     if (m === undefined) throw new StorageError('the PostgreSQL read worker gave no answer');
     const a = m.message as ReadAnswer;
     // after a failure inside a read, its later requests fail too (the worker ended its snapshot)
