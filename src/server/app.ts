@@ -30,7 +30,7 @@ import type { ApiName, Limits } from './config.js';
 import type { Cosigning } from './cosign.js';
 import type { LookupCache } from './lookup-cache.js';
 import type { LogMetrics, Metrics } from './metrics.js';
-import { notSequencingMessage, type SequencerRole } from './sequencer-role.js';
+import type { SequencerRole } from './sequencer-role.js';
 
 export const PROTOCOLS = ['tlog-tiles', 'trustix-lookup/v1', 'trustix-submit/v1'] as const;
 
@@ -118,7 +118,11 @@ function unavailable(message: string, retryAfter = 1): HttpError {
  */
 function notSequencing(role: SequencerRole): HttpError {
   const url = role.sequencerUrl;
-  return new HttpError(503, 'NOT_SEQUENCER', notSequencingMessage(role), {
+  const message =
+    url === undefined
+      ? 'this node does not sequence this log; no sequencer is known now, retry'
+      : `this node does not sequence this log; send writes to ${url}`;
+  return new HttpError(503, 'NOT_SEQUENCER', message, {
     'retry-after': '1',
     ...(url !== undefined ? { 'trustix-sequencer': url } : {}),
   });

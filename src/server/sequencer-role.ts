@@ -120,11 +120,3 @@ export class SequencerRole {
     await this.busy;
   }
 }
-
-/** Why a write was not taken here, for the answer that sends the client to the sequencer. */
-export function notSequencingMessage(role: SequencerRole): string {
-  const url = role.sequencerUrl;
-  return url === undefined
-    ? 'this node does not sequence this log; no sequencer is known now, retry'
-    : `this node does not sequence this log; send writes to ${url}`;
-}

@@ -19,8 +19,7 @@ import { ConfigError, type ListenConfig, type ServerConfig } from './config.js';
 import { Cosigning } from './cosign.js';
 import { LookupCache } from './lookup-cache.js';
 import { Metrics } from './metrics.js';
-import { SequencerRole } from './sequencer-role.js';
-import { openSharedLog } from './shared-log.js';
+import type { SequencerRole } from './sequencer-role.js';
 
 /** Gzipped full entry bundles cached per log (about 30 KB each for 32-byte keys and values). */
 const GZIP_BUNDLES_CACHED = 256;
@@ -78,6 +77,8 @@ export class TrustixServer {
         const withKey = skey !== undefined ? { ...logOpts, skey } : logOpts;
         let log: Log;
         if (lc.storage !== undefined) {
+          // the PostgreSQL client is loaded only by a node that has a log there
+          const { openSharedLog } = await import('./shared-log.js');
           const opened = await openSharedLog({ ...lc, storage: lc.storage }, i, logOpts, say);
           log = opened.log;
           if (opened.canSequence) shared.set(lc.id, { store: opened.store });
@@ -188,6 +189,7 @@ export class TrustixServer {
         for (const [id, { store }] of shared) {
           const sl = logs.get(id)!;
           store.advertise = advertise;
+          const { SequencerRole } = await import('./sequencer-role.js');
           sl.role = new SequencerRole(id, sl.log, store, advertise, say, warn);
           await sl.role.start();
         }

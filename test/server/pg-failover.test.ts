@@ -3,54 +3,30 @@
 // past its lease while another node takes over (two nodes racing for the role). After each, every
 // acknowledged entry is found by a verified lookup at its index and no published checkpoint forks.
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
-import { findPostgres, type PgCluster, startPostgres } from '../fixtures/postgres.js';
-import { cleanup, type RunningServer, tempDir } from '../fixtures/server-helpers.js';
+import { describe, test } from 'node:test';
+import type { RunningServer } from '../fixtures/server-helpers.js';
 import {
   checkNothingLost,
   Ingest,
   sequencing,
-  sharedStates,
+  sharedLogSuite,
+  skipWithoutPostgres,
   sleep,
-  startNode,
   waitForSequencer,
 } from '../fixtures/shared-nodes.js';
 
-const skip =
-  findPostgres() === undefined ? 'PostgreSQL is not installed (apt-get install postgresql)' : false;
 /** Short, so that ten takeovers fit in a moderate test; the default is 5 s. */
 const LEASE_MS = 1000;
 const KILLS = 10;
 /** The promise of issue #14: a standby sequences within 10 s of the sequencer's death. */
 const TAKEOVER_LIMIT_MS = 10_000;
 
-describe('one sequencer with standbys over PostgreSQL', { skip }, () => {
-  let cluster: PgCluster;
-  const dirs: string[] = [];
-  const running = new Set<RunningServer>();
-  before(async () => {
-    cluster = await startPostgres();
-  });
-  after(async () => {
-    for (const n of running) {
-      n.proc.kill('SIGCONT');
-      n.proc.kill('SIGKILL');
-    }
-    cluster?.stop();
-    for (const d of dirs) cleanup(d);
-  });
-
-  const start = async (dir: string) => {
-    const n = await startNode(dir);
-    running.add(n);
-    return n;
-  };
+describe('one sequencer with standbys over PostgreSQL', { skip: skipWithoutPostgres }, () => {
+  const suite = sharedLogSuite();
+  const start = (dir: string) => suite.start(dir);
 
   test(`SIGKILL of the sequencer mid-ingest, ${KILLS} times: a standby takes over each time`, async () => {
-    const url = await cluster.createDatabase();
-    const base = tempDir();
-    dirs.push(base);
-    const states = sharedStates(base, url, 3, LEASE_MS);
+    const { url, states } = await suite.newLog(3, LEASE_MS);
     const nodes: Array<RunningServer | undefined> = await Promise.all(states.dirs.map(start));
     const ingest = new Ingest(
       () => nodes.filter((n): n is RunningServer => n !== undefined).map((n) => n.url),
@@ -69,7 +45,7 @@ describe('one sequencer with standbys over PostgreSQL', { skip }, () => {
         const killedAt = ingest.elapsed;
         seq.proc.kill('SIGKILL');
         await seq.exited;
-        running.delete(seq);
+        suite.killed(seq);
         nodes[slot] = undefined;
         const next = await ingest.progress(1, 2 * TAKEOVER_LIMIT_MS);
         assert.notEqual(next.node, seq.url);
@@ -93,17 +69,11 @@ describe('one sequencer with standbys over PostgreSQL', { skip }, () => {
     // exactly one node sequences
     const roles = await Promise.all(live.map((n) => sequencing(n.url)));
     assert.equal(roles.filter(Boolean).length, 1);
-    for (const n of live) {
-      await n.stop();
-      running.delete(n);
-    }
+    await suite.stop(live);
   });
 
   test('two nodes racing for the role: a sequencer paused past its lease never commits again', async () => {
-    const url = await cluster.createDatabase();
-    const base = tempDir();
-    dirs.push(base);
-    const states = sharedStates(base, url, 2, LEASE_MS);
+    const { url, states } = await suite.newLog(2, LEASE_MS);
     const nodes = await Promise.all(states.dirs.map(start));
     const urls = nodes.map((n) => n.url);
     // two writers, one sending to each node first: both nodes take submissions at every moment
@@ -136,9 +106,6 @@ describe('one sequencer with standbys over PostgreSQL', { skip }, () => {
         assert.equal(sizes.get(Number(size)) ?? root, root, `one tree of size ${size}`);
         sizes.set(Number(size), root);
       }
-    for (const n of nodes) {
-      await n.stop();
-      running.delete(n);
-    }
+    await suite.stop(nodes);
   });
 });

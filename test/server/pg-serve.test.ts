@@ -7,7 +7,7 @@ import { cpSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { LogClient } from '../../src/client/client.js';
-import { findPostgres, type PgCluster, startPostgres } from '../fixtures/postgres.js';
+import { type PgCluster, startPostgres } from '../fixtures/postgres.js';
 import {
   cleanup,
   makeEntries,
@@ -17,12 +17,9 @@ import {
   tempDir,
   token,
 } from '../fixtures/server-helpers.js';
-import { sequencing } from '../fixtures/shared-nodes.js';
+import { sequencing, skipWithoutPostgres } from '../fixtures/shared-nodes.js';
 
-const skip =
-  findPostgres() === undefined ? 'PostgreSQL is not installed (apt-get install postgresql)' : false;
-
-describe('serve --storage postgresql://', { skip }, () => {
+describe('serve --storage postgresql://', { skip: skipWithoutPostgres }, () => {
   let cluster: PgCluster;
   const dirs: string[] = [];
   before(async () => {
