@@ -4,7 +4,8 @@
  * sequences, the others (standbys) serve reads and try again as soon as the lease may have run out.
  * A sequencer whose commit failed stops taking submissions, and sequences again only once it holds
  * the lease again, from the head the database holds then (a commit that broke off may have been
- * applied, or another node may have taken over meanwhile). docs/scale-out.md describes the timings.
+ * applied, or another node may have taken over meanwhile). A reader (no signing key) never takes
+ * the lease; it only follows who holds it, to send writers there. docs/scale-out.md has the timings.
  */
 import type { Log } from '../log/log.js';
 import { FencedError } from '../storage/postgres/postgres.js';
@@ -16,9 +17,9 @@ export interface SequencerLease {
   readonly leaseEpoch: number | undefined;
   /** Takes the lease or fails: FencedError while another node holds it. */
   takeLease(): Promise<number>;
+  /** Who holds the lease now (for a node that never takes it). */
+  leaseHolder(): Promise<{ url: string | undefined; expiresInMs: number } | undefined>;
 }
-
-export type Role = 'sequencer' | 'standby';
 
 export class SequencerRole {
   /** The advertised URL of the node that held the lease when this one last tried to take it. */
@@ -38,11 +39,9 @@ export class SequencerRole {
     readonly advertise: string,
     private readonly say: (line: string) => void,
     private readonly warn: (line: string) => void,
+    /** False for a reader (no signing key): it only follows who sequences, to tell writers. */
+    private readonly candidate = true,
   ) {}
-
-  get role(): Role {
-    return this.log.sequencing ? 'sequencer' : 'standby';
-  }
 
   /** Where writes go now: this node's URL when it sequences, else the sequencer's (if known). */
   get sequencerUrl(): string | undefined {
@@ -93,6 +92,11 @@ export class SequencerRole {
       await this.log.stopSequencing(new FencedError('this node lost the sequencer lease; retry'));
     }
     try {
+      if (!this.candidate) {
+        const holder = await this.lease.leaseHolder();
+        this.seenSequencer = holder !== undefined && holder.expiresInMs > 0 ? holder.url : undefined;
+        return this.pollMs;
+      }
       const epoch = await this.lease.takeLease();
       const head = this.log.startSequencing();
       this.lastWarning = '';

@@ -59,8 +59,8 @@ export class TrustixServer {
     };
     const logs = new Map<string, ServedLog>();
     const batchObservers = new Map<string, (b: BatchInfo) => void>();
-    /** Shared logs whose node holds the signing key: each gets a SequencerRole once listening. */
-    const shared = new Map<string, { store: PgLogStore }>();
+    /** Shared logs: each gets a SequencerRole once listening (a reader's only follows the lease). */
+    const shared = new Map<string, { store: PgLogStore; candidate: boolean }>();
     const apps: FastifyInstance[] = [];
     const sockets: string[] = [];
     const listening: Listening[] = [];
@@ -81,7 +81,7 @@ export class TrustixServer {
           const { openSharedLog } = await import('./shared-log.js');
           const opened = await openSharedLog({ ...lc, storage: lc.storage }, i, logOpts, say);
           log = opened.log;
-          if (opened.canSequence) shared.set(lc.id, { store: opened.store });
+          shared.set(lc.id, { store: opened.store, candidate: opened.canSequence });
         } else if (existsSync(join(lc.dir, 'log.mdb'))) {
           log = await Log.open(lc.dir, withKey);
           if (log.origin !== lc.origin) {
@@ -186,11 +186,11 @@ export class TrustixServer {
           );
         }
         const warn = (line: string) => process.stderr.write(`trustix serve: ${line}\n`);
-        for (const [id, { store }] of shared) {
+        for (const [id, { store, candidate }] of shared) {
           const sl = logs.get(id)!;
           store.advertise = advertise;
           const { SequencerRole } = await import('./sequencer-role.js');
-          sl.role = new SequencerRole(id, sl.log, store, advertise, say, warn);
+          sl.role = new SequencerRole(id, sl.log, store, advertise, say, warn, candidate);
           await sl.role.start();
         }
       }

@@ -18,7 +18,7 @@ import { ConfigError, type LogConfig } from './config.js';
 export interface OpenedSharedLog {
   log: Log;
   store: PgLogStore;
-  /** False when the node has no signing key: it never sequences. */
+  /** False when the node has no signing key: it never sequences (a reader). */
   canSequence: boolean;
 }
 

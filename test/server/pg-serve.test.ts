@@ -64,6 +64,11 @@ describe('serve --storage postgresql://', { skip: skipWithoutPostgres }, () => {
       assert.equal(refused.headers.get('retry-after'), '1');
       assert.equal(refused.headers.get('trustix-sequencer'), a.url);
       assert.equal(((await refused.json()) as { code: string }).code, 'NOT_SEQUENCER');
+      // a reader (no key) sends writers to the sequencer too
+      const toReader = await submit(c.url, entries, auth);
+      assert.equal(toReader.status, 503);
+      assert.equal(toReader.headers.get('trustix-sequencer'), a.url);
+      assert.equal(await sequencing(c.url), false);
       assert.equal((await submit(a.url, entries, auth)).status, 200);
       // every node answers verified lookups from the database
       for (const node of [a, b, c]) {

@@ -205,6 +205,21 @@ export class PgLogStore implements LogStore {
     return true;
   }
 
+  /**
+   * Who holds the sequencer lease now: the URL it recorded (if any) and how long the lease runs
+   * without renewal (0: it ran out). Undefined when nobody ever held it.
+   */
+  leaseHolder(): Promise<{ url: string | undefined; expiresInMs: number } | undefined> {
+    return this.exclusive(async (c) => {
+      const r = await c.query<{ holder: string | null; url: string | null; left_ms: number }>(
+        `SELECT holder, url, extract(epoch FROM expires - now()) * 1000 AS left_ms FROM ${SCHEMA}.sequencer`,
+      );
+      const h = r.rows[0];
+      if (h?.holder == null) return undefined;
+      return { url: h.url ?? undefined, expiresInMs: Math.max(0, Number(h.left_ms)) };
+    });
+  }
+
   /** No longer sequencing: no epoch to commit under, no renewals. */
   private dropLease(): void {
     this.epoch = undefined;
