@@ -78,6 +78,8 @@ export class SequencerRole {
     this.busy = this.busy.then(async () => {
       if (this.closed) return;
       const next = await this.tick();
+      // one timer at a time, however many checks were queued
+      if (this.timer) clearTimeout(this.timer);
       if (!this.closed) this.timer = setTimeout(() => void this.check(), next);
     });
     return this.busy;
