@@ -18,7 +18,7 @@ import {
   PROTOCOL_RE,
   validateEntry,
 } from '../core/entry.js';
-import { StateError, StorageUnavailableError, TrustixError } from '../core/errors.js';
+import { StateError, StorageError, StorageUnavailableError, TrustixError } from '../core/errors.js';
 import { MAX_LOOKUP_KEYS } from '../core/lookup.js';
 import { receiptsJson } from '../core/receipts.js';
 import { parseTilePath } from '../core/tiles.js';
@@ -237,7 +237,9 @@ function toHttpError(err: unknown): HttpError {
   if (typeof e?.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) {
     return new HttpError(e.statusCode, 'BAD_REQUEST', e.message ?? 'bad request');
   }
-  process.stderr.write(`trustix serve: internal error: ${(err as Error)?.stack ?? String(err)}\n`);
+  // a store that fails a read (a database out of reach) says why in one line; anything else is a bug
+  const why = err instanceof StorageError ? err.message : ((err as Error)?.stack ?? String(err));
+  process.stderr.write(`trustix serve: internal error: ${why}\n`);
   return new HttpError(500, 'INTERNAL', 'internal server error');
 }
 

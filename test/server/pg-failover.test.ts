@@ -82,7 +82,7 @@ describe('one sequencer with standbys over PostgreSQL', { skip: skipWithoutPostg
       new Ingest(() => [...urls].reverse(), states.vkey, states.token),
     ];
     try {
-      for (let round = 0; round < 4; round++) {
+      for (let round = 0; round < 3; round++) {
         await writers[0].progress(1);
         const seq = await waitForSequencer(nodes);
         const other = nodes.find((n) => n !== seq)!;

@@ -69,10 +69,16 @@ describe('a node through PostgreSQL faults', { skip: skipWithoutPostgres }, () =
       // takes over, and the cut-off node, back, finds itself fenced)
       for (const cutMs of [LEASE_MS / 5, 3 * LEASE_MS]) {
         await ingest.progress(40);
+        const wasSequencing = await sequencing(cutOff.url);
         await proxy.cut();
+        const cutAt = Date.now();
         const sizeAtCut = await dbSize(url);
         const from = ingest.acked.length;
-        await sleep(cutMs);
+        if (cutMs > LEASE_MS && wasSequencing) {
+          // the sequencer lost its connection: the standby takes over within 10 s
+          await waitForSequencer([standby], 10_000);
+        }
+        await sleep(cutMs - (Date.now() - cutAt));
         const during = ingest.acked.slice(from);
         // the cut-off node's answers that arrive during the cut are for batches committed before it
         for (const a of during.filter((x) => x.node === cutOff.url)) {
