@@ -34,6 +34,13 @@ export class StorageError extends TrustixError {
   }
 }
 
+/**
+ * A write the store could not take now (it is unreachable, or this node may no longer write to it);
+ * the caller may retry it later, or on another node. A commit refused so was not applied, or, when
+ * the connection broke as it finished, may have been: a retried submission is then a duplicate.
+ */
+export class StorageUnavailableError extends StorageError {}
+
 /** A request that is well formed but not allowed in the current state (wrong key for log, closed log...). */
 export class StateError extends TrustixError {
   constructor(message: string, options?: { cause?: unknown }) {

@@ -33,6 +33,11 @@ export interface LogOptions {
   cachedTiles?: number;
   /** Called after each sequenced batch (for metrics). */
   onBatch?: (batch: BatchInfo) => void;
+  /**
+   * Called when a batch's commit failed (its submissions are refused with `err`): a sequencer over
+   * a shared store then checks whether it still may write, and from what state.
+   */
+  onCommitError?: (err: unknown) => void;
 }
 
 export interface BatchInfo {
@@ -134,6 +139,7 @@ export class Appender {
   private readonly maxBatch: number;
   private readonly batchDelayMs: number;
   private readonly onBatch: ((b: BatchInfo) => void) | undefined;
+  private readonly onCommitError: ((err: unknown) => void) | undefined;
 
   constructor(
     private readonly store: LogStore,
@@ -150,6 +156,7 @@ export class Appender {
     this.batchDelayMs = opts.batchDelayMs ?? 20;
     this.pool = new Pool(opts.maxPending ?? 200_000);
     this.onBatch = opts.onBatch;
+    this.onCommitError = opts.onCommitError;
   }
 
   /** The last head this sequencer committed. */
@@ -401,6 +408,7 @@ export class Appender {
       }
     } catch (err) {
       refuseAll(batch, err);
+      this.onCommitError?.(err);
       return undefined;
     }
     return head;
@@ -463,6 +471,22 @@ export class Appender {
       if (!this.running) this.running = this.drain();
       await this.running;
     }
+  }
+
+  /**
+   * Stops sequencing without draining: every submission not taken into a batch yet is refused with
+   * `reason`, batches already on their way to the store finish (committed and acknowledged, or
+   * refused if their commit fails). For a sequencer that may no longer write.
+   */
+  async abandon(reason: unknown): Promise<void> {
+    this.closed = true;
+    if (this.timer) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+    }
+    if (this.pool.pending > 0) refuseAll(this.pool.take(this.pool.pending), reason);
+    await this.running;
+    if (this.pool.pending > 0) refuseAll(this.pool.take(this.pool.pending), reason);
   }
 
   /** Ends the sparse index worker; after close, before the store closes. */

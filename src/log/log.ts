@@ -27,6 +27,9 @@ export type { BatchInfo, LogOptions } from './appender.js';
 export type { CheckpointPublisher } from './publisher.js';
 export { PoolFullError, type SubmitReceipt };
 
+/** A submission to a log that does not sequence (read-only, or a standby): send it to the sequencer. */
+export class NotSequencingError extends StateError {}
+
 const SIGNING_KEY_FILE = 'signing.key';
 
 /**
@@ -37,8 +40,13 @@ export class Log {
   readonly origin: string;
   readonly vkey: string;
   private readonly reader: Reader;
-  /** Undefined for a log opened read-only: it serves lookups and proofs but takes no submissions. */
-  private readonly appender: Appender | undefined;
+  /**
+   * Undefined for a log opened read-only (it serves lookups and proofs but takes no submissions),
+   * and for a standby while it does not sequence (see startSequencing).
+   */
+  private appender: Appender | undefined;
+  /** A standby: it holds the signing key and sequences only between startSequencing and stopSequencing. */
+  private readonly standby: boolean;
   private closed = false;
   private storeClosed = false;
   /** Set once by attachPublisher. */
@@ -46,18 +54,20 @@ export class Log {
 
   private constructor(
     private readonly store: LogStore,
-    signer: NoteSigner | undefined,
+    private readonly signer: NoteSigner | undefined,
     head: LogHead,
-    opts: LogOptions,
+    private readonly opts: LogOptions & { standby?: boolean },
     identity: { origin: string; vkey: string },
     offload: (() => SmtOffload) | undefined,
   ) {
     this.origin = identity.origin;
     this.vkey = identity.vkey;
     this.reader = new Reader(store, head, opts.cachedTiles);
-    this.appender = signer
-      ? new Appender(store, this.reader, signer, this.origin, head, opts, offload?.())
-      : undefined;
+    this.standby = opts.standby === true && signer !== undefined;
+    this.appender =
+      signer && !this.standby
+        ? new Appender(store, this.reader, signer, this.origin, head, opts, offload?.())
+        : undefined;
   }
 
   /**
@@ -142,7 +152,11 @@ export class Log {
    * Creates a log in an empty store of any driver (one that has no head yet) and opens it for
    * writing with `skey`, whose name must be `origin`.
    */
-  static async createIn(store: LogStore, origin: string, opts: LogOptions & { skey: string }): Promise<Log> {
+  static async createIn(
+    store: LogStore,
+    origin: string,
+    opts: LogOptions & { skey: string; standby?: boolean },
+  ): Promise<Log> {
     if (store.read((s) => s.head()) !== undefined) throw new StateError('a log already exists in this store');
     const signer = signerFromSkey(opts.skey);
     if (signer.name !== origin) throw new StateError(`signing key is for ${signer.name}, not ${origin}`);
@@ -153,9 +167,14 @@ export class Log {
   /**
    * Opens the log in a store of any driver: read-only, or for writing with `skey`. The store stays
    * the caller's until the log is opened, then the log's (closed by `close`). Without the LMDB
-   * driver's directory, big batches' index updates run on this thread.
+   * driver's directory, big batches' index updates run on this thread. With `standby`, a log
+   * opened with its key sequences only once told to (startSequencing): for a store that several
+   * nodes share, one of them sequencing at a time.
    */
-  static openIn(store: LogStore, opts: LogOptions & { skey?: string; readOnly?: boolean } = {}): Log {
+  static openIn(
+    store: LogStore,
+    opts: LogOptions & { skey?: string; readOnly?: boolean; standby?: boolean } = {},
+  ): Log {
     return Log.over(store, 'the store', opts, () => {
       if (opts.skey === undefined) throw new StateError('a signing key is needed to write to this log');
       return opts.skey;
@@ -166,7 +185,7 @@ export class Log {
   private static over(
     store: LogStore,
     where: string,
-    opts: LogOptions & { readOnly?: boolean },
+    opts: LogOptions & { readOnly?: boolean; standby?: boolean },
     skey: () => string,
     offload?: () => SmtOffload,
   ): Log {
@@ -210,9 +229,56 @@ export class Log {
    */
   submit(entries: readonly Entry[]): Promise<SubmitReceipt[]> {
     if (this.closed) return Promise.reject(new StateError('log is closed'));
-    if (!this.appender)
-      return Promise.reject(new StateError('log is open read-only: it takes no submissions'));
+    if (!this.appender) {
+      return Promise.reject(
+        new NotSequencingError(
+          this.standby
+            ? 'this node does not sequence the log now (another node does, or none yet)'
+            : 'log is open read-only: it takes no submissions',
+        ),
+      );
+    }
     return this.appender.submit(entries);
+  }
+
+  /** Whether this log takes submissions now. */
+  get sequencing(): boolean {
+    return this.appender !== undefined;
+  }
+
+  /**
+   * A standby starts sequencing, from the head its store holds now (which other nodes may have
+   * moved on since this log was opened). The caller must hold the right to write the store.
+   */
+  startSequencing(): LogHead {
+    if (this.closed) throw new StateError('log is closed');
+    if (!this.standby || this.signer === undefined) throw new StateError('this log is not a standby');
+    if (this.appender) return this.appender.head;
+    const head = this.reader.read((s) => s.head());
+    if (!head) throw new StorageError('the log store has no head');
+    this.appender = new Appender(
+      this.store,
+      this.reader,
+      this.signer,
+      this.origin,
+      head,
+      this.opts,
+      undefined,
+    );
+    if (this.publisher) this.appender.publisher = this.publisher;
+    return head;
+  }
+
+  /**
+   * A standby stops sequencing: submissions not in a batch yet are refused with `reason`, batches
+   * under way finish (see Appender.abandon). Resolves once nothing of it is left running.
+   */
+  async stopSequencing(reason: unknown): Promise<void> {
+    const appender = this.appender;
+    if (appender === undefined || !this.standby) return;
+    this.appender = undefined;
+    await appender.abandon(reason);
+    await appender.dispose();
   }
 
   get pendingCount(): number {

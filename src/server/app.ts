@@ -18,11 +18,11 @@ import {
   PROTOCOL_RE,
   validateEntry,
 } from '../core/entry.js';
-import { StateError, TrustixError } from '../core/errors.js';
+import { StateError, StorageError, StorageUnavailableError, TrustixError } from '../core/errors.js';
 import { MAX_LOOKUP_KEYS } from '../core/lookup.js';
 import { receiptsJson } from '../core/receipts.js';
 import { parseTilePath } from '../core/tiles.js';
-import { type Log, PoolFullError, type SubmitReceipt } from '../log/log.js';
+import { type Log, NotSequencingError, PoolFullError, type SubmitReceipt } from '../log/log.js';
 import { readEntryBundle, readEntryBundleAsync, readHashTile, readHashTileAsync } from '../log/serving.js';
 import { StorageFullError } from '../storage/reserve.js';
 import { AuthError, SIGNATURE_HEADER, type SignedRequest, type Writer, WriterAuth } from './auth.js';
@@ -30,6 +30,7 @@ import type { ApiName, Limits } from './config.js';
 import type { Cosigning } from './cosign.js';
 import type { LookupCache } from './lookup-cache.js';
 import type { LogMetrics, Metrics } from './metrics.js';
+import type { SequencerRole } from './sequencer-role.js';
 
 export const PROTOCOLS = ['tlog-tiles', 'trustix-lookup/v1', 'trustix-submit/v1'] as const;
 
@@ -56,6 +57,8 @@ export interface ServedLog {
   gzipBundles: LookupCache<Buffer>;
   /** Gathers witness cosignatures when the log has a witness policy. */
   cosign?: Cosigning;
+  /** For a log that several nodes share: whether this node sequences it, and who does. */
+  role?: SequencerRole;
 }
 
 /** The note served at `<prefix>/checkpoint`: with cosignatures once the witness quorum is met. */
@@ -107,6 +110,22 @@ function notFound(what: string): HttpError {
 
 function unavailable(message: string, retryAfter = 1): HttpError {
   return new HttpError(503, 'UNAVAILABLE', message, { 'retry-after': String(retryAfter) });
+}
+
+/**
+ * A write to a shared log that this node does not sequence: 503, with where the sequencer takes
+ * writes (Trustix-Sequencer), when known. Writes are not forwarded (docs/scale-out.md).
+ */
+function notSequencing(role: SequencerRole): HttpError {
+  const url = role.sequencerUrl;
+  const message =
+    url === undefined
+      ? 'this node does not sequence this log; no sequencer is known now, retry'
+      : `this node does not sequence this log; send writes to ${url}`;
+  return new HttpError(503, 'NOT_SEQUENCER', message, {
+    'retry-after': '1',
+    ...(url !== undefined ? { 'trustix-sequencer': url } : {}),
+  });
 }
 
 function errorBody(err: HttpError): string {
@@ -199,7 +218,7 @@ function toHttpError(err: unknown): HttpError {
   // the disk is full: writes are refused (nothing was written), reads go on
   if (err instanceof StorageFullError)
     return new HttpError(507, 'INSUFFICIENT_STORAGE', err.message, { 'retry-after': '60' });
-  if (err instanceof StateError) return unavailable(err.message);
+  if (err instanceof StateError || err instanceof StorageUnavailableError) return unavailable(err.message);
   if (err instanceof TrustixError && err.code === 'FORMAT')
     return new HttpError(400, 'BAD_REQUEST', err.message);
   const e = err as { statusCode?: number; code?: string; message?: string; validation?: unknown };
@@ -218,7 +237,9 @@ function toHttpError(err: unknown): HttpError {
   if (typeof e?.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) {
     return new HttpError(e.statusCode, 'BAD_REQUEST', e.message ?? 'bad request');
   }
-  process.stderr.write(`trustix serve: internal error: ${(err as Error)?.stack ?? String(err)}\n`);
+  // a store that fails a read (a database out of reach) says why in one line; anything else is a bug
+  const why = err instanceof StorageError ? err.message : ((err as Error)?.stack ?? String(err));
+  process.stderr.write(`trustix serve: internal error: ${why}\n`);
   return new HttpError(500, 'INTERNAL', 'internal server error');
 }
 
@@ -967,6 +988,8 @@ function registerWriteRoutes(app: FastifyInstance, ctx: AppContext, getLog: (id:
       onRequest: (req, reply, done) => {
         const sl = getLog(req.params.id);
         if (ctx.draining()) throw unavailable('server is shutting down');
+        // refused before the body is read: the client sends it to the sequencer instead
+        if (sl.role !== undefined && !sl.log.sequencing) throw notSequencing(sl.role);
         const authz = req.headers.authorization;
         const sig = req.headers[SIGNATURE_HEADER];
         if (authz !== undefined) {
@@ -1039,6 +1062,7 @@ function registerWriteRoutes(app: FastifyInstance, ctx: AppContext, getLog: (id:
         receipts = await queued.receipts;
       } catch (err) {
         ctx.metrics.submitRequests.labels(sl.id, String(toHttpErrorStatus(err))).inc();
+        if (err instanceof NotSequencingError && sl.role !== undefined) throw notSequencing(sl.role);
         throw err;
       }
       sl.metrics.submitSeconds.observe((performance.now() - t0) / 1000);
@@ -1077,7 +1101,8 @@ async function queueSubmission(
 }
 
 function toHttpErrorStatus(err: unknown): number {
-  if (err instanceof PoolFullError || err instanceof StateError) return 503;
+  if (err instanceof PoolFullError || err instanceof StateError || err instanceof StorageUnavailableError)
+    return 503;
   if (err instanceof StorageFullError) return 507;
   if (err instanceof TrustixError && err.code === 'FORMAT') return 400;
   return 500;

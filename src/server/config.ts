@@ -31,6 +31,13 @@ export interface LogConfig {
   keyFile?: string;
   /** The C2SP tlog-policy whose witnesses cosign its checkpoints (server/cosign.ts). */
   witnessPolicy?: { file: string; policy: WitnessPolicy };
+  /**
+   * A postgresql:// URL: the log lives in that database, which other nodes may share (one of them
+   * sequencing at a time, docs/scale-out.md); `dir` then holds only the signing key. Default: LMDB in `dir`.
+   */
+  storage?: string;
+  /** How long the sequencer lease of a shared log lasts without renewal. */
+  leaseMs?: number;
 }
 
 export interface WriterConfig {
@@ -103,6 +110,11 @@ export interface ServerConfig {
   writers: WriterConfig[];
   listeners: ListenConfig[];
   limits: Limits;
+  /**
+   * The URL where clients reach this node (http[s]://host:port), recorded with the sequencer lease
+   * of shared logs so other nodes can send writers here. Default: the first TCP listener's.
+   */
+  advertise?: string;
 }
 
 export const LOG_ID_RE = /^[a-z0-9][a-z0-9._-]{0,63}$/;
@@ -243,7 +255,7 @@ export function parseConfig(
     }
     throw new ConfigError(`config ${opts.source}: ${(err as Error).message}`);
   }
-  c.onlyKeys(root, '', ['log', 'writer', 'listen', 'limits']);
+  c.onlyKeys(root, '', ['log', 'writer', 'listen', 'limits', 'advertise']);
   const path = (p: string) => (isAbsolute(p) ? p : resolve(opts.baseDir, p));
 
   const logs: LogConfig[] = [];
@@ -252,7 +264,7 @@ export function parseConfig(
   const dirs = new Map<string, string>();
   c.tables(root, 'log').forEach((t, i) => {
     const w = `log[${i}]`;
-    c.onlyKeys(t, w, ['id', 'origin', 'dir', 'key_file', 'witness_policy']);
+    c.onlyKeys(t, w, ['id', 'origin', 'dir', 'key_file', 'witness_policy', 'storage', 'lease_ms']);
     const id = c.string(t, 'id', w, true);
     if (!LOG_ID_RE.test(id)) c.fail(`${w}.id`, 'must match [a-z0-9][a-z0-9._-]{0,63}');
     if (ids.has(id)) c.fail(`${w}.id`, `duplicate log id ${JSON.stringify(id)}`);
@@ -280,10 +292,20 @@ export function parseConfig(
         throw err;
       }
     }
+    const storageText = t.storage;
+    const storage =
+      storageText === undefined
+        ? undefined
+        : checkStorage(storageText, `config ${opts.source}: ${w}.storage`);
+    if (t.lease_ms !== undefined && storage === undefined) {
+      c.fail(`${w}.lease_ms`, 'only applies to a log with storage = "postgresql://..."');
+    }
+    const leaseMs = c.integer(t, 'lease_ms', w, 200, 600_000, DEFAULT_LEASE_MS);
     logs.push({
       id,
       origin,
       dir,
+      ...(storage !== undefined ? { storage, leaseMs } : {}),
       ...(keyFile !== undefined ? { keyFile: path(keyFile) } : {}),
       ...(witnessPolicy !== undefined ? { witnessPolicy } : {}),
     });
@@ -412,7 +434,54 @@ export function parseConfig(
     }
   }
 
-  return { logs, writers, listeners, limits };
+  const advertiseText = root.advertise;
+  const advertise =
+    advertiseText === undefined
+      ? undefined
+      : checkAdvertise(advertiseText, `config ${opts.source}: advertise`);
+  return { logs, writers, listeners, limits, ...(advertise !== undefined ? { advertise } : {}) };
+}
+
+/** How long a shared log's sequencer lease lasts without renewal, unless lease_ms says. */
+export const DEFAULT_LEASE_MS = 5000;
+
+/**
+ * A log's storage: a postgresql:// (or postgres://) URL with a host and a database name. The
+ * error, prefixed with `where`, never shows the password.
+ */
+export function checkStorage(v: unknown, where: string): string {
+  if (typeof v !== 'string' || v.length === 0) {
+    throw new ConfigError(`${where}: must be a postgresql://USER@HOST:PORT/DATABASE URL`);
+  }
+  let u: URL;
+  try {
+    u = new URL(v);
+  } catch {
+    throw new ConfigError(`${where}: not a URL; expected postgresql://USER@HOST:PORT/DATABASE`);
+  }
+  if (u.protocol !== 'postgresql:' && u.protocol !== 'postgres:') {
+    throw new ConfigError(
+      `${where}: only PostgreSQL is supported (postgresql://USER@HOST:PORT/DATABASE), got a ${u.protocol}// URL`,
+    );
+  }
+  if (u.hostname === '' || u.pathname.length <= 1) {
+    throw new ConfigError(`${where}: needs a host and a database: postgresql://USER@HOST:PORT/DATABASE`);
+  }
+  return v;
+}
+
+/** An advertised URL: http or https, with a host. */
+export function checkAdvertise(v: unknown, where: string): string {
+  let u: URL | undefined;
+  try {
+    if (typeof v === 'string') u = new URL(v);
+  } catch {
+    // answered below
+  }
+  if (u === undefined || (u.protocol !== 'http:' && u.protocol !== 'https:') || u.hostname === '') {
+    throw new ConfigError(`${where}: must be an http:// or https:// URL, e.g. http://node1.example:8080`);
+  }
+  return u.toString().replace(/\/$/, '');
 }
 
 /**

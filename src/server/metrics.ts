@@ -178,6 +178,15 @@ export class Metrics {
         for (const [id, log] of logs) this.set({ log: id }, log.pendingCount);
       },
     });
+    new Gauge({
+      name: 'trustix_sequencing',
+      help: 'Whether this node sequences the log now (1) or not (0: a standby or a reader of a shared log).',
+      labelNames: ['log'],
+      registers,
+      collect() {
+        for (const [id, log] of logs) this.set({ log: id }, log.sequencing ? 1 : 0);
+      },
+    });
   }
 
   forLog(id: string): LogMetrics {

@@ -12,12 +12,14 @@ import { StateError } from '../core/errors.js';
 import { verifierFromVkey } from '../core/note.js';
 import { policyCoversLog } from '../core/policy.js';
 import { type BatchInfo, Log, type LogOptions } from '../log/log.js';
+import type { PgLogStore } from '../storage/postgres/postgres.js';
 import { type AppContext, buildApp, type ServedLog } from './app.js';
 import { WriterAuth } from './auth.js';
 import { ConfigError, type ListenConfig, type ServerConfig } from './config.js';
 import { Cosigning } from './cosign.js';
 import { LookupCache } from './lookup-cache.js';
 import { Metrics } from './metrics.js';
+import type { SequencerRole } from './sequencer-role.js';
 
 /** Gzipped full entry bundles cached per log (about 30 KB each for 32-byte keys and values). */
 const GZIP_BUNDLES_CACHED = 256;
@@ -57,6 +59,8 @@ export class TrustixServer {
     };
     const logs = new Map<string, ServedLog>();
     const batchObservers = new Map<string, (b: BatchInfo) => void>();
+    /** Shared logs: each gets a SequencerRole once listening (a reader's only follows the lease). */
+    const shared = new Map<string, { store: PgLogStore; candidate: boolean }>();
     const apps: FastifyInstance[] = [];
     const sockets: string[] = [];
     const listening: Listening[] = [];
@@ -65,10 +69,20 @@ export class TrustixServer {
       for (const [i, lc] of config.logs.entries()) {
         const skey = lc.keyFile !== undefined ? readKeyFile(lc.keyFile, `log[${i}].key_file`) : undefined;
         // metrics exist only once every log is open, so the batch hook looks its observer up late
-        const logOpts: LogOptions = { ...opts, onBatch: (b) => batchObservers.get(lc.id)?.(b) };
+        const logOpts: LogOptions = {
+          ...opts,
+          onBatch: (b) => batchObservers.get(lc.id)?.(b),
+          onCommitError: (err) => logs.get(lc.id)?.role?.commitFailed(err),
+        };
         const withKey = skey !== undefined ? { ...logOpts, skey } : logOpts;
         let log: Log;
-        if (existsSync(join(lc.dir, 'log.mdb'))) {
+        if (lc.storage !== undefined) {
+          // the PostgreSQL client is loaded only by a node that has a log there
+          const { openSharedLog } = await import('./shared-log.js');
+          const opened = await openSharedLog({ ...lc, storage: lc.storage }, i, logOpts, say);
+          log = opened.log;
+          shared.set(lc.id, { store: opened.store, candidate: opened.canSequence });
+        } else if (existsSync(join(lc.dir, 'log.mdb'))) {
           log = await Log.open(lc.dir, withKey);
           if (log.origin !== lc.origin) {
             await log.close();
@@ -164,10 +178,27 @@ export class TrustixServer {
         requests,
       );
       for (const l of listening) say(`listening ${l.url} api=${l.api.join(',')}`);
+      if (shared.size > 0) {
+        const advertise = config.advertise ?? listening.find((l) => l.url.startsWith('http'))?.url;
+        if (advertise === undefined) {
+          throw new ConfigError(
+            'advertise: a node with a shared log and no TCP listener needs advertise = "http://..."',
+          );
+        }
+        const warn = (line: string) => process.stderr.write(`trustix serve: ${line}\n`);
+        for (const [id, { store, candidate }] of shared) {
+          const sl = logs.get(id)!;
+          store.advertise = advertise;
+          const { SequencerRole } = await import('./sequencer-role.js');
+          sl.role = new SequencerRole(id, sl.log, store, advertise, say, warn, candidate);
+          await sl.role.start();
+        }
+      }
       say('ready');
       return server;
     } catch (err) {
       await Promise.allSettled(apps.map((a) => a.close()));
+      await Promise.allSettled([...logs.values()].map((sl) => sl.role?.close()));
       await Promise.allSettled([...logs.values()].map((sl) => sl.log.close()));
       auth?.close();
       throw err;
@@ -205,6 +236,7 @@ export class TrustixServer {
     await Promise.allSettled(
       [...this.logs.values()].map(async (sl) => {
         sl.closed = true;
+        await sl.role?.close();
         await sl.log.close();
       }),
     );

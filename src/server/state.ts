@@ -14,6 +14,9 @@ import { fsyncPath, isTempName, writeFileDurably } from '../storage/durable.js';
 import {
   API_NAMES,
   ConfigError,
+  checkAdvertise,
+  checkStorage,
+  DEFAULT_LEASE_MS,
   loadConfig,
   parseAddress,
   readPolicy,
@@ -33,6 +36,10 @@ export interface ServeOptions {
   origin?: string;
   /** A C2SP tlog-policy file for every log (instead of their witness_policy). */
   witnessPolicy?: string;
+  /** A postgresql:// URL for the node's one log (instead of its `storage`, or LMDB). */
+  storage?: string;
+  /** The URL where clients reach this node (instead of `advertise`). */
+  advertise?: string;
 }
 
 export interface PreparedState {
@@ -62,6 +69,8 @@ export function prepareState(opts: ServeOptions): PreparedState {
       `--origin: ${JSON.stringify(opts.origin)} is not a valid log origin (no spaces, no "+")`,
     );
   }
+  const storage = opts.storage === undefined ? undefined : checkStorage(opts.storage, '--storage');
+  const advertise = opts.advertise === undefined ? undefined : checkAdvertise(opts.advertise, '--advertise');
   // read before anything is written, so a bad file leaves a new state directory untouched
   const policy =
     opts.witnessPolicy === undefined
@@ -86,7 +95,7 @@ export function prepareState(opts: ServeOptions): PreparedState {
       if (existsSync(dir) && !onlyInitLeftovers(dir)) {
         throw new ConfigError(`${dir} is not empty and has no ${CONFIG_FILE}; refusing to initialise it`);
       }
-      notes.push(...initState(dir, opts.origin ?? defaultOrigin(), opts.listen ?? DEFAULT_LISTEN));
+      notes.push(...initState(dir, opts.origin ?? defaultOrigin(), opts.listen ?? DEFAULT_LISTEN, storage));
     }
     config = loadConfig(configFile, dir);
     if (opts.origin !== undefined && !config.logs.some((l) => l.origin === opts.origin)) {
@@ -96,6 +105,16 @@ export function prepareState(opts: ServeOptions): PreparedState {
     }
   }
   checkTokenFiles(join(dirname(configFile), 'writers'));
+  if (storage !== undefined) {
+    if (config.logs.length !== 1) {
+      throw new ConfigError(
+        `--storage: ${configFile} declares ${config.logs.length} logs; give each its own storage = "postgresql://..." there instead`,
+      );
+    }
+    config.logs[0].storage = storage;
+    config.logs[0].leaseMs ??= DEFAULT_LEASE_MS;
+  }
+  if (advertise !== undefined) config.advertise = advertise;
   if (policy !== undefined) for (const l of config.logs) l.witnessPolicy = policy;
   if (listen)
     config.listeners = [{ kind: 'tcp', host: listen.host, port: listen.port, api: new Set(API_NAMES) }];
@@ -125,7 +144,7 @@ function onlyInitLeftovers(dir: string): boolean {
  * start). Each file is written whole (writeFileDurably), the config last: a state directory has a
  * config only once its token is on disk.
  */
-function initState(dir: string, origin: string, listen: string): string[] {
+function initState(dir: string, origin: string, listen: string, storage: string | undefined): string[] {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   const writers = join(dir, 'writers');
   mkdirSync(writers, { recursive: true, mode: 0o700 });
@@ -142,6 +161,7 @@ function initState(dir: string, origin: string, listen: string): string[] {
 id = ${tomlString(DEFAULT_LOG_ID)}
 origin = ${tomlString(origin)}
 # dir = "logs/${DEFAULT_LOG_ID}"   (the default: relative to this file)
+${storage === undefined ? '# storage = "postgresql://USER@HOST:PORT/DATABASE"   (default: LMDB in dir; docs/scale-out.md)' : `storage = ${tomlString(storage)}`}
 
 [[writer]]
 name = ${tomlString(DEFAULT_WRITER)}

@@ -6,7 +6,7 @@ import { verifyLookup } from '../../src/core/lookup.js';
 import { leafHash, verifyInclusion } from '../../src/core/merkle.js';
 import { generateKey, verifierFromVkey } from '../../src/core/note.js';
 import { auditStore } from '../../src/log/audit.js';
-import { Log } from '../../src/log/log.js';
+import { Log, NotSequencingError } from '../../src/log/log.js';
 import {
   readEntryBundle,
   readEntryBundleAsync,
@@ -160,6 +160,34 @@ describe('a log over the PostgreSQL driver', { skip }, () => {
       assert.ok(report.ok, JSON.stringify(report));
     } finally {
       await old.close();
+      await standby.close();
+    }
+  });
+
+  test('a standby log sequences only between startSequencing and stopSequencing, from the database head', async () => {
+    const url = await cluster!.createDatabase();
+    const { skey } = generateKey(ORIGIN);
+    const firstStore = await PgLogStore.open(url, { sequencer: true, leaseMs: 60_000, holder: 'first' });
+    const first = await Log.createIn(firstStore, ORIGIN, { skey, batchDelayMs: 1 });
+    const standbyStore = await PgLogStore.open(url, { leaseMs: 60_000, holder: 'standby' });
+    const standby = Log.openIn(standbyStore, { skey, batchDelayMs: 1, standby: true });
+    try {
+      assert.equal(standby.sequencing, false);
+      await assert.rejects(standby.submit([entry('s', 1)]), NotSequencingError);
+      // the first sequencer appends after the standby was opened, then hands over
+      await first.submit([entry('a', 1), entry('b', 2), entry('c', 3)]);
+      await first.close();
+      await standbyStore.takeLease();
+      assert.equal(standby.startSequencing().size, 3);
+      const [r] = await standby.submit([entry('d', 4)]);
+      assert.equal(r.index, 3);
+      // stopping refuses what waits for a batch; the log reads on
+      const waiting = standby.submit([entry('e', 5)]);
+      await standby.stopSequencing(new FencedError('stepping down'));
+      await assert.rejects(waiting, /stepping down/);
+      assert.equal(standby.sequencing, false);
+      assert.equal(standby.head().size, 4);
+    } finally {
       await standby.close();
     }
   });

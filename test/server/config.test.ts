@@ -72,10 +72,36 @@ describe('server config', () => {
     assert.ok(c.writers[0].publicKey);
   });
 
+  test('storage: a PostgreSQL URL with its lease; errors never show the password', () => {
+    const c = parseConfig(`${LOG}storage = "postgresql://u:pw@db.test:5432/log"\nlease_ms = 2000\n`, opts);
+    assert.equal(c.logs[0].storage, 'postgresql://u:pw@db.test:5432/log');
+    assert.equal(c.logs[0].leaseMs, 2000);
+    assert.equal(parseConfig(`${LOG}storage = "postgres://db.test/log"\n`, opts).logs[0].leaseMs, 5000);
+    assert.equal(parseConfig(LOG, opts).logs[0].storage, undefined);
+    for (const bad of ['mysql://u:s3cret@db/x', 'postgresql://u:s3cret@db.test', 'nonsense s3cret']) {
+      assert.throws(
+        () => parseConfig(`${LOG}storage = ${JSON.stringify(bad)}\n`, opts),
+        (err: unknown) => {
+          assert.ok(err instanceof ConfigError);
+          assert.match(err.message, /log\[0\]\.storage: /);
+          assert.doesNotMatch(err.message, /s3cret/);
+          return true;
+        },
+      );
+    }
+    fails(`${LOG}lease_ms = 2000\n`, /log\[0\]\.lease_ms: only applies to a log with storage/);
+    fails(`${LOG}storage = "postgresql://db/x"\nlease_ms = 10\n`, /log\[0\]\.lease_ms: must be between 200/);
+    assert.equal(
+      parseConfig(`advertise = "http://n1.test:8080/"\n${LOG}`, opts).advertise,
+      'http://n1.test:8080',
+    );
+    fails(`advertise = "n1.test:8080"\n${LOG}`, /advertise: must be an http:\/\/ or https:\/\/ URL/);
+  });
+
   test('each mistake names the key at fault', () => {
     fails('', /^config test\.toml: log: at least one \[\[log\]\] is required$/);
     fails('[log\nid = 3', /TOML syntax error at line 1, column \d+/);
-    fails('stray = 1\n', /: stray: unknown key \(expected one of: log, writer, listen, limits\)/);
+    fails('stray = 1\n', /: stray: unknown key \(expected one of: log, writer, listen, limits, advertise\)/);
     fails('log = 3\n', /: log: must be an array of tables/);
     fails('[[log]]\norigin = "x/y"\n', /log\[0\]\.id: is required/);
     fails('[[log]]\nid = 5\norigin = "x/y"\n', /log\[0\]\.id: must be a string, got a number/);

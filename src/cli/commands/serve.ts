@@ -23,13 +23,23 @@ export function registerServeCommand(program: Command): void {
       'serve every API on this address instead of the configured listeners (port 0: any free port)',
     )
     .option('--origin <name>', 'origin of the log created on first start (default: <hostname>/trustix)')
+    .addOption(
+      new Option(
+        '--storage <url>',
+        "keep the log in PostgreSQL (postgresql://USER@HOST:PORT/DATABASE) instead of LMDB in the state directory; several nodes may share one database, one of them sequencing at a time (overrides the log's storage; docs/scale-out.md)",
+      ).env('TRUSTIX_STORAGE'),
+    )
+    .option(
+      '--advertise <url>',
+      'where clients reach this node (http://HOST:PORT), told to writers that reach another node of a shared log (default: the first --listen address)',
+    )
     .option(
       '--witness-policy <file>',
       "C2SP tlog-policy file: ask its witnesses to cosign every checkpoint of every log (overrides the logs' witness_policy; docs/witness.md)",
     )
     .addHelpText(
       'after',
-      '\nExamples:\n  trustix serve --state ./node --listen 127.0.0.1:8080 --origin example.com/builder1\n  trustix serve --config /etc/trustix/trustix.toml',
+      '\nExamples:\n  trustix serve --state ./node --listen 127.0.0.1:8080 --origin example.com/builder1\n  trustix serve --config /etc/trustix/trustix.toml\n  trustix serve --state ./node --listen 10.0.0.5:8080 --storage postgresql://trustix@db.example:5432/log1\n\nA password in the --storage URL is never printed; PGPASSWORD works as well.',
     )
     .action(
       async (o: {
@@ -38,6 +48,8 @@ export function registerServeCommand(program: Command): void {
         listen?: string;
         origin?: string;
         witnessPolicy?: string;
+        storage?: string;
+        advertise?: string;
       }) => {
         const say = (line: string) => process.stdout.write(`${line}\n`);
         if (o.state === undefined && o.config === undefined) {

@@ -1,6 +1,7 @@
 /**
  * The PostgreSQL driver: one database per log, any number of nodes over it, exactly one of them
- * sequencing at a time. The sequencer holds a lease row (`sequencer`: holder, epoch, expiry);
+ * sequencing at a time. The sequencer holds a lease row (`sequencer`: holder, epoch, expiry, and the
+URL where it takes writes);
  * taking it over from a holder whose lease ran out raises the epoch, and every commit checks, in
  * its own transaction and under a row lock, that the lease is still its holder's at its epoch. So
  * a sequencer that was paused past its lease can never commit after another took over: its
@@ -11,17 +12,32 @@
  * synchronous_commit on. Reads are synchronous (sync-reads.ts), one REPEATABLE READ transaction
  * per `read`; a server's hot reads go through readAsync (batched-reads.ts), which batches
  * concurrent reads into one transaction and caches rows. Tables: see schema.ts.
+ *
+ * The write connection is made again when it breaks (PostgreSQL restarted, the network cut): the
+ * operation that found it broken fails with StorageUnavailableError, the next one reconnects.
  */
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
-import { StorageError } from '../../core/errors.js';
+import { StorageError, StorageUnavailableError } from '../../core/errors.js';
 import type { CommitBatch, LogHead, LogSnapshot, LogStore, ReadHint, StoredTile } from '../store.js';
 import { BatchedReads } from './batched-reads.js';
 import { migrate, SCHEMA } from './schema.js';
 import { SyncReads } from './sync-reads.js';
 
-/** A commit refused because this node no longer holds the sequencer lease at its epoch. */
-export class FencedError extends StorageError {}
+/**
+ * A commit refused because this node no longer holds the sequencer lease at its epoch, or a lease
+ * not taken because another node holds it: then `holderUrl` is where that node takes writes (if it
+ * said) and `expiresInMs` how long its lease runs without renewal.
+ */
+export class FencedError extends StorageUnavailableError {
+  constructor(
+    message: string,
+    readonly holderUrl?: string,
+    readonly expiresInMs?: number,
+  ) {
+    super(message);
+  }
+}
 
 export interface PgStoreOptions {
   /**
@@ -37,12 +53,32 @@ export interface PgStoreOptions {
   readConnections?: number;
   /** See BatchedReadsOptions.headMaxAgeMs (default 50 ms). */
   readHeadMaxAgeMs?: number;
+  /** Recorded with the lease this node takes: the URL where it takes writes. */
+  advertise?: string;
 }
 
 /** Expired nonces are swept at most this often (seconds). */
 const NONCE_SWEEP_S = 60;
 /** Entries fetched per round trip by `entries`. */
 const ENTRIES_CHUNK = 4096;
+/** How long making the write connection may take before the operation fails. */
+const CONNECT_TIMEOUT_MS = 5000;
+
+/**
+ * The write connection. A transaction left idle longer than the lease (its node paused, or cut
+ * off mid-commit) is ended by the server, so its row locks never keep a standby from taking the
+ * lease over; a lock waited for longer than the lease fails the statement instead of hanging.
+ */
+function newClient(url: string, leaseMs: number): pg.Client {
+  return new pg.Client({
+    connectionString: url,
+    application_name: 'trustix',
+    connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
+    keepAlive: true,
+    idle_in_transaction_session_timeout: leaseMs,
+    lock_timeout: leaseMs,
+  });
+}
 
 function asBuffer(b: Uint8Array): Buffer {
   return Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength);
@@ -59,37 +95,38 @@ export class PgLogStore implements LogStore {
   private writing: Promise<unknown> = Promise.resolve();
   private closed = false;
 
+  /** The write connection (migrations, commits, meta, nonces, the lease), while it works. */
+  private writer: pg.Client | undefined;
+  /** Recorded with the lease when this node takes it: where it takes writes (PgStoreOptions.advertise). */
+  advertise: string | undefined;
+
   private constructor(
-    /** The write connection: migrations, commits, meta, nonces, the lease. */
-    private readonly writer: pg.Client,
+    private readonly url: string,
+    writer: pg.Client,
     private readonly reads: SyncReads,
     private readonly batched: BatchedReads,
     readonly holder: string,
-    private readonly leaseMs: number,
-  ) {}
+    readonly leaseMs: number,
+  ) {
+    this.adopt(writer);
+  }
 
   /** Opens the log database at `url` (postgresql://...), creating or migrating its schema. */
   static async open(url: string, opts: PgStoreOptions = {}): Promise<PgLogStore> {
-    const writer = new pg.Client({ connectionString: url, application_name: 'trustix' });
-    // an idle connection that breaks surfaces at its next query; this keeps it from crashing the process
-    writer.on('error', () => {});
-    try {
-      await writer.connect();
-    } catch (err) {
-      throw new StorageError(`cannot connect to PostgreSQL at ${redact(url)}: ${(err as Error).message}`, {
-        cause: err,
-      });
-    }
+    const leaseMs = opts.leaseMs ?? 5000;
+    const writer = await connect(url, leaseMs);
     let store: PgLogStore | undefined;
     try {
       await migrate(writer);
       store = new PgLogStore(
+        url,
         writer,
         new SyncReads(url),
         new BatchedReads(url, { connections: opts.readConnections, headMaxAgeMs: opts.readHeadMaxAgeMs }),
         opts.holder ?? randomUUID(),
-        opts.leaseMs ?? 5000,
+        leaseMs,
       );
+      store.advertise = opts.advertise;
       if (opts.sequencer) await store.takeLease();
       return store;
     } catch (err) {
@@ -105,6 +142,17 @@ export class PgLogStore implements LogStore {
     return this.epoch;
   }
 
+  /** Watches a (new) write connection: once it breaks, the next operation makes another. */
+  private adopt(c: pg.Client): void {
+    const drop = () => {
+      if (this.writer === c) this.writer = undefined;
+    };
+    // an idle connection that breaks would otherwise crash the process with an 'error' event
+    c.on('error', drop);
+    c.on('end', drop);
+    this.writer = c;
+  }
+
   /**
    * Takes the sequencer lease if it is free, expired or already this holder's; raises the epoch
    * when it changes hands. Fails with FencedError while another holder's lease runs.
@@ -117,18 +165,22 @@ export class PgLogStore implements LogStore {
     const r = await c.query<{ epoch: string }>(
       `UPDATE ${SCHEMA}.sequencer
          SET epoch = CASE WHEN holder IS NOT DISTINCT FROM $1 THEN epoch ELSE epoch + 1 END,
-             holder = $1, expires = now() + $2 * interval '1 millisecond'
+             holder = $1, url = $3, expires = now() + $2 * interval '1 millisecond'
        WHERE holder IS NOT DISTINCT FROM $1 OR expires < now()
        RETURNING epoch`,
-      [this.holder, this.leaseMs],
+      [this.holder, this.leaseMs, this.advertise ?? null],
     );
     if (r.rows.length === 0) {
-      const held = await c.query<{ holder: string; expires: Date }>(
-        `SELECT holder, expires FROM ${SCHEMA}.sequencer`,
+      this.dropLease();
+      const held = await c.query<{ holder: string; url: string | null; expires: Date; left_ms: number }>(
+        `SELECT holder, url, expires, extract(epoch FROM expires - now()) * 1000 AS left_ms
+         FROM ${SCHEMA}.sequencer`,
       );
       const h = held.rows[0];
       throw new FencedError(
-        `another node (${h?.holder}) holds the sequencer lease until ${h?.expires.toISOString()}`,
+        `another node (${h?.holder}${h?.url ? ` at ${h.url}` : ''}) holds the sequencer lease until ${h?.expires.toISOString()}`,
+        h?.url ?? undefined,
+        h === undefined ? undefined : Math.max(0, Number(h.left_ms)),
       );
     }
     this.epoch = Number(r.rows[0].epoch);
@@ -161,12 +213,32 @@ export class PgLogStore implements LogStore {
       [this.holder, this.epoch, this.leaseMs],
     );
     if (r.rowCount === 0) {
-      this.epoch = undefined;
-      if (this.renewTimer) clearInterval(this.renewTimer);
-      this.renewTimer = undefined;
+      this.dropLease();
       return false;
     }
     return true;
+  }
+
+  /**
+   * Who holds the sequencer lease now: the URL it recorded (if any) and how long the lease runs
+   * without renewal (0: it ran out). Undefined when nobody ever held it.
+   */
+  leaseHolder(): Promise<{ url: string | undefined; expiresInMs: number } | undefined> {
+    return this.exclusive(async (c) => {
+      const r = await c.query<{ holder: string | null; url: string | null; left_ms: number }>(
+        `SELECT holder, url, extract(epoch FROM expires - now()) * 1000 AS left_ms FROM ${SCHEMA}.sequencer`,
+      );
+      const h = r.rows[0];
+      if (h?.holder == null) return undefined;
+      return { url: h.url ?? undefined, expiresInMs: Math.max(0, Number(h.left_ms)) };
+    });
+  }
+
+  /** No longer sequencing: no epoch to commit under, no renewals. */
+  private dropLease(): void {
+    this.epoch = undefined;
+    if (this.renewTimer) clearInterval(this.renewTimer);
+    this.renewTimer = undefined;
   }
 
   /**
@@ -174,14 +246,38 @@ export class PgLogStore implements LogStore {
    * never lands inside a commit's transaction.
    */
   private exclusive<T>(fn: (c: pg.Client) => Promise<T>): Promise<T> {
-    const run = this.writing.then(() => fn(this.client()));
+    const run = this.writing.then(async () => {
+      const c = await this.client();
+      try {
+        return await fn(c);
+      } catch (err) {
+        if (err instanceof StorageError || !connectionLost(err)) throw err;
+        this.discard(c);
+        throw new StorageUnavailableError(`PostgreSQL connection lost: ${(err as Error).message}`, {
+          cause: err,
+        });
+      }
+    });
     this.writing = run.catch(() => {});
     return run;
   }
 
-  private client(): pg.Client {
+  private async client(): Promise<pg.Client> {
     if (this.closed) throw new StorageError('the PostgreSQL store is closed');
-    return this.writer;
+    if (this.writer !== undefined) return this.writer;
+    const c = await connect(this.url, this.leaseMs);
+    if (this.closed) {
+      await c.end().catch(() => {});
+      throw new StorageError('the PostgreSQL store is closed');
+    }
+    this.adopt(c);
+    return c;
+  }
+
+  /** Ends a write connection that cannot be trusted to be idle (a transaction may be open on it). */
+  private discard(c: pg.Client): void {
+    if (this.writer === c) this.writer = undefined;
+    void c.end().catch(() => {});
   }
 
   read<T>(fn: (snapshot: LogSnapshot) => T): T {
@@ -313,8 +409,15 @@ export class PgLogStore implements LogStore {
       );
       await c.query('COMMIT');
     } catch (err) {
-      await c.query('ROLLBACK').catch(() => {});
+      await c.query('ROLLBACK').catch(() => this.discard(c));
       if (err instanceof StorageError) throw err;
+      if (connectionLost(err)) {
+        this.discard(c);
+        throw new StorageUnavailableError(
+          `PostgreSQL connection lost during a commit (it may or may not have been applied): ${(err as Error).message}`,
+          { cause: err },
+        );
+      }
       throw new StorageError(`PostgreSQL commit failed: ${(err as Error).message}`, { cause: err });
     }
   }
@@ -392,8 +495,36 @@ export class PgLogStore implements LogStore {
     this.closed = true;
     await this.reads.close();
     await this.batched.close();
-    await this.writer.end().catch(() => {});
+    await this.writer?.end().catch(() => {});
+    this.writer = undefined;
   }
+}
+
+/**
+ * Whether `err` means the connection is gone, rather than PostgreSQL refusing one statement: not
+ * an answer from the server at all, or one of SQLSTATE classes 08 (connection exception) and 57
+ * (operator intervention, e.g. the server shutting down).
+ */
+function connectionLost(err: unknown): boolean {
+  if (!(err instanceof pg.DatabaseError)) return true;
+  return err.code === undefined || /^(08|57)/.test(err.code);
+}
+
+/** A new write connection to `url`; StorageUnavailableError (password not shown) if there is none. */
+async function connect(url: string, leaseMs: number): Promise<pg.Client> {
+  const c = newClient(url, leaseMs);
+  // errors of a connection that breaks later are handled by its store (PgLogStore.adopt)
+  c.on('error', () => {});
+  try {
+    await c.connect();
+  } catch (err) {
+    await c.end().catch(() => {});
+    throw new StorageUnavailableError(
+      `cannot connect to PostgreSQL at ${redact(url)}: ${(err as Error).message || (err as { code?: string }).code}`,
+      { cause: err },
+    );
+  }
+  return c;
 }
 
 function decodeHead(

@@ -32,6 +32,8 @@ const MIGRATIONS: readonly string[][] = [
        expires timestamptz NOT NULL)`,
     `INSERT INTO ${SCHEMA}.sequencer (holder, epoch, expires) VALUES (NULL, 0, '-infinity')`,
   ],
+  // where the lease holder takes writes (its advertised URL), so other nodes can point clients to it
+  [`ALTER TABLE ${SCHEMA}.sequencer ADD COLUMN url text`],
 ];
 
 /** The schema version this trustix writes. */
