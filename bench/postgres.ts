@@ -16,11 +16,13 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import pg from 'pg';
 import { type LookupAnswer, verifyLookup } from '../src/core/lookup.js';
 import { generateKey, type NoteVerifier, verifierFromVkey } from '../src/core/note.js';
 import { Log } from '../src/log/log.js';
 import { publishTiles } from '../src/log/static-tiles.js';
 import { PgLogStore } from '../src/storage/postgres/postgres.js';
+import { SCHEMA } from '../src/storage/postgres/schema.js';
 import { startPostgres } from '../test/fixtures/postgres.js';
 import { BATCH, cpuMicros, emit, ingest, makeEntries, nixKey } from './common.js';
 import { load } from './keepalive-load.js';
@@ -71,6 +73,8 @@ try {
     node_cpu_us_per_entry: cpuMicros(cpu, N),
     postgres_cpu_us_per_entry: Math.round(((clusterCpu(pid) - pgCpu) / N) * 1e7) / 10,
   });
+
+  await emitDatabaseSize(url, N);
 
   const reader = Log.openIn(await PgLogStore.open(url), { readOnly: true });
   const verifier = verifierFromVkey(vkey);
@@ -227,4 +231,26 @@ async function readerCpu(base: string): Promise<number> {
   const m = /^trustix_process_cpu_seconds_total (\S+)$/m.exec(text);
   if (!m) throw new Error('no trustix_process_cpu_seconds_total in /metrics');
   return Number(m[1]);
+}
+
+/** The database's size on disk after the ingest, in all and per table (with indexes and TOAST). */
+async function emitDatabaseSize(url: string, entries: number): Promise<void> {
+  const c = new pg.Client({ connectionString: url });
+  await c.connect();
+  try {
+    const db = await c.query<{ bytes: string }>('SELECT pg_database_size(current_database()) AS bytes');
+    const tables = await c.query<{ name: string; bytes: string }>(
+      `SELECT c.relname AS name, pg_total_relation_size(c.oid) AS bytes FROM pg_class c
+       JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'r'`,
+      [SCHEMA],
+    );
+    const perEntry = (bytes: string) => Math.round(Number(bytes) / entries);
+    emit('pg_database_bytes_per_entry', perEntry(db.rows[0].bytes), 'bytes', {
+      entries,
+      database_bytes: Number(db.rows[0].bytes),
+      ...Object.fromEntries(tables.rows.map((t) => [`${t.name}_bytes_per_entry`, perEntry(t.bytes)])),
+    });
+  } finally {
+    await c.end();
+  }
 }
