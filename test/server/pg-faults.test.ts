@@ -79,6 +79,12 @@ describe('a node through PostgreSQL faults', { skip: skipWithoutPostgres }, () =
           await waitForSequencer([standby], 10_000);
         }
         await sleep(cutMs - (Date.now() - cutAt));
+        if (cutMs > LEASE_MS) {
+          // a read the node cannot answer without the database is a 503 to retry, not a node fault
+          const r = await fetch(`${cutOff.url}/logs/default/checkpoint`);
+          assert.equal(r.status, 503, await r.text());
+          assert.ok(r.headers.get('retry-after'));
+        }
         const during = ingest.acked.slice(from);
         // the cut-off node's answers that arrive during the cut are for batches committed before it
         for (const a of during.filter((x) => x.node === cutOff.url)) {

@@ -14,9 +14,10 @@
  * that misses a row there goes to the next batch, which reads the head again.
  */
 import pg from 'pg';
-import { StorageError } from '../../core/errors.js';
+import { StorageError, StorageUnavailableError } from '../../core/errors.js';
 import { tileWidthAt } from '../../core/tiles.js';
 import type { LogHead, LogSnapshot, ReadHint, StoredTile } from '../store.js';
+import { connectionLost } from './errors.js';
 import { SCHEMA } from './schema.js';
 
 /** Reads gathered into one batch at most. */
@@ -427,5 +428,7 @@ class BatchSnapshot {
 
 function readError(err: unknown): StorageError {
   if (err instanceof StorageError) return err;
-  return new StorageError(`PostgreSQL read failed: ${(err as Error).message}`, { cause: err });
+  // out of reach is a 503 the client retries, not a fault of the node
+  const Failure = connectionLost(err) ? StorageUnavailableError : StorageError;
+  return new Failure(`PostgreSQL read failed: ${(err as Error).message}`, { cause: err });
 }

@@ -21,6 +21,7 @@ import pg from 'pg';
 import { StorageError, StorageUnavailableError } from '../../core/errors.js';
 import type { CommitBatch, LogHead, LogSnapshot, LogStore, ReadHint, StoredTile } from '../store.js';
 import { BatchedReads } from './batched-reads.js';
+import { connectionLost } from './errors.js';
 import { migrate, SCHEMA } from './schema.js';
 import { SyncReads } from './sync-reads.js';
 
@@ -498,16 +499,6 @@ export class PgLogStore implements LogStore {
     await this.writer?.end().catch(() => {});
     this.writer = undefined;
   }
-}
-
-/**
- * Whether `err` means the connection is gone, rather than PostgreSQL refusing one statement: not
- * an answer from the server at all, or one of SQLSTATE classes 08 (connection exception) and 57
- * (operator intervention, e.g. the server shutting down).
- */
-function connectionLost(err: unknown): boolean {
-  if (!(err instanceof pg.DatabaseError)) return true;
-  return err.code === undefined || /^(08|57)/.test(err.code);
 }
 
 /** A new write connection to `url`; StorageUnavailableError (password not shown) if there is none. */

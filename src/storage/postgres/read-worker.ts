@@ -5,6 +5,7 @@
  */
 import { type MessagePort, workerData } from 'node:worker_threads';
 import pg from 'pg';
+import { connectionLost } from './errors.js';
 import { SCHEMA } from './schema.js';
 import type { ReadAnswer, ReadRequest } from './sync-reads.js';
 
@@ -132,7 +133,8 @@ function handle(req: ReadRequest): Promise<void> {
           if (client === open) client = undefined;
         });
       }
-      if (req.op !== 'end') answer({ ok: false, message: err.message, code: err.code });
+      if (req.op !== 'end')
+        answer({ ok: false, message: err.message, code: err.code, lost: connectionLost(err) });
     },
   );
 }

@@ -6,7 +6,7 @@
  * blocks its thread for one round trip to the database per row it asks for.
  */
 import { MessageChannel, type MessagePort, receiveMessageOnPort, Worker } from 'node:worker_threads';
-import { StorageError } from '../../core/errors.js';
+import { StorageError, StorageUnavailableError } from '../../core/errors.js';
 import { workerEntry } from '../../runtime/worker-entry.js';
 
 export type ReadRequest = { begin?: boolean; inRead?: boolean } & (
@@ -23,7 +23,10 @@ export type ReadRequest = { begin?: boolean; inRead?: boolean } & (
   | { op: 'close' }
 );
 
-export type ReadAnswer = { ok: true; value: unknown } | { ok: false; message: string; code?: string };
+/** `lost`: the read failed because the connection is gone (the database is out of reach), not on a statement. */
+export type ReadAnswer =
+  | { ok: true; value: unknown }
+  | { ok: false; message: string; code?: string; lost?: boolean };
 
 /** How long a read waits for the database before it fails. */
 const READ_TIMEOUT_MS = 30_000;
@@ -78,7 +81,7 @@ export class SyncReads {
     Atomics.store(this.flag, 0, 0);
     this.port.postMessage(req);
     if (Atomics.wait(this.flag, 0, 0, READ_TIMEOUT_MS) === 'timed-out') {
-      throw new StorageError(`PostgreSQL did not answer a read in ${READ_TIMEOUT_MS / 1000} s`);
+      throw new StorageUnavailableError(`PostgreSQL did not answer a read in ${READ_TIMEOUT_MS / 1000} s`);
     }
     // The flag can be seen before the answer is on the port (it happened at a million entries, under
     // load): the answer is waited for a little longer before the read fails.
@@ -91,7 +94,7 @@ export class SyncReads {
     const a = m.message as ReadAnswer;
     // after a failure inside a read, its later requests fail too (the worker ended its snapshot)
     if (!a.ok) {
-      throw new StorageError(`PostgreSQL read failed: ${a.message}`);
+      throw new (a.lost ? StorageUnavailableError : StorageError)(`PostgreSQL read failed: ${a.message}`);
     }
     return a.value as T;
   }
