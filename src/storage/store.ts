@@ -58,6 +58,7 @@ export interface CommitBatch {
   firstIndex: number;
   entries: readonly Uint8Array[];
   tiles: ReadonlyArray<{ tileLevel: number; tileIndex: number; width: number; expanded: Uint8Array }>;
+  /** Rows of the sparse index; each begins with its format's version byte (never 0xfe, see smt-strata.ts). */
   strataWrites: ReadonlyArray<{ id: Uint8Array; data: Uint8Array }>;
   strataDeletes: readonly Uint8Array[];
   head: LogHead;
