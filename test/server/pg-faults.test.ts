@@ -40,7 +40,7 @@ describe('a node through PostgreSQL faults', { skip: skipWithoutPostgres }, () =
     try {
       for (let round = 0; round < 2; round++) {
         await ingest.progress(40);
-        suite.cluster.restart();
+        await suite.cluster.restart();
         // acknowledged again after the restart, by whichever node sequences now
         await ingest.progress(40, 30_000);
       }
