@@ -98,7 +98,13 @@ describe('one sequencer with standbys over PostgreSQL', { skip: skipWithoutPostg
       await Promise.all(writers.map((w) => w.stop()));
     }
     // both writers' receipts and the database's checkpoints agree: one tree per size
-    for (const w of writers) await checkNothingLost(w, nodes[0].url, url);
+    try {
+      for (const w of writers) await checkNothingLost(w, nodes[0].url, url);
+    } catch (err) {
+      // what the nodes said is the first thing to read when this fails
+      for (const n of nodes) process.stderr.write(`--- ${n.url} stderr:\n${n.stderr()}\n`);
+      throw err;
+    }
     const sizes = new Map<number, string>();
     for (const w of writers)
       for (const note of w.notes) {

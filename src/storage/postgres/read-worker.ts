@@ -122,7 +122,7 @@ function handle(req: ReadRequest): Promise<void> {
   }
   return run(req).then(
     (value) => {
-      if (req.op !== 'end') answer({ ok: true, value });
+      if (req.op !== 'end') answer({ ok: true, value, seq: req.seq });
     },
     async (err: Error & { code?: string }) => {
       // a failed statement aborts the snapshot's transaction: end it so the next read starts clean
@@ -134,7 +134,7 @@ function handle(req: ReadRequest): Promise<void> {
         });
       }
       if (req.op !== 'end')
-        answer({ ok: false, message: err.message, code: err.code, lost: connectionLost(err) });
+        answer({ ok: false, message: err.message, code: err.code, lost: connectionLost(err), seq: req.seq });
     },
   );
 }

@@ -9,7 +9,8 @@ import { MessageChannel, type MessagePort, receiveMessageOnPort, Worker } from '
 import { StorageError, StorageUnavailableError } from '../../core/errors.js';
 import { workerEntry } from '../../runtime/worker-entry.js';
 
-export type ReadRequest = { begin?: boolean; inRead?: boolean } & (
+/** `seq` numbers a request; its answer carries the same number. */
+export type ReadRequest = { begin?: boolean; inRead?: boolean; seq?: number } & (
   | { op: 'head' }
   | { op: 'entry'; index: number }
   | { op: 'tile'; level: number; index: number }
@@ -24,14 +25,14 @@ export type ReadRequest = { begin?: boolean; inRead?: boolean } & (
 );
 
 /** `lost`: the read failed because the connection is gone (the database is out of reach), not on a statement. */
-export type ReadAnswer =
+export type ReadAnswer = { seq?: number } & (
   | { ok: true; value: unknown }
-  | { ok: false; message: string; code?: string; lost?: boolean };
+  | { ok: false; message: string; code?: string; lost?: boolean }
+);
 
 /** How long a read waits for the database before it fails. */
 const READ_TIMEOUT_MS = 30_000;
 /** How long an answer the worker flagged may take to arrive on the port. */
-const ANSWER_LATE_MS = 1000;
 
 export class SyncReads {
   private readonly worker: Worker;
@@ -41,6 +42,8 @@ export class SyncReads {
   private inRead = false;
   private begun = false;
   private closed = false;
+  /** Requests asked so far (the last one's `seq`). */
+  private asked = 0;
 
   constructor(url: string) {
     const { port1, port2 } = new MessageChannel();
@@ -78,20 +81,28 @@ export class SyncReads {
         this.begun = true;
       }
     }
+    const seq = ++this.asked;
+    req.seq = seq;
     Atomics.store(this.flag, 0, 0);
     this.port.postMessage(req);
-    if (Atomics.wait(this.flag, 0, 0, READ_TIMEOUT_MS) === 'timed-out') {
-      throw new StorageUnavailableError(`PostgreSQL did not answer a read in ${READ_TIMEOUT_MS / 1000} s`);
+    const deadline = performance.now() + READ_TIMEOUT_MS;
+    let a: ReadAnswer | undefined;
+    while (a === undefined) {
+      const m = receiveMessageOnPort(this.port);
+      // an answer with another number belongs to a read that gave up before it came: never this one's
+      if (m !== undefined) {
+        if ((m.message as ReadAnswer).seq === seq) a = m.message as ReadAnswer;
+        continue;
+      }
+      const left = deadline - performance.now();
+      if (left <= 0) {
+        throw new StorageUnavailableError(`PostgreSQL did not answer a read in ${READ_TIMEOUT_MS / 1000} s`);
+      }
+      // flag 0: nothing answered yet, sleep until the worker says so; flag 1: an answer was posted
+      // and can be seen on the port a moment after the flag (seen under load), so look again soon
+      const flagged = Atomics.load(this.flag, 0);
+      Atomics.wait(this.flag, 0, flagged, flagged === 0 ? left : 1);
     }
-    // The flag can be seen before the answer is on the port (it happened at a million entries, under
-    // load): the answer is waited for a little longer before the read fails.
-    let m = receiveMessageOnPort(this.port);
-    for (let waited = 0; m === undefined && waited < ANSWER_LATE_MS; waited++) {
-      Atomics.wait(this.flag, 0, 1, 1);
-      m = receiveMessageOnPort(this.port);
-    }
-    if (m === undefined) throw new StorageError('the PostgreSQL read worker gave no answer');
-    const a = m.message as ReadAnswer;
     // after a failure inside a read, its later requests fail too (the worker ended its snapshot)
     if (!a.ok) {
       throw new (a.lost ? StorageUnavailableError : StorageError)(`PostgreSQL read failed: ${a.message}`);
