@@ -165,17 +165,7 @@ export class BatchedReads {
     const known = this.known;
     if (known === undefined || performance.now() - known.at > this.headMaxAgeMs) return jobs;
     const gen = this.strataRoot?.equals(known.head.mapRoot) ? this.strataGen : -1;
-    const snap = new BatchSnapshot(this, known.head, gen);
-    const rest: Job[] = [];
-    for (const j of jobs) {
-      try {
-        j.resolve(j.fn(snap.snapshot));
-      } catch (err) {
-        if (err === NOT_LOADED) rest.push(j);
-        else j.reject(err);
-      }
-    }
-    return rest;
+    return runJobsOn(new BatchSnapshot(this, known.head, gen).snapshot, jobs);
   }
 
   private async runBatch(jobs: Job[]): Promise<void> {
@@ -232,16 +222,7 @@ export class BatchedReads {
         return;
       }
       await this.fetch(client, batch);
-      const again: Job[] = [];
-      for (const j of pending) {
-        try {
-          j.resolve(j.fn(batch.snapshot));
-        } catch (err) {
-          if (err === NOT_LOADED) again.push(j);
-          else j.reject(err);
-        }
-      }
-      pending = again;
+      pending = runJobsOn(batch.snapshot, pending);
     }
   }
 
@@ -424,6 +405,20 @@ class BatchSnapshot {
   gotTileKey(key: number, t: null): void {
     if (!this.tiles.has(key)) this.tiles.set(key, t);
   }
+}
+
+/** Settles each job that `snapshot` answers; returns those that need rows it has not loaded. */
+function runJobsOn(snapshot: LogSnapshot, jobs: Job[]): Job[] {
+  const missing: Job[] = [];
+  for (const j of jobs) {
+    try {
+      j.resolve(j.fn(snapshot));
+    } catch (err) {
+      if (err === NOT_LOADED) missing.push(j);
+      else j.reject(err);
+    }
+  }
+  return missing;
 }
 
 function readError(err: unknown): StorageError {
